@@ -1,0 +1,36 @@
+"""A tiny UWM for tests and quick CPU runs (pixels codec, 2 DiT blocks, 32x32 images).
+
+  python -m uwm_jax.inspect --config=configs/tiny.py
+  python -m uwm_jax.inspect --config=configs/tiny.py:dp
+
+Compiles in seconds and trains at tens of steps/s on a laptop CPU.
+"""
+
+from uwm_jax import config_base
+
+
+def get_config(variant: str = ""):
+  c = config_base.base_config()
+  m = c.model
+  m.camera_keys = ("agentview_rgb", "eye_in_hand_rgb")
+  m.image_shape = (32, 32)
+  m.resize_shape = (36, 36)
+  m.crop_shape = (32, 32)
+  m.num_obs_frames = 2
+  m.action_len = 4
+  m.action_dim = 4
+  m.resnet_width = 8
+  m.image_feature_dim = 32
+  m.codec = "pixels"
+  m.pixels_downsample = 4
+  m.embed_dim = 64
+  m.timestep_embed_dim = 32
+  m.depth = 2
+  m.num_heads = 4
+  m.num_registers = 4
+  m.latent_patch_shape = (2, 2, 2)
+  c.batch_size = 8
+  c.num_steps = 200
+  c.optim.learning_rate = 1e-3
+  config_base.apply_variant(c, variant)
+  return c

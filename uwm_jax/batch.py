@@ -1,0 +1,73 @@
+"""The training/evaluation batch: key names, shapes, window layout, and validation.
+
+A batch is a dict of arrays (numpy on the host, jax.Array on devices):
+
+  obs          (B, V, T_o, H, W, 3) uint8    current frames, views in `model.camera_keys` order
+  next_obs     (B, V, T_o, H, W, 3) uint8    the T_o frames after the action chunk
+  action       (B, H_a, A) float32           normalised action chunk (zeros for action-free video)
+  action_mask  (B,) bool                     False = action-free video sample
+  low_dim      (B, T_o, D_low) float32       only when model.low_dim_dim > 0
+
+H, W are the raw `model.image_shape`; the model resizes/crops. A training sample is a window of
+`2 * T_o + H_a - 1` consecutive frames f_0..f_{w-1} of one episode (uwm_spec.md section 3):
+current obs = f_0..f_{T_o-1}, actions = a_{T_o-1}..a_{T_o+H_a-2} (a_i is issued at f_i),
+next obs = f_{T_o+H_a-1}..f_{2T_o+H_a-2}.
+"""
+
+from typing import Mapping, NamedTuple
+
+import numpy as np
+
+OBS = "obs"
+NEXT_OBS = "next_obs"
+ACTION = "action"
+ACTION_MASK = "action_mask"
+LOW_DIM = "low_dim"
+
+
+class WindowSlices(NamedTuple):
+  obs: slice
+  action: slice
+  next_obs: slice
+  window: int
+
+
+def window_slices(num_obs_frames: int, action_len: int) -> WindowSlices:
+  """Where current obs, the action chunk and next obs sit inside one window of frames."""
+  t_o, h_a = num_obs_frames, action_len
+  return WindowSlices(
+      obs=slice(0, t_o),
+      action=slice(t_o - 1, t_o - 1 + h_a),
+      next_obs=slice(t_o + h_a - 1, 2 * t_o + h_a - 1),
+      window=2 * t_o + h_a - 1,
+  )
+
+
+def expected_shapes(model_cfg, batch_size: int) -> dict:
+  """The shape every key of a batch must have for this model config."""
+  V = len(model_cfg.camera_keys)
+  H, W = model_cfg.image_shape
+  T = model_cfg.num_obs_frames
+  shapes = {
+      OBS: (batch_size, V, T, H, W, 3),
+      NEXT_OBS: (batch_size, V, T, H, W, 3),
+      ACTION: (batch_size, model_cfg.action_len, model_cfg.action_dim),
+      ACTION_MASK: (batch_size,),
+  }
+  if model_cfg.low_dim_dim:
+    shapes[LOW_DIM] = (batch_size, T, model_cfg.low_dim_dim)
+  return shapes
+
+
+def validate_batch(batch: Mapping, model_cfg) -> None:
+  """Raise ValueError naming the key when a batch does not fit the model config."""
+  missing = [k for k in expected_shapes(model_cfg, 0) if k not in batch]
+  if missing:
+    raise ValueError(f"Batch is missing keys {missing}; it has {sorted(batch)}.")
+  B = batch[ACTION].shape[0]
+  for key, shape in expected_shapes(model_cfg, B).items():
+    if tuple(batch[key].shape) != shape:
+      raise ValueError(f"Batch key {key!r} has shape {tuple(batch[key].shape)}, the config "
+                       f"expects {shape} (B, ...) ")
+  if np.dtype(batch[OBS].dtype) != np.uint8 or np.dtype(batch[NEXT_OBS].dtype) != np.uint8:
+    raise ValueError("Batch images ('obs', 'next_obs') must be uint8 in [0, 255].")

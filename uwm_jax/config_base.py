@@ -1,0 +1,133 @@
+"""The one definition of every config field; `configs/*.py` start from here and override.
+
+Every field is read in exactly one place (named in the comment beside it). Shapes derived from
+these fields (token counts, latent shape, condition width, window length) are computed only by
+`uwm_jax.model.dims.model_dims`.
+"""
+
+import ml_collections
+
+# The reference's hyperparameters (uwm_spec.md 1.1, 2, 3).
+DROID_CAMERA_KEYS = ("exterior_image_1_left", "exterior_image_2_left", "wrist_image_left")
+LIBERO_CAMERA_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """Model fields (read by `uwm_jax.model.*`)."""
+  m = ml_collections.ConfigDict()
+  # Observations. Camera order is the order of the V axis of every batch.
+  m.camera_keys = DROID_CAMERA_KEYS
+  m.image_shape = (180, 320)  # raw (H, W) of every camera as stored.
+  m.resize_shape = (240, 320)  # (H, W) after the (non-uniform) resize.
+  m.crop_shape = (224, 224)  # (H, W) after the crop.
+  m.num_obs_frames = 2  # T_o: current frames and next frames.
+  m.action_len = 16  # H_a: actions per chunk.
+  m.action_dim = 10  # A.
+  m.low_dim_dim = 0  # D_low per frame; 0 = low-dim obs not used.
+  # Image augmentation (training only; eval uses a centre crop and no jitter).
+  m.random_crop = True
+  m.brightness = 0.2
+  m.contrast = 0.2
+  m.saturation = 0.2
+  m.hue = 0.2
+  # Image feature encoder.
+  m.image_encoder = "resnet18"  # GroupNorm ResNet-18 shared by all views and frames.
+  m.resnet_width = 64  # channels of the first stage (64 = torchvision ResNet-18).
+  m.image_feature_dim = 768
+  # Next-observation latent codec: "sdxl_vae" (frozen AutoencoderKL) or "pixels".
+  m.codec = "sdxl_vae"
+  m.pixels_downsample = 1  # pixels codec: average-pool factor.
+  m.vae_sample_posterior = True  # sdxl_vae: sample the posterior (reference) or take its mean.
+  m.vae_microbatch = 72  # sdxl_vae: images per VAE call (bounds activation memory).
+  # Noise-prediction network.
+  m.predict_next_obs = True  # False = the DP baseline: action tokens only, one timestep.
+  m.embed_dim = 768
+  m.timestep_embed_dim = 512
+  m.depth = 12
+  m.num_heads = 12
+  m.mlp_ratio = 4
+  m.num_registers = 8
+  m.latent_patch_shape = (2, 4, 4)  # (t, h, w) patch of the next-obs latent.
+  m.scan_layers = True  # nn.scan over the DiT blocks (faster compile; params stacked on axis 0).
+  m.remat = False  # rematerialise each block in the backward pass.
+  m.compute_dtype = "float32"  # "bfloat16": bf16 activations/matmuls, fp32 params.
+  m.attention_impl = "xla"  # jax.nn.dot_product_attention implementation: xla | cudnn.
+  return m
+
+
+def diffusion_config() -> ml_collections.ConfigDict:
+  """Diffusion fields (read by `uwm_jax.diffusion` and `uwm_jax.sampling`)."""
+  d = ml_collections.ConfigDict()
+  d.num_train_steps = 100
+  d.num_inference_steps = 10
+  d.beta_schedule = "squaredcos_cap_v2"
+  d.clip_sample_range = 1.0  # x0 clipped to [-r, r] in every DDIM step; 0 = no clipping.
+  # Timestep at which the modality that is marginalised out is held during sampling.
+  # 90 = the reference (first inference timestep); 99 = T - 1, what video samples train with.
+  d.marginal_timestep = 90
+  d.conditional_timestep = 0  # Timestep given to a clean conditioning modality.
+  return d
+
+
+def optim_config() -> ml_collections.ConfigDict:
+  """Optimizer fields (read by `uwm_jax.training.optimizer`)."""
+  o = ml_collections.ConfigDict()
+  o.learning_rate = 1e-4
+  o.weight_decay = 1e-6
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.eps = 1e-8
+  o.schedule = "constant"  # constant | cosine (linear warmup, then half cosine to 0).
+  o.warmup_steps = 0
+  o.grad_clip_norm = 0.0  # 0 = no clipping.
+  return o
+
+
+def data_config() -> ml_collections.ConfigDict:
+  """Data fields (read by `uwm_jax.data`)."""
+  d = ml_collections.ConfigDict()
+  return d
+
+
+def train_config() -> ml_collections.ConfigDict:
+  """Training-loop fields (read by `uwm_jax.train` and `uwm_jax.training`)."""
+  t = ml_collections.ConfigDict()
+  return t
+
+
+def eval_config() -> ml_collections.ConfigDict:
+  """Evaluation fields (read by `uwm_jax.evaluate` and `uwm_jax.evaluation`)."""
+  e = ml_collections.ConfigDict()
+  return e
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = model_config()
+  c.diffusion = diffusion_config()
+  c.optim = optim_config()
+  c.data = data_config()
+  c.train = train_config()
+  c.eval = eval_config()
+  c.num_steps = 100_000  # Optimizer steps (also the length of the cosine schedule).
+  c.batch_size = 144  # Global batch (reference: 36 per GPU x 4 GPUs).
+  return c
+
+
+VARIANTS = ("", "dp")
+
+
+def apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
+  """Apply a named variant given after the config path (`--config=configs/droid.py:dp`).
+
+  dp: the diffusion-policy baseline (uwm_spec.md 6) — the same network with action tokens only,
+      one timestep (sinusoidal width 256 for the reference configs), no registers, no next-obs
+      prediction.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown config variant {variant!r}; known: {VARIANTS[1:]}.")
+  if variant == "dp":
+    config.model.predict_next_obs = False
+    config.model.num_registers = 0
+    config.model.timestep_embed_dim = config.model.timestep_embed_dim // 2

@@ -1,0 +1,67 @@
+"""ResNet-18 with GroupNorm (uwm_spec.md 1.3): the image feature encoder.
+
+torchvision's ResNet-18 layout with every BatchNorm replaced by GroupNorm(channels/16, eps 1e-5)
+and `fc` replaced by Linear(512 -> feature_dim). ImageNet normalisation happens inside.
+Parameter names follow torchvision (`conv1`, `bn1`, `layer1_0/conv1`, `layer2_0/downsample_0`,
+`fc`) so that torchvision weights map one to one. Images are NHWC.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GN_EPS = 1e-5
+STAGE_BLOCKS = (2, 2, 2, 2)
+
+
+def group_norm(channels: int, dtype, name: str) -> nn.GroupNorm:
+  return nn.GroupNorm(num_groups=max(1, channels // 16), epsilon=GN_EPS, dtype=dtype, name=name)
+
+
+def conv(features: int, kernel: int, stride: int, dtype, name: str) -> nn.Conv:
+  pad = kernel // 2
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype, name=name)
+
+
+class BasicBlock(nn.Module):
+  features: int
+  stride: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    identity = x
+    h = conv(self.features, 3, self.stride, self.dtype, "conv1")(x)
+    h = nn.relu(group_norm(self.features, self.dtype, "bn1")(h))
+    h = conv(self.features, 3, 1, self.dtype, "conv2")(h)
+    h = group_norm(self.features, self.dtype, "bn2")(h)
+    if self.stride != 1 or x.shape[-1] != self.features:
+      identity = conv(self.features, 1, self.stride, self.dtype, "downsample_0")(x)
+      identity = group_norm(self.features, self.dtype, "downsample_1")(identity)
+    return nn.relu(h + identity)
+
+
+class ResNet18GN(nn.Module):
+  """(N, H, W, 3) float images in [0, 1] -> (N, feature_dim) features."""
+  feature_dim: int = 768
+  width: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    x = (images - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    x = conv(self.width, 7, 2, self.dtype, "conv1")(x.astype(self.dtype))
+    x = nn.relu(group_norm(self.width, self.dtype, "bn1")(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage, blocks in enumerate(STAGE_BLOCKS):
+      features = self.width * 2**stage
+      for b in range(blocks):
+        stride = 2 if (stage > 0 and b == 0) else 1
+        x = BasicBlock(features, stride, self.dtype, name=f"layer{stage + 1}_{b}")(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.feature_dim, dtype=self.dtype, name="fc")(x)

@@ -1,0 +1,52 @@
+"""The UWM training loss (uwm_spec.md 2): two noise regressions with independent timesteps."""
+
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+
+from uwm_jax import batch as B_
+from uwm_jax.diffusion import Schedule, add_noise
+
+
+def sample_timesteps(rng: jax.Array, action_mask: jax.Array, num_train_steps: int):
+  """Independent uniform t_action, t_obs in [0, T) per sample; t_action = T-1 where the sample
+  is action-free video (action_mask False). -> ((B,), (B,)) int32."""
+  k_a, k_o = jax.random.split(rng)
+  B = action_mask.shape[0]
+  t_action = jax.random.randint(k_a, (B,), 0, num_train_steps)
+  t_action = jnp.where(action_mask, t_action, num_train_steps - 1)
+  t_obs = jax.random.randint(k_o, (B,), 0, num_train_steps)
+  return t_action, t_obs
+
+
+def compute_loss(model, schedule: Schedule, params: dict, frozen: dict, batch: dict,
+                 rng: jax.Array, train: bool = True) -> Tuple[jax.Array, dict]:
+  """loss = MSE(eps_hat_action, eps_action) + MSE(eps_hat_latent, eps_latent).
+
+  Both are plain means over all elements; the action term is not masked for video samples
+  (they regress action noise at t = T-1, as the reference). Returns (loss, metrics).
+  """
+  k_aug, k_codec, k_t, k_na, k_no = jax.random.split(rng, 5)
+  obs_img, next_img = model.transform(
+      batch[B_.OBS], batch[B_.NEXT_OBS] if model.predicts_next_obs else None, k_aug, train)
+  cond = model.global_cond(params, obs_img, batch.get(B_.LOW_DIM))
+
+  action = batch[B_.ACTION].astype(jnp.float32)
+  t_action, t_obs = sample_timesteps(k_t, batch[B_.ACTION_MASK], schedule.num_train_steps)
+  noise_a = jax.random.normal(k_na, action.shape)
+  noisy_action = add_noise(schedule, action, noise_a, t_action)
+
+  noisy_latent = noise_o = None
+  if model.predicts_next_obs:
+    latent = model.encode_next_obs(frozen, next_img, k_codec)
+    noise_o = jax.random.normal(k_no, latent.shape)
+    noisy_latent = add_noise(schedule, latent, noise_o, t_obs)
+
+  eps_a, eps_o = model.predict_noise(params, cond, noisy_action, t_action, noisy_latent,
+                                     t_obs if model.predicts_next_obs else None)
+  action_loss = jnp.mean(jnp.square(eps_a - noise_a))
+  dynamics_loss = (jnp.mean(jnp.square(eps_o - noise_o)) if model.predicts_next_obs
+                   else jnp.zeros((), jnp.float32))
+  loss = action_loss + dynamics_loss
+  return loss, {"loss": loss, "action_loss": action_loss, "dynamics_loss": dynamics_loss}

@@ -1,0 +1,42 @@
+"""One optimisation step: loss, gradients, AdamW update, metrics."""
+
+from typing import Callable, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from uwm_jax.diffusion import Schedule
+from uwm_jax.training.loss import compute_loss
+from uwm_jax.training.train_state import TrainState
+
+
+def cast_floats(tree, dtype):
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                      tree)
+
+
+def make_train_step(model, schedule: Schedule, optimizer: optax.GradientTransformation,
+                    lr_schedule: optax.Schedule) -> Callable:
+  """Returns train_step(state, batch, rng) -> (state, metrics), pure (jit it).
+
+  The step's randomness is fold_in(rng, state.step), so a step is a function of the state, the
+  batch and the run's base key alone. With model.compute_dtype = "bfloat16" the forward pass
+  runs on bf16 copies of the fp32 params; gradients, params and optimizer state stay fp32.
+  metrics: loss, action_loss, dynamics_loss, grad_norm, lr.
+  """
+  compute_dtype = jnp.bfloat16 if model.cfg.compute_dtype == "bfloat16" else jnp.float32
+
+  def loss_fn(params, frozen, batch, rng):
+    return compute_loss(model, schedule, cast_floats(params, compute_dtype), frozen, batch, rng)
+
+  def train_step(state: TrainState, batch: dict, rng: jax.Array) -> Tuple[TrainState, dict]:
+    step_rng = jax.random.fold_in(rng, state.step)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.frozen, batch, step_rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=lr_schedule(state.step))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
