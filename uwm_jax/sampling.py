@@ -85,7 +85,9 @@ def make_sampler(model, diffusion_cfg, mode: str) -> Callable:
     k_tf, k_codec, k_a, k_o = jax.random.split(rng, 4)
     obs = batch[B_.OBS]
     B = obs.shape[0]
-    obs_img, next_img = model.transform(obs, batch.get(B_.NEXT_OBS), k_tf, train=False)
+    # Only inverse dynamics reads the next frames; other modes ignore them even when present.
+    next_obs = batch[B_.NEXT_OBS] if B_.NEXT_OBS in spec.needs else None
+    obs_img, next_img = model.transform(obs, next_obs, k_tf, train=False)
     cond = model.global_cond(params, obs_img, batch.get(B_.LOW_DIM))
 
     x_a = jax.random.normal(k_a, (B, d.action_len, d.action_dim))

@@ -7,6 +7,7 @@ function of explicit params, so it composes with jit, grad and sharding:
   frozen = codec params ({} for the pixels codec)      never given to the optimizer
 """
 
+import functools
 from typing import Optional, Tuple
 
 import jax
@@ -31,7 +32,7 @@ class UnifiedWorldModel:
     self.image_encoder = ResNet18GN(self.cfg.image_feature_dim, self.cfg.resnet_width,
                                     dtype_of(self.cfg.compute_dtype))
     self.noise_net = NoisePredictionNet(self.cfg)
-    self.codec = make_codec(self.cfg)
+    self.codec = make_codec(self.cfg) if self.dims.num_timesteps == 2 else None
 
   @property
   def predicts_next_obs(self) -> bool:
@@ -59,12 +60,21 @@ class UnifiedWorldModel:
     }
 
   def init_frozen(self, rng: jax.Array) -> dict:
-    """Frozen codec params (random until pretrained weights are imported)."""
-    return self.codec.init(rng)
+    """Frozen codec params (random until pretrained weights are imported; {} for DP)."""
+    return self.codec.init(rng) if self.codec is not None else {}
 
   def init(self, rng: jax.Array) -> Tuple[dict, dict]:
-    k_params, k_frozen = jax.random.split(rng)
-    return self.init_params(k_params), self.init_frozen(k_frozen)
+    """-> (params, frozen), compiled once per model (eager init is slow on CPU)."""
+    return self._jitted_init(rng)
+
+  @functools.cached_property
+  def _jitted_init(self):
+
+    def init(rng):
+      k_params, k_frozen = jax.random.split(rng)
+      return self.init_params(k_params), self.init_frozen(k_frozen)
+
+    return jax.jit(init)
 
   # ---------------------------------------------------------------- observations
   def transform(self, obs: jax.Array, next_obs: Optional[jax.Array], rng: jax.Array,

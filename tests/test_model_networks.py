@@ -1,0 +1,115 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.helpers import structured_batch, tiny_config
+from uwm_jax.model.layers import sinusoidal_embedding
+from uwm_jax.model.patchify import patchify, unpatchify
+from uwm_jax.model.uwm import UnifiedWorldModel
+
+
+def _random_inputs(model, B=3, seed=0):
+  d = model.dims
+  ks = jax.random.split(jax.random.key(seed), 3)
+  return (jax.random.normal(ks[0], (B, d.global_cond_dim)),
+          jax.random.normal(ks[1], (B, d.action_len, d.action_dim)),
+          jnp.array([0, 50, 99])[:B],
+          jax.random.normal(ks[2], (B,) + d.latent_shape),
+          jnp.array([99, 3, 42])[:B])
+
+
+def test_zero_output_at_init():
+  model = UnifiedWorldModel(tiny_config().model)
+  params, _ = model.init(jax.random.key(0))
+  eps_a, eps_o = jax.jit(model.predict_noise)(params, *_random_inputs(model))
+  assert eps_a.shape == (3,) + (model.dims.action_len, model.dims.action_dim)
+  assert eps_o.shape == (3,) + model.dims.latent_shape
+  assert not jnp.any(eps_a) and not jnp.any(eps_o)
+
+
+def _perturb(params, seed=1):
+  """Make every parameter non-zero so the zero-initialised layers matter."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(
+      tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+def test_scanned_and_unrolled_blocks_agree():
+  cfg = tiny_config()
+  scanned = UnifiedWorldModel(cfg.model)
+  params, _ = scanned.init(jax.random.key(0))
+  params = _perturb(params)
+  cfg.model.scan_layers = False
+  unrolled = UnifiedWorldModel(cfg.model)
+  net = dict(params["noise_net"])
+  stacked = net.pop("dit")["blocks"]
+  net["dit"] = {f"blocks_{i}": jax.tree.map(lambda x: x[i], stacked)
+                for i in range(cfg.model.depth)}
+  inputs = _random_inputs(scanned)
+  out_s = jax.jit(scanned.predict_noise)(params, *inputs)
+  out_u = jax.jit(unrolled.predict_noise)(dict(params, noise_net=net), *inputs)
+  assert jnp.abs(out_s[0]).max() > 0
+  for a, b in zip(out_s, out_u):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_remat_and_bf16_run_close_to_fp32():
+  cfg = tiny_config()
+  model = UnifiedWorldModel(cfg.model)
+  params = _perturb(model.init(jax.random.key(0))[0])
+  inputs = _random_inputs(model)
+  ref = jax.jit(model.predict_noise)(params, *inputs)
+  cfg.model.remat = True
+  cfg.model.compute_dtype = "bfloat16"
+  out = jax.jit(UnifiedWorldModel(cfg.model).predict_noise)(params, *inputs)
+  assert out[0].dtype == jnp.float32
+  for a, b in zip(ref, out):
+    assert float(jnp.abs(a - b).max()) < 0.1 * float(jnp.abs(a).max()) + 0.05
+
+
+def test_patchify_roundtrip_and_token_order():
+  x = jnp.arange(2 * 3 * 4 * 2 * 8 * 8, dtype=jnp.float32).reshape(2, 3, 4, 2, 8, 8)
+  tokens = patchify(x, (2, 4, 4))
+  assert tokens.shape == (2, 3 * 1 * 2 * 2, 4 * 2 * 4 * 4)
+  np.testing.assert_array_equal(unpatchify(tokens, x.shape[1:], (2, 4, 4)), x)
+  # Token 5 = view 1, (t, h, w) = (0, 0, 1); its patch flattens as (c, pt, ph, pw).
+  np.testing.assert_array_equal(tokens[0, 5], x[0, 1, :, 0:2, 0:4, 4:8].reshape(-1))
+
+
+def test_sinusoidal_embedding_frequencies():
+  emb = sinusoidal_embedding(jnp.array([0, 7]), 16)
+  np.testing.assert_allclose(emb[0], [0.0] * 8 + [1.0] * 8, atol=1e-7)
+  # First frequency is 1 and the last 1/10000 (denominator half - 1).
+  np.testing.assert_allclose(emb[1, 0], np.sin(7.0), rtol=1e-6)
+  np.testing.assert_allclose(emb[1, 7], np.sin(7.0 / 10000), rtol=1e-4)
+
+
+def test_dp_baseline_predicts_actions_only():
+  model = UnifiedWorldModel(tiny_config("dp").model)
+  params, frozen = model.init(jax.random.key(0))
+  assert frozen == {}
+  d = model.dims
+  eps_a, eps_o = model.predict_noise(params, jnp.zeros((2, d.global_cond_dim)),
+                                     jnp.zeros((2, d.action_len, d.action_dim)), jnp.array([1, 2]))
+  assert eps_o is None and eps_a.shape == (2, d.action_len, d.action_dim)
+
+
+def test_global_cond_layout_and_low_dim():
+  cfg = tiny_config()
+  cfg.model.low_dim_dim = 3
+  model = UnifiedWorldModel(cfg.model)
+  params, _ = model.init(jax.random.key(0))
+  batch = structured_batch(cfg.model, 2)
+  obs, _ = model.transform(batch["obs"], None, jax.random.key(0), train=False)
+  cond = model.global_cond(params, obs, batch["low_dim"])
+  d = model.dims
+  assert cond.shape == (2, d.global_cond_dim)
+  np.testing.assert_allclose(cond[:, -6:], batch["low_dim"].reshape(2, -1))
+  # Features are ordered (view, frame, feature): view 1 frame 0 is the third block.
+  F = cfg.model.image_feature_dim
+  single = model.image_encoder.apply({"params": params["image_encoder"]}, obs[:, 1, 0])
+  np.testing.assert_allclose(cond[:, 2 * F:3 * F], single, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="low_dim"):
+    model.global_cond(params, obs, None)
