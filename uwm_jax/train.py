@@ -30,10 +30,12 @@ def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
-  # Import jax-using modules only now, after flags are parsed.
-  from uwm_jax.training import distributed, loop  # pylint: disable=import-outside-toplevel
+  # jax.distributed must start before anything touches a device (some modules create arrays
+  # at import time), so the training modules are imported only afterwards.
+  from uwm_jax.training import distributed  # pylint: disable=import-outside-toplevel
   distributed.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                      _PROCESS_ID.value)
+  from uwm_jax.training import loop  # pylint: disable=import-outside-toplevel
   loop.train(_CONFIG.value, _WORKDIR.value)
 
 

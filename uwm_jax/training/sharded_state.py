@@ -53,5 +53,6 @@ def jit_train_step(train_step: Callable, state_shardings: TrainState, mesh: Mesh
 
 
 def replicate(x: Any, mesh: Mesh) -> Any:
-  """Place host values (an rng key, scalars) on every device of the mesh."""
-  return jax.device_put(x, mesh_lib.replicated(mesh))
+  """Place a value every process holds alike (an rng key, scalars) on every device of the
+  mesh (device_put cannot target other processes' devices; a jitted identity can)."""
+  return jax.jit(lambda y: y, out_shardings=mesh_lib.replicated(mesh))(x)
