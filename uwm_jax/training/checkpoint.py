@@ -58,6 +58,36 @@ def config_from_json(d: dict) -> ml_collections.ConfigDict:
 
 
 # ------------------------------------------------------------------------------------ manager
+# Replicated arrays are written cooperatively by their replicas ("replica parallel"), but only
+# when each replica's slice is at least this big: slicing many small arrays costs more (one
+# device op per slice) than it saves.
+MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL = 4 * 2**20
+
+
+def _pytree_handler() -> ocp.PyTreeCheckpointHandler:
+  from orbax.checkpoint import type_handlers  # pylint: disable=import-outside-toplevel
+  registry = type_handlers.create_type_handler_registry(
+      (int, type_handlers.ScalarHandler()),
+      (float, type_handlers.ScalarHandler()),
+      (np.number, type_handlers.ScalarHandler()),
+      (np.ndarray, type_handlers.NumpyHandler()),
+      (jax.Array, type_handlers.ArrayHandler(
+          min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL)),
+  )
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
+def _save(tree) -> ocp.args.PyTreeSave:
+  return ocp.args.PyTreeSave(tree)
+
+
+def _restore(abstract_tree) -> ocp.args.PyTreeRestore:
+  """Restore into the shardings (and dtypes) of `abstract_tree`'s ShapeDtypeStructs."""
+  return ocp.args.PyTreeRestore(
+      item=abstract_tree,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_tree))
+
+
 def make_manager(directory: str, *, keep_last: Optional[int] = None, keep_every: int = 0,
                  save_every: int = 1, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
@@ -78,7 +108,7 @@ def make_manager(directory: str, *, keep_last: Optional[int] = None, keep_every:
       create=not read_only,
       cleanup_tmp_directories=not read_only,  # partial saves of a killed run
   )
-  handlers = {STATE: ocp.StandardCheckpointHandler(), PARAMS: ocp.StandardCheckpointHandler()}
+  handlers = {STATE: _pytree_handler(), PARAMS: _pytree_handler()}
   handlers.update({k: ocp.JsonCheckpointHandler() for k in (DATASET_STATS, CONFIG, DATA_ITER)})
   return ocp.CheckpointManager(epath.Path(directory), options=options, item_handlers=handlers)
 
@@ -122,8 +152,8 @@ def save_train_checkpoint(manager: ocp.CheckpointManager, step: int, *, state, i
     return False
   states = gather_process_states(data_iter_state)
   args = ocp.args.Composite(**{
-      STATE: ocp.args.StandardSave(state.replace(frozen={})),
-      PARAMS: ocp.args.StandardSave({"params": inference_params, "frozen": state.frozen}),
+      STATE: _save(state.replace(frozen={})),
+      PARAMS: _save({"params": inference_params, "frozen": state.frozen}),
       DATASET_STATS: ocp.args.JsonSave(dataset_stats or {}),
       CONFIG: ocp.args.JsonSave(config_to_json(config)),
       DATA_ITER: ocp.args.JsonSave({"process_count": jax.process_count(), "states": states}),
@@ -137,7 +167,7 @@ def save_params_checkpoint(directory: str, *, params, frozen, config, dataset_st
   (a `checkpoints` folder) at `step`, synchronously. Returns the step folder."""
   manager = make_manager(directory, async_save=False)
   manager.save(step, args=ocp.args.Composite(**{
-      PARAMS: ocp.args.StandardSave({"params": params, "frozen": frozen}),
+      PARAMS: _save({"params": params, "frozen": frozen}),
       DATASET_STATS: ocp.args.JsonSave(dataset_stats or {}),
       CONFIG: ocp.args.JsonSave(config_to_json(config)),
   }), force=True)
@@ -188,7 +218,7 @@ def load_params_checkpoint(directory: str, step: Optional[int] = None, *, device
   device = device or jax.local_devices()[0]
   target = _on_device(_metadata_tree(manager, step, PARAMS), device)
   out = manager.restore(step, args=ocp.args.Composite(**{
-      PARAMS: ocp.args.StandardRestore(target),
+      PARAMS: _restore(target),
       CONFIG: ocp.args.JsonRestore(),
       DATASET_STATS: ocp.args.JsonRestore(),
   }))
@@ -235,7 +265,7 @@ def load_init_params(directory: str, abstract: Dict[str, Any], shardings: Dict[s
         f"train.init_from={directory} (step {step}) does not fit this model config; "
         f"{len(problems)} arrays differ:\n" + "\n".join(problems))
   out = manager.restore(step, args=ocp.args.Composite(**{
-      PARAMS: ocp.args.StandardRestore(abstract_with_shardings(abstract, shardings)),
+      PARAMS: _restore(abstract_with_shardings(abstract, shardings)),
       DATASET_STATS: ocp.args.JsonRestore(),
   }))
   manager.close()
@@ -289,8 +319,8 @@ def restore_train_checkpoint(manager: ocp.CheckpointManager, abstract_state: Any
             "config:\n" + "\n".join(problems))
       try:
         out = manager.restore(s, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardRestore(saved_state),
-            PARAMS: ocp.args.StandardRestore({"params": target.params, "frozen": target.frozen}),
+            STATE: _restore(saved_state),
+            PARAMS: _restore({"params": target.params, "frozen": target.frozen}),
             DATASET_STATS: ocp.args.JsonRestore(),
             DATA_ITER: ocp.args.JsonRestore(),
         }))
