@@ -147,6 +147,10 @@ def build_state(config, model, optimizer, mesh, manager, workdir):
       stats = init_stats or None
       log.info("Keeping the pretraining run's normalisation statistics "
                "(train.recompute_dataset_stats=False).")
+  elif config.model.codec == "sdxl_vae":
+    log.warning("Training from scratch with a randomly initialised SDXL VAE: set "
+                "train.init_from to a checkpoint holding the imported VAE (and ImageNet "
+                "ResNet-18) weights for a real run.")
   return 0, state, shardings, stats, None
 
 
