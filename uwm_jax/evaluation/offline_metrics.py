@@ -53,12 +53,10 @@ def make_eval_step(model, diffusion_cfg, dataset_stats: Optional[dict] = None,
   video = model.predicts_next_obs
   modes = sampling.MODES if video else (sampling.POLICY,)
   samplers = {m: sampling.make_sampler(model, diffusion_cfg, m) for m in modes}
-  entry = (dataset_stats or {}).get(normalization.ACTION)
 
-  def raw(action):
-    return action if entry is None else normalization.denormalize(action, entry)
-
-  def eval_step(params, frozen, batch, rng):
+  def eval_step(params, frozen, batch, rng, scale_offset):
+    scale, offset = scale_offset
+    raw = lambda action: action * scale + offset  # = normalization.denormalize
     k_loss, k_target, k_samples = jax.random.split(rng, 3)
     _, out = compute_loss(model, schedule, params, frozen, batch, k_loss, train=False)
     out = dict(out)
@@ -82,9 +80,33 @@ def make_eval_step(model, diffusion_cfg, dataset_stats: Optional[dict] = None,
 
   options = dict((compiler_options or {}).items()) or None
   if mesh is None:
-    return jax.jit(eval_step, compiler_options=options)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(eval_step, out_shardings=replicated, compiler_options=options)
+    jitted = jax.jit(eval_step, compiler_options=options)
+  else:
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    jitted = jax.jit(eval_step, out_shardings=replicated, compiler_options=options)
+  return EvalStep(jitted, model.dims.action_dim, mesh).with_dataset_stats(dataset_stats)
+
+
+class EvalStep:
+  """fn(params, frozen, batch, rng) -> {metric: ()} around one jitted executable; the action
+  statistics are an argument of that executable, so `with_dataset_stats` does not recompile."""
+
+  def __init__(self, jitted, action_dim: int, mesh=None, scale_offset=None):
+    self._jitted, self._action_dim, self._mesh = jitted, action_dim, mesh
+    self._scale_offset = scale_offset
+
+  def with_dataset_stats(self, dataset_stats: Optional[dict]) -> "EvalStep":
+    entry = (dataset_stats or {}).get(normalization.ACTION)
+    if entry is None:  # compare actions as given
+      entry = normalization.identity_entry(self._action_dim)
+    scale_offset = tuple(jnp.asarray(a) for a in normalization.scale_offset(entry))
+    if self._mesh is not None:
+      replicated = jax.sharding.NamedSharding(self._mesh, jax.sharding.PartitionSpec())
+      scale_offset = jax.jit(lambda x: x, out_shardings=replicated)(scale_offset)
+    return EvalStep(self._jitted, self._action_dim, self._mesh, scale_offset)
+
+  def __call__(self, params, frozen, batch, rng):
+    return self._jitted(params, frozen, batch, rng, self._scale_offset)
 
 
 def compute_offline_metrics(model, diffusion_cfg, params, frozen, batches: Iterable[dict],

@@ -186,6 +186,9 @@ def _non_finite_error(step: int, row: Dict[str, float], manager) -> FloatingPoin
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   """Train (or resume training) `config` in `workdir`; returns the final state and metrics."""
   tc = config.train
+  if "://" in os.fspath(workdir):
+    raise ValueError(f"--workdir={workdir}: use a filesystem path that every host sees (NFS, "
+                     "Filestore, or a bucket mounted with gcsfuse), not a URL.")
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh(tc.mesh_shape)
   _check_batch_size(config, mesh)

@@ -45,7 +45,7 @@ def make_train_step(model, schedule: Schedule, optimizer: optax.GradientTransfor
         state.params, state.frozen, batch, step_rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=lr_schedule(state.step))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=lr_schedule(state.step))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     if ema_decay:
       new_state = new_state.replace(ema_params=ema_update(state.ema_params, params, ema_decay))
