@@ -13,6 +13,7 @@ seen — also with a different number of workers or hosts, as long as the global
 unchanged.
 """
 
+import concurrent.futures
 import dataclasses
 import logging
 import zlib
@@ -85,19 +86,47 @@ class _Loader:
     self.reader = WindowReader(self.sources, config.model, self.dataset_stats)
     self.split = make_split(config, self.sources, max(1, int(config.data.eval_window_stride)))
 
+  def _batches(self, rows: grain.MapDataset) -> grain.MapDataset:
+    """Rows (source, episode, start) -> host batches, each read by a pool of threads."""
+    return rows.batch(self.batch_size, drop_remainder=True).map(
+        BatchReader(self.reader, int(self.config.data.read_threads)))
+
   def _to_iter(self, ds: grain.MapDataset) -> grain.IterDataset:
     d = self.config.data
-    threads = max(1, int(d.read_threads))
-    it = ds.to_iter_dataset(grain.ReadOptions(
-        num_threads=threads, prefetch_buffer_size=max(threads, int(d.prefetch_batches))))
+    ahead = max(1, int(d.prefetch_batches))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=ahead, prefetch_buffer_size=ahead))
     if int(d.num_workers) > 0:
       from absl import flags  # pylint: disable=import-outside-toplevel
       if not flags.FLAGS.is_parsed():  # grain reads its absl flags; use their defaults
         flags.FLAGS.mark_as_parsed()  # when no app.run parsed them (tests, notebooks).
-      it = it.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=int(d.num_workers), per_worker_buffer_size=max(1, int(
-              d.prefetch_batches))))
+      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(d.num_workers),
+                                                       per_worker_buffer_size=1))
     return it
+
+
+class BatchReader:
+  """(b, 3) rows -> one stacked batch; the b windows are read by `threads` threads.
+
+  Memory stays at a few batches (`data.prefetch_batches` in flight per process) while decoding
+  runs in parallel inside each batch (Pillow and array_record release the GIL).
+  """
+
+  def __init__(self, reader: WindowReader, threads: int):
+    self.reader = reader
+    self.threads = max(1, threads)
+    self._pool = None
+
+  def __getstate__(self):
+    return {**self.__dict__, "_pool": None}
+
+  def __call__(self, rows: np.ndarray) -> dict:
+    if self.threads == 1:
+      samples = [self.reader(r) for r in rows]
+    else:
+      if self._pool is None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.threads)
+      samples = list(self._pool.map(self.reader, rows))
+    return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
 
 
 class TrainLoader(_Loader):
@@ -132,9 +161,8 @@ class TrainLoader(_Loader):
     return grain.MapDataset.mix(parts, self.weights)
 
   def _host_batches(self, start_batch: int) -> grain.IterDataset:
-    p, P, b = self.process_index, self.process_count, self.batch_size
-    ds = self._stream[p::P].map(self.reader).batch(b, drop_remainder=True)
-    return self._to_iter(ds[start_batch:])
+    p, P = self.process_index, self.process_count
+    return self._to_iter(self._batches(self._stream[p::P])[start_batch:])
 
   def __iter__(self):
     return self
@@ -196,9 +224,7 @@ class EvalLoader(_Loader):
 
   def __iter__(self):
     p, P = self.process_index, self.process_count
-    ds = (grain.MapDataset.source(self._rows)[p::P].map(self.reader)
-          .batch(self.batch_size, drop_remainder=True))
-    return iter(self._to_iter(ds))
+    return iter(self._to_iter(self._batches(grain.MapDataset.source(self._rows)[p::P])))
 
 
 def make_train_loader(config, *, process_index=None, process_count=None) -> TrainLoader:
