@@ -3,9 +3,12 @@
 The global sample stream is a pure function of the config (`data.seed`): each source's windows
 are shuffled per epoch and repeated (`grain.MapDataset.shuffle().repeat()`), the sources are
 interleaved by weight (`grain.MapDataset.mix`), and global batch j is samples
-[j * B, (j + 1) * B) of that stream. Host p of P takes samples p, p + P, p + 2P, ... so the hosts'
-batch j are disjoint and together are exactly global batch j. Batching happens before the
-grain worker processes split the work, so batches do not depend on `data.num_workers`.
+[j * B, (j + 1) * B) of that stream. Host p of P takes the contiguous block
+[j * B + p * B / P, j * B + (p + 1) * B / P), so the hosts' batches j are disjoint and, stacked in
+process order (`host_batch_to_global`), are exactly global batch j for any number of hosts (the
+train step's per-row randomness then does not depend on the host count either). Batching
+happens before the grain worker processes split the work, so batches do not depend on
+`data.num_workers`.
 
 The loader state is the index of the next batch (JSON: `{"next_batch": j, ...}`); restoring it
 rebuilds the pipeline from batch j, so a resumed run sees exactly the batches it would have
@@ -87,8 +90,12 @@ class _Loader:
     self.split = make_split(config, self.sources, max(1, int(config.data.eval_window_stride)))
 
   def _batches(self, rows: grain.MapDataset) -> grain.MapDataset:
-    """Rows (source, episode, start) -> host batches, each read by a pool of threads."""
-    return rows.batch(self.batch_size, drop_remainder=True).map(
+    """Global rows (source, episode, start) -> this host's batches, read by a thread pool.
+
+    Host p's batch j is the p-th contiguous block of global batch j.
+    """
+    p, P = self.process_index, self.process_count
+    return rows.batch(self.batch_size, drop_remainder=True)[p::P].map(
         BatchReader(self.reader, int(self.config.data.read_threads)))
 
   def _to_iter(self, ds: grain.MapDataset) -> grain.IterDataset:
@@ -161,8 +168,7 @@ class TrainLoader(_Loader):
     return grain.MapDataset.mix(parts, self.weights)
 
   def _host_batches(self, start_batch: int) -> grain.IterDataset:
-    p, P = self.process_index, self.process_count
-    return self._to_iter(self._batches(self._stream[p::P])[start_batch:])
+    return self._to_iter(self._batches(self._stream)[start_batch:])
 
   def __iter__(self):
     return self
@@ -223,8 +229,7 @@ class EvalLoader(_Loader):
     return self.num_batches
 
   def __iter__(self):
-    p, P = self.process_index, self.process_count
-    return iter(self._to_iter(self._batches(grain.MapDataset.source(self._rows)[p::P])))
+    return iter(self._to_iter(self._batches(grain.MapDataset.source(self._rows))))
 
 
 def make_train_loader(config, *, process_index=None, process_count=None) -> TrainLoader:
