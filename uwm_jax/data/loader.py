@@ -29,8 +29,10 @@ from uwm_jax.data import sources as sources_lib
 from uwm_jax.data import stats as stats_lib
 from uwm_jax.data.episodes import (EpisodeSource, concat_sources_windows, split_episodes,
                                    window_starts)
-from uwm_jax.data.windows import SOURCE, WindowReader  # noqa: F401  (SOURCE re-exported)
+from uwm_jax.data.windows import SOURCE, WindowReader
 from uwm_jax.model.dims import model_dims
+
+__all__ = ["SOURCE", "TrainLoader", "EvalLoader", "make_train_loader", "make_eval_loader"]
 
 STATE_VERSION = 1
 
