@@ -3,13 +3,18 @@
   python -m uwm_jax.inspect --config=configs/droid.py
   python -m uwm_jax.inspect --config=configs/droid.py:dp      # the DP baseline
 
+Data: DROID (TFDS, as published) converted once (docs/data.md), e.g. the reference's robot split:
+  python -m uwm_jax.data.convert droid --data_dir=/data/tfds --builder=droid \\
+      --out=/data/uwm/droid_weird --include=WEIRD --max_episodes=2000 --num_processes=8
+  ... --config.data.sources.droid.path=/data/uwm/droid_weird
+Cotraining with the action-free split: configs/droid_cotrain.py.
+
 Expect 171 tokens (16 action + 147 obs + 8 registers), AdaLN condition width 5120, next-obs
 latent (3, 4, 2, 28, 28) and 396,485,578 trainable parameters (+ the frozen 83.65M SDXL VAE).
 The `dp` variant is the diffusion-policy baseline: action tokens only, one timestep.
 
-Training (data converted by `python -m uwm_jax.data.convert droid ... --include=WEIRD
---max_episodes=2000 --out=/data/uwm/droid_weird`; SDXL VAE weights imported into an
-init checkpoint, see docs/training.md):
+Training (the SDXL VAE and ImageNet ResNet-18 weights come from an init checkpoint written by
+the weight import; see docs/training.md):
 
   python -m uwm_jax.train --config=configs/droid.py --workdir=/ckpt/uwm_droid \\
       --config.data.sources.droid.path=/data/uwm/droid_weird \\
@@ -20,15 +25,13 @@ Reference run: global batch 144 (36 x 4 GPUs), 100k steps of constant-LR AdamW (
 encoding the next frames. Checkpoints and offline evaluation (uwm_spec.md 5.1) every 10k steps;
 action_mse_marginal on the validation split (raw action units) is the number to watch. This
 repository has not run the full recipe (no accelerator here); the paper's success rates after
-finetuning are in uwm_spec.md 7. Memory: ~6.4 GB of fp32 params + AdamW state; the default mesh is data parallel; on devices
-with little memory use FSDP (--config.train.mesh_shape='(-1,4,1)') and/or
---config.model.compute_dtype=bfloat16 --config.model.remat=True.
+finetuning are in uwm_spec.md 7. Memory: ~6.4 GB of fp32 params + AdamW state; the default mesh
+is data parallel; on devices with little memory use FSDP (--config.train.mesh_shape='(-1,4,1)')
+and/or --config.model.compute_dtype=bfloat16 --config.model.remat=True.
 """
 
 from uwm_jax import config_base
 from uwm_jax.data import source_configs
-
-DROID_ROBOT_DATA = "/data/uwm/droid_weird"  # override: --config.data.sources.droid.path=...
 
 
 def apply_pretraining(c) -> None:
@@ -55,7 +58,7 @@ def get_config(variant: str = ""):
   m.crop_shape = (224, 224)
   m.action_dim = 10
   m.num_registers = 8
-  c.data.sources.droid = source_configs.array_record(DROID_ROBOT_DATA)
+  c.data.sources.droid = source_configs.array_record("")
   apply_pretraining(c)
   config_base.apply_variant(c, variant)
   return c

@@ -21,12 +21,9 @@ robot-only run (video adds no action supervision) and the image MSEs to be lower
 from configs import droid
 from uwm_jax.data import source_configs
 
-DROID_VIDEO_DATA = "/data/uwm/droid_video"  # override: --config.data.sources.droid_video.path=
-
 
 def get_config(variant: str = ""):
   c = droid.get_config(variant)
   c.data.sources.droid.weight = 1.0
-  c.data.sources.droid_video = source_configs.array_record(DROID_VIDEO_DATA, weight=1.0,
-                                                           action_free=True)
+  c.data.sources.droid_video = source_configs.array_record("", weight=1.0, action_free=True)
   return c

@@ -17,14 +17,9 @@ uwm_spec.md 7 (Table II, average 0.79).
 """
 
 from configs import droid, libero
-from uwm_jax.data import source_configs
-
-LIBERO_90_DATA = "/data/uwm/libero_90"  # override: --config.data.sources.libero_90.path=...
 
 
 def get_config(variant: str = ""):
-  c = libero.get_config(variant)
-  c.data.sources.libero_90 = source_configs.array_record(LIBERO_90_DATA)
-  c.data.normalize = False  # LIBERO actions are used raw (uwm_spec.md 3)
+  c = libero.get_config(variant)  # the libero_90 source, actions used raw (data.normalize False)
   droid.apply_pretraining(c)
   return c

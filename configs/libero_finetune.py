@@ -22,6 +22,8 @@ initialisations of its OOD variant, 0.91 / 0.93 / 0.80 / 0.68 / 0.65 success (av
 rollouts are run by `python -m uwm_jax.evaluate` on the finished checkpoint.
 """
 
+import ml_collections
+
 from configs import libero
 from uwm_jax.data import source_configs
 
@@ -49,7 +51,8 @@ def parse_variant(variant: str):
 def get_config(variant: str = ""):
   task, model_variant = parse_variant(variant)
   c = libero.get_config(model_variant)
-  c.data.sources[task] = source_configs.array_record(f"{DATA_ROOT}/libero_{task}")
+  c.data.sources = ml_collections.ConfigDict(
+      {task: source_configs.array_record(f"{DATA_ROOT}/libero_{task}")})
   c.data.normalize = False
   c.batch_size = 72
   c.num_steps = 10_000
