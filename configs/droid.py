@@ -25,9 +25,11 @@ Reference run: global batch 144 (36 x 4 GPUs), 100k steps of constant-LR AdamW (
 encoding the next frames. Checkpoints and offline evaluation (uwm_spec.md 5.1) every 10k steps;
 action_mse_marginal on the validation split (raw action units) is the number to watch. This
 repository has not run the full recipe (no accelerator here); the paper's success rates after
-finetuning are in uwm_spec.md 7. Memory: ~6.4 GB of fp32 params + AdamW state; the default mesh
-is data parallel; on devices with little memory use FSDP (--config.train.mesh_shape='(-1,4,1)')
-and/or --config.model.compute_dtype=bfloat16 --config.model.remat=True.
+finetuning are in uwm_spec.md 7.
+Memory: 4.7 GiB of fp32 params + AdamW state (+0.3 GiB frozen VAE) per device with the default
+data-parallel mesh; FSDP over 8 devices (--config.train.mesh_shape='(-1,8,1)') brings the state
+to 0.6 GiB per device; bf16 compute (--config.model.compute_dtype=bfloat16) and
+--config.model.remat=True cut activation memory.
 """
 
 from uwm_jax import config_base
