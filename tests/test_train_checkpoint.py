@@ -1,0 +1,174 @@
+"""Orbax checkpoints: restore onto another mesh and onto one CPU device, fall back past a
+corrupt latest step, params-only save/load, finetuning from a (mismatched) checkpoint."""
+
+import logging
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from uwm_jax.model.uwm import UnifiedWorldModel
+from uwm_jax.training import checkpoint as ckpt
+from uwm_jax.training import loop
+from uwm_jax.training import mesh as mesh_lib
+from uwm_jax.training import optimizer as optim_lib
+from uwm_jax.training import sharded_state
+
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+FSDP_MIN = 1024
+STATS = {"action": {"min": [-2.0, -1.0, 0.0, 3.0], "max": [2.0, 1.0, 0.5, 3.0]}}
+
+
+def _config():
+  c = tiny.get_config()
+  c.train.fsdp_min_size = FSDP_MIN
+  c.train.compiler_options = dict(FAST_COMPILE)
+  return c
+
+
+def _setup(cfg, mesh_shape, ema=False):
+  model = UnifiedWorldModel(cfg.model)
+  tx = optim_lib.make_optimizer(cfg.optim, cfg.num_steps)
+  mesh = mesh_lib.make_mesh(mesh_shape, jax.devices()[:int(np.prod(mesh_shape))])
+  abstract = sharded_state.abstract_train_state(model, tx, ema)
+  shardings = sharded_state.train_state_shardings(abstract, mesh, cfg.train.partition_rules,
+                                                  FSDP_MIN, log_decisions=False)
+  return model, tx, abstract, shardings
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+  """A train checkpoint of an (EMA) state sharded on a (2, 4, 1) mesh, at steps 1 and 2."""
+  cfg = _config()
+  cfg.train.ema_decay = 0.9
+  model, tx, abstract, shardings = _setup(cfg, (2, 4, 1), ema=True)
+  state = sharded_state.init_train_state(model, tx, jax.random.key(3), shardings, ema=True,
+                                         compiler_options=FAST_COMPILE)
+  directory = str(tmp_path_factory.mktemp("run") / "checkpoints")
+  manager = ckpt.make_manager(directory)
+  for step in (1, 2):
+    assert ckpt.save_train_checkpoint(manager, step, state=state,
+                                      inference_params=state.inference_params,
+                                      dataset_stats=STATS, config=cfg,
+                                      data_iter_state={"next_batch": step}, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return cfg, jax.device_get(state), directory
+
+
+def _assert_trees_equal(a, b):
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 2, 4), (1, 1, 1)])
+def test_restore_onto_a_different_mesh_is_exact(saved, mesh_shape):
+  cfg, host_state, directory = saved
+  _, _, abstract, shardings = _setup(cfg, mesh_shape, ema=True)
+  manager = ckpt.make_manager(directory)
+  step, state, stats, data_iter = ckpt.restore_train_checkpoint(manager, abstract, shardings)
+  manager.close()
+  assert step == 2 and stats == STATS
+  assert ckpt.local_process_state(data_iter) == {"next_batch": 2}
+  _assert_trees_equal(host_state, jax.device_get(state))
+  kernel = state.params["noise_net"]["dit"]["blocks"]["adaLN_modulation"]["kernel"]
+  assert kernel.sharding == shardings.params["noise_net"]["dit"]["blocks"]["adaLN_modulation"][
+      "kernel"]
+
+
+def test_params_only_load_on_cpu_and_roundtrip(saved, tmp_path):
+  cfg, host_state, directory = saved
+  params, frozen, config, stats = ckpt.load_params_checkpoint(directory)
+  assert stats == STATS
+  assert config.model.crop_shape == cfg.model.crop_shape and config == ckpt.config_from_json(
+      ckpt.config_to_json(cfg))
+  _assert_trees_equal(host_state.ema_params, params)  # inference params = the EMA
+  leaf = jax.tree.leaves(params)[0]
+  assert len(leaf.sharding.device_set) == 1
+  # save_params_checkpoint writes the layout load_params_checkpoint reads (any step).
+  out = ckpt.save_params_checkpoint(str(tmp_path / "checkpoints"), params=params, frozen=frozen,
+                                    config=config, dataset_stats=stats, step=7)
+  assert {"config", "dataset_stats", "params"} <= set(os.listdir(out))
+  p2, _, c2, s2 = ckpt.load_params_checkpoint(str(tmp_path / "checkpoints"), step=7)
+  _assert_trees_equal(params, p2)
+  assert c2 == config and s2 == stats
+  with pytest.raises(FileNotFoundError, match="No checkpoint step 3"):
+    ckpt.load_params_checkpoint(str(tmp_path / "checkpoints"), step=3)
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_a_warning(saved, tmp_path, caplog):
+  cfg, host_state, directory = saved
+  import shutil
+  copy = str(tmp_path / "checkpoints")
+  shutil.copytree(directory, copy)
+  # Damage step 2: truncate every file of its state item.
+  for root, _, files in os.walk(os.path.join(copy, "2", "state")):
+    for f in files:
+      with open(os.path.join(root, f), "wb"):
+        pass
+  _, _, abstract, shardings = _setup(cfg, (8, 1, 1), ema=True)
+  manager = ckpt.make_manager(copy)
+  with caplog.at_level(logging.WARNING):
+    step, state, _, _ = ckpt.restore_train_checkpoint(manager, abstract, shardings)
+  assert step == 1
+  assert any("step 2" in r.getMessage() and "falling back" in r.getMessage()
+             for r in caplog.records)
+  _assert_trees_equal(host_state, jax.device_get(state))
+  # The damaged step is set aside, so the run can save step 2 again later.
+  assert manager.all_steps() == [1]
+  assert os.listdir(tmp_path / ckpt.CORRUPT_DIRNAME)
+  manager.close()
+
+
+def test_resume_with_another_model_config_is_a_clear_error(saved):
+  cfg, _, directory = saved
+  other = _config()
+  other.model.embed_dim = 32
+  _, _, abstract, shardings = _setup(other, (8, 1, 1), ema=True)
+  manager = ckpt.make_manager(directory)
+  with pytest.raises(ValueError, match="different model"):
+    ckpt.restore_train_checkpoint(manager, abstract, shardings)
+  assert manager.all_steps() == [1, 2]  # nothing set aside
+  manager.close()
+
+
+def test_init_from_mismatched_config_lists_every_mismatch(saved, tmp_path):
+  _, _, directory = saved
+  cfg = _config()
+  cfg.model.action_dim = 5
+  cfg.model.num_registers = 3
+  cfg.train.init_from = directory
+  with pytest.raises(ValueError) as err:
+    loop.train(cfg, str(tmp_path / "finetune"))
+  msg = str(err.value)
+  assert "does not fit this model config" in msg
+  assert "noise_net/action_encoder/fc_0/kernel: checkpoint (4, 256) vs model (5, 256)" in msg
+  assert "noise_net/registers: checkpoint (1, 4, 64) vs model (1, 3, 64)" in msg
+  assert "noise_net/pos_embed" in msg
+
+
+def test_init_from_loads_params_and_keeps_pretraining_stats(saved, tmp_path):
+  _, host_state, directory = saved
+  cfg = _config()
+  cfg.train.init_from = os.path.join(directory, "1")  # a step folder works too
+  workdir = str(tmp_path / "finetune")
+  model, tx, _, _ = _setup(cfg, (8, 1, 1))
+  mesh = mesh_lib.make_mesh((8, 1, 1))
+  manager = ckpt.make_manager(ckpt.checkpoint_dir(workdir))
+  start, state, _, stats, data_iter = loop.build_state(cfg, model, tx, mesh, manager, workdir)
+  manager.close()
+  assert start == 0 and data_iter is None and stats == STATS
+  _assert_trees_equal(host_state.ema_params, jax.device_get(state.params))
+  assert int(state.step) == 0
+  loader, _ = loop.make_train_loader(cfg, stats, workdir)
+  try:
+    assert loader.dataset_stats == STATS  # the data is normalised with the pretraining stats
+  finally:
+    loader.close()
+  cfg.train.recompute_dataset_stats = True
+  manager = ckpt.make_manager(ckpt.checkpoint_dir(workdir))
+  _, _, _, stats, _ = loop.build_state(cfg, model, tx, mesh, manager, workdir)
+  manager.close()
+  assert stats is None  # the loader computes its own
