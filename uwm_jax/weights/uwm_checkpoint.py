@@ -203,17 +203,16 @@ def convert_model_state_dict(state_dict, model_cfg, source: str = "models.pt") -
   if problems:
     raise keymap.WeightImportError(
         f"{source} does not fit the config ({len(problems)} problem(s)): " + "; ".join(problems[:8]))
+  if model_cfg.codec == "sdxl_vae":
+    _check_vae_normalisation(state_dict, source)
   out = {}
   for name, prefix, tmpl, torch_key in _parts(model_cfg):
     out[name], _ = keymap.convert_tree(state_dict, tmpl, torch_key=torch_key, prefix=prefix,
                                        source=source)
   if model_cfg.scan_layers:
     out["noise_net"]["dit"] = keymap.stack_blocks(out["noise_net"]["dit"])
-  frozen = {}
-  if model_cfg.codec == "sdxl_vae":
-    _check_vae_normalisation(state_dict, source)
-    frozen = out["vae"]
-  return {"image_encoder": out["image_encoder"], "noise_net": out["noise_net"]}, frozen
+  return ({"image_encoder": out["image_encoder"], "noise_net": out["noise_net"]},
+          out.get("vae", {}))
 
 
 def read_checkpoint(path: str) -> dict:
