@@ -9,25 +9,33 @@ import pytest
 
 from uwm_jax import batch as batch_lib
 from uwm_jax.data import latent_cache
+from uwm_jax.data.synthetic import SyntheticSource
 from uwm_jax.model.codecs import SDXL_SCALING_FACTOR, VAE_LATENT_SCALE, make_codec
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.model.vae import AutoencoderKL
 from uwm_jax.weights.uwm_checkpoint import load_config
 
 
-def _episodes(model_cfg, lengths, seed=0):
-  rng = np.random.default_rng(seed)
-  V = len(model_cfg.camera_keys)
-  shape = (V,) + tuple(model_cfg.image_shape) + (3,)
-  return [(f"ep{i}", rng.integers(0, 256, (n,) + shape, dtype=np.uint8))
-          for i, n in enumerate(lengths)]
+def _source(model_cfg, lengths, seed=0):
+  """A synthetic source whose episodes have the given lengths."""
+  src = SyntheticSource("synthetic", model_cfg.camera_keys, model_cfg.image_shape,
+                        model_cfg.action_dim, num_episodes=len(lengths),
+                        episode_len=max(lengths), seed=seed)
+  src.episode_lengths = np.asarray(lengths, np.int64)
+  return src
 
 
-def _codec_path(model, frozen, frames, start):
+def _tiny():
+  cfg = load_config("configs/tiny.py").model  # window 2 * 2 + 4 - 1 = 7
+  model = UnifiedWorldModel(cfg)
+  return cfg, model, model.init_frozen(jax.random.PRNGKey(0))
+
+
+def _codec_path(model, frozen, source, episode, start):
   """What the train step computes without the cache, in eval mode: the window's next obs
   through the model's transform and the codec's posterior."""
   ws = batch_lib.window_slices(model.cfg.num_obs_frames, model.cfg.action_len)
-  window = frames[start:start + ws.window].transpose(1, 0, 2, 3, 4)[None]  # (1, V, w, H, W, 3)
+  window = source.frames(episode, np.arange(start, start + ws.window))[None]  # (1, V, w, ...)
   _, next_img = model.transform(jnp.asarray(window[:, :, ws.obs]),
                                 jnp.asarray(window[:, :, ws.next_obs]),
                                 jax.random.PRNGKey(0), train=False)
@@ -36,35 +44,30 @@ def _codec_path(model, frozen, frames, start):
 
 
 def test_window_moments_match_the_codec_path(tmp_path):
-  cfg = load_config("configs/tiny.py").model  # window 7
-  model = UnifiedWorldModel(cfg)
-  frozen = model.init_frozen(jax.random.PRNGKey(0))
-  episodes = _episodes(cfg, [12, 5, 9])  # ep1 is shorter than a window
-  meta = latent_cache.build_latent_cache(iter(episodes), str(tmp_path), cfg, frozen,
-                                         batch_size=4)
-  assert sorted(meta["episodes"]) == ["ep0", "ep2"]
-  cache = latent_cache.LatentCache(str(tmp_path), cfg, frozen)
-  for key, frames in (episodes[0], episodes[2]):
-    for start in range(frames.shape[0] - 7 + 1):
-      mean, std = cache.window_moments(key, start)
-      want_mean, want_std = _codec_path(model, frozen, frames, start)
+  cfg, model, frozen = _tiny()
+  source = _source(cfg, [12, 5, 9])  # episode 1 is shorter than a window
+  meta = latent_cache.build_latent_cache(source, str(tmp_path), cfg, frozen, batch_size=4)
+  assert sorted(meta["episodes"]) == ["0", "2"]
+  cache = latent_cache.LatentCache(str(tmp_path), cfg, frozen, source)
+  for episode in (0, 2):
+    for start in range(int(source.episode_lengths[episode]) - 7 + 1):
+      mean, std = cache.window_moments(episode, start)
+      want_mean, want_std = _codec_path(model, frozen, source, episode, start)
       assert mean.shape == model.dims.latent_shape
       np.testing.assert_allclose(mean, want_mean, atol=2e-3)
       np.testing.assert_array_equal(std, want_std)
-  with pytest.raises(IndexError, match="ep0"):
-    cache.window_moments("ep0", 6)
-  with pytest.raises(KeyError, match="ep1"):
-    cache._array("ep1")  # pylint: disable=protected-access
+  with pytest.raises(IndexError, match="episode 0"):
+    cache.window_moments(0, 6)
+  with pytest.raises(KeyError, match="Episode 1"):
+    cache.window_moments(1, 0)
 
 
 def test_cached_latent_in_a_batch(tmp_path):
-  cfg = load_config("configs/tiny.py").model
-  model = UnifiedWorldModel(cfg)
-  frozen = model.init_frozen(jax.random.PRNGKey(0))
-  episodes = _episodes(cfg, [10])
-  latent_cache.build_latent_cache(episodes, str(tmp_path), cfg, frozen, batch_size=8)
+  cfg, model, frozen = _tiny()
+  source = _source(cfg, [10])
+  latent_cache.build_latent_cache(source, str(tmp_path), cfg, frozen, batch_size=8)
   cache = latent_cache.LatentCache(str(tmp_path), cfg)
-  pairs = [cache.window_moments("ep0", s) for s in (0, 3)]
+  pairs = [cache.window_moments(0, s) for s in (0, 3)]
   batch = {latent_cache.NEXT_LATENT_MEAN: np.stack([m for m, _ in pairs]),
            latent_cache.NEXT_LATENT_STD: np.stack([s for _, s in pairs])}
   latent = latent_cache.cached_next_latent(model, batch, jax.random.PRNGKey(1))
@@ -73,18 +76,16 @@ def test_cached_latent_in_a_batch(tmp_path):
 
 
 def test_mismatch_sharding_and_resume(tmp_path):
-  cfg = load_config("configs/tiny.py").model
-  model = UnifiedWorldModel(cfg)
-  frozen = model.init_frozen(jax.random.PRNGKey(0))
-  episodes = _episodes(cfg, [8, 9, 10])
+  cfg, _, frozen = _tiny()
+  source = _source(cfg, [8, 9, 10])
   for p in range(2):
-    latent_cache.build_latent_cache(episodes, str(tmp_path), cfg, frozen, process_index=p,
+    latent_cache.build_latent_cache(source, str(tmp_path), cfg, frozen, process_index=p,
                                     process_count=2)
   cache = latent_cache.LatentCache(str(tmp_path), cfg)
-  assert sorted(cache.episodes) == ["ep0", "ep1", "ep2"]
-  path = os.path.join(str(tmp_path), cache.episodes["ep1"]["file"])
+  assert sorted(cache.episodes) == ["0", "1", "2"]
+  path = os.path.join(str(tmp_path), cache.episodes["1"]["file"])
   before = os.stat(path).st_mtime_ns
-  latent_cache.build_latent_cache(episodes, str(tmp_path), cfg, frozen, process_index=1,
+  latent_cache.build_latent_cache(source, str(tmp_path), cfg, frozen, process_index=1,
                                   process_count=2)
   assert os.stat(path).st_mtime_ns == before  # not recomputed
 
@@ -95,9 +96,12 @@ def test_mismatch_sharding_and_resume(tmp_path):
     latent_cache.LatentCache(str(tmp_path), other)
   with pytest.raises(ValueError, match="codec params"):
     latent_cache.LatentCache(str(tmp_path), cfg, {"w": np.ones(3)})
-  with pytest.raises(ValueError, match="ep0"):
-    latent_cache.build_latent_cache([("ep0", episodes[0][1][..., :2])], str(tmp_path / "x"),
-                                    cfg, frozen)
+  with pytest.raises(ValueError, match="rebuild"):
+    latent_cache.LatentCache(str(tmp_path), cfg, source=_source(cfg, [8, 9, 10], seed=1))
+  wrong_views = load_config("configs/tiny.py").model
+  wrong_views.camera_keys = ("agentview_rgb",)
+  with pytest.raises(ValueError, match="synthetic: camera keys"):
+    latent_cache.build_latent_cache(source, str(tmp_path / "x"), wrong_views, frozen)
   with pytest.raises(FileNotFoundError, match="meta"):
     latent_cache.LatentCache(str(tmp_path / "absent"), cfg)
 

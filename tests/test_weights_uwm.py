@@ -210,3 +210,34 @@ def test_wrong_file_is_named(tmp_path):
     uwm_checkpoint.convert_checkpoint(path)
   with pytest.raises(FileNotFoundError):
     uwm_checkpoint.convert_checkpoint(os.path.join(str(tmp_path), "absent.pt"))
+
+
+def test_cli_writes_a_loadable_checkpoint(checkpoint, tmp_path):
+  """`python -m uwm_jax.convert uwm` -> a params checkpoint `load_params_checkpoint` reads."""
+  from uwm_jax import convert  # pylint: disable=import-outside-toplevel
+  from uwm_jax.training.checkpoint import load_params_checkpoint  # pylint: disable=import-outside-toplevel
+  config_file = tmp_path / "small.py"
+  config_file.write_text(textwrap.dedent(f"""
+      from uwm_jax.weights.uwm_checkpoint import load_config
+      def get_config():
+        c = load_config("configs/tiny.py")
+        c.model.codec = "sdxl_vae"
+        c.model.action_dim = {ACTION_DIM}
+        c.model.resnet_width = 16
+        return c
+  """))
+  out_dir = str(tmp_path / "checkpoints")
+  path = convert.main(["uwm", f"--src={checkpoint['path']}", f"--out={out_dir}",
+                       f"--config={config_file}", "--scan_layers=false"])
+  assert path.endswith("1234")
+  params, frozen, config, stats = load_params_checkpoint(out_dir)
+  want = uwm_checkpoint.convert_checkpoint(checkpoint["path"], config=str(config_file),
+                                           scan_layers=False)
+  assert config.model.codec == "sdxl_vae" and config.model.scan_layers is False
+  assert config.model.action_dim == ACTION_DIM
+  assert stats == want.dataset_stats
+  for got_tree, want_tree in ((params, want.params), (frozen, want.frozen)):
+    got_flat, want_flat = keymap.tree_paths(got_tree), keymap.tree_paths(want_tree)
+    assert got_flat.keys() == want_flat.keys()
+    for k in want_flat:
+      np.testing.assert_array_equal(np.asarray(got_flat[k]), want_flat[k])

@@ -128,3 +128,16 @@ def test_sdxl_required_by_default(vae_folder):
 def test_missing_folder_is_clear(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
     vae_weights.load_diffusers_vae(str(tmp_path))
+
+
+def test_sdxl_config_is_accepted():
+  """The stabilityai/sdxl-vae config.json fields (written out here) pass the SDXL check."""
+  config = {"_class_name": "AutoencoderKL", "act_fn": "silu",
+            "block_out_channels": [128, 256, 512, 512],
+            "down_block_types": ["DownEncoderBlock2D"] * 4, "in_channels": 3,
+            "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+            "out_channels": 3, "sample_size": 1024, "scaling_factor": 0.13025,
+            "up_block_types": ["UpDecoderBlock2D"] * 4}
+  vae_weights.check_sdxl(config)
+  with pytest.raises(keymap.WeightImportError, match="scaling_factor"):
+    vae_weights.check_sdxl({**config, "scaling_factor": 0.18215})

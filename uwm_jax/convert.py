@@ -1,4 +1,4 @@
-"""Import pretrained PyTorch weights from local files into uwm_jax checkpoints.
+r"""Import pretrained PyTorch weights from local files into uwm_jax checkpoints.
 
   # A released UWM checkpoint (models.pt: LIBERO-90 pretrained, DROID pretrained/cotrained);
   # the config (DROID or LIBERO) is inferred from the weights' shapes.
@@ -11,6 +11,11 @@
 
 Both write a params-only checkpoint (`uwm_jax.training.checkpoint.save_params_checkpoint`):
 what `python -m uwm_jax.evaluate` and `python -m uwm_jax.train --config.init_from=...` read.
+
+  # Next-obs latents of every dataset of a config, encoded once with a checkpoint's VAE
+  # (uwm_jax.data.latent_cache; one folder per dataset under --out).
+  python -m uwm_jax.convert latent_cache --config=configs/droid.py \
+      --checkpoint=/ckpt/droid_init/checkpoints --out=/data/droid_latents
 """
 
 import argparse
@@ -50,6 +55,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   init.add_argument("--vae", default=None, help="diffusers AutoencoderKL folder (SDXL VAE)")
   init.add_argument("--resnet", default=None, help="torchvision resnet18-*.pth")
   init.add_argument("--seed", type=int, default=None, help="init seed (default: config.seed)")
+  cache = sub.add_parser("latent_cache", help="precompute next-obs VAE latents of a dataset")
+  cache.add_argument("--config", required=True, help="config file[:variant] naming the data")
+  cache.add_argument("--checkpoint", required=True,
+                     help="`checkpoints` folder whose frozen codec params encode the frames")
+  cache.add_argument("--out", required=True, help="cache root (one folder per dataset)")
+  cache.add_argument("--batch_size", type=int, default=64, help="frames per VAE call")
+  cache.add_argument("--process_index", type=int, default=0)
+  cache.add_argument("--process_count", type=int, default=1)
   return parser.parse_args(argv)
 
 
@@ -82,9 +95,27 @@ def convert_init(args: argparse.Namespace) -> str:
                                 dataset_stats={}, step=0)
 
 
+def build_cache(args: argparse.Namespace) -> str:
+  from uwm_jax.data import latent_cache
+  from uwm_jax.training.checkpoint import load_params_checkpoint
+  from uwm_jax.weights import uwm_checkpoint
+  config = uwm_checkpoint.load_config(args.config)
+  _, frozen, ckpt_config, _ = load_params_checkpoint(args.checkpoint)
+  if ckpt_config.model.codec != config.model.codec:
+    raise SystemExit(f"latent_cache: the checkpoint's model.codec is "
+                     f"{ckpt_config.model.codec!r}, the config's {config.model.codec!r}.")
+  metas = latent_cache.build_latent_caches(config, frozen, args.out, batch_size=args.batch_size,
+                                           process_index=args.process_index,
+                                           process_count=args.process_count)
+  for name, meta in metas.items():
+    print(f"{name}: {len(meta['episodes'])} episodes cached")
+  return args.out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> str:
   args = parse_args(argv)
-  path = {"uwm": convert_uwm, "init": convert_init}[args.command](args)
+  commands = {"uwm": convert_uwm, "init": convert_init, "latent_cache": build_cache}
+  path = commands[args.command](args)
   print(f"Wrote {path}")
   return path
 

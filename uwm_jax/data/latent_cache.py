@@ -1,9 +1,10 @@
 """Precomputed next-observation latents, so training can skip the frozen VAE.
 
-`build_latent_cache` pushes every frame that can be a next observation (frame index >=
-`window_slices(T_o, H_a).next_obs.start`) of every episode once through the codec and stores the
-posterior moments (mean, std) of the scaled latent, per episode, as float16 `.npy` files.
-`LatentCache.window_moments(episode, start)` returns the moments of the next obs of the window
+`build_latent_cache(source, ...)` pushes every frame that can be a next observation (frame index
+>= `window_slices(T_o, H_a).next_obs.start`) of every episode of an `EpisodeSource` once through
+the codec and stores the posterior moments (mean, std) of the scaled latent, per episode, as
+float16 `.npy` files (one cache folder per source). `LatentCache.window_moments(episode, start)`
+(a `WindowRef`'s episode and start) returns the moments of the next obs of the window
 starting at `start`; in the train step `cached_next_latent` draws the latent from them, so the
 stochastic VAE encoding of the reference (a fresh posterior sample every step) is kept.
 
@@ -16,15 +17,15 @@ current-obs crop snapped to 8-pixel steps, and it differs from encoding the crop
 borders; colour jitter has no latent-space equivalent. Training without the cache reproduces
 the reference's augmentation exactly.
 
-Layout of a cache folder: `meta-<process>.json` (the config fields the latents depend on, a
-fingerprint of the codec params, {episode key: file, frames}) and one `<n>.npy` per episode of
-shape (2, L - first_frame, V, C, h, w): [mean, std] per frame.
+Layout of a cache folder: `meta-<process>.json` (the config fields the latents depend on,
+fingerprints of the codec params and of the source, {episode: file, frames}) and one
+`<episode>.npy` per episode of shape (2, L - first_frame, V, C, h, w): [mean, std] per frame.
 """
 
 import hashlib
 import json
 import os
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from uwm_jax import batch as batch_lib
+from uwm_jax.data.episodes import EpisodeSource
 from uwm_jax.model import dims as dims_lib
 from uwm_jax.model.codecs import make_codec
 from uwm_jax.model.image_transforms import transform_views
@@ -80,57 +82,79 @@ def make_moments_fn(model_cfg):
   return jax.jit(fn)
 
 
-def build_latent_cache(episodes: Iterable[Tuple[str, np.ndarray]], cache_dir: str, model_cfg,
-                       frozen, *, batch_size: int = 64, process_index: int = 0,
-                       process_count: int = 1, num_episodes: Optional[int] = None) -> dict:
-  """Encode the next-obs frames of every episode once; returns this process's meta dict.
+def build_latent_cache(source: EpisodeSource, cache_dir: str, model_cfg, frozen, *,
+                       episodes: Optional[Sequence[int]] = None, batch_size: int = 64,
+                       process_index: int = 0, process_count: int = 1) -> dict:
+  """Encode the next-obs frames of every episode of `source` once; returns this process's meta.
 
-  episodes: (key, frames (L, V, H, W, 3) uint8 in `model.camera_keys` order, raw image_shape)
-  pairs, in the same order on every process; process p handles episodes i with
-  i % process_count == p and writes `meta-<p>.json`. Episodes too short for one window are
-  skipped. An episode whose file already exists with the right shape is not recomputed.
+  episodes: which episodes (default all); process p handles the i-th of them when
+  i % process_count == p and writes `meta-<p>.json`. Only frames from `first_cached_frame` on
+  are decoded, `batch_size` at a time. Episodes shorter than a window are skipped; an episode
+  whose file already exists with the right shape is not recomputed (an interrupted build
+  resumes).
   """
+  if tuple(source.camera_keys) != tuple(model_cfg.camera_keys):
+    raise ValueError(f"{source.name}: camera keys {tuple(source.camera_keys)} differ from "
+                     f"model.camera_keys {tuple(model_cfg.camera_keys)}.")
   d = dims_lib.model_dims(model_cfg)
   first = first_cached_frame(model_cfg)
   moments_fn = make_moments_fn(model_cfg)
   os.makedirs(cache_dir, exist_ok=True)
-  meta = {"format": FORMAT_VERSION, "augmentation": AUGMENTATION, "model": _model_meta(model_cfg),
+  meta = {"format": FORMAT_VERSION, "augmentation": AUGMENTATION, "source": source.name,
+          "source_fingerprint": source.fingerprint(), "model": _model_meta(model_cfg),
           "frozen_fingerprint": params_fingerprint(frozen), "first_frame": first,
           "latent_shape": list(d.latent_shape), "episodes": {}}
   V, C, _, h, w = d.latent_shape
-  expected_raw = (V,) + tuple(model_cfg.image_shape) + (3,)
-  for i, (key, frames) in enumerate(tqdm(episodes, total=num_episodes, desc="latent cache",
-                                         disable=process_index != 0)):
-    if i % process_count != process_index:
-      continue
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8 or tuple(frames.shape[1:]) != expected_raw:
-      raise ValueError(f"Episode {key!r}: frames {frames.dtype}{tuple(frames.shape)}, expected "
-                       f"uint8 (L,) + {expected_raw} (model.camera_keys order, image_shape).")
-    length = frames.shape[0]
+  episodes = range(source.num_episodes) if episodes is None else episodes
+  mine = [int(e) for i, e in enumerate(episodes) if i % process_count == process_index]
+  for episode in tqdm(mine, desc=f"latent cache {source.name}", disable=process_index != 0):
+    length = int(source.episode_lengths[episode])
     if length < d.window:
       continue
-    name = f"{i:07d}.npy"
+    name = f"{episode:07d}.npy"
     path = os.path.join(cache_dir, name)
-    shape = (2, length - first, V, C, h, w)
-    if not _has_array(path, shape):
-      _write_atomic(path, _encode_frames(moments_fn, frozen, frames[first:], batch_size))
-    meta["episodes"][str(key)] = {"file": name, "frames": length}
+    if not _has_array(path, (2, length - first, V, C, h, w)):
+      moments = [_encode_frames(moments_fn, frozen, source, episode, idx, batch_size, model_cfg)
+                 for idx in np.array_split(np.arange(first, length),
+                                           -(-(length - first) // batch_size))]
+      _write_atomic(path, np.concatenate(moments, axis=1))
+    meta["episodes"][str(episode)] = {"file": name, "frames": length}
   _write_json_atomic(os.path.join(cache_dir, f"meta-{process_index}.json"), meta)
   return meta
 
 
-def _encode_frames(moments_fn, frozen, frames: np.ndarray, batch_size: int) -> np.ndarray:
-  """(N, V, H, W, 3) uint8 -> (2, N, V, C, h, w) float16, in fixed-size (padded) batches."""
-  out = []
-  for s in range(0, frames.shape[0], batch_size):
-    chunk = frames[s:s + batch_size]
-    n = chunk.shape[0]
-    if n < batch_size:  # pad so every call has the same shape (one compilation)
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
-    mean, std = moments_fn(frozen, jnp.asarray(chunk))
-    out.append(np.stack([np.asarray(mean)[:n], np.asarray(std)[:n]]))
-  return np.concatenate(out, axis=1).astype(np.float16)
+def _encode_frames(moments_fn, frozen, source: EpisodeSource, episode: int, indices: np.ndarray,
+                   batch_size: int, model_cfg) -> np.ndarray:
+  """Frames `indices` of an episode -> (2, n, V, C, h, w) float16 [mean, std], through a
+  batch padded to `batch_size` (every call has one shape: one compilation)."""
+  frames = np.asarray(source.frames(episode, indices))  # (V, n, H, W, 3)
+  expected = (len(model_cfg.camera_keys), len(indices)) + tuple(model_cfg.image_shape) + (3,)
+  if frames.dtype != np.uint8 or frames.shape != expected:
+    raise ValueError(f"{source.episode_name(episode)}: frames are {frames.dtype}"
+                     f"{frames.shape}, expected uint8 {expected} (model.image_shape).")
+  frames = frames.transpose(1, 0, 2, 3, 4)
+  n = frames.shape[0]
+  if n < batch_size:
+    frames = np.concatenate([frames, np.repeat(frames[-1:], batch_size - n, axis=0)])
+  mean, std = moments_fn(frozen, jnp.asarray(frames))
+  return np.stack([np.asarray(mean)[:n], np.asarray(std)[:n]]).astype(np.float16)
+
+
+def source_cache_dir(root: str, source_name: str) -> str:
+  """The cache folder of one dataset under a cache root (one folder per source)."""
+  return os.path.join(root, source_name)
+
+
+def build_latent_caches(config, frozen, root: str, *, batch_size: int = 64,
+                        process_index: int = 0, process_count: int = 1) -> Dict[str, dict]:
+  """Build the cache of every source of `config.data.sources` under `root`/<source name>
+  (video and robot episodes alike: every sample has next obs). -> {source name: meta}."""
+  from uwm_jax.data.sources import build_sources  # pylint: disable=import-outside-toplevel
+  names, sources, _ = build_sources(config)
+  return {name: build_latent_cache(src, source_cache_dir(root, name), config.model, frozen,
+                                   batch_size=batch_size, process_index=process_index,
+                                   process_count=process_count)
+          for name, src in zip(names, sources)}
 
 
 def _has_array(path: str, shape) -> bool:
@@ -159,10 +183,11 @@ class LatentCache:
   """Read side: the cached next-obs moments of a window, memory-mapped.
 
   Raises ValueError naming the field when the cache was built for another model config, or (if
-  `frozen` is given) with other codec params.
+  given) with other codec params `frozen` or from another version of `source`.
   """
 
-  def __init__(self, cache_dir: str, model_cfg, frozen=None):
+  def __init__(self, cache_dir: str, model_cfg, frozen=None,
+               source: Optional[EpisodeSource] = None):
     metas = sorted(f for f in os.listdir(cache_dir) if f.startswith("meta-")
                    and f.endswith(".json")) if os.path.isdir(cache_dir) else []
     if not metas:
@@ -182,29 +207,36 @@ class LatentCache:
       if fingerprint is not None and meta["frozen_fingerprint"] != fingerprint:
         raise ValueError(f"Latent cache {cache_dir} ({name}) was built with other codec params "
                          f"(fingerprint {meta['frozen_fingerprint']} vs {fingerprint}).")
+      if source is not None and (meta["source"], meta["source_fingerprint"]) != (
+          source.name, source.fingerprint()):
+        raise ValueError(f"Latent cache {cache_dir} ({name}) was built from {meta['source']!r} "
+                         f"({meta['source_fingerprint']!r}), not from {source.name!r} "
+                         f"({source.fingerprint()!r}): rebuild it.")
       self.first_frame = meta["first_frame"]
       self.episodes.update(meta["episodes"])
     self.slices = batch_lib.window_slices(model_cfg.num_obs_frames, model_cfg.action_len)
     self._arrays: Dict[str, np.ndarray] = {}
 
-  def _array(self, key: str) -> np.ndarray:
+  def _array(self, episode: int) -> np.ndarray:
+    key = str(episode)
     if key not in self._arrays:
       if key not in self.episodes:
-        raise KeyError(f"Episode {key!r} is not in the latent cache {self.cache_dir}.")
+        raise KeyError(f"Episode {episode} is not in the latent cache {self.cache_dir}.")
       self._arrays[key] = np.load(os.path.join(self.cache_dir, self.episodes[key]["file"]),
                                   mmap_mode="r")
     return self._arrays[key]
 
-  def window_moments(self, key: str, start: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Moments of the next obs of the window starting at frame `start` of episode `key`:
-    (mean, std), each (V, C, T_o, h, w) float16."""
-    frames = self.episodes.get(key, {}).get("frames", 0)
+  def window_moments(self, episode: int, start: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Moments of the next obs of the window starting at frame `start` of `episode` (a
+    `WindowRef`'s episode and start): (mean, std), each (V, C, T_o, h, w) float16."""
+    array = self._array(episode)
+    frames = self.episodes[str(episode)]["frames"]
     if not 0 <= start <= frames - self.slices.window:
-      raise IndexError(f"Window start {start} is outside episode {key!r} ({frames} frames, "
-                       f"window {self.slices.window}).")
+      raise IndexError(f"Window start {start} is outside episode {episode} ({frames} frames, "
+                       f"window {self.slices.window}) of the latent cache {self.cache_dir}.")
     lo = start + self.slices.next_obs.start - self.first_frame
     hi = start + self.slices.next_obs.stop - self.first_frame
-    moments = np.asarray(self._array(key)[:, lo:hi])  # (2, T_o, V, C, h, w)
+    moments = np.asarray(array[:, lo:hi])  # (2, T_o, V, C, h, w)
     moments = moments.transpose(0, 2, 3, 1, 4, 5)  # (2, V, C, T_o, h, w)
     return moments[0], moments[1]
 

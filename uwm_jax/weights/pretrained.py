@@ -33,20 +33,24 @@ def init_with_pretrained(config, *, vae_dir: Optional[str] = None,
   model_cfg = config.model
   if rng is None:
     rng = jax.random.PRNGKey(config.seed)
+  if vae_dir is not None and model_cfg.codec != "sdxl_vae":
+    raise keymap.WeightImportError(
+        f"A VAE was given but model.codec is {model_cfg.codec!r}, not 'sdxl_vae'.")
   model = UnifiedWorldModel(model_cfg)
   k_params, k_frozen = jax.random.split(rng)
-  params = jax.device_get(model.init_params(k_params))
-  if resnet_path is not None:
+  encoder = frozen = None
+  if resnet_path is not None:  # imported first: a bad file fails before the model is built
     encoder = resnet_weights.load_torchvision_resnet18(
         resnet_path, feature_dim=model_cfg.image_feature_dim, width=model_cfg.resnet_width,
         seed=int(config.seed))
-    _check_same_shapes("ResNet-18", encoder, params["image_encoder"])
+    _check_same_shapes("ResNet-18", encoder,
+                       jax.eval_shape(model.init_params, k_params)["image_encoder"])
+  if vae_dir is not None:
+    frozen, _ = vae_weights.load_diffusers_vae(vae_dir, require_sdxl=True)
+    _check_same_shapes("VAE", frozen, jax.eval_shape(model.init_frozen, k_frozen))
+  params = jax.device_get(jax.jit(model.init_params)(k_params))
+  if encoder is not None:
     params = dict(params, image_encoder=encoder)
-  if vae_dir is None:
-    return params, jax.device_get(model.init_frozen(k_frozen))
-  if model_cfg.codec != "sdxl_vae":
-    raise keymap.WeightImportError(
-        f"A VAE was given but model.codec is {model_cfg.codec!r}, not 'sdxl_vae'.")
-  frozen, _ = vae_weights.load_diffusers_vae(vae_dir, require_sdxl=True)
-  _check_same_shapes("VAE", frozen, jax.eval_shape(model.init_frozen, k_frozen))
+  if frozen is None:
+    frozen = jax.device_get(jax.jit(model.init_frozen)(k_frozen))
   return params, frozen
