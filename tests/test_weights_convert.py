@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 
 import weights_torch_ref as ref  # pylint: disable=wrong-import-position
 from uwm_jax import convert  # pylint: disable=wrong-import-position
-from uwm_jax.training.checkpoint import load_params_checkpoint  # pylint: disable=wrong-import-position
+from uwm_jax.training import checkpoint  # pylint: disable=wrong-import-position
 from uwm_jax.weights import keymap  # pylint: disable=wrong-import-position
 from uwm_jax.weights import pretrained  # pylint: disable=wrong-import-position
 from uwm_jax.weights import resnet as resnet_weights  # pylint: disable=wrong-import-position
@@ -28,7 +28,7 @@ def test_init_checkpoint_with_imagenet_resnet(tiny_resnet_pth, tmp_path):
   out_dir = str(tmp_path / "checkpoints")
   convert.main(["init", "--config=configs/tiny.py", f"--resnet={tiny_resnet_pth}",
                 f"--out={out_dir}", "--seed=5"])
-  params, frozen, config, stats = load_params_checkpoint(out_dir)
+  params, frozen, config, stats = checkpoint.load_params_checkpoint(out_dir)
   assert config.seed == 5 and stats == {} and frozen == {}  # pixels codec: no frozen params
   cfg = load_config("configs/tiny.py")
   want = resnet_weights.load_torchvision_resnet18(

@@ -149,8 +149,8 @@ def test_vae_normalizers_and_step(checkpoint):
                if k.startswith(uwm_checkpoint.VAE_PREFIX)}
   np.testing.assert_array_equal(out.frozen["encoder"]["conv_in"]["kernel"],
                                 vae_state["encoder.conv_in.weight"].transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(out.frozen["decoder"]["mid_block"]["attentions_0"]["to_q"]["kernel"],
-                                vae_state["decoder.mid_block.attentions.0.to_q.weight"].T)
+  to_q = out.frozen["decoder"]["mid_block"]["attentions_0"]["to_q"]["kernel"]
+  np.testing.assert_array_equal(to_q, vae_state["decoder.mid_block.attentions.0.to_q.weight"].T)
   scale, offset = checkpoint["scale"], checkpoint["offset"]
   stats = out.dataset_stats["action"]
   np.testing.assert_allclose(stats["min"], offset - scale, rtol=1e-6)
@@ -215,7 +215,7 @@ def test_wrong_file_is_named(tmp_path):
 def test_cli_writes_a_loadable_checkpoint(checkpoint, tmp_path):
   """`python -m uwm_jax.convert uwm` -> a params checkpoint `load_params_checkpoint` reads."""
   from uwm_jax import convert  # pylint: disable=import-outside-toplevel
-  from uwm_jax.training.checkpoint import load_params_checkpoint  # pylint: disable=import-outside-toplevel
+  from uwm_jax.training import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   config_file = tmp_path / "small.py"
   config_file.write_text(textwrap.dedent(f"""
       from uwm_jax.weights.uwm_checkpoint import load_config
@@ -230,7 +230,7 @@ def test_cli_writes_a_loadable_checkpoint(checkpoint, tmp_path):
   path = convert.main(["uwm", f"--src={checkpoint['path']}", f"--out={out_dir}",
                        f"--config={config_file}", "--scan_layers=false"])
   assert path.endswith("1234")
-  params, frozen, config, stats = load_params_checkpoint(out_dir)
+  params, frozen, config, stats = ckpt_lib.load_params_checkpoint(out_dir)
   want = uwm_checkpoint.convert_checkpoint(checkpoint["path"], config=str(config_file),
                                            scan_layers=False)
   assert config.model.codec == "sdxl_vae" and config.model.scan_layers is False
@@ -241,3 +241,25 @@ def test_cli_writes_a_loadable_checkpoint(checkpoint, tmp_path):
     assert got_flat.keys() == want_flat.keys()
     for k in want_flat:
       np.testing.assert_array_equal(np.asarray(got_flat[k]), want_flat[k])
+
+
+class _CallsOut:
+  """Pickles as a call of os.system: loading it must not run the command."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (os.system, (f"touch {self.marker}",))
+
+
+def test_unknown_globals_are_never_called(tmp_path):
+  from uwm_jax.weights import torch_pickle  # pylint: disable=import-outside-toplevel
+  marker = tmp_path / "ran"
+  path = str(tmp_path / "hostile.pt")
+  torch.save({"model": {"w": torch.ones(2)}, "evil": _CallsOut(marker)}, path)
+  loaded = torch_pickle.load_torch_file(path)
+  assert not marker.exists()
+  assert isinstance(loaded["evil"], torch_pickle.AttributeHolder)
+  assert loaded["evil"]._pickled_class.endswith(".system")  # pylint: disable=protected-access
+  np.testing.assert_array_equal(loaded["model"]["w"].numpy(), [1.0, 1.0])

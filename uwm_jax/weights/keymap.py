@@ -83,39 +83,6 @@ def torch_shape_hint(shape: Tuple[int, ...], leaf: str) -> Tuple[int, ...]:
   return tuple(shape)
 
 
-def flax_shape(torch_shape: Tuple[int, ...], leaf: str, target_ndim: int) -> Tuple[int, ...]:
-  """The shape `to_flax_layout` gives a tensor of `torch_shape` (no data needed)."""
-  torch_shape = tuple(int(d) for d in torch_shape)
-  if leaf != "kernel" or not torch_shape:
-    return torch_shape
-  if target_ndim == 2:
-    return (int(np.prod(torch_shape[1:])), torch_shape[0])
-  if target_ndim == 4 and len(torch_shape) == 4:
-    return torch_shape[2:] + (torch_shape[1], torch_shape[0])
-  return torch_shape
-
-
-def torch_shape_hint(shape: Tuple[int, ...], leaf: str) -> Tuple[int, ...]:
-  """The PyTorch shape of a Flax leaf (a Conv3d patch projection shows as its Linear shape)."""
-  if leaf == "kernel" and len(shape) == 2:
-    return (shape[1], shape[0])
-  if leaf == "kernel" and len(shape) == 4:
-    return (shape[3], shape[2], shape[0], shape[1])
-  return tuple(shape)
-
-
-def from_flax_layout(value: np.ndarray, leaf: str, torch_shape: Tuple[int, ...]) -> np.ndarray:
-  """The inverse of `to_flax_layout` (used to write a Flax tree back as a state dict)."""
-  value = np.asarray(value)
-  if leaf != "kernel":
-    return value.reshape(torch_shape)
-  if value.ndim == 2:
-    return value.T.reshape(torch_shape)
-  if value.ndim == 4:
-    return value.transpose(3, 2, 0, 1)
-  return value
-
-
 def tree_paths(tree) -> Dict[Path, object]:
   """Nested dict -> {path tuple: leaf}."""
   flat = {}

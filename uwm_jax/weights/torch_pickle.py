@@ -13,13 +13,16 @@ import pickle
 import types
 from typing import Any, Dict, Tuple
 
-# Modules whose globals are imported for real (anything else becomes an AttributeHolder).
-_ALLOWED_MODULES = frozenset({
-    "torch._utils", "torch._tensor", "torch.nn.parameter", "collections", "copyreg", "_codecs",
-    "numpy", "numpy.dtypes", "numpy.core.multiarray", "numpy._core.multiarray",
-    "numpy.core.numeric", "numpy._core.numeric",
+# Globals imported for real: (module, name) pairs, or (module, "*") for every name, or
+# (module, "_rebuild*") for names with that prefix. Anything else becomes an AttributeHolder.
+_ALLOWED = frozenset({
+    ("torch._utils", "_rebuild*"), ("torch._tensor", "_rebuild*"),
+    ("torch.nn.parameter", "Parameter"), ("torch", "Size"), ("torch", "device"),
+    ("collections", "OrderedDict"), ("copyreg", "_reconstructor"), ("_codecs", "encode"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.dtypes", "*"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
 })
-_ALLOWED_TORCH = frozenset({"Size", "device", "Tensor"})
 _ALLOWED_BUILTINS = frozenset({"object", "set", "frozenset", "tuple", "list", "dict", "slice",
                                "complex", "float", "int", "bool", "bytes", "bytearray", "str",
                                "range"})
@@ -57,14 +60,15 @@ def _holder(module: str, name: str) -> type:
 
 
 def _is_allowed(module: str, name: str) -> bool:
-  if module in _ALLOWED_MODULES:
+  if (module, name) in _ALLOWED or (module, "*") in _ALLOWED:
+    return True
+  if name.startswith("_rebuild") and (module, "_rebuild*") in _ALLOWED:
     return True
   if module == "builtins":
     return name in _ALLOWED_BUILTINS
-  if module == "torch":
+  if module == "torch":  # dtypes (torch.float32, ...) and storage types
     import torch  # pylint: disable=import-outside-toplevel
-    return (name in _ALLOWED_TORCH or "Storage" in name
-            or isinstance(getattr(torch, name, None), torch.dtype))
+    return "Storage" in name or isinstance(getattr(torch, name, None), torch.dtype)
   return False
 
 

@@ -202,7 +202,8 @@ def convert_model_state_dict(state_dict, model_cfg, source: str = "models.pt") -
   problems = shape_problems(shapes, model_cfg)
   if problems:
     raise keymap.WeightImportError(
-        f"{source} does not fit the config ({len(problems)} problem(s)): " + "; ".join(problems[:8]))
+        f"{source} does not fit the config ({len(problems)} problem(s)): "
+        + "; ".join(problems[:8]))
   if model_cfg.codec == "sdxl_vae":
     _check_vae_normalisation(state_dict, source)
   out = {}
