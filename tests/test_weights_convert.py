@@ -24,11 +24,16 @@ def tiny_resnet_pth(tmp_path_factory):
   return path
 
 
-def test_init_checkpoint_with_imagenet_resnet(tiny_resnet_pth, tmp_path):
-  out_dir = str(tmp_path / "checkpoints")
+@pytest.fixture(scope="module")
+def init_checkpoint(tiny_resnet_pth, tmp_path_factory):
+  out_dir = str(tmp_path_factory.mktemp("init_ckpt") / "checkpoints")
   convert.main(["init", "--config=configs/tiny.py", f"--resnet={tiny_resnet_pth}",
                 f"--out={out_dir}", "--seed=5"])
-  params, frozen, config, stats = checkpoint.load_params_checkpoint(out_dir)
+  return out_dir
+
+
+def test_init_checkpoint_with_imagenet_resnet(tiny_resnet_pth, init_checkpoint):
+  params, frozen, config, stats = checkpoint.load_params_checkpoint(init_checkpoint)
   assert config.seed == 5 and stats == {} and frozen == {}  # pixels codec: no frozen params
   cfg = load_config("configs/tiny.py")
   want = resnet_weights.load_torchvision_resnet18(
@@ -52,14 +57,11 @@ def test_init_rejects_mismatches(tiny_resnet_pth, tmp_path):
     convert.main(["init", "--config=configs/tiny.py", f"--out={tmp_path}"])
 
 
-def test_latent_cache_cli(tiny_resnet_pth, tmp_path):
+def test_latent_cache_cli(init_checkpoint, tmp_path):
   """`convert latent_cache` encodes every dataset of a config with a checkpoint's codec."""
   from uwm_jax.data import latent_cache  # pylint: disable=import-outside-toplevel
-  ckpt = str(tmp_path / "checkpoints")
-  convert.main(["init", "--config=configs/tiny.py", f"--resnet={tiny_resnet_pth}",
-                f"--out={ckpt}"])
   root = str(tmp_path / "latents")
-  convert.main(["latent_cache", "--config=configs/tiny.py", f"--checkpoint={ckpt}",
+  convert.main(["latent_cache", "--config=configs/tiny.py", f"--checkpoint={init_checkpoint}",
                 f"--out={root}", "--batch_size=16"])
   cfg = load_config("configs/tiny.py")
   cache = latent_cache.LatentCache(latent_cache.source_cache_dir(root, "synthetic"), cfg.model)
