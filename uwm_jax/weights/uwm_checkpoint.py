@@ -237,6 +237,8 @@ def convert_checkpoint(path: str, config: Union[str, ml_collections.ConfigDict, 
   """
   ckpt = read_checkpoint(path)
   state_dict = {k: _to_numpy(v) for k, v in ckpt["model"].items()}
+  if state_dict and all(k.startswith("module.") for k in state_dict):  # a DDP-wrapped save
+    state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
   if config is None:
     config_path, cfg = infer_config({k: tuple(v.shape) for k, v in state_dict.items()})
   elif isinstance(config, str):
