@@ -59,7 +59,7 @@ def config_from_json(d: dict) -> ml_collections.ConfigDict:
 
 # ------------------------------------------------------------------------------------ manager
 def make_manager(directory: str, *, keep_last: Optional[int] = None, keep_every: int = 0,
-                 save_every: Optional[int] = None, async_save: bool = True,
+                 save_every: int = 1, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager over `directory` (the `checkpoints` folder) with our item names.
 
@@ -70,13 +70,17 @@ def make_manager(directory: str, *, keep_last: Optional[int] = None, keep_every:
   if keep_every:
     policies.append(ocp.checkpoint_managers.EveryNSteps(keep_every))
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=save_every,
-      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+      save_interval_steps=0 if read_only else max(1, int(save_every)),
+      preservation_policy=(None if read_only else
+                           ocp.checkpoint_managers.AnyPreservationPolicy(policies)),
       enable_async_checkpointing=async_save,
       read_only=read_only,
       create=not read_only,
+      cleanup_tmp_directories=not read_only,  # partial saves of a killed run
   )
-  return ocp.CheckpointManager(epath.Path(directory), options=options, item_names=ITEM_NAMES)
+  handlers = {STATE: ocp.StandardCheckpointHandler(), PARAMS: ocp.StandardCheckpointHandler()}
+  handlers.update({k: ocp.JsonCheckpointHandler() for k in (DATASET_STATS, CONFIG, DATA_ITER)})
+  return ocp.CheckpointManager(epath.Path(directory), options=options, item_handlers=handlers)
 
 
 # ------------------------------------------------------------------------------------ data iter

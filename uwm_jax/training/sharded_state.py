@@ -1,7 +1,7 @@
 """The train state created directly in its sharded layout, and the sharded, jitted train step."""
 
 import logging
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import optax
@@ -32,20 +32,24 @@ def train_state_shardings(abstract: TrainState, mesh: Mesh, rules: Sequence[Tupl
 
 
 def init_train_state(model, optimizer: optax.GradientTransformation, rng: jax.Array,
-                     shardings: TrainState, ema: bool = False) -> TrainState:
+                     shardings: TrainState, ema: bool = False,
+                     compiler_options: Optional[dict] = None) -> TrainState:
   """Initialise the state straight into `shardings` (never whole on one device)."""
-  init = jax.jit(lambda k: create_train_state(model, optimizer, k, ema), out_shardings=shardings)
+  init = jax.jit(lambda k: create_train_state(model, optimizer, k, ema), out_shardings=shardings,
+                 compiler_options=dict((compiler_options or {}).items()) or None)
   return init(rng)
 
 
-def jit_train_step(train_step: Callable, state_shardings: TrainState, mesh: Mesh) -> Callable:
+def jit_train_step(train_step: Callable, state_shardings: TrainState, mesh: Mesh,
+                   compiler_options: Optional[dict] = None) -> Callable:
   """jit(train_step) with NamedSharding in/out: state as `state_shardings` (donated), the
-  batch split over ("data", "fsdp"), the rng and metrics replicated."""
+  batch split over ("data", "fsdp"), the rng and metrics replicated. compiler_options: XLA
+  options for this executable (`config.train.compiler_options`)."""
   replicated = mesh_lib.replicated(mesh)
   return jax.jit(train_step,
                  in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh), replicated),
                  out_shardings=(state_shardings, replicated),
-                 donate_argnums=(0,))
+                 donate_argnums=(0,), compiler_options=dict((compiler_options or {}).items()) or None)
 
 
 def replicate(x: Any, mesh: Mesh) -> Any:

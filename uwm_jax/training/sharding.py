@@ -33,17 +33,9 @@ log = logging.getLogger(__name__)
 REPLICATE, FSDP_TACTIC, TENSOR_OUT, TENSOR_IN = "replicate", "fsdp", "tensor_out", "tensor_in"
 TACTICS = (REPLICATE, FSDP_TACTIC, TENSOR_OUT, TENSOR_IN)
 
-# The default policy. The 12 AdaLN modulation layers (74% of the DROID parameters) and every
-# other large matrix are FSDP-sharded; attention and MLP are tensor parallel when the tensor
-# axis is > 1; small arrays (biases, norms, the tiny config's everything) are replicated.
-DEFAULT_RULES = (
-    (r"attn/qkv/(kernel|bias)$", TENSOR_OUT),
-    (r"mlp/fc1/(kernel|bias)$", TENSOR_OUT),
-    (r"attn/proj/kernel$", TENSOR_IN),
-    (r"mlp/fc2/kernel$", TENSOR_IN),
-    (r".*", FSDP_TACTIC),
-)
-DEFAULT_FSDP_MIN_SIZE = 2**18  # elements; smaller arrays are replicated (1 MiB in fp32)
+# The default policy is `config.train.partition_rules` (uwm_jax/config_base.py): the AdaLN
+# modulation layers (74% of the DROID parameters) and every other large matrix are FSDP-sharded,
+# attention and MLP are tensor parallel when the tensor axis is > 1, small arrays replicated.
 # nn.scan stacks its blocks' params on a leading layer axis under ".../blocks/" (unscanned
 # blocks are named "blocks_0", "blocks_1", ...).
 STACKED_PATTERN = r"/blocks/"
@@ -117,7 +109,7 @@ def match_rule(name: str, rules: Sequence[Tuple[str, str]]) -> Tuple[str, str]:
 
 
 def tree_partition_specs(tree: Any, mesh: Mesh, rules: Sequence[Tuple[str, str]],
-                         fsdp_min_size: int = DEFAULT_FSDP_MIN_SIZE, prefix: str = "",
+                         fsdp_min_size: int, prefix: str = "",
                          log_decisions: bool = True) -> Any:
   """A tree of PartitionSpecs for a tree of arrays (or ShapeDtypeStructs) under `rules`."""
   mesh_shape = dict(mesh.shape)
@@ -160,7 +152,7 @@ def follow_specs(tree: Any, table: Dict[Tuple[str, ...], Tuple[tuple, PartitionS
 
 
 def state_partition_specs(abstract_state: Any, mesh: Mesh, rules: Sequence[Tuple[str, str]],
-                          fsdp_min_size: int = DEFAULT_FSDP_MIN_SIZE,
+                          fsdp_min_size: int,
                           log_decisions: bool = True) -> Any:
   """PartitionSpecs for a whole TrainState: rules decide `params` and `frozen`; optimizer state
   and EMA params follow their parameter; scalars are replicated."""
