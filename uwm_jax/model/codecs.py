@@ -51,6 +51,15 @@ class PixelCodec:
     x = frames.reshape(B, V, T, H // f, f, W // f, f, C).mean(axis=(4, 6))
     return (x * 2.0 - 1.0).transpose(0, 1, 5, 2, 3, 4)
 
+  def moments(self, frozen: dict, frames: jax.Array):
+    """(mean, std) of the latent (deterministic: std 0), each (B, V, C, T, h, w)."""
+    latent = self.encode(frozen, frames, None)
+    return latent, jnp.zeros_like(latent)
+
+  def sample(self, mean: jax.Array, std: jax.Array, rng: jax.Array) -> jax.Array:
+    del std, rng
+    return mean
+
   def decode(self, frozen: dict, latent: jax.Array) -> jax.Array:
     """(B, V, C, T, h, w) -> (B, V, T, h*f, w*f, 3) in [0, 1] (nearest upsampling)."""
     del frozen
@@ -77,16 +86,25 @@ class VAECodec:
   def _map(self, fn, images):
     return jax.lax.map(fn, images, batch_size=min(self.microbatch, images.shape[0]))
 
-  def encode(self, frozen: dict, frames: jax.Array, rng: jax.Array) -> jax.Array:
+  def moments(self, frozen: dict, frames: jax.Array):
+    """(B, V, T, H, W, 3) in [0, 1] -> (mean, std) of the scaled latent posterior, each
+    (B, V, C, T, h, w) float32: latent = (z * 0.13025 - shift) / scale, z ~ the VAE posterior."""
     B, V, T = frames.shape[:3]
     images = _frames_to_images(frames) * 2.0 - 1.0
     enc = lambda x: self.module.apply({"params": frozen}, x[None], method=AutoencoderKL.encode)
     mean, logvar = self._map(lambda x: jax.tree.map(lambda a: a[0], enc(x)), images)
-    z = mean
-    if self.sample_posterior:
-      z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
-    z = (z.astype(jnp.float32) * SDXL_SCALING_FACTOR - VAE_LATENT_SHIFT) / VAE_LATENT_SCALE
-    return _images_to_latent(z, B, V, T)
+    mean = (mean.astype(jnp.float32) * SDXL_SCALING_FACTOR - VAE_LATENT_SHIFT) / VAE_LATENT_SCALE
+    std = jnp.exp(0.5 * logvar.astype(jnp.float32)) * SDXL_SCALING_FACTOR / VAE_LATENT_SCALE
+    return _images_to_latent(mean, B, V, T), _images_to_latent(std, B, V, T)
+
+  def sample(self, mean: jax.Array, std: jax.Array, rng: jax.Array) -> jax.Array:
+    """A latent from posterior moments: a sample (vae_sample_posterior) or the mean."""
+    if not self.sample_posterior:
+      return mean
+    return mean + std * jax.random.normal(rng, mean.shape, mean.dtype)
+
+  def encode(self, frozen: dict, frames: jax.Array, rng: jax.Array) -> jax.Array:
+    return self.sample(*self.moments(frozen, frames), rng)
 
   def decode(self, frozen: dict, latent: jax.Array) -> jax.Array:
     """(B, V, 4, T, h, w) -> (B, V, T, 8h, 8w, 3) in [0, 1] (clamped for display)."""

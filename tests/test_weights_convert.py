@@ -1,0 +1,70 @@
+"""`python -m uwm_jax.convert init`: a fresh model whose ResNet-18 starts from torchvision."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import weights_torch_ref as ref  # pylint: disable=wrong-import-position
+from uwm_jax import convert  # pylint: disable=wrong-import-position
+from uwm_jax.training import checkpoint  # pylint: disable=wrong-import-position
+from uwm_jax.weights import keymap  # pylint: disable=wrong-import-position
+from uwm_jax.weights import pretrained  # pylint: disable=wrong-import-position
+from uwm_jax.weights import resnet as resnet_weights  # pylint: disable=wrong-import-position
+from uwm_jax.weights.uwm_checkpoint import load_config  # pylint: disable=wrong-import-position
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet_pth(tmp_path_factory):
+  cfg = load_config("configs/tiny.py")
+  torch.manual_seed(0)
+  net = ref.TorchResNet18(cfg.model.resnet_width, 1000, norm="bn")
+  path = str(tmp_path_factory.mktemp("init") / "resnet18-tiny.pth")
+  torch.save(net.state_dict(), path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def init_checkpoint(tiny_resnet_pth, tmp_path_factory):
+  out_dir = str(tmp_path_factory.mktemp("init_ckpt") / "checkpoints")
+  convert.main(["init", "--config=configs/tiny.py", f"--resnet={tiny_resnet_pth}",
+                f"--out={out_dir}", "--seed=5"])
+  return out_dir
+
+
+def test_init_checkpoint_with_imagenet_resnet(tiny_resnet_pth, init_checkpoint):
+  params, frozen, config, stats = checkpoint.load_params_checkpoint(init_checkpoint)
+  assert config.seed == 5 and stats == {} and frozen == {}  # pixels codec: no frozen params
+  cfg = load_config("configs/tiny.py")
+  want = resnet_weights.load_torchvision_resnet18(
+      tiny_resnet_pth, feature_dim=cfg.model.image_feature_dim, width=cfg.model.resnet_width,
+      seed=5)
+  got_flat, want_flat = keymap.tree_paths(params["image_encoder"]), keymap.tree_paths(want)
+  assert got_flat.keys() == want_flat.keys()
+  for k in want_flat:
+    np.testing.assert_array_equal(np.asarray(got_flat[k]), want_flat[k])
+  assert "noise_net" in params
+
+
+def test_init_rejects_mismatches(tiny_resnet_pth, tmp_path):
+  cfg = load_config("configs/tiny.py")
+  with pytest.raises(keymap.WeightImportError, match="model.codec"):
+    pretrained.init_with_pretrained(cfg, vae_dir=str(tmp_path))
+  cfg.model.resnet_width = 16
+  with pytest.raises(keymap.WeightImportError, match=r"conv1\.weight"):
+    pretrained.init_with_pretrained(cfg, resnet_path=tiny_resnet_pth)
+  with pytest.raises(SystemExit):
+    convert.main(["init", "--config=configs/tiny.py", f"--out={tmp_path}"])
+
+
+def test_latent_cache_cli(init_checkpoint, tmp_path):
+  """`convert latent_cache` encodes every dataset of a config with a checkpoint's codec."""
+  from uwm_jax.data import latent_cache  # pylint: disable=import-outside-toplevel
+  root = str(tmp_path / "latents")
+  convert.main(["latent_cache", "--config=configs/tiny.py", f"--checkpoint={init_checkpoint}",
+                f"--out={root}", "--batch_size=16"])
+  cfg = load_config("configs/tiny.py")
+  cache = latent_cache.LatentCache(latent_cache.source_cache_dir(root, "synthetic"), cfg.model)
+  assert len(cache.episodes) == cfg.data.sources.synthetic.num_episodes
+  mean, std = cache.window_moments(3, 17)  # the last window of a 24-step episode
+  assert mean.shape == std.shape == (2, 3, 2, 8, 8)
