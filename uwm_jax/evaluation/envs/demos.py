@@ -1,0 +1,66 @@
+"""Scripted-expert demonstrations of the embedded task, as episodes of numpy arrays.
+
+An episode is a dict (one entry per step, RLDS-style: step t holds observation o_t and the
+action a_t issued at o_t; the last step repeats a hold action of zeros):
+
+  "observation": {camera_key: (T, S, S, 3) uint8, "pusher_pos": (T, 2), "state": (T, 6)}
+  "action":      (T, 2) float32 in [-1, 1]
+  "success":     bool, "seed": int
+
+The expert runs until success, then `hold_steps` more steps (it settles the puck and holds),
+so that the last windows of an episode show the goal being reached. Action-free videos are the
+same episodes with `with_actions=False` (no "action" entry).
+"""
+
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from uwm_jax.evaluation.envs import tabletop
+
+
+def expert_episode(env: tabletop.TabletopEnv, seed: int, *, hold_steps: int = 16,
+                   max_steps: Optional[int] = None, with_actions: bool = True) -> dict:
+  """Run the scripted expert from the seeded reset; returns one episode dict."""
+  max_steps = max_steps or env.spec.max_episode_steps
+  obs = env.reset(seed)
+  observations, actions = [obs], []
+  success, remaining = False, None
+  for _ in range(max_steps + hold_steps):
+    action = env.expert_action().astype(np.float32)
+    obs, info = env.step(action)
+    actions.append(action)
+    observations.append(obs)
+    if info["success"] and not success:
+      success, remaining = True, hold_steps
+    if remaining is not None:
+      if remaining == 0:
+        break
+      remaining -= 1
+    elif len(actions) >= max_steps:
+      break
+  actions.append(np.zeros(env.action_dim, np.float32))  # the last step's (unused) action
+  episode = {
+      "observation": {k: np.stack([o[k] for o in observations]) for k in observations[0]},
+      "success": success,
+      "seed": int(seed),
+  }
+  if with_actions:
+    episode["action"] = np.stack(actions)
+  return episode
+
+
+def generate_episodes(seeds: Sequence[int], spec: tabletop.TabletopSpec = tabletop.TabletopSpec(),
+                      *, hold_steps: int = 16, with_actions: bool = True,
+                      only_successes: bool = True, progress: bool = True,
+                      desc: str = "expert demos") -> Iterator[dict]:
+  """Yields one expert episode per seed (failed ones skipped when `only_successes`)."""
+  env = tabletop.TabletopEnv(spec)
+  try:
+    for seed in tqdm(seeds, desc=desc, disable=not progress):
+      episode = expert_episode(env, seed, hold_steps=hold_steps, with_actions=with_actions)
+      if episode["success"] or not only_successes:
+        yield episode
+  finally:
+    env.close()
