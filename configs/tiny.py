@@ -7,6 +7,7 @@ Compiles in seconds and trains at tens of steps/s on a laptop CPU.
 """
 
 from uwm_jax import config_base
+from uwm_jax.data import source_configs
 
 
 def get_config(variant: str = ""):
@@ -30,6 +31,8 @@ def get_config(variant: str = ""):
   m.num_registers = 4
   m.latent_patch_shape = (2, 2, 2)
   c.batch_size = 8
+  # Data: deterministic moving shapes, no files (windows of 2 * 2 + 4 - 1 = 7 frames).
+  c.data.sources.synthetic = source_configs.synthetic(num_episodes=16, episode_len=24)
   c.num_steps = 200
   c.optim.learning_rate = 1e-3
   config_base.apply_variant(c, variant)

@@ -84,8 +84,21 @@ def optim_config() -> ml_collections.ConfigDict:
 
 
 def data_config() -> ml_collections.ConfigDict:
-  """Data fields (read by `uwm_jax.data`)."""
+  """Data fields (read by `uwm_jax.data.loader`; sources built by `uwm_jax.data.sources`)."""
   d = ml_collections.ConfigDict()
+  # Datasets by name -> `uwm_jax.data.source_configs` entry (kind, weight, action_free, ...).
+  # Mixture weights are relative; each sample carries its source's index (sorted names).
+  d.sources = ml_collections.ConfigDict()
+  d.seed = 0  # shuffling / mixing seed (the sample stream is a pure function of it).
+  d.val_fraction = 0.05  # robot episodes held out per source (reference: 5%).
+  d.split_seed = 0  # np.random.default_rng seed of the train/val episode split.
+  d.normalize = True  # min-max normalise actions/low-dim to [-1, 1] (LIBERO: False).
+  d.stats_path = ""  # JSON statistics to use instead of computing them (e.g. pretraining's).
+  d.num_workers = 0  # grain worker processes per host (0 = in the main process).
+  d.read_threads = 8  # grain reader threads per process.
+  d.prefetch_batches = 4  # batches buffered per process.
+  d.eval_window_stride = 1  # eval: every k-th window start of each validation episode.
+  d.eval_max_windows = 0  # eval: cap on validation windows, evenly spaced (0 = all).
   return d
 
 

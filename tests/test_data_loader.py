@@ -1,0 +1,207 @@
+"""The grain loader on the synthetic source: windows, determinism, resume, hosts, mixtures."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from uwm_jax import batch as batch_lib
+from uwm_jax.data import loader as loader_lib
+from uwm_jax.data import normalization, source_configs
+from uwm_jax.data.synthetic import SyntheticSource
+from uwm_jax.data.windows import SOURCE, WindowReader
+
+
+def _config(**data):
+  c = tiny.get_config()
+  for k, v in data.items():
+    setattr(c.data, k, v)
+  return c
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _sample_hashes(batch):
+  keys = sorted(batch)
+  return [hashlib.sha1(b"".join(np.ascontiguousarray(batch[k][i]).tobytes() for k in keys))
+          .hexdigest() for i in range(len(batch[batch_lib.ACTION]))]
+
+
+def _assert_batches_equal(xs, ys):
+  assert len(xs) == len(ys)
+  for x, y in zip(xs, ys):
+    assert sorted(x) == sorted(y)
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_batches_fit_the_contract_and_windows_line_up():
+  c = _config()
+  loader = loader_lib.make_train_loader(c, process_index=0, process_count=1)
+  b = next(loader)
+  batch_lib.validate_batch(b, c.model)
+  assert b[batch_lib.ACTION].dtype == np.float32 and b[batch_lib.ACTION_MASK].all()
+  assert np.abs(b[batch_lib.ACTION]).max() <= 1.0 + 1e-6
+
+  # A window reads frames/actions exactly where uwm_jax.batch.window_slices puts them.
+  src = loader.sources[0]
+  reader = WindowReader([src], c.model, loader.dataset_stats)
+  sl = batch_lib.window_slices(c.model.num_obs_frames, c.model.action_len)
+  ep, start = 3, 5
+  sample = reader((0, ep, start))
+  all_frames = src.frames(ep, np.arange(start, start + sl.window))
+  np.testing.assert_array_equal(sample[batch_lib.OBS], all_frames[:, sl.obs])
+  np.testing.assert_array_equal(sample[batch_lib.NEXT_OBS], all_frames[:, sl.next_obs])
+  raw = src.actions(ep)[start:start + sl.window][sl.action]
+  np.testing.assert_allclose(
+      normalization.denormalize(sample[batch_lib.ACTION], loader.dataset_stats["action"]), raw,
+      rtol=1e-5, atol=1e-6)
+  # The synthetic images move: consecutive frames differ.
+  assert (sample[batch_lib.OBS][:, 0] != sample[batch_lib.OBS][:, 1]).any()
+
+
+def test_same_config_same_stream_and_seed_changes_it():
+  a = _take(loader_lib.make_train_loader(_config(), process_index=0, process_count=1), 3)
+  b = _take(loader_lib.make_train_loader(_config(), process_index=0, process_count=1), 3)
+  _assert_batches_equal(a, b)
+  c = _take(loader_lib.make_train_loader(_config(seed=1), process_index=0, process_count=1), 1)
+  assert not np.array_equal(a[0][batch_lib.ACTION], c[0][batch_lib.ACTION])
+
+
+def test_restored_state_reproduces_the_next_batches():
+  c = _config()
+  first = loader_lib.make_train_loader(c, process_index=0, process_count=1)
+  _take(first, 4)
+  state = json.loads(json.dumps(first.get_state()))  # survives a JSON checkpoint
+  expected = _take(first, 5)
+  second = loader_lib.make_train_loader(c, process_index=0, process_count=1)
+  _take(second, 1)  # a loader that already moved elsewhere
+  second.set_state(state)
+  _assert_batches_equal(_take(second, 5), expected)
+
+
+def test_restore_with_worker_processes_and_across_epochs():
+  # 270 training windows / 8 = 33.75 batches per epoch: batches 32..37 cross an epoch.
+  c = _config(num_workers=2)
+  ref = loader_lib.make_train_loader(_config(), process_index=0, process_count=1)
+  ref_batches = _take(ref, 38)[32:]
+  loader = loader_lib.make_train_loader(c, process_index=0, process_count=1)
+  loader.set_state({**loader.get_state(), "next_batch": 32})
+  try:
+    _assert_batches_equal(_take(loader, 6), ref_batches)
+  finally:
+    loader.close()
+
+
+def test_hosts_are_disjoint_and_cover_the_global_batch():
+  c = _config()
+  one = _take(loader_lib.make_train_loader(c, process_index=0, process_count=1), 3)
+  hosts = [_take(loader_lib.make_train_loader(c, process_index=p, process_count=2), 3)
+           for p in range(2)]
+  for j in range(3):
+    assert all(len(h[j][batch_lib.ACTION]) == c.batch_size // 2 for h in hosts)
+    h0, h1 = (set(_sample_hashes(h[j])) for h in hosts)
+    assert not h0 & h1
+    assert h0 | h1 == set(_sample_hashes(one[j]))
+  # A single-host state restores on two hosts (same global batch): batch 2 matches.
+  two = loader_lib.make_train_loader(c, process_index=1, process_count=2)
+  two.set_state({**two.get_state(), "next_batch": 2})
+  assert set(_sample_hashes(next(two))) == set(_sample_hashes(hosts[1][2]))
+
+
+def test_batch_size_must_divide_across_hosts():
+  with pytest.raises(ValueError, match="divisible"):
+    loader_lib.make_train_loader(_config(), process_index=0, process_count=3)
+
+
+def test_mixture_ratio_source_index_and_action_free_samples():
+  c = _config()
+  c.batch_size = 16
+  c.data.sources = {}
+  c.data.sources.robot = source_configs.synthetic(weight=3.0, num_episodes=8, seed=1)
+  c.data.sources.video = source_configs.synthetic(weight=1.0, num_episodes=8, seed=2,
+                                                  action_free_fraction=1.0)
+  loader = loader_lib.make_train_loader(c, process_index=0, process_count=1)
+  assert loader.source_names == ("robot", "video")
+  batches = _take(loader, 20)
+  src = np.concatenate([b[SOURCE] for b in batches])
+  mask = np.concatenate([b[batch_lib.ACTION_MASK] for b in batches])
+  acts = np.concatenate([b[batch_lib.ACTION] for b in batches])
+  n = len(src)
+  frac = (src == 0).mean()
+  assert abs(frac - 0.75) <= 3 * np.sqrt(0.75 * 0.25 / n)
+  np.testing.assert_array_equal(mask, src == 0)  # video samples carry action_mask False
+  assert not acts[src == 1].any() and acts[src == 0].any()  # and zero actions
+
+
+def test_action_free_fraction_and_robot_only_validation():
+  c = _config(val_fraction=0.25)
+  c.data.sources.synthetic = source_configs.synthetic(num_episodes=16, episode_len=24,
+                                                      action_free_fraction=0.5)
+  train = loader_lib.make_train_loader(c, process_index=0, process_count=1)
+  mask = np.concatenate([b[batch_lib.ACTION_MASK] for b in _take(train, 30)])
+  assert 0.2 < mask.mean() < 0.8  # 8 video episodes train, 4 robot ones are held out
+  ev = loader_lib.make_eval_loader(c, process_index=0, process_count=1)
+  batches = list(ev)
+  assert len(batches) == len(ev) > 0
+  assert all(b[batch_lib.ACTION_MASK].all() for b in batches)
+  # The validation episodes are robot episodes the training split never uses.
+  src = train.sources[0]
+  val_eps = set(np.unique(train.split.val[0][:, 0]).tolist())
+  assert len(val_eps) == 2 and not val_eps & set(np.unique(train.split.train[0][:, 0]).tolist())
+  assert not src.action_free[list(val_eps)].any()
+
+
+def test_eval_loader_hosts_split_validation_evenly():
+  c = _config(val_fraction=0.25)
+  one = list(loader_lib.make_eval_loader(c, process_index=0, process_count=1))
+  hosts = [list(loader_lib.make_eval_loader(c, process_index=p, process_count=2))
+           for p in range(2)]
+  assert len(hosts[0]) == len(hosts[1]) == len(one) > 0
+  h = [set(sum((_sample_hashes(b) for b in hb), [])) for hb in hosts]
+  assert not h[0] & h[1]
+  assert h[0] | h[1] == set(sum((_sample_hashes(b) for b in one), []))
+  # Re-iterable and deterministic.
+  _assert_batches_equal(one, list(loader_lib.make_eval_loader(c, process_index=0,
+                                                              process_count=1)))
+
+
+def test_low_dim_observations_are_normalised():
+  c = _config()
+  c.model.low_dim_dim = 3
+  loader = loader_lib.make_train_loader(c, process_index=0, process_count=1)
+  b = next(loader)
+  batch_lib.validate_batch(b, c.model)
+  assert "low_dim" in loader.dataset_stats
+  assert np.abs(b[batch_lib.LOW_DIM]).max() <= 1.0 + 1e-6
+
+
+def test_statistics_equal_numpy_on_raw_arrays():
+  c = _config()
+  loader = loader_lib.make_train_loader(c, process_index=0, process_count=1)
+  src: SyntheticSource = loader.sources[0]
+  raw = np.concatenate([src.actions(e) for e in range(src.num_episodes)])
+  np.testing.assert_allclose(loader.dataset_stats["action"]["min"], raw.min(0), rtol=1e-6)
+  np.testing.assert_allclose(loader.dataset_stats["action"]["max"], raw.max(0), rtol=1e-6)
+
+
+def test_empty_sources_and_unknown_kind_errors():
+  c = _config()
+  c.data.sources = {}
+  with pytest.raises(ValueError, match="config.data.sources is empty"):
+    loader_lib.make_train_loader(c, process_index=0, process_count=1)
+  c.data.sources.bad = source_configs.synthetic()
+  c.data.sources.bad.kind = "zarr"
+  with pytest.raises(ValueError, match="'bad'.*unknown kind"):
+    loader_lib.make_train_loader(c, process_index=0, process_count=1)
+
+
+def test_episodes_shorter_than_a_window_are_skipped():
+  c = _config()
+  c.data.sources.synthetic.episode_len = 5  # window is 7
+  with pytest.raises(ValueError, match="no training windows"):
+    loader_lib.make_train_loader(c, process_index=0, process_count=1)

@@ -1,0 +1,211 @@
+"""Grain loaders: an endless, exactly-resumable training stream and a finite validation pass.
+
+The global sample stream is a pure function of the config (`data.seed`): each source's windows
+are shuffled per epoch and repeated (`grain.MapDataset.shuffle().repeat()`), the sources are
+interleaved by weight (`grain.MapDataset.mix`), and global batch j is samples
+[j * B, (j + 1) * B) of that stream. Host p of P takes samples p, p + P, p + 2P, ... so the hosts'
+batch j are disjoint and together are exactly global batch j. Batching happens before the
+grain worker processes split the work, so batches do not depend on `data.num_workers`.
+
+The loader state is the index of the next batch (JSON: `{"next_batch": j, ...}`); restoring it
+rebuilds the pipeline from batch j, so a resumed run sees exactly the batches it would have
+seen — also with a different number of workers or hosts, as long as the global batch size is
+unchanged.
+"""
+
+import dataclasses
+import logging
+import zlib
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import grain
+import numpy as np
+
+from uwm_jax.data import sources as sources_lib
+from uwm_jax.data import stats as stats_lib
+from uwm_jax.data.episodes import (EpisodeSource, concat_sources_windows, split_episodes,
+                                   window_starts)
+from uwm_jax.data.windows import SOURCE, WindowReader  # noqa: F401  (SOURCE re-exported)
+from uwm_jax.model.dims import model_dims
+
+STATE_VERSION = 1
+
+
+def _process(process_index: Optional[int], process_count: Optional[int]) -> Tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=import-outside-toplevel
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count}).")
+  return int(process_index), int(process_count)
+
+
+def _host_batch_size(batch_size: int, process_count: int) -> int:
+  if batch_size % process_count:
+    raise ValueError(f"batch_size {batch_size} is not divisible by the {process_count} "
+                     f"processes (hosts).")
+  return batch_size // process_count
+
+
+def _seed(*parts) -> int:
+  """A stable 32-bit seed from strings/ints (grain shuffle seeds must fit in uint32)."""
+  return zlib.crc32(":".join(str(p) for p in parts).encode()) & 0x7FFFFFFF
+
+
+@dataclasses.dataclass
+class Split:
+  """Per-source (episode, start) window tables of the training and validation splits."""
+  train: List[np.ndarray]
+  val: List[np.ndarray]
+
+
+def make_split(config, sources: Sequence[EpisodeSource], eval_stride: int = 1) -> Split:
+  """Windows of every source: training (all but validation episodes), validation (robot only)."""
+  window = model_dims(config.model).window
+  train, val = [], []
+  for src in sources:
+    tr_eps, val_eps = split_episodes(src.action_free, config.data.val_fraction,
+                                     config.data.split_seed)
+    train.append(window_starts(src.episode_lengths, tr_eps, window, 1, src.name))
+    val.append(window_starts(src.episode_lengths, val_eps, window, eval_stride, src.name))
+  return Split(train, val)
+
+
+class _Loader:
+  """What the train and eval loaders share: sources, statistics, the window reader."""
+
+  def __init__(self, config, process_index, process_count):
+    self.config = config
+    self.process_index, self.process_count = _process(process_index, process_count)
+    self.global_batch_size = int(config.batch_size)
+    self.batch_size = _host_batch_size(self.global_batch_size, self.process_count)
+    self.source_names, self.sources, self.weights = sources_lib.build_sources(config)
+    self.dataset_stats = stats_lib.dataset_stats(config.data, config.model, self.sources)
+    self.reader = WindowReader(self.sources, config.model, self.dataset_stats)
+    self.split = make_split(config, self.sources, max(1, int(config.data.eval_window_stride)))
+
+  def _to_iter(self, ds: grain.MapDataset) -> grain.IterDataset:
+    d = self.config.data
+    threads = max(1, int(d.read_threads))
+    it = ds.to_iter_dataset(grain.ReadOptions(
+        num_threads=threads, prefetch_buffer_size=max(threads, int(d.prefetch_batches))))
+    if int(d.num_workers) > 0:
+      from absl import flags  # pylint: disable=import-outside-toplevel
+      if not flags.FLAGS.is_parsed():  # grain reads its absl flags; use their defaults
+        flags.FLAGS.mark_as_parsed()  # when no app.run parsed them (tests, notebooks).
+      it = it.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=int(d.num_workers), per_worker_buffer_size=max(1, int(
+              d.prefetch_batches))))
+    return it
+
+
+class TrainLoader(_Loader):
+  """Endless iterator of host-local numpy batches (see `uwm_jax.batch`, plus `source`).
+
+  Attributes: dataset_stats (normalisation statistics, JSON-able), source_names (index order of
+  the `source` key), batch_size (host-local), global_batch_size, num_windows (per source).
+  """
+
+  def __init__(self, config, process_index=None, process_count=None):
+    super().__init__(config, process_index, process_count)
+    self.num_windows = {n: len(t) for n, t in zip(self.source_names, self.split.train)}
+    for name, n in self.num_windows.items():
+      if n == 0:
+        raise ValueError(f"Dataset {name!r} has no training windows of "
+                         f"{model_dims(config.model).window} frames (all episodes too short "
+                         f"or held out for validation).")
+    logging.info("Training windows per source: %s; weights %s.", self.num_windows, self.weights)
+    self._stream = self._global_stream()
+    self._next_batch = 0
+    self._iter: Optional[Iterator] = None
+
+  def _global_stream(self) -> grain.MapDataset:
+    """Endless MapDataset of (source, episode, start) rows: the global sample order."""
+    seed = int(self.config.data.seed)
+    parts = []
+    for s, (name, table) in enumerate(zip(self.source_names, self.split.train)):
+      rows = np.concatenate([np.full((len(table), 1), s, np.int64), table], axis=1)
+      parts.append(grain.MapDataset.source(rows).shuffle(seed=_seed(seed, name)).repeat())
+    if len(parts) == 1:
+      return parts[0]
+    return grain.MapDataset.mix(parts, self.weights)
+
+  def _host_batches(self, start_batch: int) -> grain.IterDataset:
+    p, P, b = self.process_index, self.process_count, self.batch_size
+    ds = self._stream[p::P].map(self.reader).batch(b, drop_remainder=True)
+    return self._to_iter(ds[start_batch:])
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self._iter is None:
+      self._iter = iter(self._host_batches(self._next_batch))
+    batch = next(self._iter)
+    self._next_batch += 1
+    return batch
+
+  def get_state(self) -> dict:
+    """JSON-able position: the next batch this loader will yield."""
+    return {"version": STATE_VERSION, "next_batch": self._next_batch,
+            "global_batch_size": self.global_batch_size, "seed": int(self.config.data.seed),
+            "sources": list(self.source_names)}
+
+  def set_state(self, state: dict) -> None:
+    """Continue with exactly the batches that followed when `state` was taken."""
+    if state.get("version") != STATE_VERSION:
+      raise ValueError(f"Loader state version {state.get('version')} != {STATE_VERSION}.")
+    mine = self.get_state()
+    for key in ("global_batch_size", "seed", "sources"):
+      if state[key] != mine[key]:
+        raise ValueError(f"Loader state was saved with {key}={state[key]!r}, this loader has "
+                         f"{mine[key]!r}: the stream would differ.")
+    self.close()
+    self._next_batch = int(state["next_batch"])
+
+  def close(self) -> None:
+    """Stop worker processes (also done on garbage collection)."""
+    it, self._iter = self._iter, None
+    if it is not None and hasattr(it, "close"):
+      it.close()
+
+
+class EvalLoader(_Loader):
+  """Finite, re-iterable host-local batches of the robot-only validation split.
+
+  Windows: every `data.eval_window_stride`-th start of each validation episode, at most
+  `data.eval_max_windows` of them (evenly spaced), truncated to whole global batches so that
+  every host yields the same number of batches.
+  """
+
+  def __init__(self, config, process_index=None, process_count=None):
+    super().__init__(config, process_index, process_count)
+    rows = concat_sources_windows(self.split.val)
+    cap = int(config.data.eval_max_windows)
+    if cap and len(rows) > cap:
+      rows = rows[np.linspace(0, len(rows) - 1, cap).round().astype(np.int64)]
+    self.num_batches = len(rows) // self.global_batch_size
+    if self.num_batches == 0:
+      logging.warning("Validation split has %d windows, fewer than one global batch of %d: "
+                      "the eval loader is empty.", len(rows), self.global_batch_size)
+    self._rows = rows[:self.num_batches * self.global_batch_size]
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self):
+    p, P = self.process_index, self.process_count
+    ds = (grain.MapDataset.source(self._rows)[p::P].map(self.reader)
+          .batch(self.batch_size, drop_remainder=True))
+    return iter(self._to_iter(ds))
+
+
+def make_train_loader(config, *, process_index=None, process_count=None) -> TrainLoader:
+  """Endless host-local training batches of `config.batch_size // process_count` samples."""
+  return TrainLoader(config, process_index, process_count)
+
+
+def make_eval_loader(config, *, process_index=None, process_count=None) -> EvalLoader:
+  """Finite host-local batches from the robot-only validation split."""
+  return EvalLoader(config, process_index, process_count)

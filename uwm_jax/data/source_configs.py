@@ -1,0 +1,64 @@
+"""Config entries for `config.data.sources` (one ConfigDict per dataset, keyed by its name).
+
+Kept free of heavy imports: config files import this module.
+
+  config.data.sources.droid = source_configs.array_record("/data/droid_uwm", weight=1.0)
+  config.data.sources.video = source_configs.array_record("/data/droid_video_uwm",
+                                                          action_free=True)
+  config.data.sources.web = source_configs.video_folder("/data/clips", weight=0.5)
+
+Every source has `kind`, `weight` (mixture weight, > 0) and `action_free` (read without
+actions: samples get zero actions and action_mask False; never in the validation split).
+Command-line overrides address fields by name: `--config.data.sources.droid.path=/x`.
+"""
+
+import ml_collections
+
+KINDS = ("synthetic", "array_record", "video_folder")
+
+
+def synthetic(weight: float = 1.0, num_episodes: int = 16, episode_len: int = 32,
+              action_free_fraction: float = 0.0, seed: int = 0) -> ml_collections.ConfigDict:
+  """Deterministic moving-shapes episodes (no files): for tests and smoke runs.
+
+  action_free_fraction: this fraction of episodes is used as action-free video.
+  """
+  return ml_collections.ConfigDict(dict(
+      kind="synthetic", weight=float(weight), action_free=False, num_episodes=num_episodes,
+      episode_len=episode_len, action_free_fraction=float(action_free_fraction), seed=seed))
+
+
+def array_record(path: str = "", weight: float = 1.0, action_free: bool = False,
+                 include: tuple = (), exclude: tuple = (), success_only: bool = False,
+                 max_episodes: int = 0) -> ml_collections.ConfigDict:
+  """A dataset converted by `python -m uwm_jax.data.convert` (DROID, LIBERO, any RLDS).
+
+  The episode filters repeat the conversion's (uwm_spec.md 4.1) at load time, over the stored
+  episode metadata, in stored (= TFDS) order:
+    include: keep episodes whose recording_folderpath contains any of these substrings;
+    exclude: drop episodes whose recording_folderpath contains any of these;
+    success_only: keep episodes whose file_path / recording_folderpath says "success";
+    max_episodes: keep the first N episodes that pass (0 = all).
+  """
+  return ml_collections.ConfigDict(dict(
+      kind="array_record", weight=float(weight), action_free=bool(action_free), path=path,
+      include=tuple(include), exclude=tuple(exclude), success_only=bool(success_only),
+      max_episodes=int(max_episodes)))
+
+
+def video_folder(path: str = "", weight: float = 1.0, frame_stride: float = 2.0,
+                 padding: str = "same", extensions: tuple = ("mp4", "webm"),
+                 min_bytes: int = 1024, max_bytes: int = 2**30) -> ml_collections.ConfigDict:
+  """A folder (searched recursively) of video files used as action-free clips (spec 4.3).
+
+  frame_stride: source frames per window frame (reference: a 38-frame span for 19 frames).
+  padding: how a clip fills the camera views: "same" (the clip in every view), "none" (first
+    view only, others black).
+  Files smaller than min_bytes / larger than max_bytes or too short are skipped (logged).
+  """
+  if padding not in ("same", "none"):
+    raise ValueError(f"video_folder padding must be 'same' or 'none', got {padding!r}.")
+  return ml_collections.ConfigDict(dict(
+      kind="video_folder", weight=float(weight), action_free=True, path=path,
+      frame_stride=float(frame_stride), padding=padding, extensions=tuple(extensions),
+      min_bytes=int(min_bytes), max_bytes=int(max_bytes)))

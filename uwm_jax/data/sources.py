@@ -1,0 +1,44 @@
+"""Build the `EpisodeSource`s a config names (`config.data.sources`), in sorted-name order."""
+
+from typing import List, Tuple
+
+from uwm_jax.data import source_configs
+from uwm_jax.data.episodes import EpisodeSource
+
+
+def source_names(data_cfg) -> Tuple[str, ...]:
+  """Dataset names in the fixed order used for source indices in batches."""
+  return tuple(sorted(data_cfg.sources.keys()))
+
+
+def build_source(name: str, src_cfg, model_cfg) -> EpisodeSource:
+  """One source from its config entry; errors name the dataset and the bad field."""
+  kind = src_cfg.get("kind", None)
+  if kind not in source_configs.KINDS:
+    raise ValueError(f"Dataset {name!r}: unknown kind {kind!r}; known: {source_configs.KINDS}.")
+  if not float(src_cfg.weight) > 0:
+    raise ValueError(f"Dataset {name!r}: weight must be > 0, got {src_cfg.weight}.")
+  if kind == "synthetic":
+    from uwm_jax.data.synthetic import SyntheticSource  # pylint: disable=import-outside-toplevel
+    return SyntheticSource(
+        name, model_cfg.camera_keys, model_cfg.image_shape, model_cfg.action_dim,
+        model_cfg.low_dim_dim, num_episodes=src_cfg.num_episodes,
+        episode_len=src_cfg.episode_len, action_free_fraction=src_cfg.action_free_fraction,
+        seed=src_cfg.seed)
+  if kind == "array_record":
+    from uwm_jax.data.converted import ConvertedSource  # pylint: disable=import-outside-toplevel
+    return ConvertedSource.from_config(name, src_cfg, model_cfg)
+  from uwm_jax.data.video_folder import VideoFolderSource  # pylint: disable=import-outside-toplevel
+  return VideoFolderSource.from_config(name, src_cfg, model_cfg)
+
+
+def build_sources(config) -> Tuple[Tuple[str, ...], List[EpisodeSource], List[float]]:
+  """(names, sources, weights) for `config.data.sources`, sorted by name."""
+  names = source_names(config.data)
+  if not names:
+    raise ValueError("config.data.sources is empty: name at least one dataset, e.g. "
+                     "`config.data.sources.droid = source_configs.array_record(path)` "
+                     "(see uwm_jax/data/source_configs.py).")
+  sources = [build_source(n, config.data.sources[n], config.model) for n in names]
+  weights = [float(config.data.sources[n].weight) for n in names]
+  return names, sources, weights
