@@ -3,7 +3,13 @@
   python -m uwm_jax.inspect --config=configs/tiny.py
   python -m uwm_jax.inspect --config=configs/tiny.py:dp
 
-Compiles in seconds and trains at tens of steps/s on a laptop CPU.
+Compiles in seconds and trains at tens of steps/s on a laptop CPU. A whole training run on
+synthetic data (no files), with checkpoints at steps 100 and 200 and offline evaluation:
+
+  python -m uwm_jax.train --config=configs/tiny.py --workdir=/tmp/uwm_tiny
+
+Expect the loss to fall from ~2 to well under 1 within 200 steps; rerunning the command
+resumes (here: finds step 200 and stops at once).
 """
 
 from uwm_jax import config_base
@@ -35,5 +41,13 @@ def get_config(variant: str = ""):
   c.data.sources.synthetic = source_configs.synthetic(num_episodes=16, episode_len=24)
   c.num_steps = 200
   c.optim.learning_rate = 1e-3
+  # Training loop: frequent logs/checkpoints/evaluation so a 200-step CPU run shows all of them.
+  t = c.train
+  t.log_every = 10
+  t.save_every = 100
+  t.eval_every = 100
+  t.eval_num_batches = 2
+  t.keep_last = 2
+  t.keep_every = 0
   config_base.apply_variant(c, variant)
   return c

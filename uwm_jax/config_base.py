@@ -103,8 +103,55 @@ def data_config() -> ml_collections.ConfigDict:
 
 
 def train_config() -> ml_collections.ConfigDict:
-  """Training-loop fields (read by `uwm_jax.train` and `uwm_jax.training`)."""
+  """Training-loop fields (read by `uwm_jax.training.loop` unless named otherwise).
+
+  The workdir (`--workdir`) holds checkpoints/<step>/, metrics.jsonl, tensorboard/ and
+  dataset_stats.json; a run started again with the same workdir resumes from its latest
+  complete checkpoint.
+  """
   t = ml_collections.ConfigDict()
+  # Device mesh (uwm_jax.training.mesh): (data, fsdp, tensor) sizes; one -1 = the rest.
+  t.mesh_shape = (-1, 1, 1)
+  # Partition rules (uwm_jax.training.sharding): (regex over param paths, tactic), first match
+  # wins; tactics replicate | fsdp | tensor_out | tensor_in. FSDP splits the larger of an
+  # array's last two axes; arrays under fsdp_min_size elements stay replicated.
+  t.partition_rules = (
+      (r"attn/qkv/(kernel|bias)$", "tensor_out"),
+      (r"mlp/fc1/(kernel|bias)$", "tensor_out"),
+      (r"attn/proj/kernel$", "tensor_in"),
+      (r"mlp/fc2/kernel$", "tensor_in"),
+      (r".*", "fsdp"),
+  )
+  t.fsdp_min_size = 2**18
+  # Loop cadence (in optimizer steps). Checkpoints, evaluation and logs also happen at the end.
+  t.log_every = 50
+  t.save_every = 5_000
+  t.eval_every = 10_000  # offline evaluation on the validation split (0 = only at the end)
+  t.eval_num_batches = 0  # validation batches per evaluation (0 = the whole split)
+  t.eval_at_end = True
+  # Checkpoints (uwm_jax.training.checkpoint): keep the last K and every M-th step (0 = none).
+  t.keep_last = 3
+  t.keep_every = 50_000
+  t.async_checkpointing = True
+  # Exponential moving average of the params (0 = off); evaluation then uses the EMA.
+  t.ema_decay = 0.0
+  # Stop at the first non-finite loss/gradient; the state is left as it was before that step.
+  t.nan_guard = True
+  # Finetuning: a `checkpoints` folder (or a step folder inside one) of a pretraining run;
+  # params and codec params are loaded from it (shapes must match), optimizer state is fresh.
+  t.init_from = ""
+  t.init_from_step = -1  # -1 = the latest step of init_from
+  # With init_from: recompute the normalisation statistics from this run's data instead of
+  # keeping the pretraining run's (the reference keeps them, uwm_spec.md 3).
+  t.recompute_dataset_stats = False
+  # Logging (uwm_jax.training.metrics_writer).
+  t.tensorboard = True
+  t.wandb_project = ""  # non-empty: also log to Weights & Biases (needs `pip install wandb`)
+  t.progress_bar = True
+  t.peak_tflops_per_device = 0.0  # for MFU; 0 = look up by device kind (unknown: no MFU)
+  # XLA options for the init, train-step and eval executables, e.g.
+  # {"xla_backend_optimization_level": 0} (CPU tests: 3x faster compiles, slower steps).
+  t.compiler_options = ml_collections.ConfigDict()
   return t
 
 

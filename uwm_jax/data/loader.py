@@ -3,8 +3,9 @@
 The global sample stream is a pure function of the config (`data.seed`): each source's windows
 are shuffled per epoch and repeated (`grain.MapDataset.shuffle().repeat()`), the sources are
 interleaved by weight (`grain.MapDataset.mix`), and global batch j is samples
-[j * B, (j + 1) * B) of that stream. Host p of P takes samples p, p + P, p + 2P, ... so the hosts'
-batch j are disjoint and together are exactly global batch j. Batching happens before the
+[j * B, (j + 1) * B) of that stream. Host p of P takes the contiguous block
+[j * B + p * B / P, j * B + (p + 1) * B / P), so the hosts' batches j are disjoint and, stacked in
+process order, are exactly global batch j. Batching happens before the
 grain worker processes split the work, so batches do not depend on `data.num_workers`.
 
 The loader state is the index of the next batch (JSON: `{"next_batch": j, ...}`); restoring it
@@ -133,7 +134,9 @@ class TrainLoader(_Loader):
 
   def _host_batches(self, start_batch: int) -> grain.IterDataset:
     p, P, b = self.process_index, self.process_count, self.batch_size
-    ds = self._stream[p::P].map(self.reader).batch(b, drop_remainder=True)
+    # Host p's batch j is the p-th contiguous block of global batch j, so the assembled global
+    # batch (process order) is identical for any number of hosts.
+    ds = self._stream.map(self.reader).batch(b, drop_remainder=True)[p::P]
     return self._to_iter(ds[start_batch:])
 
   def __iter__(self):
@@ -196,8 +199,8 @@ class EvalLoader(_Loader):
 
   def __iter__(self):
     p, P = self.process_index, self.process_count
-    ds = (grain.MapDataset.source(self._rows)[p::P].map(self.reader)
-          .batch(self.batch_size, drop_remainder=True))
+    ds = (grain.MapDataset.source(self._rows).map(self.reader)
+          .batch(self.batch_size, drop_remainder=True)[p::P])
     return iter(self._to_iter(ds))
 
 

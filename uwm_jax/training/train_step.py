@@ -1,4 +1,4 @@
-"""One optimisation step: loss, gradients, AdamW update, metrics."""
+"""One optimisation step: loss, gradients, AdamW update, EMA, non-finite guard, metrics."""
 
 from typing import Callable, Tuple
 
@@ -16,14 +16,23 @@ def cast_floats(tree, dtype):
                       tree)
 
 
+def ema_update(ema, params, decay: float):
+  """ema <- decay * ema + (1 - decay) * params, leaf by leaf."""
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
 def make_train_step(model, schedule: Schedule, optimizer: optax.GradientTransformation,
-                    lr_schedule: optax.Schedule) -> Callable:
+                    lr_schedule: optax.Schedule, *, ema_decay: float = 0.0,
+                    nan_guard: bool = False) -> Callable:
   """Returns train_step(state, batch, rng) -> (state, metrics), pure (jit it).
 
   The step's randomness is fold_in(rng, state.step), so a step is a function of the state, the
   batch and the run's base key alone. With model.compute_dtype = "bfloat16" the forward pass
   runs on bf16 copies of the fp32 params; gradients, params and optimizer state stay fp32.
-  metrics: loss, action_loss, dynamics_loss, grad_norm, lr.
+  ema_decay > 0 updates `state.ema_params` (which must exist). With nan_guard, a step whose
+  loss or gradient norm is not finite leaves the whole state unchanged and reports
+  metrics["finite"] = False, so the caller can stop with the last good state.
+  metrics: loss, action_loss, dynamics_loss, grad_norm, lr (+ finite).
   """
   compute_dtype = jnp.bfloat16 if model.cfg.compute_dtype == "bfloat16" else jnp.float32
 
@@ -37,6 +46,13 @@ def make_train_step(model, schedule: Schedule, optimizer: optax.GradientTransfor
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=lr_schedule(state.step))
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    if ema_decay:
+      new_state = new_state.replace(ema_params=ema_update(state.ema_params, params, ema_decay))
+    if nan_guard:
+      finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+      metrics["finite"] = finite
+    return new_state, metrics
 
   return train_step

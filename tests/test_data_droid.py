@@ -1,0 +1,221 @@
+"""DROID as published (RLDS/TFDS tfrecord) -> array_record conversion -> grain windows."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from configs import droid as droid_config
+from uwm_jax import batch as batch_lib
+from uwm_jax.data import array_record_format as fmt
+from uwm_jax.data import convert, filters, fixtures, loader, normalization, profiles, rlds_read
+from uwm_jax.data import source_configs
+from uwm_jax.data.converted import ConvertedSource
+from uwm_jax.data.windows import WindowReader
+
+IMAGE = (36, 64)  # small frames keep the tests fast; the schema is otherwise DROID's own.
+NUM_EPISODES = 7
+
+
+@pytest.fixture(scope="module")
+def droid_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("droid")
+  return fixtures.write_droid_fixture(str(root / "tfds"), NUM_EPISODES, image_shape=IMAGE,
+                                      num_shards=3)
+
+
+@pytest.fixture(scope="module")
+def raw_episodes(droid_dir):
+  """Every episode read through plain tfds (images decoded by tfds)."""
+  import tensorflow_datasets as tfds
+  b = rlds_read.open_builder(droid_dir)
+  ds = b.as_dataset(split="train", shuffle_files=False).map(
+      lambda e: {**e, "steps": e["steps"].batch(10_000).get_single_element()})
+  return list(tfds.as_numpy(ds))
+
+
+@pytest.fixture(scope="module")
+def converted(droid_dir, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("conv") / "droid")
+  assert convert.convert_rlds(droid_dir, out, profiles.droid_profile(), dataset="droid",
+                              progress=False)
+  return out
+
+
+def _config(path, **src):
+  c = droid_config.get_config()
+  c.model.image_shape = IMAGE
+  c.batch_size = 4
+  c.data.sources.droid = source_configs.array_record(path, **src)
+  return c
+
+
+def test_schema_is_droids(droid_dir):
+  paths = rlds_read.feature_paths(rlds_read.open_builder(droid_dir).info.features)
+  for key in ("steps/observation/exterior_image_1_left", "steps/observation/wrist_image_left",
+              "steps/observation/cartesian_position", "steps/observation/gripper_position",
+              "steps/action_dict/cartesian_velocity", "steps/action_dict/gripper_position",
+              "steps/language_instruction", "steps/is_first", "steps/is_last",
+              "steps/is_terminal", "episode_metadata/recording_folderpath",
+              "episode_metadata/file_path"):
+    assert key in paths, key
+  assert paths["steps/observation/exterior_image_2_left"].shape == IMAGE + (3,)
+  assert paths["steps/action_dict/cartesian_velocity"].shape == (6,)
+
+
+def test_windows_match_the_raw_rlds_episode(converted, raw_episodes, monkeypatch):
+  c = _config(converted)
+  train = loader.make_train_loader(c, process_index=0, process_count=1)
+  src = train.sources[0]
+  assert src.num_episodes == NUM_EPISODES
+  reader = WindowReader([src], c.model, train.dataset_stats)
+  sl = batch_lib.window_slices(c.model.num_obs_frames, c.model.action_len)
+  ep, start = 1, 7
+  raw = raw_episodes[ep]["steps"]
+  assert src.metadata[ep]["file_path"] == raw_episodes[ep]["episode_metadata"]["file_path"].decode()
+
+  decoded = []
+  real_decode = fmt.decode_image
+  monkeypatch.setattr(fmt, "decode_image", lambda b: decoded.append(1) or real_decode(b))
+  sample = reader((0, ep, start))
+  # Only current + next frames of the model's 3 views are decoded (not all 19 frames).
+  assert len(decoded) == 3 * 2 * c.model.num_obs_frames
+
+  for v, cam in enumerate(c.model.camera_keys):
+    frames = raw["observation"][cam][start:start + sl.window]
+    # Pillow vs TF JPEG decoders may differ by a few levels.
+    np.testing.assert_allclose(sample["obs"][v], frames[sl.obs], atol=12)
+    np.testing.assert_allclose(sample["next_obs"][v], frames[sl.next_obs], atol=12)
+  raw_act = profiles.droid_action_10d(raw["action_dict"]["cartesian_velocity"],
+                                      raw["action_dict"]["gripper_position"])
+  np.testing.assert_allclose(
+      normalization.denormalize(sample["action"], train.dataset_stats["action"]),
+      raw_act[start:start + sl.window][sl.action], rtol=1e-5, atol=1e-6)
+  batch_lib.validate_batch(next(train), c.model)
+
+
+def test_statistics_equal_numpy_and_are_cached(converted, raw_episodes):
+  c = _config(converted)
+  c.model.low_dim_dim = 7
+  stats = loader.make_train_loader(c, process_index=0, process_count=1).dataset_stats
+  acts = np.concatenate([profiles.droid_action_10d(e["steps"]["action_dict"]["cartesian_velocity"],
+                                                   e["steps"]["action_dict"]["gripper_position"])
+                         for e in raw_episodes])
+  low = np.concatenate([np.concatenate([e["steps"]["observation"]["cartesian_position"],
+                                        e["steps"]["observation"]["gripper_position"]], 1)
+                        for e in raw_episodes])
+  np.testing.assert_allclose(stats["action"]["min"], acts.min(0), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(stats["action"]["max"], acts.max(0), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(stats["low_dim"]["min"], low.min(0), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(stats["low_dim"]["max"], low.max(0), rtol=1e-6, atol=1e-6)
+  cache = os.listdir(os.path.join(converted, "uwm_stats"))
+  assert cache
+  # A different transform of the data (a filter) gets another key.
+  c2 = _config(converted, include=("WEIRD",))
+  stats2 = loader.make_train_loader(c2, process_index=0, process_count=1).dataset_stats
+  assert len(os.listdir(os.path.join(converted, "uwm_stats"))) == len(cache) + 1
+  assert stats2 != stats
+
+
+def test_load_time_filters_follow_tfds_order(converted, raw_episodes):
+  metas = [{k: v.decode() for k, v in e["episode_metadata"].items()} for e in raw_episodes]
+  c = _config(converted, include=("WEIRD", "IRIS"), success_only=True, max_episodes=2)
+  src = loader.make_train_loader(c, process_index=0, process_count=1).sources[0]
+  want = [m["file_path"] for m in metas
+          if ("WEIRD" in m["recording_folderpath"] or "IRIS" in m["recording_folderpath"])
+          and "/success/" in m["recording_folderpath"]][:2]
+  assert [m["file_path"] for m in src.metadata] == want
+  c = _config(converted, exclude=("WEIRD",))
+  src = loader.make_train_loader(c, process_index=0, process_count=1).sources[0]
+  assert all("WEIRD" not in m["recording_folderpath"] for m in src.metadata)
+  assert len(src.metadata) == sum("WEIRD" not in m["recording_folderpath"] for m in metas)
+
+
+def test_conversion_filters_max_episodes_and_resumes_per_shard(droid_dir, raw_episodes,
+                                                                tmp_path):
+  out = str(tmp_path / "weird")
+  filt = filters.EpisodeFilter.from_args(exclude=["WEIRD"])
+  prof = profiles.droid_profile()
+  # Host 0 of 2 converts shards 0 and 2: not complete yet, the loader says so.
+  assert not convert.convert_rlds(droid_dir, out, prof, episode_filter=filt, process_index=0,
+                                  process_count=2, progress=False)
+  assert sorted(os.listdir(out)) == ["conversion.json", "shard-00000-of-00003",
+                                     "shard-00002-of-00003"]
+  with pytest.raises(ValueError, match=r"unfinished.*\[1\]"):
+    ConvertedSource("droid", out, prof.camera_keys, IMAGE, 10)
+  stamp = os.path.getmtime(os.path.join(out, "shard-00000-of-00003", fmt.FRAMES))
+  # A leftover temporary folder of a killed run does not matter.
+  os.makedirs(os.path.join(out, "shard-00001-of-00003.tmp-999"))
+  assert convert.convert_rlds(droid_dir, out, prof, episode_filter=filt, process_index=1,
+                              process_count=2, progress=False)
+  assert convert.convert_rlds(droid_dir, out, prof, episode_filter=filt, progress=False)
+  assert os.path.getmtime(os.path.join(out, "shard-00000-of-00003", fmt.FRAMES)) == stamp
+  src = ConvertedSource("droid", out, prof.camera_keys, IMAGE, 10)
+  want = [e["episode_metadata"]["file_path"].decode() for e in raw_episodes
+          if b"WEIRD" not in e["episode_metadata"]["recording_folderpath"]]
+  assert [m["file_path"] for m in src.metadata] == want
+  # Other parameters into the same folder are refused.
+  with pytest.raises(ValueError, match="other parameters"):
+    convert.convert_rlds(droid_dir, out, prof, progress=False)
+
+  # --max_episodes: the first N matches in TFDS order; later shards are not converted.
+  out2 = str(tmp_path / "first2")
+  convert.main(["droid", f"--builder_dir={droid_dir}", f"--out={out2}", "--max_episodes=2"])
+  meta = json.load(open(os.path.join(out2, fmt.DATASET_JSON)))
+  assert meta["num_episodes"] == 2 and len(meta["shards"]) == 1
+  assert not os.path.exists(os.path.join(out2, "shard-00002-of-00003"))
+  src = ConvertedSource("droid", out2, prof.camera_keys, IMAGE, 10)
+  assert [m["file_path"] for m in src.metadata] == [
+      e["episode_metadata"]["file_path"].decode() for e in raw_episodes[:2]]
+
+
+def test_action_free_conversion_gives_video_samples(droid_dir, tmp_path):
+  out = str(tmp_path / "video")
+  convert.main(["droid", f"--builder_dir={droid_dir}", f"--out={out}", "--action_free"])
+  assert not os.path.exists(os.path.join(out, "shard-00000-of-00003", fmt.ACTIONS))
+  c = _config(out)
+  with pytest.raises(ValueError, match="No source has robot episodes"):
+    loader.make_train_loader(c, process_index=0, process_count=1)
+  c.data.normalize = False
+  b = next(loader.make_train_loader(c, process_index=0, process_count=1))
+  assert not b["action_mask"].any() and not b["action"].any()
+  assert len(loader.make_eval_loader(c, process_index=0, process_count=1)) == 0
+
+
+def test_bad_inputs_name_what_is_wrong(droid_dir, tmp_path):
+  data_dir = os.path.dirname(os.path.dirname(droid_dir))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    rlds_read.builder_dir(str(tmp_path / "nowhere"), "droid")
+  with pytest.raises(ValueError, match="Unknown builder 'droid_101'.*'droid'"):
+    rlds_read.builder_dir(data_dir, "droid_101")
+  with pytest.raises(ValueError, match="'droid'.*schema has no.*steps/observation/side_cam"):
+    convert.convert_rlds(droid_dir, str(tmp_path / "x"),
+                         profiles.rlds_profile(["side_cam"], "action"), dataset="droid")
+  with pytest.raises(FileNotFoundError, match="'droid'.*does not exist"):
+    loader.make_train_loader(_config(str(tmp_path / "missing")), process_index=0,
+                             process_count=1)
+  # NaN in an episode's actions: dataset, episode and field are named.
+  bad = fixtures.write_droid_fixture(str(tmp_path / "tfds"), 3, builder="droid_100",
+                                     image_shape=(8, 8), lengths=(20,), nan_episode=1,
+                                     num_shards=1)
+  with pytest.raises(ValueError, match=r"'droid_100', episode 1 .*trajectory.h5.*"
+                                       r"cartesian_velocity.*NaN"):
+    convert.convert_rlds(bad, str(tmp_path / "bad"), profiles.droid_profile(),
+                         dataset="droid_100")
+  assert not [d for d in os.listdir(tmp_path / "bad") if d.startswith("shard")]
+
+
+def test_camera_and_shape_mismatch_errors(converted):
+  c = _config(converted)
+  c.model.camera_keys = ("exterior_image_1_left", "top_cam")
+  with pytest.raises(ValueError, match="'droid'.*no camera.*top_cam"):
+    loader.make_train_loader(c, process_index=0, process_count=1)
+  c = _config(converted)
+  c.model.image_shape = (180, 320)
+  with pytest.raises(ValueError, match="'droid'.*stores.*image_shape"):
+    loader.make_train_loader(c, process_index=0, process_count=1)
+  c = _config(converted)
+  c.model.action_dim = 7
+  with pytest.raises(ValueError, match="'droid'.*10 dimensions.*action_dim is 7"):
+    loader.make_train_loader(c, process_index=0, process_count=1)

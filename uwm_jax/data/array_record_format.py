@@ -1,0 +1,147 @@
+"""The converted training format: array_record frames + image-free numpy arrays, per shard.
+
+  <out>/
+    conversion.json                parameters of the conversion (written first; a rerun with
+                                   other parameters into the same folder is refused)
+    shard-00003-of-00031/          one per INPUT shard, renamed into place when complete
+      frames.array_record          one record per step: the step's encoded images (JPEG/PNG
+                                   bytes as stored in the source, never re-encoded), one per
+                                   camera in `camera_keys` order; group_size 1 = random access
+      actions.npy                  (N, A) float32 raw actions (absent for action-free data)
+      low_dim.npy                  (N, D) float32 raw low-dim observations (absent if none)
+      episodes.json                lengths, first-step offsets and metadata of its episodes
+    dataset.json                   written last: format, camera keys, image shape, widths, the
+                                   ordered list of complete shards, episode/step counts
+
+A window reads the 2 * T_o records it shows and slices the memory-mapped action rows, so only
+those frames are decoded; actions and low-dim values are read without touching any image
+(the statistics pass reads only the .npy files).
+"""
+
+import io
+import json
+import os
+import shutil
+import struct
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+FORMAT = "uwm_array_record_v1"
+DATASET_JSON = "dataset.json"
+CONVERSION_JSON = "conversion.json"
+FRAMES = "frames.array_record"
+ACTIONS = "actions.npy"
+LOW_DIM = "low_dim.npy"
+EPISODES = "episodes.json"
+WRITER_OPTIONS = "group_size:1"
+
+
+def shard_dirname(index: int, count: int) -> str:
+  return f"shard-{index:05d}-of-{count:05d}"
+
+
+def encode_step(images: Sequence[bytes]) -> bytes:
+  """One record: uint32 count, uint32 length per image, then the image bytes."""
+  header = struct.pack(f"<I{len(images)}I", len(images), *(len(b) for b in images))
+  return header + b"".join(images)
+
+
+def decode_step(record: bytes, which: Sequence[int]) -> List[bytes]:
+  """The encoded images at positions `which` of one record (no decoding of the others)."""
+  (n,) = struct.unpack_from("<I", record, 0)
+  lengths = struct.unpack_from(f"<{n}I", record, 4)
+  starts = np.concatenate([[4 + 4 * n], 4 + 4 * n + np.cumsum(lengths)])
+  return [record[starts[i]:starts[i] + lengths[i]] for i in which]
+
+
+def encode_image(image: np.ndarray, image_format: str = "png") -> bytes:
+  """(H, W, 3) uint8 -> PNG/JPEG bytes (used when a source holds raw pixels)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  buf = io.BytesIO()
+  fmt = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG"}[image_format.lower()]
+  kwargs = {"quality": 95} if fmt == "JPEG" else {"compress_level": 1}
+  Image.fromarray(np.asarray(image, np.uint8)).save(buf, format=fmt, **kwargs)
+  return buf.getvalue()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+  """PNG/JPEG bytes -> (H, W, 3) uint8."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  with Image.open(io.BytesIO(data)) as im:
+    if im.mode != "RGB":
+      im = im.convert("RGB")
+    return np.asarray(im)
+
+
+class ShardWriter:
+  """Writes one output shard into a temporary folder; `close()` moves it into place."""
+
+  def __init__(self, out_dir: str, index: int, count: int, camera_keys: Sequence[str]):
+    from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+    self.final = os.path.join(out_dir, shard_dirname(index, count))
+    self.tmp = f"{self.final}.tmp-{os.getpid()}"
+    shutil.rmtree(self.tmp, ignore_errors=True)
+    os.makedirs(self.tmp)
+    self.camera_keys = tuple(camera_keys)
+    self._writer = array_record_module.ArrayRecordWriter(os.path.join(self.tmp, FRAMES),
+                                                         WRITER_OPTIONS)
+    self._actions: List[np.ndarray] = []
+    self._low_dim: List[np.ndarray] = []
+    self.episodes: Dict[str, list] = {"length": [], "offset": [], "metadata": []}
+    self.num_steps = 0
+
+  def add_episode(self, images: Mapping[str, Sequence[bytes]], actions: Optional[np.ndarray],
+                  low_dim: Optional[np.ndarray], metadata: Mapping[str, str]) -> None:
+    """images: camera -> L encoded frames; actions (L, A) / low_dim (L, D) or None."""
+    length = len(images[self.camera_keys[0]])
+    for k in self.camera_keys:
+      if len(images[k]) != length:
+        raise ValueError(f"{metadata}: camera {k!r} has {len(images[k])} frames, "
+                         f"{self.camera_keys[0]!r} has {length}.")
+    for t in range(length):
+      self._writer.write(encode_step([bytes(images[k][t]) for k in self.camera_keys]))
+    if actions is not None:
+      self._actions.append(np.asarray(actions, np.float32).reshape(length, -1))
+    if low_dim is not None:
+      self._low_dim.append(np.asarray(low_dim, np.float32).reshape(length, -1))
+    self.episodes["length"].append(int(length))
+    self.episodes["offset"].append(int(self.num_steps))
+    self.episodes["metadata"].append({k: str(v) for k, v in metadata.items()})
+    self.num_steps += length
+
+  def close(self) -> dict:
+    """Finish the files and rename the folder into place; returns the shard's summary."""
+    self._writer.close()
+    if self._actions:
+      np.save(os.path.join(self.tmp, ACTIONS), np.concatenate(self._actions))
+    if self._low_dim:
+      np.save(os.path.join(self.tmp, LOW_DIM), np.concatenate(self._low_dim))
+    summary = {"num_episodes": len(self.episodes["length"]), "num_steps": self.num_steps}
+    with open(os.path.join(self.tmp, EPISODES), "w") as f:
+      json.dump({**self.episodes, **summary}, f)
+    shutil.rmtree(self.final, ignore_errors=True)
+    os.replace(self.tmp, self.final)
+    return summary
+
+  def abort(self) -> None:
+    try:
+      self._writer.close()
+    finally:
+      shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def shard_done(out_dir: str, index: int, count: int) -> bool:
+  return os.path.exists(os.path.join(out_dir, shard_dirname(index, count), EPISODES))
+
+
+def read_json(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_json_atomic(path: str, obj) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)

@@ -1,0 +1,275 @@
+"""Convert an RLDS/TFDS dataset into the array_record training format, shard by shard.
+
+  # DROID as published (tfrecord), the reference's robot split: 2000 episodes from "WEIRD".
+  python -m uwm_jax.data.convert droid --data_dir=/data/tfds --builder=droid \\
+      --out=/data/uwm/droid_weird --include=WEIRD --max_episodes=2000 --num_processes=8
+  # ... and its action-free video split.
+  python -m uwm_jax.data.convert droid --data_dir=/data/tfds --builder=droid \\
+      --out=/data/uwm/droid_video --exclude=WEIRD --max_episodes=2000 --action_free
+  # Any RLDS dataset (e.g. LIBERO written by `python -m uwm_jax.data.libero`).
+  python -m uwm_jax.data.convert rlds --data_dir=/data/tfds --builder=libero_90 \\
+      --out=/data/uwm/libero_90 --camera_keys=agentview_rgb,eye_in_hand_rgb --action_key=action
+
+Each input file (tfds shard) becomes one output shard, written to a temporary folder and renamed
+when complete. Work is split by input shard over `--num_processes` local processes and over
+hosts (`--process_index/--process_count`, each host running the same command); a rerun skips
+finished shards. Episodes are kept in TFDS order; the filters (`uwm_jax.data.filters`) and
+`--max_episodes` (the first N matches, as the reference) are applied here and recorded, and
+`dataset.json` is written by whichever process finds the needed shards complete.
+"""
+
+import argparse
+import logging
+import multiprocessing
+import os
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+import tqdm
+
+from uwm_jax.data import array_record_format as fmt
+from uwm_jax.data import filters as filters_lib
+from uwm_jax.data import profiles as profiles_lib
+from uwm_jax.data import rlds_read
+
+
+def _episode_id(meta: dict, dataset: str, shard: int, index: int) -> str:
+  ident = meta.get("file_path") or meta.get("recording_folderpath") or ""
+  return f"dataset {dataset!r}, episode {index} of input shard {shard}" + (
+      f" ({ident})" if ident else "")
+
+
+def _encoded_frames(value, image_format: str) -> list:
+  """Stored frames of one camera -> list of encoded bytes (raw uint8 arrays get encoded)."""
+  arr = np.asarray(value)
+  if arr.dtype == np.uint8 and arr.ndim == 4:
+    return [fmt.encode_image(im, image_format) for im in arr]
+  return [bytes(b) for b in arr]
+
+
+def _checked(ep: dict, path: str, ident: str) -> np.ndarray:
+  value = np.asarray(rlds_read.get_path(ep, path))
+  if value.dtype.kind == "f" and not np.isfinite(value).all():
+    step = int(np.argwhere(~np.isfinite(value))[0][0])
+    raise ValueError(f"{ident}: field {path!r} holds NaN/inf (first at step {step}).")
+  return value
+
+
+def convert_shard(builder, split: str, shard: int, num_shards: int, out_dir: str,
+                  profile: profiles_lib.RldsProfile, filt: filters_lib.EpisodeFilter,
+                  dataset: str, image_format: str = "png") -> dict:
+  """Convert input file `shard`; returns its summary (episodes kept, steps)."""
+  writer = fmt.ShardWriter(out_dir, shard, num_shards, profile.camera_keys)
+  try:
+    for i, ep in enumerate(rlds_read.iter_shard_episodes(builder, split, shard)):
+      meta = profile.metadata(ep)
+      if not filt.matches(meta):
+        continue
+      ident = _episode_id(meta, dataset, shard, i)
+      obs = ep["steps"]["observation"]
+      images = {k: _encoded_frames(obs[k], image_format) for k in profile.camera_keys}
+      if not len(images[profile.camera_keys[0]]):
+        logging.info("%s: empty episode skipped.", ident)
+        continue
+      actions = low_dim = None
+      if not profile.action_free:
+        actions = profile.action_fn(*(_checked(ep, p, ident) for p in profile.action_fields))
+      if profile.low_dim_fields:
+        low_dim = profiles_lib.concat_fields(*(_checked(ep, p, ident)
+                                               for p in profile.low_dim_fields))
+      writer.add_episode(images, actions, low_dim, meta)
+    summary = writer.close()
+  except BaseException:
+    writer.abort()
+    raise
+  return summary
+
+
+def _needed_shards(out_dir: str, num_shards: int, max_episodes: int) -> Optional[int]:
+  """How many leading shards the dataset consists of, or None while that is unknown."""
+  total = 0
+  for k in range(num_shards):
+    if max_episodes and total >= max_episodes:
+      return k
+    if not fmt.shard_done(out_dir, k, num_shards):
+      return None
+    total += fmt.read_json(os.path.join(out_dir, fmt.shard_dirname(k, num_shards),
+                                        fmt.EPISODES))["num_episodes"]
+  return num_shards
+
+
+def _prefix_covers(out_dir: str, num_shards: int, k: int, max_episodes: int) -> bool:
+  """True when shards 0..k-1 are finished and hold at least max_episodes matches."""
+  total = 0
+  for j in range(k):
+    if not fmt.shard_done(out_dir, j, num_shards):
+      return False
+    total += fmt.read_json(os.path.join(out_dir, fmt.shard_dirname(j, num_shards),
+                                        fmt.EPISODES))["num_episodes"]
+    if total >= max_episodes:
+      return True
+  return False
+
+
+def finalize(out_dir: str) -> bool:
+  """Write dataset.json when the needed shards are complete; True when the dataset is ready."""
+  params = fmt.read_json(os.path.join(out_dir, fmt.CONVERSION_JSON))
+  n = params["num_input_shards"]
+  needed = _needed_shards(out_dir, n, params["max_episodes"])
+  if needed is None:
+    return False
+  shards, episodes, steps, action_dim, low_dim_dim = [], 0, 0, 0, 0
+  for k in range(needed):
+    name = fmt.shard_dirname(k, n)
+    info = fmt.read_json(os.path.join(out_dir, name, fmt.EPISODES))
+    shards.append({"name": name, "num_episodes": info["num_episodes"],
+                   "num_steps": info["num_steps"]})
+    episodes += info["num_episodes"]
+    steps += info["num_steps"]
+    for npy, attr in ((fmt.ACTIONS, "a"), (fmt.LOW_DIM, "l")):
+      path = os.path.join(out_dir, name, npy)
+      if os.path.exists(path):
+        width = int(np.load(path, mmap_mode="r").shape[1])
+        if attr == "a":
+          action_dim = width
+        else:
+          low_dim_dim = width
+  if params["max_episodes"]:
+    episodes = min(episodes, params["max_episodes"])
+  fmt.write_json_atomic(os.path.join(out_dir, fmt.DATASET_JSON), {
+      "format": fmt.FORMAT, "conversion": params, "camera_keys": params["camera_keys"],
+      "image_shapes": params["image_shapes"], "action_dim": action_dim,
+      "low_dim_dim": low_dim_dim, "action_free": params["action_free"], "shards": shards,
+      "num_episodes": episodes, "num_steps": steps, "max_episodes": params["max_episodes"]})
+  return True
+
+
+def _conversion_params(builder, builder_path: str, split: str, profile, filt,
+                       max_episodes: int, dataset: str) -> dict:
+  paths = rlds_read.check_schema(builder, profile.required_keys(), dataset)
+  shapes = {}
+  for k in profile.camera_keys:
+    shape = getattr(paths[f"steps/observation/{k}"], "shape", None)
+    shapes[k] = [int(s) for s in shape[:2]] if shape is not None else None
+  return {"dataset": dataset, "builder_dir": os.path.abspath(builder_path), "split": split,
+          "num_input_shards": rlds_read.num_input_shards(builder, split),
+          **profile.describe(), "action_free": profile.action_free,
+          "include": list(filt.include), "exclude": list(filt.exclude),
+          "success_only": filt.success_only, "max_episodes": int(max_episodes),
+          "image_shapes": shapes}
+
+
+def convert_rlds(builder_path: str, out_dir: str, profile: profiles_lib.RldsProfile, *,
+                 split: str = "train", episode_filter: filters_lib.EpisodeFilter = (
+                     filters_lib.EpisodeFilter()), max_episodes: int = 0,
+                 process_index: int = 0, process_count: int = 1, dataset: str = "",
+                 image_format: str = "png", progress: bool = True) -> bool:
+  """Convert this process's share of input shards; True when the whole dataset is ready."""
+  dataset = dataset or os.path.basename(os.path.dirname(os.path.normpath(builder_path)))
+  builder = rlds_read.open_builder(builder_path)
+  params = _conversion_params(builder, builder_path, split, profile, episode_filter,
+                              max_episodes, dataset)
+  os.makedirs(out_dir, exist_ok=True)
+  conv_path = os.path.join(out_dir, fmt.CONVERSION_JSON)
+  if os.path.exists(conv_path):
+    old = fmt.read_json(conv_path)
+    if old != params:
+      diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
+      raise ValueError(f"{out_dir!r} holds a conversion with other parameters ({diff}); "
+                       f"use another --out or delete it.")
+  else:
+    fmt.write_json_atomic(conv_path, params)
+  n = params["num_input_shards"]
+  mine = list(range(process_index, n, process_count))
+  for k in tqdm.tqdm(mine, desc=f"convert {dataset} [{process_index}/{process_count}]",
+                     disable=not progress):
+    if max_episodes and _prefix_covers(out_dir, n, k, max_episodes):
+      break  # the first max_episodes matches lie in earlier, finished shards
+    if fmt.shard_done(out_dir, k, n):
+      continue
+    summary = convert_shard(builder, split, k, n, out_dir, profile, episode_filter, dataset,
+                            image_format)
+    logging.info("%s shard %d/%d: %s", dataset, k, n, summary)
+  return finalize(out_dir)
+
+
+def _worker(args_and_index):
+  args, index, count = args_and_index
+  return _run(args, index, count)
+
+
+def _profile(args) -> profiles_lib.RldsProfile:
+  if args.command == "droid":
+    prof = profiles_lib.droid_profile()
+    if args.action_free:
+      prof = profiles_lib.RldsProfile(name="droid", camera_keys=prof.camera_keys,
+                                      low_dim_fields=prof.low_dim_fields,
+                                      metadata_fields=prof.metadata_fields)
+    return prof
+  cams = [k for k in args.camera_keys.split(",") if k]
+  if not cams:
+    raise ValueError("--camera_keys is required for the rlds command.")
+  low = [k for k in args.low_dim_keys.split(",") if k]
+  return profiles_lib.rlds_profile(cams, args.action_key, low, args.action_free)
+
+
+def _run(args, index: int, count: int) -> bool:
+  path = args.builder_dir or rlds_read.builder_dir(args.data_dir, args.builder, args.version)
+  return convert_rlds(
+      path, args.out, _profile(args), split=args.split,
+      episode_filter=filters_lib.EpisodeFilter.from_args(args.include, args.exclude,
+                                                         args.success_only),
+      max_episodes=args.max_episodes, process_index=index, process_count=count,
+      dataset=args.builder or "", image_format=args.image_format)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m uwm_jax.data.convert", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("command", choices=("droid", "rlds"))
+  p.add_argument("--data_dir", default="", help="TFDS data_dir holding the builder.")
+  p.add_argument("--builder", default="", help="builder name, e.g. droid or droid_100.")
+  p.add_argument("--version", default="", help="builder version (default: highest).")
+  p.add_argument("--builder_dir", default="", help="<data_dir>/<builder>/<version> directly.")
+  p.add_argument("--split", default="train")
+  p.add_argument("--out", required=True, help="output folder of the converted dataset.")
+  p.add_argument("--include", action="append", default=[],
+                 help="keep episodes whose recording_folderpath contains this (repeatable).")
+  p.add_argument("--exclude", action="append", default=[],
+                 help="drop episodes whose recording_folderpath contains this (repeatable).")
+  p.add_argument("--success_only", action="store_true")
+  p.add_argument("--max_episodes", type=int, default=0, help="first N matches (0 = all).")
+  p.add_argument("--action_free", action="store_true", help="store no actions (video).")
+  p.add_argument("--camera_keys", default="", help="rlds: comma-separated observation keys.")
+  p.add_argument("--action_key", default="action", help="rlds: steps/<key> holds the action.")
+  p.add_argument("--low_dim_keys", default="", help="rlds: comma-separated observation keys.")
+  p.add_argument("--image_format", default="png", choices=("png", "jpeg"),
+                 help="encoding for sources that store raw pixels.")
+  p.add_argument("--num_processes", type=int, default=1, help="local worker processes.")
+  p.add_argument("--process_index", type=int, default=0, help="this host's index.")
+  p.add_argument("--process_count", type=int, default=1, help="number of hosts.")
+  args = p.parse_args(argv)
+  if not args.builder_dir and not (args.data_dir and args.builder):
+    p.error("give --data_dir and --builder, or --builder_dir.")
+  return args
+
+
+def main(argv: Sequence[str]) -> None:
+  logging.basicConfig(level=logging.INFO)
+  args = parse_args(argv)
+  local = max(1, args.num_processes)
+  count = args.process_count * local
+  jobs = [(args, args.process_index * local + i, count) for i in range(local)]
+  if local == 1:
+    results = [_worker(jobs[0])]
+  else:
+    with multiprocessing.get_context("spawn").Pool(local) as pool:
+      results = pool.map(_worker, jobs)
+  ready = any(results) or finalize(args.out)
+  print(f"{args.out}: " + ("complete (dataset.json written)." if ready else
+                           "this host's shards are done; other hosts are still converting."))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,41 @@
+"""Train UWM: `python -m uwm_jax.train --config=configs/droid.py --workdir=DIR`.
+
+  --config=FILE[:variant]       an ml_collections config file; override any field with
+                                --config.FIELD=VALUE (e.g. --config.train.mesh_shape='(-1,4,1)')
+  --workdir=DIR                 checkpoints, metrics.jsonl, tensorboard/; rerunning the same
+                                command resumes from the latest complete checkpoint
+  --coordinator_address, --num_processes, --process_id
+                                multi-process start-up when the cluster is not detected
+                                (Cloud TPU pods and SLURM are)
+
+Finetuning: add --config.train.init_from=PRETRAIN_WORKDIR/checkpoints.
+"""
+
+import logging
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Working directory (checkpoints, metrics).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "",
+                                   "host:port of process 0 for jax.distributed.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
+  # Import jax-using modules only now, after flags are parsed.
+  from uwm_jax.training import distributed, loop  # pylint: disable=import-outside-toplevel
+  distributed.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                     _PROCESS_ID.value)
+  loop.train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

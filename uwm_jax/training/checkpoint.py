@@ -1,0 +1,310 @@
+"""Orbax checkpoints: `<workdir>/checkpoints/<step>/` with separate items.
+
+  state          the TrainState (step, params, optimizer state, EMA params); its `frozen`
+                 codec params are stored once, in `params`, and put back on restore
+  params         {"params": inference params (EMA when on), "frozen": codec params}
+  dataset_stats  the normalisation statistics (JSON, `uwm_jax.data.normalization`)
+  config         the resolved config (JSON)
+  data_iter      every process's data-loader state (JSON: {"process_count", "states"})
+
+Saves are asynchronous and atomic (Orbax writes a temporary folder and renames it when every
+process has finished), keep the last K plus every M-th step, and every process takes part in
+every save and restore. A params-only checkpoint (`save_params_checkpoint`) holds `params`,
+`dataset_stats` and `config`: what `uwm_jax.evaluate` and finetuning (`train.init_from`) read.
+"""
+
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIRNAME = "checkpoints"
+STATE, PARAMS, DATASET_STATS, CONFIG, DATA_ITER = (
+    "state", "params", "dataset_stats", "config", "data_iter")
+ITEM_NAMES = (STATE, PARAMS, DATASET_STATS, CONFIG, DATA_ITER)
+CORRUPT_DIRNAME = "corrupt_checkpoints"
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.fspath(workdir), CHECKPOINT_DIRNAME)
+
+
+# ------------------------------------------------------------------------------------ config
+def config_to_json(config: ml_collections.ConfigDict) -> dict:
+  """A ConfigDict -> a JSON-able dict (tuples become lists)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def _lists_to_tuples(x):
+  if isinstance(x, dict):
+    return {k: _lists_to_tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_lists_to_tuples(v) for v in x)
+  return x
+
+
+def config_from_json(d: dict) -> ml_collections.ConfigDict:
+  """The inverse of `config_to_json` (lists become tuples, as config fields are written)."""
+  return ml_collections.ConfigDict(_lists_to_tuples(d))
+
+
+# ------------------------------------------------------------------------------------ manager
+def make_manager(directory: str, *, keep_last: Optional[int] = None, keep_every: int = 0,
+                 save_every: int = 1, async_save: bool = True,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """A CheckpointManager over `directory` (the `checkpoints` folder) with our item names.
+
+  keep_last: keep the K most recent steps (None = all); keep_every: also keep every step that
+  is a multiple of M (0 = none); save_every: `manager.should_save(step)` is True every N steps.
+  """
+  policies = [ocp.checkpoint_managers.LatestN(n=keep_last)]
+  if keep_every:
+    policies.append(ocp.checkpoint_managers.EveryNSteps(keep_every))
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=0 if read_only else max(1, int(save_every)),
+      preservation_policy=(None if read_only else
+                           ocp.checkpoint_managers.AnyPreservationPolicy(policies)),
+      enable_async_checkpointing=async_save,
+      read_only=read_only,
+      create=not read_only,
+      cleanup_tmp_directories=not read_only,  # partial saves of a killed run
+  )
+  handlers = {STATE: ocp.StandardCheckpointHandler(), PARAMS: ocp.StandardCheckpointHandler()}
+  handlers.update({k: ocp.JsonCheckpointHandler() for k in (DATASET_STATS, CONFIG, DATA_ITER)})
+  return ocp.CheckpointManager(epath.Path(directory), options=options, item_handlers=handlers)
+
+
+# ------------------------------------------------------------------------------------ data iter
+def gather_process_states(local_state: Any) -> List[Any]:
+  """Every process's JSON-able loader state, in process order (a collective: all call it)."""
+  if jax.process_count() == 1:
+    return [local_state]
+  from jax.experimental import multihost_utils
+  raw = np.frombuffer(json.dumps(local_state).encode(), np.uint8)
+  lengths = multihost_utils.process_allgather(np.asarray([raw.size], np.int64))
+  padded = np.zeros((int(np.max(lengths)),), np.uint8)
+  padded[:raw.size] = raw
+  everything = multihost_utils.process_allgather(padded)
+  return [json.loads(bytes(everything[i][:int(lengths[i][0])]).decode())
+          for i in range(jax.process_count())]
+
+
+def local_process_state(data_iter: Optional[dict]) -> Any:
+  """This process's loader state from a restored `data_iter` item (None when unusable)."""
+  if not data_iter:
+    return None
+  if data_iter.get("process_count") != jax.process_count():
+    log.warning("The checkpoint's data-iterator state is from %s processes, this run has %d: "
+                "the data stream restarts.", data_iter.get("process_count"), jax.process_count())
+    return None
+  return data_iter["states"][jax.process_index()]
+
+
+# ------------------------------------------------------------------------------------ save
+def save_train_checkpoint(manager: ocp.CheckpointManager, step: int, *, state, inference_params,
+                          dataset_stats: Optional[dict], config: ml_collections.ConfigDict,
+                          data_iter_state: Any, force: bool = False) -> bool:
+  """Start an asynchronous save of every item at `step` (all processes must call it).
+
+  inference_params: the params evaluation should use (EMA when on). Returns whether a save
+  was started (False when the manager's interval says no and `force` is off).
+  """
+  if not force and not manager.should_save(step):
+    return False
+  states = gather_process_states(data_iter_state)
+  args = ocp.args.Composite(**{
+      STATE: ocp.args.StandardSave(state.replace(frozen={})),
+      PARAMS: ocp.args.StandardSave({"params": inference_params, "frozen": state.frozen}),
+      DATASET_STATS: ocp.args.JsonSave(dataset_stats or {}),
+      CONFIG: ocp.args.JsonSave(config_to_json(config)),
+      DATA_ITER: ocp.args.JsonSave({"process_count": jax.process_count(), "states": states}),
+  })
+  return manager.save(step, args=args, force=True)
+
+
+def save_params_checkpoint(directory: str, *, params, frozen, config, dataset_stats,
+                           step: int = 0) -> str:
+  """Write a params-only checkpoint (params, frozen, config, dataset_stats) under `directory`
+  (a `checkpoints` folder) at `step`, synchronously. Returns the step folder."""
+  manager = make_manager(directory, async_save=False)
+  manager.save(step, args=ocp.args.Composite(**{
+      PARAMS: ocp.args.StandardSave({"params": params, "frozen": frozen}),
+      DATASET_STATS: ocp.args.JsonSave(dataset_stats or {}),
+      CONFIG: ocp.args.JsonSave(config_to_json(config)),
+  }), force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return os.path.join(os.fspath(directory), str(step))
+
+
+# ------------------------------------------------------------------------------------ restore
+def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract_tree, shardings)
+
+
+def _metadata_tree(manager: ocp.CheckpointManager, step: int, item: str):
+  md = manager.item_metadata(step)[item]
+  if md is None:
+    raise FileNotFoundError(f"Checkpoint step {step} in {manager.directory} has no {item!r} item.")
+  return getattr(md, "tree", md)
+
+
+def _on_device(metadata_tree: Any, device) -> Any:
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
+                      metadata_tree)
+
+
+def _resolve_step(manager: ocp.CheckpointManager, step: Optional[int]) -> int:
+  steps = manager.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"No checkpoint in {manager.directory}.")
+  if step is None:
+    return max(steps)
+  if step not in steps:
+    raise FileNotFoundError(f"No checkpoint step {step} in {manager.directory}; it has {steps}.")
+  return step
+
+
+def load_params_checkpoint(directory: str, step: Optional[int] = None, *, device=None
+                           ) -> Tuple[Any, Any, ml_collections.ConfigDict, dict]:
+  """(params, frozen, config, dataset_stats) of a checkpoint (latest step when None), whole on
+  one device (default: the first local device; no mesh needed). `directory` is a
+  `checkpoints` folder."""
+  if not os.path.isdir(os.fspath(directory)):
+    raise FileNotFoundError(f"Checkpoint folder {directory} does not exist.")
+  manager = make_manager(directory, read_only=True)
+  step = _resolve_step(manager, step)
+  device = device or jax.local_devices()[0]
+  target = _on_device(_metadata_tree(manager, step, PARAMS), device)
+  out = manager.restore(step, args=ocp.args.Composite(**{
+      PARAMS: ocp.args.StandardRestore(target),
+      CONFIG: ocp.args.JsonRestore(),
+      DATASET_STATS: ocp.args.JsonRestore(),
+  }))
+  manager.close()
+  return (out[PARAMS]["params"], out[PARAMS]["frozen"], config_from_json(out[CONFIG]),
+          out[DATASET_STATS])
+
+
+def _flat_shapes(tree: Any) -> Dict[str, tuple]:
+  from uwm_jax.training.sharding import path_name
+  return {path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def shape_mismatches(expected: Any, found: Any) -> List[str]:
+  """Human-readable differences between two trees of arrays/shape structs/metadata."""
+  want, have = _flat_shapes(expected), _flat_shapes(found)
+  lines = []
+  for k in sorted(set(want) | set(have)):
+    if k not in have:
+      lines.append(f"  {k}: missing in the checkpoint (model expects {want[k]})")
+    elif k not in want:
+      lines.append(f"  {k}: in the checkpoint {have[k]} but not in the model")
+    elif want[k] != have[k]:
+      lines.append(f"  {k}: checkpoint {have[k]} vs model {want[k]}")
+  return lines
+
+
+def load_init_params(directory: str, abstract: Dict[str, Any], shardings: Dict[str, Any],
+                     step: Optional[int] = None) -> Tuple[Dict[str, Any], dict, int]:
+  """Params for finetuning (`train.init_from`), restored straight into `shardings`.
+
+  abstract/shardings: {"params": ..., "frozen": ...} trees of the model being trained.
+  Returns ({"params", "frozen"}, the checkpoint's dataset_stats, its step). Raises ValueError
+  listing every mismatched, missing or unexpected array when the checkpoint does not fit.
+  """
+  if not os.path.isdir(os.fspath(directory)):
+    raise FileNotFoundError(f"train.init_from: checkpoint folder {directory} does not exist.")
+  manager = make_manager(directory, read_only=True)
+  step = _resolve_step(manager, step)
+  found = _metadata_tree(manager, step, PARAMS)
+  problems = shape_mismatches(abstract, found)
+  if problems:
+    raise ValueError(
+        f"train.init_from={directory} (step {step}) does not fit this model config; "
+        f"{len(problems)} arrays differ:\n" + "\n".join(problems))
+  out = manager.restore(step, args=ocp.args.Composite(**{
+      PARAMS: ocp.args.StandardRestore(abstract_with_shardings(abstract, shardings)),
+      DATASET_STATS: ocp.args.JsonRestore(),
+  }))
+  manager.close()
+  return out[PARAMS], out[DATASET_STATS], step
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
+  """Move an unreadable step folder out of the checkpoints folder (process 0), so later saves
+  of that step do not collide with it."""
+  if jax.process_index() == 0:
+    src = os.path.join(os.fspath(manager.directory), str(step))
+    dst_dir = os.path.join(os.path.dirname(os.fspath(manager.directory)), CORRUPT_DIRNAME)
+    os.makedirs(dst_dir, exist_ok=True)
+    dst = os.path.join(dst_dir, f"{step}-{int(time.time())}")
+    if os.path.exists(src):
+      os.rename(src, dst)
+      log.warning("Moved the unreadable checkpoint %s to %s.", src, dst)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"set_aside_checkpoint_{step}")
+  manager.reload()
+
+
+def restore_train_checkpoint(manager: ocp.CheckpointManager, abstract_state: Any,
+                             state_shardings: Any, step: Optional[int] = None):
+  """Restore the latest (or the given) complete checkpoint into `state_shardings` (any mesh).
+
+  When the latest step cannot be read (partial or corrupt), warn, set it aside and fall back to
+  the previous one. Returns (step, state, dataset_stats, data_iter item) or None when the
+  folder holds no checkpoint.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if step is not None:
+    steps = [s for s in steps if s <= step]
+  if not steps:
+    return None
+  target = abstract_with_shardings(abstract_state, state_shardings)
+  saved_state = target.replace(frozen={})
+  errors, unreadable = [], []
+  for s in steps:
+    try:
+      found = _metadata_tree(manager, s, STATE)
+    except Exception as e:  # pylint: disable=broad-except
+      found, error = None, e
+    if found is not None:
+      problems = shape_mismatches(saved_state, found)
+      if problems:
+        raise ValueError(
+            f"Checkpoint step {s} in {manager.directory} was written by a different model or "
+            f"training config ({len(problems)} arrays differ); use a new workdir or the matching "
+            "config:\n" + "\n".join(problems))
+      try:
+        out = manager.restore(s, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardRestore(saved_state),
+            PARAMS: ocp.args.StandardRestore({"params": target.params, "frozen": target.frozen}),
+            DATASET_STATS: ocp.args.JsonRestore(),
+            DATA_ITER: ocp.args.JsonRestore(),
+        }))
+      except Exception as e:  # pylint: disable=broad-except
+        out, error = None, e
+    if found is None or out is None:
+      errors.append(f"step {s}: {type(error).__name__}: {error}")
+      unreadable.append(s)
+      log.warning("Checkpoint step %d in %s cannot be restored (%s: %s); falling back to the "
+                  "previous one.", s, manager.directory, type(error).__name__, str(error)[:500])
+      continue
+    for bad in unreadable:
+      _set_aside(manager, bad)
+    state = out[STATE].replace(frozen=out[PARAMS]["frozen"])
+    return s, state, out[DATASET_STATS], out[DATA_ITER]
+  raise RuntimeError(f"No checkpoint in {manager.directory} could be restored:\n" +
+                     "\n".join(errors))

@@ -1,0 +1,120 @@
+"""Metrics to the workdir: JSON lines (`metrics.jsonl`), TensorBoard events (`tensorboard/`),
+optionally Weights & Biases. Only process 0 writes; other processes get a no-op writer.
+
+TensorBoard uses tensorboardX when installed, else `tf.summary` (tensorflow), else it is off
+with a warning. Every record is one JSON object per line: {"step": int, "split": "train" |
+"eval", <metric>: float, ...}.
+"""
+
+import json
+import logging
+import math
+import os
+from typing import Any, Dict, List, Optional
+
+import jax
+
+log = logging.getLogger(__name__)
+
+METRICS_FILENAME = "metrics.jsonl"
+TENSORBOARD_DIRNAME = "tensorboard"
+
+
+class _TensorBoard:
+
+  def __init__(self, logdir: str):
+    self._tbx = self._tf = None
+    try:
+      import tensorboardX  # pylint: disable=import-outside-toplevel
+      self._tbx = tensorboardX.SummaryWriter(logdir)
+      return
+    except ImportError:
+      pass
+    try:
+      import tensorflow as tf  # pylint: disable=import-outside-toplevel
+      self._tf = tf
+      self._writer = tf.summary.create_file_writer(logdir)
+    except ImportError:
+      log.warning("Neither tensorboardX nor tensorflow is installed: no TensorBoard events "
+                  "(metrics still go to %s).", METRICS_FILENAME)
+
+  def scalars(self, step: int, values: Dict[str, float], prefix: str):
+    if self._tbx is not None:
+      for k, v in values.items():
+        self._tbx.add_scalar(f"{prefix}/{k}", v, step)
+    elif self._tf is not None:
+      with self._writer.as_default():
+        for k, v in values.items():
+          self._tf.summary.scalar(f"{prefix}/{k}", v, step=step)
+
+  def flush(self):
+    if self._tbx is not None:
+      self._tbx.flush()
+    elif self._tf is not None:
+      self._writer.flush()
+
+  def close(self):
+    if self._tbx is not None:
+      self._tbx.close()
+    elif self._tf is not None:
+      self._writer.close()
+
+
+class MetricWriter:
+  """write(step, metrics, split) appends to metrics.jsonl and TensorBoard (process 0 only)."""
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True, wandb_project: str = "",
+               config: Optional[Any] = None, enabled: Optional[bool] = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._tb = self._wandb = self._file = None
+    if not self.enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, METRICS_FILENAME)
+    self._file = open(self.path, "a", encoding="utf-8")
+    if tensorboard:
+      self._tb = _TensorBoard(os.path.join(workdir, TENSORBOARD_DIRNAME))
+    if wandb_project:
+      import wandb  # pylint: disable=import-outside-toplevel
+      self._wandb = wandb.init(project=wandb_project, dir=workdir,
+                               config=config.to_dict() if config is not None else None,
+                               resume="allow")
+
+  def write(self, step: int, metrics: Dict[str, Any], split: str = "train") -> None:
+    if not self.enabled:
+      return
+    values = {k: float(v) for k, v in metrics.items()}
+    record = {"step": int(step), "split": split}
+    record.update({k: (v if math.isfinite(v) else str(v)) for k, v in values.items()})
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      self._tb.scalars(step, {k: v for k, v in values.items() if math.isfinite(v)}, split)
+    if self._wandb is not None:
+      self._wandb.log({f"{split}/{k}": v for k, v in values.items()}, step=int(step))
+
+  def flush(self):
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+    if self._tb is not None:
+      self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+
+
+def read_metrics(workdir: str, split: Optional[str] = "train") -> List[dict]:
+  """The records of `metrics.jsonl` (of one split, or all when None), in file order."""
+  path = os.path.join(workdir, METRICS_FILENAME)
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        rec = json.loads(line)
+        if split is None or rec.get("split") == split:
+          out.append(rec)
+  return out
