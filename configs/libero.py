@@ -2,11 +2,18 @@
 
   python -m uwm_jax.inspect --config=configs/libero.py
 
+Data: LIBERO-90 demonstrations converted once (docs/data.md):
+  python -m uwm_jax.data.libero --hdf5_dir=/data/LIBERO/libero_90 --data_dir=/data/tfds
+  python -m uwm_jax.data.convert rlds --data_dir=/data/tfds --builder=libero_90 \
+      --out=/data/uwm/libero_90 --camera_keys=agentview_rgb,eye_in_hand_rgb --action_key=action
+  ... --config.data.sources.libero_90.path=/data/uwm/libero_90
+
 Expect 138 tokens (16 action + 98 obs + 24 registers), AdaLN condition width 3584, next-obs
 latent (2, 4, 2, 28, 28) and 309,160,135 trainable parameters (+ the frozen SDXL VAE).
 """
 
 from uwm_jax import config_base
+from uwm_jax.data import source_configs
 
 
 def get_config(variant: str = ""):
@@ -18,5 +25,8 @@ def get_config(variant: str = ""):
   m.crop_shape = (224, 224)
   m.action_dim = 7
   m.num_registers = 24
+  # LIBERO actions are already in [-1, 1] and are used unnormalised (uwm_spec.md 3).
+  c.data.normalize = False
+  c.data.sources.libero_90 = source_configs.array_record("")
   config_base.apply_variant(c, variant)
   return c

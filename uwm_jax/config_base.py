@@ -95,8 +95,8 @@ def data_config() -> ml_collections.ConfigDict:
   d.normalize = True  # min-max normalise actions/low-dim to [-1, 1] (LIBERO: False).
   d.stats_path = ""  # JSON statistics to use instead of computing them (e.g. pretraining's).
   d.num_workers = 0  # grain worker processes per host (0 = in the main process).
-  d.read_threads = 8  # grain reader threads per process.
-  d.prefetch_batches = 4  # batches buffered per process.
+  d.read_threads = 8  # threads reading the windows of one batch.
+  d.prefetch_batches = 2  # batches read ahead per process (memory: a few batches).
   d.eval_window_stride = 1  # eval: every k-th window start of each validation episode.
   d.eval_max_windows = 0  # eval: cap on validation windows, evenly spaced (0 = all).
   return d

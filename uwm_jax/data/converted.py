@@ -8,7 +8,7 @@ model's cameras of the requested steps are decoded.
 import hashlib
 import json
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -173,6 +173,3 @@ class ConvertedSource(EpisodeSource):
   def stats_cache_dir(self) -> Optional[str]:
     return self.path
 
-
-def list_shard_dirs(path: str) -> List[str]:
-  return sorted(d for d in os.listdir(path) if d.startswith("shard-") and ".tmp" not in d)

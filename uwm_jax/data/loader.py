@@ -5,8 +5,10 @@ are shuffled per epoch and repeated (`grain.MapDataset.shuffle().repeat()`), the
 interleaved by weight (`grain.MapDataset.mix`), and global batch j is samples
 [j * B, (j + 1) * B) of that stream. Host p of P takes the contiguous block
 [j * B + p * B / P, j * B + (p + 1) * B / P), so the hosts' batches j are disjoint and, stacked in
-process order, are exactly global batch j. Batching happens before the
-grain worker processes split the work, so batches do not depend on `data.num_workers`.
+process order (`host_batch_to_global`), are exactly global batch j for any number of hosts (the
+train step's per-row randomness then does not depend on the host count either). Batching
+happens before the grain worker processes split the work, so batches do not depend on
+`data.num_workers`.
 
 The loader state is the index of the next batch (JSON: `{"next_batch": j, ...}`); restoring it
 rebuilds the pipeline from batch j, so a resumed run sees exactly the batches it would have
@@ -14,6 +16,7 @@ seen — also with a different number of workers or hosts, as long as the global
 unchanged.
 """
 
+import concurrent.futures
 import dataclasses
 import logging
 import zlib
@@ -26,8 +29,10 @@ from uwm_jax.data import sources as sources_lib
 from uwm_jax.data import stats as stats_lib
 from uwm_jax.data.episodes import (EpisodeSource, concat_sources_windows, split_episodes,
                                    window_starts)
-from uwm_jax.data.windows import SOURCE, WindowReader  # noqa: F401  (SOURCE re-exported)
+from uwm_jax.data.windows import SOURCE, WindowReader
 from uwm_jax.model.dims import model_dims
+
+__all__ = ["SOURCE", "TrainLoader", "EvalLoader", "make_train_loader", "make_eval_loader"]
 
 STATE_VERSION = 1
 
@@ -86,19 +91,51 @@ class _Loader:
     self.reader = WindowReader(self.sources, config.model, self.dataset_stats)
     self.split = make_split(config, self.sources, max(1, int(config.data.eval_window_stride)))
 
+  def _batches(self, rows: grain.MapDataset) -> grain.MapDataset:
+    """Global rows (source, episode, start) -> this host's batches, read by a thread pool.
+
+    Host p's batch j is the p-th contiguous block of global batch j.
+    """
+    p, P = self.process_index, self.process_count
+    return rows.batch(self.batch_size, drop_remainder=True)[p::P].map(
+        BatchReader(self.reader, int(self.config.data.read_threads)))
+
   def _to_iter(self, ds: grain.MapDataset) -> grain.IterDataset:
     d = self.config.data
-    threads = max(1, int(d.read_threads))
-    it = ds.to_iter_dataset(grain.ReadOptions(
-        num_threads=threads, prefetch_buffer_size=max(threads, int(d.prefetch_batches))))
+    ahead = max(1, int(d.prefetch_batches))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=ahead, prefetch_buffer_size=ahead))
     if int(d.num_workers) > 0:
       from absl import flags  # pylint: disable=import-outside-toplevel
       if not flags.FLAGS.is_parsed():  # grain reads its absl flags; use their defaults
         flags.FLAGS.mark_as_parsed()  # when no app.run parsed them (tests, notebooks).
-      it = it.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=int(d.num_workers), per_worker_buffer_size=max(1, int(
-              d.prefetch_batches))))
+      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(d.num_workers),
+                                                       per_worker_buffer_size=1))
     return it
+
+
+class BatchReader:
+  """(b, 3) rows -> one stacked batch; the b windows are read by `threads` threads.
+
+  Memory stays at a few batches (`data.prefetch_batches` in flight per process) while decoding
+  runs in parallel inside each batch (Pillow and array_record release the GIL).
+  """
+
+  def __init__(self, reader: WindowReader, threads: int):
+    self.reader = reader
+    self.threads = max(1, threads)
+    self._pool = None
+
+  def __getstate__(self):
+    return {**self.__dict__, "_pool": None}
+
+  def __call__(self, rows: np.ndarray) -> dict:
+    if self.threads == 1:
+      samples = [self.reader(r) for r in rows]
+    else:
+      if self._pool is None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.threads)
+      samples = list(self._pool.map(self.reader, rows))
+    return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
 
 
 class TrainLoader(_Loader):
@@ -133,11 +170,7 @@ class TrainLoader(_Loader):
     return grain.MapDataset.mix(parts, self.weights)
 
   def _host_batches(self, start_batch: int) -> grain.IterDataset:
-    p, P, b = self.process_index, self.process_count, self.batch_size
-    # Host p's batch j is the p-th contiguous block of global batch j, so the assembled global
-    # batch (process order) is identical for any number of hosts.
-    ds = self._stream.map(self.reader).batch(b, drop_remainder=True)[p::P]
-    return self._to_iter(ds[start_batch:])
+    return self._to_iter(self._batches(self._stream)[start_batch:])
 
   def __iter__(self):
     return self
@@ -198,10 +231,7 @@ class EvalLoader(_Loader):
     return self.num_batches
 
   def __iter__(self):
-    p, P = self.process_index, self.process_count
-    ds = (grain.MapDataset.source(self._rows).map(self.reader)
-          .batch(self.batch_size, drop_remainder=True)[p::P])
-    return iter(self._to_iter(ds))
+    return iter(self._to_iter(self._batches(grain.MapDataset.source(self._rows))))
 
 
 def make_train_loader(config, *, process_index=None, process_count=None) -> TrainLoader:

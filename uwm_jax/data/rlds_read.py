@@ -8,7 +8,7 @@ JPEG/PNG bytes (tfds `SkipDecoding`), so the conversion never decodes or re-enco
 
 import os
 import re
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -146,6 +146,3 @@ def as_text(value) -> str:
     return as_text(value.reshape(-1)[0]) if value.size else ""
   return str(value)
 
-
-def list_step_keys(builder) -> List[str]:
-  return sorted(k for k in feature_paths(builder.info.features) if k.startswith("steps/"))
