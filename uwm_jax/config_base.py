@@ -173,6 +173,7 @@ def eval_config() -> ml_collections.ConfigDict:
   e.num_videos = 2  # rollouts saved as videos
   e.video_format = "mp4"  # mp4 | gif
   e.video_fps = 10
+  e.random_baseline = False  # also roll out a uniform random policy (chance level)
   # LIBERO (uwm_jax.evaluation.envs.libero_env).
   e.init_states = "seeded"  # seeded (np.random.seed(k); env.reset(), the reference) | fixed
   e.libero_ood = False  # the paper's OOD variant: init ranges +0.03 m, no background objects
@@ -187,7 +188,12 @@ def eval_config() -> ml_collections.ConfigDict:
   # (a LIBERO *_demo.hdf5 file). 0 = off.
   e.tracking_episodes = 0
   e.tracking_demos = ""
-  # `python -m uwm_jax.train` evaluates the final checkpoint when True (read by uwm_jax.train).
+  # The embedded task's datasets, generated on first use by `python -m uwm_jax.train`
+  # (uwm_jax.evaluation.envs.demo_data): expert episodes into config.data.sources[env].path and
+  # action-free video episodes into config.data.sources[env + "_video"].path. 0 = none.
+  e.demo_episodes = 0
+  e.demo_video_episodes = 0
+  # `python -m uwm_jax.train` evaluates the final checkpoint when True (uwm_jax.evaluation.hooks).
   e.after_training = False
   e.watch_interval_s = 60.0  # evaluate --watch: seconds between looks for new checkpoints
   return e

@@ -28,7 +28,7 @@ import numpy as np
 from uwm_jax import config_base, sampling
 from uwm_jax.evaluation import envs as envs_lib
 from uwm_jax.evaluation import prediction_videos, rollout, tracking, videos
-from uwm_jax.evaluation.policies import DiffusionPolicy
+from uwm_jax.evaluation.policies import DiffusionPolicy, RandomPolicy
 
 log = logging.getLogger(__name__)
 
@@ -150,18 +150,10 @@ def _held_out_trajectory(config, stats) -> Optional[tuple]:
   from uwm_jax.data import normalization  # pylint: disable=import-outside-toplevel
   keys = tuple(config.model.camera_keys)
   if config.eval.env in envs_lib.EMBEDDED_TASKS:
-    demo = tracking.embedded_demos(envs_lib.tabletop_spec(config.eval.env, config.model,
-                                                          config.eval),
-                                   [config.eval.first_seed + 10**6], keys, hold_steps=0)[0]
-    from uwm_jax.evaluation.envs import demos as demos_lib  # pylint: disable=import-outside-toplevel
-    from uwm_jax.evaluation.envs import tabletop  # pylint: disable=import-outside-toplevel
-    env = tabletop.TabletopEnv(envs_lib.tabletop_spec(config.eval.env, config.model,
-                                                      config.eval))
-    try:
-      actions = demos_lib.expert_episode(env, demo.episode.seed, hold_steps=0)["action"]
-    finally:
-      env.close()
-    frames = demo.frames
+    spec = envs_lib.tabletop_spec(config.eval.env, config.model, config.eval)
+    demo = tracking.embedded_demos(spec, [config.eval.first_seed + 10**6], keys, hold_steps=0,
+                                   with_actions=True)[0]
+    frames, actions = demo.frames, demo.actions
   else:
     if not config.data.get("sources"):
       return None
@@ -249,6 +241,13 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
           exec_steps=e.exec_steps, max_steps=max_steps, num_videos=e.num_videos,
           progress=progress, desc=f"rollouts {e.env}")
       metrics.update(result.metrics())
+      if e.random_baseline:
+        chance = rollout.run_rollouts(
+            env_list, RandomPolicy(env_list[0].action_dim, model.dims.action_len, seed=e.seed),
+            rollout.seeded_episodes(e.num_episodes, e.first_seed), camera_keys=keys,
+            num_obs_frames=model.dims.num_obs_frames, exec_steps=e.exec_steps,
+            max_steps=max_steps, progress=progress, desc="rollouts random policy")
+        metrics["rollout/random_policy_success_rate"] = chance.success_rate
       for ep in result.episodes:
         if ep.frames:
           tag = "success" if ep.success else "failure"
@@ -311,6 +310,8 @@ def summary_line(result: EvalResult, env: str = "") -> str:
     n = int(m["rollout/num_episodes"])
     parts.append(f"{env} success {m['rollout/success_rate']:.2f} "
                  f"({int(round(m['rollout/success_rate'] * n))}/{n})")
+    if "rollout/random_policy_success_rate" in m:
+      parts.append(f"[random policy {m['rollout/random_policy_success_rate']:.2f}]")
   if "tracking/inverse_dynamics_success_rate" in m:
     parts.append(f"tracking inverse-dynamics {m['tracking/inverse_dynamics_success_rate']:.2f} "
                  f"vs policy {m['tracking/policy_success_rate']:.2f}")

@@ -12,7 +12,7 @@ ablation script forgets the flip, uwm_spec.md 8.7).
 """
 
 import dataclasses
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from uwm_jax.evaluation.policies import DiffusionPolicy
 class Demo:
   episode: rollout.Episode  # how to reset to the demo's first state
   frames: np.ndarray  # (L, V, H, W, 3) uint8, views in camera_keys order
+  actions: Optional[np.ndarray] = None  # (L, A) raw actions when known
 
 
 def num_goal_chunks(length: int, num_obs_frames: int, action_len: int) -> int:
@@ -84,13 +85,16 @@ def run_tracking(envs, model, diffusion_cfg, params, frozen, dataset_stats, demo
 
 
 def embedded_demos(spec, seeds: Sequence[int], camera_keys: Sequence[str],
-                   hold_steps: int) -> List[Demo]:
-  """Expert demos of the embedded task from `seeds` (each resets with its seed)."""
+                   hold_steps: int, with_actions: bool = False) -> List[Demo]:
+  """Expert demos of the embedded task from `seeds` (each resets with its seed); with
+  `with_actions` the demo's raw actions (L, A) are kept in `Demo.actions`."""
   from uwm_jax.evaluation.envs import demos as demos_lib  # pylint: disable=import-outside-toplevel
   out = []
-  for ep in demos_lib.generate_episodes(seeds, spec, hold_steps=hold_steps, progress=False):
+  for ep in demos_lib.generate_in_workers(seeds, spec, hold_steps=hold_steps, progress=False,
+                                         num_workers=1):
     frames = np.stack([ep["observation"][k] for k in camera_keys], axis=1)
-    out.append(Demo(rollout.Episode(seed=ep["seed"]), frames))
+    out.append(Demo(rollout.Episode(seed=ep["seed"]), frames,
+                    ep.get("action") if with_actions else None))
   return out
 
 

@@ -6,10 +6,11 @@
                           (book_caddy, soup_cheese, bowl_drawer, moka_moka, mug_mug) or any
                           LIBERO task name / BDDL file stem, e.g. "libero/libero_10/<stem>"
 
-`make_envs(name, n, config)` returns n environment instances (sharing what they can) and a
-`close()` callable. Imports of MuJoCo/LIBERO happen only when an env is made.
+`make_envs(name, n, config)` returns n environments (in a worker process, sharing what they
+can) and a `close()` callable. Imports of MuJoCo/LIBERO happen only when an env is made.
 """
 
+import sys
 from typing import Callable, List, Tuple
 
 TABLETOP_PREFIX = "tabletop_"
@@ -19,6 +20,17 @@ EMBEDDED_TASKS = ("tabletop_push", "tabletop_reach")
 
 def known_env_names() -> str:
   return f"{', '.join(EMBEDDED_TASKS)}, or {LIBERO_PREFIX}<task name>"
+
+
+def check_no_tensorflow() -> None:
+  """TensorFlow and MuJoCo's EGL (Mesa llvmpipe) rendering crash together in one process
+  (a segfault in either import order). Renderers call this first; code that needs TF (the RLDS
+  writer) keeps rendering in worker processes (`demo_data`)."""
+  if "tensorflow" in sys.modules:
+    raise RuntimeError("TensorFlow is loaded in this process: offscreen MuJoCo rendering with "
+                       "EGL would crash it. Render in a separate process (see "
+                       "uwm_jax.evaluation.envs.demo_data), and install tensorboardX so that "
+                       "TensorBoard logging does not load TensorFlow.")
 
 
 def check_env_name(name: str) -> None:
@@ -40,7 +52,15 @@ def tabletop_spec(name: str, model_cfg, eval_cfg):
 
 
 def make_envs(name: str, n: int, config) -> Tuple[List, Callable[[], None]]:
-  """n environments for `config.eval.env`-style name; -> (envs, close)."""
+  """n environments of `name` in a worker process (`remote.py`: rendering must not share a
+  process with TensorFlow); -> (env proxies, close)."""
+  check_env_name(name)
+  from uwm_jax.evaluation.envs import remote  # pylint: disable=import-outside-toplevel
+  return remote.make_remote_envs(name, n, config)
+
+
+def make_local_envs(name: str, n: int, config) -> Tuple[List, Callable[[], None]]:
+  """n environments of `name` in this process; -> (envs, close)."""
   check_env_name(name)
   if name in EMBEDDED_TASKS:
     from uwm_jax.evaluation.envs import tabletop  # pylint: disable=import-outside-toplevel

@@ -12,7 +12,8 @@ so that the last windows of an episode show the goal being reached. Action-free 
 same episodes with `with_actions=False` (no "action" entry).
 """
 
-from typing import Iterator, Optional, Sequence
+import concurrent.futures
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -64,3 +65,33 @@ def generate_episodes(seeds: Sequence[int], spec: tabletop.TabletopSpec = tablet
         yield episode
   finally:
     env.close()
+
+
+def _episode_list(seeds, spec, hold_steps, with_actions, only_successes, progress, desc):
+  return list(generate_episodes(seeds, spec, hold_steps=hold_steps, with_actions=with_actions,
+                                only_successes=only_successes, progress=progress, desc=desc))
+
+
+def generate_in_workers(seeds: Sequence[int],
+                        spec: tabletop.TabletopSpec = tabletop.TabletopSpec(), *,
+                        num_workers: int = 2, hold_steps: int = 16, with_actions: bool = True,
+                        only_successes: bool = True, progress: bool = True,
+                        desc: str = "expert demos") -> List[dict]:
+  """`generate_episodes` split over `num_workers` spawned processes (rendering must not share a
+  process with TensorFlow, see `remote.py`); episodes come back in seed order."""
+  from uwm_jax.evaluation.envs import remote  # pylint: disable=import-outside-toplevel
+  seeds = list(seeds)
+  num_workers = max(1, min(num_workers, len(seeds)))
+  parts = [seeds[i::num_workers] for i in range(num_workers)]
+  workers = [remote.Worker() for _ in parts]
+  try:
+    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
+      futures = [pool.submit(w.call, _episode_list, part, spec, hold_steps, with_actions,
+                             only_successes, progress and i == 0, f"{desc} (worker 0)")
+                 for i, (w, part) in enumerate(zip(workers, parts))]
+      results = [f.result() for f in futures]
+  finally:
+    for w in workers:
+      w.close()
+  episodes = [ep for part in results for ep in part]
+  return sorted(episodes, key=lambda ep: seeds.index(ep["seed"]))

@@ -24,6 +24,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering without a displ
 import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
 import numpy as np  # noqa: E402
 
+from uwm_jax.evaluation.envs import check_no_tensorflow  # noqa: E402
+
 XML_PATH = os.path.join(os.path.dirname(__file__), "push.xml")
 TASKS = ("push", "reach")
 CAMERAS = ("front", "top")  # MJCF camera names; observation keys are f"{name}_rgb".
@@ -71,6 +73,7 @@ class TabletopEnv:
     if spec.task not in TASKS:
       raise ValueError(f"Unknown embedded task {spec.task!r}; known: {TASKS}.")
     self.spec = spec
+    check_no_tensorflow()
     self.model = model if model is not None else mujoco.MjModel.from_xml_path(XML_PATH)
     self.data = mujoco.MjData(self.model)
     self._own_renderer = renderer is None
@@ -148,6 +151,7 @@ class TabletopEnv:
 
 def make_envs(n: int, spec: TabletopSpec = TabletopSpec()):
   """`n` envs sharing one model and one offscreen renderer (one GL context)."""
+  check_no_tensorflow()
   model = mujoco.MjModel.from_xml_path(XML_PATH)
   renderer = mujoco.Renderer(model, spec.image_size, spec.image_size)
   envs = [TabletopEnv(spec, model=model, renderer=renderer) for _ in range(n)]
