@@ -111,13 +111,17 @@ class _Slot:
 
 
 def _obs_batch(slots: Sequence[_Slot], camera_keys, low_dim_keys) -> dict:
-  obs = np.stack([np.stack([stack_views(o, camera_keys) for o in s.history], axis=1)
-                  for s in slots])  # (B, V, T_o, H, W, 3)
+  """(B, V, T_o, H, W, 3) observations [+ (B, T_o, D) low-dim]; slots that never started an
+  episode repeat another slot's history (the batch size stays len(slots))."""
+  filler = next(s.history for s in slots if s.history)
+  histories = [s.history if s.history else filler for s in slots]
+  obs = np.stack([np.stack([stack_views(o, camera_keys) for o in h], axis=1)
+                  for h in histories])
   out = {B_.OBS: obs}
   if low_dim_keys:
     out[B_.LOW_DIM] = np.stack([
-        np.stack([np.concatenate([np.ravel(o[k]) for k in low_dim_keys]) for o in s.history])
-        for s in slots]).astype(np.float32)
+        np.stack([np.concatenate([np.ravel(o[k]) for k in low_dim_keys]) for o in h])
+        for h in histories]).astype(np.float32)
   return out
 
 
