@@ -39,9 +39,15 @@ def get_config(variant: str = ""):
   m.depth = 4
   m.num_heads = 4
   m.num_registers = 4
+  # Colours tell the puck (red) from the goal (green): no hue jitter, which would rotate one
+  # into the other's range; mild brightness/contrast/saturation jitter only.
+  m.hue = 0.0
+  m.brightness = m.contrast = m.saturation = 0.1
   c.batch_size = 32
-  c.num_steps = 3000
-  c.optim.learning_rate = 3e-4
+  c.num_steps = 4000
+  c.optim.learning_rate = 5e-4
+  c.optim.schedule = "cosine"
+  c.optim.warmup_steps = 200
 
   c.data.sources.tabletop_push = source_configs.array_record(DATA_PATH)
   c.data.read_threads = 2
@@ -60,7 +66,7 @@ def get_config(variant: str = ""):
   e.demo_episodes = 200  # generated into DATA_PATH on first use
   e.num_episodes = 50
   e.num_envs = 25
-  e.exec_steps = 8
+  e.exec_steps = 4  # re-plan every 4 of the 8 predicted actions
   e.num_videos = 2
   e.offline_num_batches = 4
   e.random_baseline = True
