@@ -10,7 +10,8 @@ seeded episodes it never saw and prints one line with the success rate (beside a
 policy's), offline metrics and where the rollout and forward-dynamics videos are
 (workdirs/demo/eval/step_<N>/videos/). The whole run took ~14 minutes on a busy 2-core CPU
 (20 s data, 12.7 min training at ~5 steps/s, 1 min evaluation). Measured success: 48% (random
-policy 0%), below the 80% target; docs/evaluation.md lists every measurement. Evaluate again any time with
+policy 0%, DP baseline `:dp` 10%), below the 80% target; docs/evaluation.md lists every
+measurement. Evaluate again any time with
 `python -m uwm_jax.evaluate --checkpoint_dir=workdirs/demo`.
 """
 
