@@ -156,8 +156,46 @@ def train_config() -> ml_collections.ConfigDict:
 
 
 def eval_config() -> ml_collections.ConfigDict:
-  """Evaluation fields (read by `uwm_jax.evaluate` and `uwm_jax.evaluation`)."""
+  """Evaluation fields (read by `uwm_jax.evaluation.evaluator` unless named otherwise).
+
+  `python -m uwm_jax.evaluate --checkpoint_dir=DIR` writes into `<workdir>/eval/`.
+  """
   e = ml_collections.ConfigDict()
+  e.seed = 0
+  # Closed-loop rollouts (uwm_jax.evaluation.rollout): "" = none; names in
+  # uwm_jax.evaluation.envs: tabletop_push, tabletop_reach, libero/<task>.
+  e.env = ""
+  e.num_episodes = 50
+  e.first_seed = 100_000  # episode k resets with seed first_seed + k (demos use seeds from 0)
+  e.num_envs = 10  # envs stepped in lockstep; one batched policy call serves all of them
+  e.exec_steps = 16  # actions executed open loop per chunk (16 in sim as the reference; 8 real)
+  e.max_steps = 0  # env steps per episode (0 = the env's default: embedded 100, LIBERO 1000)
+  e.num_videos = 2  # rollouts saved as videos
+  e.video_format = "mp4"  # mp4 | gif
+  e.video_fps = 10
+  e.random_baseline = False  # also roll out a uniform random policy (chance level)
+  # LIBERO (uwm_jax.evaluation.envs.libero_env).
+  e.init_states = "seeded"  # seeded (np.random.seed(k); env.reset(), the reference) | fixed
+  e.libero_ood = False  # the paper's OOD variant: init ranges +0.03 m, no background objects
+  # Offline metrics on the validation split (uwm_spec.md 5.1; needs config.data.sources).
+  e.offline_metrics = True
+  e.offline_num_batches = 0  # 0 = the whole split
+  # Forward-dynamics videos: single predictions and one held-out trajectory (UWM only).
+  e.prediction_videos = True
+  e.prediction_samples = 4
+  # Inverse-dynamics trajectory tracking (uwm_spec.md 5.4) with the policy-only run beside it:
+  # the embedded task tracks expert demos of held-out seeds; LIBERO reads `tracking_demos`
+  # (a LIBERO *_demo.hdf5 file). 0 = off.
+  e.tracking_episodes = 0
+  e.tracking_demos = ""
+  # The embedded task's datasets, generated on first use by `python -m uwm_jax.train`
+  # (uwm_jax.evaluation.envs.demo_data): expert episodes into config.data.sources[env].path and
+  # action-free video episodes into config.data.sources[env + "_video"].path. 0 = none.
+  e.demo_episodes = 0
+  e.demo_video_episodes = 0
+  # `python -m uwm_jax.train` evaluates the final checkpoint when True (uwm_jax.evaluation.hooks).
+  e.after_training = False
+  e.watch_interval_s = 60.0  # evaluate --watch: seconds between looks for new checkpoints
   return e
 
 

@@ -4,6 +4,7 @@
                                 --config.FIELD=VALUE (e.g. --config.train.mesh_shape='(-1,4,1)')
   --workdir=DIR                 checkpoints, metrics.jsonl, tensorboard/; rerunning the same
                                 command resumes from the latest complete checkpoint
+                                (default: workdirs/<config file stem>[_<variant>])
   --coordinator_address, --num_processes, --process_id
                                 multi-process start-up when the cluster is not detected
                                 (Cloud TPU pods and SLURM are)
@@ -12,18 +13,27 @@ Finetuning: add --config.train.init_from=PRETRAIN_WORKDIR/checkpoints.
 """
 
 import logging
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Working directory (checkpoints, metrics).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Working directory (checkpoints, metrics); "
+                                "default workdirs/<config file stem>[_<variant>].")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "",
                                    "host:port of process 0 for jax.distributed.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
+
+
+def default_workdir(config_arg: str) -> str:
+  """workdirs/<config file stem>[_<variant>] for --config=configs/<stem>.py[:<variant>]."""
+  path, _, variant = config_arg.partition(":")
+  stem = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("workdirs", stem + (f"_{variant}" if variant else ""))
 
 
 def main(argv):
@@ -36,7 +46,14 @@ def main(argv):
   distributed.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                      _PROCESS_ID.value)
   from uwm_jax.training import loop  # pylint: disable=import-outside-toplevel
-  loop.train(_CONFIG.value, _WORKDIR.value)
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(
+      flags.FLAGS["config"]))
+  # The embedded task's demonstrations are generated on first use (config.eval.demo_episodes).
+  from uwm_jax.evaluation import hooks  # pylint: disable=import-outside-toplevel
+  hooks.before_training(config)
+  loop.train(config, workdir)
+  hooks.after_training(config, workdir)  # config.eval.after_training: rollouts + summary
 
 
 if __name__ == "__main__":

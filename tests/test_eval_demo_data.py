@@ -1,0 +1,45 @@
+"""The embedded task as a data source: expert episodes -> RLDS -> array_record, read back by
+the training loader in the batch format; the demo config's wiring."""
+
+import numpy as np
+
+from uwm_jax import batch as B_
+from uwm_jax.data import loader as loader_lib
+from uwm_jax.data import source_configs
+from uwm_jax.evaluation.envs import demo_data
+from tests_eval_helpers import tiny_push_config
+
+
+def test_generated_demos_feed_the_training_loader(tmp_path):
+  config = tiny_push_config()
+  path = str(tmp_path / "tabletop_push")
+  config.data.sources = {"tabletop_push": source_configs.array_record(path)}
+  config.data.val_fraction = 0.2
+  config.eval.demo_episodes = 5
+  made = demo_data.prepare(config)
+  assert made == {"tabletop_push": path} and demo_data.dataset_ready(path)
+  assert demo_data.prepare(config) == {}  # generated once, then reused
+  loader = loader_lib.make_train_loader(config)
+  batch = next(iter(loader))
+  B_.validate_batch(batch, config.model)
+  assert batch[B_.ACTION_MASK].all()
+  assert np.abs(batch[B_.ACTION]).max() <= 1.0 + 1e-6
+  stats = loader.dataset_stats["action"]
+  assert len(stats["min"]) == 2 and min(stats["min"]) >= -1.0 and max(stats["max"]) <= 1.0
+  # Frames are the task's renders: the table (bright) fills most of the top view.
+  assert batch[B_.OBS][:, 1].mean() > 100
+  loader.close()
+
+
+def test_demo_config_and_default_workdir():
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("demo_config", "configs/demo.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for variant in ("", "dp"):
+    c = module.get_config(variant)
+    assert c.eval.env == "tabletop_push" and c.eval.after_training
+    assert "tabletop_push" in c.data.sources and c.eval.demo_episodes > 0
+  from uwm_jax.train import default_workdir
+  assert default_workdir("configs/demo.py") == "workdirs/demo"
+  assert default_workdir("configs/demo.py:dp") == "workdirs/demo_dp"

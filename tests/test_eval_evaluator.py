@@ -1,0 +1,97 @@
+"""The evaluation job on a tiny random-init checkpoint: metrics, videos, TensorBoard, the
+summary line, watching, and the three clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from uwm_jax.evaluation import evaluator
+from uwm_jax.model.uwm import UnifiedWorldModel
+from uwm_jax.training import checkpoint
+from tests_eval_helpers import tiny_push_config
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+  config = tiny_push_config()
+  params, frozen = UnifiedWorldModel(config.model).init(jax.random.PRNGKey(0))
+  stats = {"action": {"min": [-1.0, -1.0], "max": [1.0, 1.0]}}
+  workdir = tmp_path_factory.mktemp("tiny_push")
+  directory = checkpoint.checkpoint_dir(str(workdir))
+  checkpoint.save_params_checkpoint(directory, params=params, frozen=frozen, config=config,
+                                    dataset_stats=stats, step=7)
+  return directory, config
+
+
+def test_evaluator_writes_metrics_videos_tensorboard_and_summary(tiny_checkpoint):
+  directory, config = tiny_checkpoint
+  result = evaluator.evaluate_checkpoint(directory, progress=False)
+  assert result.step == 7
+  m = result.metrics
+  assert m["rollout/num_episodes"] == 3
+  assert 0.0 <= m["rollout/success_rate"] <= 1.0
+  assert "rollout/random_policy_success_rate" in m
+  assert m["offline/num_batches"] == 1
+  for key in ("action_mse_marginal", "action_mse_inv", "image_mse_forward"):
+    assert m[f"offline/{key}"] >= 0.0
+  assert 0.0 <= m["tracking/inverse_dynamics_success_rate"] <= 1.0
+  assert 0.0 <= m["tracking/policy_success_rate"] <= 1.0
+  names = sorted(os.path.basename(p) for p in result.videos)
+  assert names[0].startswith("forward_dynamics_single") and names[1].startswith(
+      "forward_dynamics_trajectory") and names[2].startswith("rollout_000_")
+  for path in result.videos:
+    assert os.path.getsize(path) > 0
+  root = os.path.join(os.path.dirname(directory), "eval")
+  with open(os.path.join(root, "step_7", "metrics.json")) as f:
+    saved = json.load(f)
+  assert saved["step"] == 7 and saved["metrics"]["rollout/num_episodes"] == 3
+  with open(os.path.join(root, "metrics.jsonl")) as f:
+    assert json.loads(f.readline())["step"] == 7
+  assert os.listdir(os.path.join(root, "tensorboard"))
+  line = evaluator.summary_line(result, "tabletop_push")
+  assert line.startswith("eval step 7:") and "tabletop_push success" in line and "\n" not in line
+  # Watching: step 7 is evaluated already, a new step 9 gets evaluated (DP-free, no rollouts).
+  params, frozen, cfg, stats = checkpoint.load_params_checkpoint(directory)
+  checkpoint.save_params_checkpoint(directory, params=params, frozen=frozen, config=cfg,
+                                    dataset_stats=stats, step=9)
+  lines = []
+  evaluator.watch(directory, eval_overrides={"env": "", "prediction_videos": False},
+                  interval_s=0, progress=False, max_evaluations=1, printer=lines.append)
+  assert len(lines) == 1 and lines[0].startswith("eval step 9:")
+
+
+def test_missing_checkpoint_is_one_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    evaluator.evaluate_checkpoint(str(tmp_path / "nowhere"))
+  (tmp_path / "checkpoints").mkdir()
+  with pytest.raises(FileNotFoundError, match="No checkpoint in"):
+    evaluator.evaluate_checkpoint(str(tmp_path))
+
+
+def test_checkpoint_of_another_config_is_one_clear_error(tiny_checkpoint):
+  directory, _ = tiny_checkpoint
+  other = tiny_push_config()
+  other.model.embed_dim = 32
+  with pytest.raises(evaluator.ConfigMismatchError,
+                     match=r"model.embed_dim: checkpoint 64 vs config 32"):
+    evaluator.evaluate_checkpoint(directory, config=other, progress=False)
+
+
+def test_unknown_task_name_is_one_clear_error(tiny_checkpoint):
+  directory, _ = tiny_checkpoint
+  with pytest.raises(ValueError, match="Unknown evaluation task 'cartpole'"):
+    evaluator.evaluate_checkpoint(directory, eval_overrides={"env": "cartpole"})
+
+
+def test_cli_prints_one_error_line_without_traceback(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "uwm_jax.evaluate", f"--checkpoint_dir={tmp_path / 'missing'}"],
+      capture_output=True, text=True, timeout=120,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1].startswith("error: Checkpoint folder")
+  assert "Traceback" not in out.stderr

@@ -1,0 +1,79 @@
+"""Evaluation environments by name (`config.eval.env`).
+
+  "tabletop_push"         the embedded MuJoCo pushing task (`tabletop.py`), no download
+  "tabletop_reach"        the same scene, reach the goal pad with the pusher
+  "libero/<task>"         a LIBERO task (optional extra `libero`): a paper name
+                          (book_caddy, soup_cheese, bowl_drawer, moka_moka, mug_mug) or any
+                          LIBERO task name / BDDL file stem, e.g. "libero/libero_10/<stem>"
+
+`make_envs(name, n, config)` returns n environments (in a worker process, sharing what they
+can) and a `close()` callable. Imports of MuJoCo/LIBERO happen only when an env is made.
+"""
+
+import sys
+from typing import Callable, List, Tuple
+
+TABLETOP_PREFIX = "tabletop_"
+LIBERO_PREFIX = "libero/"
+EMBEDDED_TASKS = ("tabletop_push", "tabletop_reach")
+
+
+def known_env_names() -> str:
+  return f"{', '.join(EMBEDDED_TASKS)}, or {LIBERO_PREFIX}<task name>"
+
+
+def check_no_tensorflow() -> None:
+  """TensorFlow and MuJoCo's EGL (Mesa llvmpipe) rendering crash together in one process
+  (a segfault in either import order). Renderers call this first; code that needs TF (the RLDS
+  writer) keeps rendering in worker processes (`demo_data`)."""
+  if "tensorflow" in sys.modules:
+    raise RuntimeError("TensorFlow is loaded in this process: offscreen MuJoCo rendering with "
+                       "EGL would crash it. Render in a separate process (see "
+                       "uwm_jax.evaluation.envs.demo_data), and install tensorboardX so that "
+                       "TensorBoard logging does not load TensorFlow.")
+
+
+def check_env_name(name: str) -> None:
+  """Raise ValueError for an unknown env name (before anything heavy is imported)."""
+  if name in EMBEDDED_TASKS:
+    return
+  if name.startswith(LIBERO_PREFIX) and len(name) > len(LIBERO_PREFIX):
+    return
+  raise ValueError(f"Unknown evaluation task {name!r}: expected {known_env_names()}.")
+
+
+def tabletop_spec(name: str, model_cfg, eval_cfg):
+  """The embedded task's spec for a model config (image size from model.image_shape)."""
+  from uwm_jax.evaluation.envs import tabletop  # pylint: disable=import-outside-toplevel
+  H, W = model_cfg.image_shape
+  if H != W:
+    raise ValueError(f"The embedded task renders square images; model.image_shape is {(H, W)}.")
+  return tabletop.TabletopSpec(task=name[len(TABLETOP_PREFIX):], image_size=int(H))
+
+
+def make_envs(name: str, n: int, config) -> Tuple[List, Callable[[], None]]:
+  """n environments of `name` in a worker process (`remote.py`: rendering must not share a
+  process with TensorFlow); -> (env proxies, close)."""
+  check_env_name(name)
+  from uwm_jax.evaluation.envs import remote  # pylint: disable=import-outside-toplevel
+  return remote.make_remote_envs(name, n, config)
+
+
+def make_local_envs(name: str, n: int, config) -> Tuple[List, Callable[[], None]]:
+  """n environments of `name` in this process; -> (envs, close)."""
+  check_env_name(name)
+  if name in EMBEDDED_TASKS:
+    from uwm_jax.evaluation.envs import tabletop  # pylint: disable=import-outside-toplevel
+    envs, renderer = tabletop.make_envs(n, tabletop_spec(name, config.model, config.eval))
+    return envs, renderer.close
+  from uwm_jax.evaluation.envs import libero_env  # pylint: disable=import-outside-toplevel
+  envs = [libero_env.LiberoEnv.from_config(name[len(LIBERO_PREFIX):], config)
+          for _ in range(n)]
+  return envs, lambda: [e.close() for e in envs]
+
+
+def default_max_steps(name: str, config) -> int:
+  """The episode length limit when config.eval.max_steps is 0."""
+  if name in EMBEDDED_TASKS:
+    return tabletop_spec(name, config.model, config.eval).max_episode_steps
+  return 1000  # LIBERO (uwm_spec.md 5.2)

@@ -1,0 +1,216 @@
+"""The embedded MuJoCo task: push a puck onto a goal pad, seen by two cameras.
+
+A blue pusher moves in the table plane (two slide joints under position control); a red puck
+slides under it; a green goal pad lies on the table. The puck and goal positions are drawn per
+episode from a seeded generator, so a policy has to read them from the images.
+
+  task "push":  success when the puck centre is within `success_radius` of the goal centre.
+  task "reach": the puck is an obstacle; success when the pusher is on the goal.
+
+Action: (2,) in [-1, 1], the pusher's displacement per control step in units of `max_delta`
+metres (the position target is the current position + action * max_delta).
+Observation: {camera_key: (S, S, 3) uint8 for each camera, "pusher_pos": (2,), "state": (6,)
+float32 = pusher xy, puck xy, goal xy}. Control runs at 1 / (substeps * timestep) = 10 Hz.
+
+`scripted_expert` is a closed-loop state-based expert (>= 95% success).
+"""
+
+import dataclasses
+import os
+from typing import Dict, Optional, Sequence
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering without a display
+
+import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
+import numpy as np  # noqa: E402
+
+from uwm_jax.evaluation.envs import check_no_tensorflow  # noqa: E402
+
+XML_PATH = os.path.join(os.path.dirname(__file__), "push.xml")
+TASKS = ("push", "reach")
+CAMERAS = ("front", "top")  # MJCF camera names; observation keys are f"{name}_rgb".
+PUSHER_RADIUS = 0.022
+PUCK_RADIUS = 0.03
+POSITION_LIMIT = 0.24  # pusher joint range (m)
+
+
+@dataclasses.dataclass(frozen=True)
+class TabletopSpec:
+  task: str = "push"
+  image_size: int = 32  # square camera images (S, S)
+  max_delta: float = 0.012  # metres per control step at |action| = 1
+  substeps: int = 20  # physics steps per control step (timestep 5 ms -> 10 Hz)
+  success_radius: float = 0.03
+  max_episode_steps: int = 120  # suggested rollout length
+
+
+def camera_keys(cameras: Sequence[str] = CAMERAS):
+  return tuple(f"{c}_rgb" for c in cameras)
+
+
+def sample_layout(rng: np.random.Generator, task: str) -> Dict[str, np.ndarray]:
+  """Initial pusher, puck and goal xy positions (m) for one episode."""
+  puck = rng.uniform(-0.12, 0.12, size=2)
+  while True:
+    angle = rng.uniform(0, 2 * np.pi)
+    dist = rng.uniform(0.10, 0.18)
+    goal = puck + dist * np.array([np.cos(angle), np.sin(angle)])
+    if np.all(np.abs(goal) <= 0.17):
+      break
+  min_gap = 0.09 if task == "push" else 0.12
+  while True:
+    pusher = rng.uniform(-0.2, 0.2, size=2)
+    far_from_puck = np.linalg.norm(pusher - puck) > min_gap
+    if far_from_puck and np.linalg.norm(pusher - goal) > min_gap:
+      break
+  return {"pusher": pusher, "puck": puck, "goal": goal}
+
+
+class TabletopEnv:
+  """One episode at a time. Several envs can share one `mujoco.Renderer` (see `make_envs`)."""
+
+  def __init__(self, spec: TabletopSpec = TabletopSpec(), *, model=None, renderer=None):
+    if spec.task not in TASKS:
+      raise ValueError(f"Unknown embedded task {spec.task!r}; known: {TASKS}.")
+    self.spec = spec
+    check_no_tensorflow()
+    self.model = model if model is not None else mujoco.MjModel.from_xml_path(XML_PATH)
+    self.data = mujoco.MjData(self.model)
+    self._own_renderer = renderer is None
+    self.renderer = renderer if renderer is not None else mujoco.Renderer(
+        self.model, spec.image_size, spec.image_size)
+    self.camera_keys = camera_keys()
+    self.action_dim = 2
+    j = lambda name: self.model.joint(name).qposadr[0]
+    self._pusher_adr = np.array([j("pusher_x"), j("pusher_y")])
+    self._puck_adr = np.array([j("puck_x"), j("puck_y")])
+    self._goal_mocap = self.model.body("goal").mocapid[0]
+    self._puck_body = self.model.body("puck").id
+    self._pusher_body = self.model.body("pusher").id
+
+  # ------------------------------------------------------------------ state
+  @property
+  def pusher(self) -> np.ndarray:
+    return self.data.qpos[self._pusher_adr] + self.model.body_pos[self._pusher_body, :2]
+
+  @property
+  def puck(self) -> np.ndarray:
+    return self.data.qpos[self._puck_adr] + self.model.body_pos[self._puck_body, :2]
+
+  @property
+  def goal(self) -> np.ndarray:
+    return self.data.mocap_pos[self._goal_mocap, :2].copy()
+
+  def is_success(self) -> bool:
+    obj = self.puck if self.spec.task == "push" else self.pusher
+    return bool(np.linalg.norm(obj - self.goal) < self.spec.success_radius)
+
+  # ------------------------------------------------------------------ episode
+  def reset(self, seed: Optional[int] = None, init_state: Optional[dict] = None) -> dict:
+    """Seeded reset (`sample_layout`) or an explicit layout {"pusher", "puck", "goal"}."""
+    layout = init_state
+    if layout is None:
+      layout = sample_layout(np.random.default_rng(seed), self.spec.task)
+    mujoco.mj_resetData(self.model, self.data)
+    self.data.qpos[self._pusher_adr] = np.asarray(layout["pusher"]) - self.model.body_pos[
+        self._pusher_body, :2]
+    self.data.qpos[self._puck_adr] = np.asarray(layout["puck"]) - self.model.body_pos[
+        self._puck_body, :2]
+    self.data.mocap_pos[self._goal_mocap, :2] = layout["goal"]
+    self.data.ctrl[:] = self.data.qpos[self._pusher_adr]
+    mujoco.mj_forward(self.model, self.data)
+    self.initial_layout = {k: np.asarray(v, np.float64).copy() for k, v in layout.items()}
+    return self.observation()
+
+  def step(self, action: np.ndarray):
+    """-> (obs, info {"success": bool})."""
+    action = np.clip(np.asarray(action, np.float64).reshape(2), -1.0, 1.0)
+    target = self.data.qpos[self._pusher_adr] + action * self.spec.max_delta
+    self.data.ctrl[:] = np.clip(target, -POSITION_LIMIT, POSITION_LIMIT)
+    mujoco.mj_step(self.model, self.data, nstep=self.spec.substeps)
+    return self.observation(), {"success": self.is_success()}
+
+  def observation(self) -> dict:
+    obs = {key: self.render(cam) for key, cam in zip(self.camera_keys, CAMERAS)}
+    obs["pusher_pos"] = self.pusher.astype(np.float32)
+    obs["state"] = np.concatenate([self.pusher, self.puck, self.goal]).astype(np.float32)
+    return obs
+
+  def render(self, camera: str) -> np.ndarray:
+    self.renderer.update_scene(self.data, camera)
+    return self.renderer.render().copy()
+
+  def expert_action(self) -> np.ndarray:
+    return scripted_expert(self.pusher, self.puck, self.goal, self.spec)
+
+  def close(self):
+    if self._own_renderer and self.renderer is not None:
+      self.renderer.close()
+    self.renderer = None
+
+
+def make_envs(n: int, spec: TabletopSpec = TabletopSpec()):
+  """`n` envs sharing one model and one offscreen renderer (one GL context)."""
+  check_no_tensorflow()
+  model = mujoco.MjModel.from_xml_path(XML_PATH)
+  renderer = mujoco.Renderer(model, spec.image_size, spec.image_size)
+  envs = [TabletopEnv(spec, model=model, renderer=renderer) for _ in range(n)]
+  return envs, renderer
+
+
+# ---------------------------------------------------------------------- expert
+def _unit(v: np.ndarray) -> np.ndarray:
+  n = np.linalg.norm(v)
+  return v / n if n > 1e-9 else np.zeros_like(v)
+
+
+def _move_to(pusher: np.ndarray, target: np.ndarray, max_delta: float) -> np.ndarray:
+  return np.clip((target - pusher) / max_delta, -1.0, 1.0)
+
+
+def scripted_expert(pusher: np.ndarray, puck: np.ndarray, goal: np.ndarray,
+                    spec: TabletopSpec) -> np.ndarray:
+  """Closed-loop expert: (2,) action in [-1, 1] from the true positions.
+
+  push: circle around the puck (clear of it) to the point behind it on the goal line, then
+  push along that line, steering back onto it and slowing near the goal.
+  reach: go straight to the goal, detouring around the puck.
+  """
+  contact = PUSHER_RADIUS + PUCK_RADIUS
+  clearance = contact + 0.02
+  if spec.task == "reach":
+    return _move_to(pusher, _detour(pusher, goal, puck, contact, clearance), spec.max_delta)
+
+  to_goal = goal - puck
+  dist = np.linalg.norm(to_goal)
+  if dist < 0.4 * spec.success_radius:
+    return np.zeros(2)  # done: hold still
+  direction = _unit(to_goal)
+  rel = pusher - puck
+  along = float(rel @ direction)
+  lateral = rel - along * direction
+  behind = along < -0.6 * contact and np.linalg.norm(lateral) < 0.012
+  if behind:
+    # Push along the goal line, steering back onto it, slowing down near the goal.
+    speed = np.clip(dist / spec.max_delta, 0.25, 1.0)
+    return np.clip(direction * speed - 0.8 * lateral / spec.max_delta, -1.0, 1.0)
+  pre_push = puck - direction * (contact + 0.012)
+  return _move_to(pusher, _detour(pusher, pre_push, puck, contact, clearance), spec.max_delta)
+
+
+def _detour(pusher: np.ndarray, target: np.ndarray, obstacle: np.ndarray, contact: float,
+            clearance: float) -> np.ndarray:
+  """The target if the straight path does not touch the obstacle (stays `contact` + 5 mm away),
+  else a point on the circle of radius `clearance` around it, a step further round towards the
+  target."""
+  seg = target - pusher
+  seg_len2 = float(seg @ seg)
+  s = 0.0 if seg_len2 < 1e-12 else float(np.clip((obstacle - pusher) @ seg / seg_len2, 0, 1))
+  if np.linalg.norm(pusher + s * seg - obstacle) >= contact + 0.005:
+    return target
+  rel = pusher - obstacle
+  theta = np.arctan2(rel[1], rel[0])
+  goal_theta = np.arctan2(target[1] - obstacle[1], target[0] - obstacle[0])
+  diff = (goal_theta - theta + np.pi) % (2 * np.pi) - np.pi
+  theta_next = theta + np.sign(diff) * min(abs(diff), 0.6)
+  return obstacle + clearance * np.array([np.cos(theta_next), np.sin(theta_next)])

@@ -1,0 +1,348 @@
+"""Evaluate one checkpoint: offline metrics, rollouts, tracking, videos, JSON + TensorBoard.
+
+`evaluate_checkpoint(checkpoints_dir, step)` loads only the inference params, dataset
+statistics and config of a checkpoint (`uwm_jax.training.checkpoint.load_params_checkpoint`)
+and, as `config.eval` asks:
+  - offline metrics on the validation split (`uwm_jax.evaluation.offline_metrics`, spec 5.1);
+  - closed-loop rollouts with their success rate and a few rollout videos (spec 5.2);
+  - inverse-dynamics trajectory tracking beside the policy on the same budget (spec 5.4);
+  - forward-dynamics videos: single predictions and a held-out trajectory (UWM only).
+Outputs go to `<workdir>/eval/` (workdir = the folder holding `checkpoints/`):
+  eval/metrics.jsonl, eval/tensorboard/   one record per evaluated step (MetricWriter)
+  eval/step_<N>/metrics.json              this step's metrics
+  eval/step_<N>/videos/*.mp4|gif          rollout and prediction videos
+and `summary_line(...)` is the one line printed on stdout.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Dict, List, Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from uwm_jax import config_base, sampling
+from uwm_jax.evaluation import envs as envs_lib
+from uwm_jax.evaluation import prediction_videos, rollout, tracking, videos
+from uwm_jax.evaluation.policies import DiffusionPolicy, RandomPolicy
+
+log = logging.getLogger(__name__)
+
+EVAL_DIRNAME = "eval"
+# Config sections that must agree between a checkpoint and a config given beside it.
+MATCHING_SECTIONS = ("model", "diffusion")
+
+
+@dataclasses.dataclass
+class EvalResult:
+  step: int
+  metrics: Dict[str, float]
+  output_dir: str
+  videos: List[str]
+
+
+class ConfigMismatchError(ValueError):
+  """A checkpoint was trained with another config than the one given."""
+
+
+# ----------------------------------------------------------------------------- locations
+def resolve_checkpoints_dir(path: str) -> str:
+  """A `checkpoints` folder, or a workdir holding one -> the `checkpoints` folder."""
+  path = os.path.abspath(os.fspath(path))
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"Checkpoint folder {path} does not exist.")
+  inner = os.path.join(path, "checkpoints")
+  if os.path.isdir(inner):
+    return inner
+  return path
+
+
+def list_steps(checkpoints_dir: str) -> List[int]:
+  """Finished checkpoint steps (numeric folders holding a `params` item), ascending."""
+  steps = []
+  for name in os.listdir(checkpoints_dir):
+    if name.isdigit() and os.path.isdir(os.path.join(checkpoints_dir, name, "params")):
+      steps.append(int(name))
+  return sorted(steps)
+
+
+def eval_dir(checkpoints_dir: str) -> str:
+  return os.path.join(os.path.dirname(os.path.abspath(checkpoints_dir)), EVAL_DIRNAME)
+
+
+def evaluated_steps(checkpoints_dir: str) -> List[int]:
+  root = eval_dir(checkpoints_dir)
+  if not os.path.isdir(root):
+    return []
+  return sorted(int(n[5:]) for n in os.listdir(root)
+                if n.startswith("step_") and n[5:].isdigit()
+                and os.path.exists(os.path.join(root, n, "metrics.json")))
+
+
+# ----------------------------------------------------------------------------- config checks
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+  return out
+
+
+def check_same_config(checkpoint_config, config, checkpoint_path: str = "") -> None:
+  """Raise ConfigMismatchError naming the fields where the model/diffusion configs differ."""
+  diffs = []
+  for section in MATCHING_SECTIONS:
+    a = _flatten(json.loads(checkpoint_config[section].to_json_best_effort()), f"{section}.")
+    b = _flatten(json.loads(config[section].to_json_best_effort()), f"{section}.")
+    for key in sorted(set(a) | set(b)):
+      if a.get(key) != b.get(key):
+        diffs.append(f"{key}: checkpoint {a.get(key)!r} vs config {b.get(key)!r}")
+  if diffs:
+    shown = "; ".join(diffs[:6]) + (f"; ... ({len(diffs)} fields)" if len(diffs) > 6 else "")
+    raise ConfigMismatchError(f"Checkpoint {checkpoint_path} was trained with another config: "
+                              f"{shown}.")
+
+
+def merged_config(checkpoint_config, config=None, eval_overrides: Optional[dict] = None):
+  """The checkpoint's config whose `eval` section is: the defaults, updated with the
+  checkpoint's (or, when given, `config`'s) eval fields, then with `eval_overrides`."""
+  out = ml_collections.ConfigDict(checkpoint_config.to_dict())
+  section = config_base.eval_config()  # also fills fields newer than the checkpoint
+  source = config.eval if config is not None else out.get("eval", {})
+  for key, value in source.items():
+    if key in section:
+      section[key] = type(section[key])(value)
+  for key, value in (eval_overrides or {}).items():
+    if key not in section:
+      raise KeyError(f"Unknown eval field {key!r}; known: {sorted(section.keys())}.")
+    section[key] = type(section[key])(value)
+  out.eval = section
+  return out
+
+
+# ----------------------------------------------------------------------------- parts
+def _offline_metrics(model, config, params, frozen, stats, rng) -> Dict[str, float]:
+  from uwm_jax.data import loader as loader_lib  # pylint: disable=import-outside-toplevel
+  from uwm_jax.evaluation import offline_metrics  # pylint: disable=import-outside-toplevel
+  batches = loader_lib.make_eval_loader(config)
+  out = offline_metrics.compute_offline_metrics(
+      model, config.diffusion, params, frozen, batches, rng, dataset_stats=stats,
+      max_batches=config.eval.offline_num_batches)
+  return {f"offline/{k}": float(v) for k, v in out.items()}
+
+
+def _first_eval_batch(config) -> Optional[dict]:
+  from uwm_jax.data import loader as loader_lib  # pylint: disable=import-outside-toplevel
+  for batch in loader_lib.make_eval_loader(config):
+    return batch
+  return None
+
+
+def _held_out_trajectory(config, stats) -> Optional[tuple]:
+  """(frames (L, V, H, W, 3) uint8, normalised actions (L, A)) of one held-out trajectory:
+  an expert episode (embedded task) or the first validation episode of the first source."""
+  from uwm_jax.data import normalization  # pylint: disable=import-outside-toplevel
+  keys = tuple(config.model.camera_keys)
+  if config.eval.env in envs_lib.EMBEDDED_TASKS:
+    spec = envs_lib.tabletop_spec(config.eval.env, config.model, config.eval)
+    demo = tracking.embedded_demos(spec, [config.eval.first_seed + 10**6], keys, hold_steps=0,
+                                   with_actions=True)[0]
+    frames, actions = demo.frames, demo.actions
+  else:
+    if not config.data.get("sources"):
+      return None
+    from uwm_jax.data import episodes, sources  # pylint: disable=import-outside-toplevel
+    _, srcs, _ = sources.build_sources(config)
+    src = srcs[0]
+    _, val = episodes.split_episodes(src.action_free, config.data.val_fraction,
+                                     config.data.split_seed)
+    if not len(val):
+      return None
+    ep = int(val[0])
+    n = int(src.episode_lengths[ep])
+    frames = src.frames(ep, np.arange(n)).transpose(1, 0, 2, 3, 4)
+    actions = src.actions(ep)
+  if stats and stats.get("action") is not None:
+    actions = normalization.normalize(np.asarray(actions, np.float32), stats["action"])
+  return frames, np.asarray(actions, np.float32)
+
+
+def _prediction_videos(model, config, params, frozen, stats, rng, out_dir) -> List[str]:
+  fd = sampling.make_sampler(model, config.diffusion, sampling.FORWARD_DYNAMICS)
+  ext = config.eval.video_format
+  paths = []
+  k1, k2 = jax.random.split(rng)
+  batch = _first_eval_batch(config) if config.data.get("sources") else None
+  if batch is not None:
+    frames = prediction_videos.single_prediction_frames(
+        model, fd, params, frozen, batch, k1, max_samples=config.eval.prediction_samples)
+    paths.append(videos.write_video(os.path.join(out_dir, f"forward_dynamics_single.{ext}"),
+                                    frames, fps=2))
+  trajectory = _held_out_trajectory(config, stats)
+  if trajectory is not None:
+    frames = prediction_videos.trajectory_prediction_frames(model, fd, params, frozen,
+                                                            *trajectory, k2)
+    paths.append(videos.write_video(
+        os.path.join(out_dir, f"forward_dynamics_trajectory.{ext}"), frames, fps=4))
+  return paths
+
+
+def _tracking_demos(config) -> List[tracking.Demo]:
+  e = config.eval
+  keys = tuple(config.model.camera_keys)
+  if e.env in envs_lib.EMBEDDED_TASKS:
+    seeds = [e.first_seed + 2 * 10**6 + i for i in range(e.tracking_episodes)]
+    return tracking.embedded_demos(envs_lib.tabletop_spec(e.env, config.model, e), seeds, keys,
+                                   hold_steps=config.model.action_len)
+  if not e.tracking_demos:
+    raise ValueError(f"Trajectory tracking on {e.env!r} needs config.eval.tracking_demos (a "
+                     "LIBERO *_demo.hdf5 file).")
+  return tracking.libero_hdf5_demos(e.tracking_demos, keys, max_demos=e.tracking_episodes)
+
+
+# ----------------------------------------------------------------------------- main entry
+def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
+                    progress: bool = True) -> EvalResult:
+  """Every evaluation `config.eval` asks for, on already loaded params; writes
+  `out_dir/metrics.json` and videos. Returns the metrics."""
+  from uwm_jax.model.uwm import UnifiedWorldModel  # pylint: disable=import-outside-toplevel
+  e = config.eval
+  if e.env:
+    envs_lib.check_env_name(e.env)
+  model = UnifiedWorldModel(config.model)
+  rng = jax.random.PRNGKey(e.seed)
+  k_offline, k_videos = jax.random.split(rng)
+  video_dir = os.path.join(out_dir, "videos")
+  metrics: Dict[str, float] = {}
+  paths: List[str] = []
+  t0 = time.time()
+  if e.offline_metrics and config.data.get("sources"):
+    metrics.update(_offline_metrics(model, config, params, frozen, stats, k_offline))
+  if e.env:
+    num_envs = max(1, min(e.num_envs, e.num_episodes))
+    env_list, close = envs_lib.make_envs(e.env, num_envs, config)
+    try:
+      keys = tuple(config.model.camera_keys)
+      missing = [k for k in keys if k not in env_list[0].camera_keys]
+      if missing:
+        raise ValueError(f"Env {e.env!r} has cameras {tuple(env_list[0].camera_keys)}; the "
+                         f"checkpoint's model.camera_keys asks for {missing}.")
+      max_steps = e.max_steps or envs_lib.default_max_steps(e.env, config)
+      policy = DiffusionPolicy(model, config.diffusion, params, frozen, stats, seed=e.seed)
+      result = rollout.run_rollouts(
+          env_list, policy, rollout.seeded_episodes(e.num_episodes, e.first_seed),
+          camera_keys=keys, num_obs_frames=model.dims.num_obs_frames,
+          exec_steps=e.exec_steps, max_steps=max_steps, num_videos=e.num_videos,
+          progress=progress, desc=f"rollouts {e.env}")
+      metrics.update(result.metrics())
+      if e.random_baseline:
+        chance = rollout.run_rollouts(
+            env_list, RandomPolicy(env_list[0].action_dim, model.dims.action_len, seed=e.seed),
+            rollout.seeded_episodes(e.num_episodes, e.first_seed), camera_keys=keys,
+            num_obs_frames=model.dims.num_obs_frames, exec_steps=e.exec_steps,
+            max_steps=max_steps, progress=progress, desc="rollouts random policy")
+        metrics["rollout/random_policy_success_rate"] = chance.success_rate
+      for ep in result.episodes:
+        if ep.frames:
+          tag = "success" if ep.success else "failure"
+          paths.append(videos.write_video(
+              os.path.join(video_dir, f"rollout_{ep.index:03d}_{tag}.{e.video_format}"),
+              ep.frames, fps=e.video_fps))
+      if e.tracking_episodes and model.predicts_next_obs:
+        metrics.update(tracking.run_tracking(
+            env_list, model, config.diffusion, params, frozen, stats, _tracking_demos(config),
+            camera_keys=keys, exec_steps=e.exec_steps, seed=e.seed, progress=progress))
+    finally:
+      close()
+  if e.prediction_videos and model.predicts_next_obs:
+    paths.extend(_prediction_videos(model, config, params, frozen, stats, k_videos, video_dir))
+  metrics["eval_seconds"] = time.time() - t0
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+    json.dump({"step": step, "env": e.env, "metrics": metrics, "videos": paths}, f, indent=2)
+  return EvalResult(step, metrics, out_dir, paths)
+
+
+def evaluate_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, config=None,
+                        eval_overrides: Optional[dict] = None,
+                        progress: bool = True) -> EvalResult:
+  """Load a checkpoint (latest step when None) and evaluate it; also appends the metrics to
+  `<workdir>/eval/metrics.jsonl` and TensorBoard. `config`: a config the checkpoint must
+  match (model and diffusion), whose `eval` section is used instead of the checkpoint's."""
+  from uwm_jax.training import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  from uwm_jax.training.metrics_writer import MetricWriter  # pylint: disable=import-outside-toplevel
+  eval_env = (eval_overrides or {}).get("env") or (config.eval.env if config is not None else "")
+  if eval_env:
+    envs_lib.check_env_name(eval_env)  # fail before loading anything
+  directory = resolve_checkpoints_dir(checkpoint_dir)
+  steps = list_steps(directory)
+  if not steps:
+    raise FileNotFoundError(f"No checkpoint in {directory} (expected <step>/params folders).")
+  if step is not None and step not in steps:
+    raise FileNotFoundError(f"No checkpoint step {step} in {directory}; it has {steps}.")
+  step = steps[-1] if step is None else step
+  params, frozen, ckpt_config, stats = ckpt.load_params_checkpoint(directory, step)
+  if config is not None:
+    check_same_config(ckpt_config, config, os.path.join(directory, str(step)))
+  full = merged_config(ckpt_config, config, eval_overrides)
+  root = eval_dir(directory)
+  result = evaluate_loaded(params, frozen, full, stats, step=step,
+                           out_dir=os.path.join(root, f"step_{step}"), progress=progress)
+  writer = MetricWriter(root, tensorboard=True, enabled=True)
+  try:
+    writer.write(step, result.metrics, "eval")
+  finally:
+    writer.close()
+  return result
+
+
+def summary_line(result: EvalResult, env: str = "") -> str:
+  """One line: step, success rate, main offline metrics, output folder."""
+  m = result.metrics
+  parts = [f"eval step {result.step}:"]
+  if "rollout/success_rate" in m:
+    n = int(m["rollout/num_episodes"])
+    parts.append(f"{env} success {m['rollout/success_rate']:.2f} "
+                 f"({int(round(m['rollout/success_rate'] * n))}/{n})")
+    if "rollout/random_policy_success_rate" in m:
+      parts.append(f"[random policy {m['rollout/random_policy_success_rate']:.2f}]")
+  if "tracking/inverse_dynamics_success_rate" in m:
+    parts.append(f"tracking inverse-dynamics {m['tracking/inverse_dynamics_success_rate']:.2f} "
+                 f"vs policy {m['tracking/policy_success_rate']:.2f}")
+  for key in ("offline/action_mse_marginal", "offline/image_mse_forward"):
+    if key in m:
+      parts.append(f"{key.split('/')[1]} {m[key]:.4g}")
+  parts.append(f"({len(result.videos)} videos, {m.get('eval_seconds', 0):.0f} s) -> "
+               f"{result.output_dir}")
+  return " ".join(parts)
+
+
+def watch(checkpoint_dir: str, *, config=None, eval_overrides=None, interval_s: float = 60.0,
+          progress: bool = True, max_evaluations: int = 0, printer=print) -> None:
+  """Evaluate every checkpoint step not evaluated yet, then keep looking for new ones."""
+  done = 0
+  while True:
+    directory = resolve_checkpoints_dir(checkpoint_dir)
+    todo = [s for s in list_steps(directory) if s not in evaluated_steps(directory)]
+    for step in todo:
+      result = evaluate_checkpoint(directory, step, config=config, eval_overrides=eval_overrides,
+                                   progress=progress)
+      printer(summary_line(result, result_env(result)))
+      done += 1
+      if max_evaluations and done >= max_evaluations:
+        return
+    time.sleep(interval_s)
+
+
+def result_env(result: EvalResult) -> str:
+  path = os.path.join(result.output_dir, "metrics.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f).get("env", "")
+  return ""
