@@ -12,9 +12,10 @@ from typing import Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale.
-_LUMA = jnp.array([0.299, 0.587, 0.114])
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # numpy: no device work at import
 
 
 def to_unit_float(images: jax.Array) -> jax.Array:
