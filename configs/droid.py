@@ -18,7 +18,7 @@ the weight import; see docs/training.md):
 
   python -m uwm_jax.train --config=configs/droid.py --workdir=/ckpt/uwm_droid \\
       --config.data.sources.droid.path=/data/uwm/droid_weird \\
-      --config.train.init_from=/ckpt/uwm_init_droid/checkpoints
+      --config.init_from=/ckpt/uwm_init_droid/checkpoints
 
 Reference run: global batch 144 (36 x 4 GPUs), 100k steps of constant-LR AdamW (1e-4), ~24 h on
 4 A100s (paper). The analytic count is ~1.41 TFLOP per sample per step, 89% of it the frozen VAE

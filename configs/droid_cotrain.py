@@ -10,7 +10,7 @@ at T-1 and only the dynamics loss is informative for them. Validation = the robo
   python -m uwm_jax.train --config=configs/droid_cotrain.py --workdir=/ckpt/uwm_droid_cotrain \\
       --config.data.sources.droid.path=/data/uwm/droid_weird \\
       --config.data.sources.droid_video.path=/data/uwm/droid_video \\
-      --config.train.init_from=/ckpt/uwm_init_droid/checkpoints
+      --config.init_from=/ckpt/uwm_init_droid/checkpoints
 
 Same model, batch, schedule and cost per step as configs/droid.py. The paper's cotrained UWM
 beats the pretrained-only one on every real task after finetuning (Table I: e.g. Stack-Bowls

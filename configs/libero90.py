@@ -6,7 +6,7 @@
       --out=/data/uwm/libero_90 --camera_keys=agentview_rgb,eye_in_hand_rgb --action_key=action
   python -m uwm_jax.train --config=configs/libero90.py --workdir=/ckpt/uwm_libero90 \\
       --config.data.sources.libero_90.path=/data/uwm/libero_90 \\
-      --config.train.init_from=/ckpt/uwm_init_libero/checkpoints
+      --config.init_from=/ckpt/uwm_init_libero/checkpoints
 
 Reference run: global batch 144 (36 x 4), 100k steps, constant LR 1e-4, actions used as stored
 (already in [-1, 1]: data.normalize=False), 225 of the 4500 demos held out for validation,

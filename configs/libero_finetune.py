@@ -11,7 +11,7 @@ out for validation). Append ",dp" for the DP baseline (e.g. `:book_caddy,dp`).
       --action_key=action
   python -m uwm_jax.train --config=configs/libero_finetune.py:book_caddy \\
       --workdir=/ckpt/uwm_book_caddy_s0 --config.seed=0 \\
-      --config.train.init_from=/ckpt/uwm_libero90/checkpoints \\
+      --config.init_from=/ckpt/uwm_libero90/checkpoints \\
       --config.data.sources.book_caddy.path=/data/uwm/libero_book_caddy
 
 Recipe (template_finetune_robomimic.yaml + paper): global batch 72 (36 x 2), 10k steps (the
@@ -62,7 +62,7 @@ def get_config(variant: str = ""):
   o.warmup_steps = 1000
   o.grad_clip_norm = 1.0
   t = c.train
-  t.init_from = ""  # required: the LIBERO-90 run's checkpoints folder
+  c.init_from = ""  # required: the LIBERO-90 run's checkpoints folder
   t.log_every = 50
   t.save_every = 2_000
   t.eval_every = 2_000

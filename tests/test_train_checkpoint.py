@@ -139,7 +139,7 @@ def test_init_from_mismatched_config_lists_every_mismatch(saved, tmp_path):
   cfg = _config()
   cfg.model.action_dim = 5
   cfg.model.num_registers = 3
-  cfg.train.init_from = directory
+  cfg.init_from = directory
   with pytest.raises(ValueError) as err:
     loop.train(cfg, str(tmp_path / "finetune"))
   msg = str(err.value)
@@ -152,7 +152,7 @@ def test_init_from_mismatched_config_lists_every_mismatch(saved, tmp_path):
 def test_init_from_loads_params_and_keeps_pretraining_stats(saved, tmp_path):
   _, host_state, directory = saved
   cfg = _config()
-  cfg.train.init_from = os.path.join(directory, "1")  # a step folder works too
+  cfg.init_from = os.path.join(directory, "1")  # a step folder works too
   workdir = str(tmp_path / "finetune")
   model, tx, _, _ = _setup(cfg, (8, 1, 1))
   mesh = mesh_lib.make_mesh((8, 1, 1))

@@ -137,10 +137,6 @@ def train_config() -> ml_collections.ConfigDict:
   t.ema_decay = 0.0
   # Stop at the first non-finite loss/gradient; the state is left as it was before that step.
   t.nan_guard = True
-  # Finetuning: a `checkpoints` folder (or a step folder inside one) of a pretraining run;
-  # params and codec params are loaded from it (shapes must match), optimizer state is fresh.
-  t.init_from = ""
-  t.init_from_step = -1  # -1 = the latest step of init_from
   # With init_from: recompute the normalisation statistics from this run's data instead of
   # keeping the pretraining run's (the reference keeps them, uwm_spec.md 3).
   t.recompute_dataset_stats = False
@@ -210,6 +206,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = eval_config()
   c.num_steps = 100_000  # Optimizer steps (also the length of the cosine schedule).
   c.batch_size = 144  # Global batch (reference: 36 per GPU x 4 GPUs).
+  # Finetuning (`--config.init_from=RUN/checkpoints`): a `checkpoints` folder (or a step folder
+  # inside one) of a pretraining run or of the weight import; params and codec params are
+  # loaded from it (shapes must match), the optimizer state starts fresh.
+  c.init_from = ""
+  c.init_from_step = -1  # -1 = the latest step of init_from
   return c
 
 

@@ -10,7 +10,7 @@ r"""Import pretrained PyTorch weights from local files into uwm_jax checkpoints.
       --resnet=/weights/resnet18-f37072fd.pth --out=/ckpt/droid_init/checkpoints
 
 Both write a params-only checkpoint (`uwm_jax.training.checkpoint.save_params_checkpoint`):
-what evaluation and finetuning (`python -m uwm_jax.train --config.train.init_from=...`) read.
+what evaluation and finetuning (`python -m uwm_jax.train --config.init_from=...`) read.
 
   # Next-obs latents of every dataset of a config, encoded once with a checkpoint's VAE
   # (uwm_jax.data.latent_cache; one folder per dataset under --out).

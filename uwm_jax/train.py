@@ -9,7 +9,7 @@
                                 multi-process start-up when the cluster is not detected
                                 (Cloud TPU pods and SLURM are)
 
-Finetuning: add --config.train.init_from=PRETRAIN_WORKDIR/checkpoints.
+Finetuning: add --config.init_from=PRETRAIN_WORKDIR/checkpoints.
 """
 
 import logging

@@ -10,7 +10,7 @@
 Saves are asynchronous and atomic (Orbax writes a temporary folder and renames it when every
 process has finished), keep the last K plus every M-th step, and every process takes part in
 every save and restore. A params-only checkpoint (`save_params_checkpoint`) holds `params`,
-`dataset_stats` and `config`: what `uwm_jax.evaluate` and finetuning (`train.init_from`) read.
+`dataset_stats` and `config`: what `uwm_jax.evaluate` and finetuning (`init_from`) read.
 """
 
 import json
@@ -248,21 +248,21 @@ def shape_mismatches(expected: Any, found: Any) -> List[str]:
 
 def load_init_params(directory: str, abstract: Dict[str, Any], shardings: Dict[str, Any],
                      step: Optional[int] = None) -> Tuple[Dict[str, Any], dict, int]:
-  """Params for finetuning (`train.init_from`), restored straight into `shardings`.
+  """Params for finetuning (`init_from`), restored straight into `shardings`.
 
   abstract/shardings: {"params": ..., "frozen": ...} trees of the model being trained.
   Returns ({"params", "frozen"}, the checkpoint's dataset_stats, its step). Raises ValueError
   listing every mismatched, missing or unexpected array when the checkpoint does not fit.
   """
   if not os.path.isdir(os.fspath(directory)):
-    raise FileNotFoundError(f"train.init_from: checkpoint folder {directory} does not exist.")
+    raise FileNotFoundError(f"init_from: checkpoint folder {directory} does not exist.")
   manager = make_manager(directory, read_only=True)
   step = _resolve_step(manager, step)
   found = _metadata_tree(manager, step, PARAMS)
   problems = shape_mismatches(abstract, found)
   if problems:
     raise ValueError(
-        f"train.init_from={directory} (step {step}) does not fit this model config; "
+        f"init_from={directory} (step {step}) does not fit this model config; "
         f"{len(problems)} arrays differ:\n" + "\n".join(problems))
   out = manager.restore(step, args=ocp.args.Composite(**{
       PARAMS: _restore(abstract_with_shardings(abstract, shardings)),

@@ -4,7 +4,7 @@
 
 1. Mesh from `train.mesh_shape`; state shardings from `train.partition_rules` (logged once).
 2. Resume from the latest complete checkpoint in `<workdir>/checkpoints` (falls back past a
-   corrupt one), else initialise the state directly sharded, loading `train.init_from`'s params
+   corrupt one), else initialise the state directly sharded, loading `init_from`'s params
    for finetuning.
 3. Loop: host batch -> global arrays -> jitted, donated train step; metrics every `log_every`
    steps (progress bar with ETA, metrics.jsonl, TensorBoard); asynchronous checkpoints every
@@ -65,7 +65,7 @@ def _check_batch_size(config, mesh) -> None:
 
 
 def _init_from_dir(path: str):
-  """train.init_from may name a `checkpoints` folder or a step folder inside one."""
+  """init_from may name a `checkpoints` folder or a step folder inside one."""
   path = os.fspath(path).rstrip("/")
   if os.path.basename(path).isdigit():
     return os.path.dirname(path), int(os.path.basename(path))
@@ -132,10 +132,10 @@ def build_state(config, model, optimizer, mesh, manager, workdir):
   state = sharded_state.init_train_state(model, optimizer, jax.random.key(config.seed),
                                          shardings, ema, tc.compiler_options)
   stats = None
-  if tc.init_from:
-    directory, step = _init_from_dir(tc.init_from)
-    if tc.init_from_step >= 0:
-      step = tc.init_from_step
+  if config.init_from:
+    directory, step = _init_from_dir(config.init_from)
+    if config.init_from_step >= 0:
+      step = config.init_from_step
     loaded, init_stats, init_step = ckpt_lib.load_init_params(
         directory, {"params": abstract.params, "frozen": abstract.frozen},
         {"params": shardings.params, "frozen": shardings.frozen}, step)
@@ -149,7 +149,7 @@ def build_state(config, model, optimizer, mesh, manager, workdir):
                "(train.recompute_dataset_stats=False).")
   elif config.model.codec == "sdxl_vae":
     log.warning("Training from scratch with a randomly initialised SDXL VAE: set "
-                "train.init_from to a checkpoint holding the imported VAE (and ImageNet "
+                "init_from to a checkpoint holding the imported VAE (and ImageNet "
                 "ResNet-18) weights for a real run.")
   return 0, state, shardings, stats, None
 
