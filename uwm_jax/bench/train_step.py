@@ -157,7 +157,7 @@ def format_result(r: dict) -> str:
       + ("from a latent cache (no codec)" if r["latent_cache"] else "encoded by the codec"),
       f"init / compile       {r['init_s']:.1f} s / {r['compile_s']:.1f} s",
       f"step time            {r['step_time_ms']:.2f} ms",
-      f"samples/s            {r['samples_per_s']:.1f}",
+      f"samples/s            {r['samples_per_s']:.4g}",
       f"TFLOP per step       {r['tflop_per_step']:.4g} (analytic)"
       + (f", {r['xla_tflop_per_step']:.4g} (XLA cost analysis)" if "xla_tflop_per_step" in r
          else ""),
@@ -181,7 +181,7 @@ def format_comparison(results) -> str:
     mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
     mem = r.get("memory", {}).get("peak_bytes_estimate")
     mem = f"{mem / 2**30:.3f}" if mem is not None else "n/a"
-    rows.append(f"{'on' if r['latent_cache'] else 'off':<13}{r['samples_per_s']:>11.1f}"
+    rows.append(f"{'on' if r['latent_cache'] else 'off':<13}{r['samples_per_s']:>11.4g}"
                 f"{r['step_time_ms']:>11.2f}{r['tflop_per_step']:>12.4g}"
                 f"{r['tflops_per_s_per_device']:>13.4g}{mfu:>8}{mem:>14}")
   return "\n".join(rows)
