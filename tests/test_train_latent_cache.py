@@ -191,3 +191,20 @@ def test_train_loop_on_a_mesh_with_the_cache(cache_root, tmp_path, monkeypatch):
       shards = batch[key].addressable_shards
       assert len(shards) == 8 and shards[0].data.shape[0] == 1
       assert batch[key].sharding.spec == batch[batch_lib.OBS].sharding.spec
+
+
+def test_codec_fingerprint_of_sharded_params():
+  """The run's frozen params are sharded global arrays: the fingerprint samples them on the
+  devices and equals the one of the host copy that `build_latent_cache` computes."""
+  rng = np.random.default_rng(0)
+  host = {"enc": {"kernel": rng.normal(size=(64, 96)).astype(np.float32),
+                  "bias": rng.normal(size=(96,)).astype(np.float32)}}
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "fsdp"))
+  spec = {"enc": {"kernel": jax.sharding.PartitionSpec("fsdp", "data"),
+                  "bias": jax.sharding.PartitionSpec("fsdp")}}
+  sharded = jax.tree.map(lambda x, s: jax.device_put(x, jax.sharding.NamedSharding(mesh, s)),
+                         host, spec)
+  assert len(sharded["enc"]["kernel"].addressable_shards) == 8
+  assert latent_cache.params_fingerprint(sharded) == latent_cache.params_fingerprint(host)
+  other = {"enc": dict(host["enc"], bias=host["enc"]["bias"] + np.eye(96, dtype=np.float32)[0])}
+  assert latent_cache.params_fingerprint(sharded) != latent_cache.params_fingerprint(other)
