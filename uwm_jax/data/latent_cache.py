@@ -47,9 +47,6 @@ from uwm_jax.model import dims as dims_lib
 from uwm_jax.model.codecs import make_codec
 from uwm_jax.model.image_transforms import transform_views
 
-# Batch keys of the cached moments, (B, V, C, T_o, h, w) float16.
-NEXT_LATENT_MEAN = batch_lib.NEXT_LATENT_MEAN
-NEXT_LATENT_STD = batch_lib.NEXT_LATENT_STD
 FORMAT_VERSION = 1
 AUGMENTATION = "next obs: eval transform (centre crop, no jitter); posterior sampled per step"
 # The config fields a cached latent depends on.
@@ -321,6 +318,6 @@ def open_latent_caches(root: str, names: Sequence[str], sources: Sequence[Episod
 def cached_next_latent(model, batch: dict, rng: jax.Array) -> jax.Array:
   """The train step's next-obs latent from cached moments instead of the codec:
   (B, V, C, T_o, h, w) float32, a fresh posterior sample (or the mean), no gradient."""
-  mean = batch[NEXT_LATENT_MEAN].astype(jnp.float32)
-  std = batch[NEXT_LATENT_STD].astype(jnp.float32)
+  mean = batch[batch_lib.NEXT_LATENT_MEAN].astype(jnp.float32)
+  std = batch[batch_lib.NEXT_LATENT_STD].astype(jnp.float32)
   return jax.lax.stop_gradient(model.codec.sample(mean, std, rng))
