@@ -68,11 +68,11 @@ def test_cached_latent_in_a_batch(tmp_path):
   latent_cache.build_latent_cache(source, str(tmp_path), cfg, frozen, batch_size=8)
   cache = latent_cache.LatentCache(str(tmp_path), cfg)
   pairs = [cache.window_moments(0, s) for s in (0, 3)]
-  batch = {latent_cache.NEXT_LATENT_MEAN: np.stack([m for m, _ in pairs]),
-           latent_cache.NEXT_LATENT_STD: np.stack([s for _, s in pairs])}
+  batch = {batch_lib.NEXT_LATENT_MEAN: np.stack([m for m, _ in pairs]),
+           batch_lib.NEXT_LATENT_STD: np.stack([s for _, s in pairs])}
   latent = latent_cache.cached_next_latent(model, batch, jax.random.PRNGKey(1))
   assert latent.shape == (2,) + model.dims.latent_shape and latent.dtype == jnp.float32
-  np.testing.assert_array_equal(latent, batch[latent_cache.NEXT_LATENT_MEAN].astype(np.float32))
+  np.testing.assert_array_equal(latent, batch[batch_lib.NEXT_LATENT_MEAN].astype(np.float32))
 
 
 def test_mismatch_sharding_and_resume(tmp_path):

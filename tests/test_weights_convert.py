@@ -62,9 +62,13 @@ def test_latent_cache_cli(init_checkpoint, tmp_path):
   from uwm_jax.data import latent_cache  # pylint: disable=import-outside-toplevel
   root = str(tmp_path / "latents")
   convert.main(["latent_cache", "--config=configs/tiny.py", f"--checkpoint={init_checkpoint}",
-                f"--out={root}", "--batch_size=16"])
+                f"--out={root}", "--batch_size=16",
+                "--config.data.sources.synthetic.num_episodes=5"])  # as the train CLI takes it
   cfg = load_config("configs/tiny.py")
   cache = latent_cache.LatentCache(latent_cache.source_cache_dir(root, "synthetic"), cfg.model)
-  assert len(cache.episodes) == cfg.data.sources.synthetic.num_episodes
+  assert len(cache.episodes) == 5
+  with pytest.raises(SystemExit):
+    convert.main(["latent_cache", "--config=configs/tiny.py", f"--checkpoint={init_checkpoint}",
+                  f"--out={root}", "--config.data.no_such_field=1"])
   mean, std = cache.window_moments(3, 17)  # the last window of a 24-step episode
   assert mean.shape == std.shape == (2, 3, 2, 8, 8)

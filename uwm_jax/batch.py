@@ -8,6 +8,13 @@ A batch is a dict of arrays (numpy on the host, jax.Array on devices):
   action_mask  (B,) bool                     False = action-free video sample
   low_dim      (B, T_o, D_low) float32       only when model.low_dim_dim > 0
 
+With a latent cache (`data.latent_cache_dir`, `uwm_jax.data.latent_cache`) a training batch
+carries the posterior moments of the next obs' latent instead of `next_obs` (whose frames are
+then not decoded):
+
+  next_latent_mean  (B, V, C, T_o, h, w) float16   `model.dims.latent_shape` per sample
+  next_latent_std   (B, V, C, T_o, h, w) float16
+
 H, W are the raw `model.image_shape`; the model resizes/crops. A training sample is a window of
 `2 * T_o + H_a - 1` consecutive frames f_0..f_{w-1} of one episode (uwm_spec.md section 3):
 current obs = f_0..f_{T_o-1}, actions = a_{T_o-1}..a_{T_o+H_a-2} (a_i is issued at f_i),
@@ -18,11 +25,15 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
+from uwm_jax.model import dims as dims_lib
+
 OBS = "obs"
 NEXT_OBS = "next_obs"
 ACTION = "action"
 ACTION_MASK = "action_mask"
 LOW_DIM = "low_dim"
+NEXT_LATENT_MEAN = "next_latent_mean"
+NEXT_LATENT_STD = "next_latent_std"
 
 
 class WindowSlices(NamedTuple):
@@ -43,31 +54,44 @@ def window_slices(num_obs_frames: int, action_len: int) -> WindowSlices:
   )
 
 
-def expected_shapes(model_cfg, batch_size: int) -> dict:
-  """The shape every key of a batch must have for this model config."""
+def expected_shapes(model_cfg, batch_size: int, cached_latents: bool = False) -> dict:
+  """The shape every key of a batch must have for this model config.
+
+  cached_latents: the batch carries the next obs' latent moments (a latent cache) instead of
+  the next-obs frames.
+  """
   V = len(model_cfg.camera_keys)
   H, W = model_cfg.image_shape
   T = model_cfg.num_obs_frames
-  shapes = {
-      OBS: (batch_size, V, T, H, W, 3),
-      NEXT_OBS: (batch_size, V, T, H, W, 3),
-      ACTION: (batch_size, model_cfg.action_len, model_cfg.action_dim),
-      ACTION_MASK: (batch_size,),
-  }
+  shapes = {OBS: (batch_size, V, T, H, W, 3)}
+  if cached_latents:
+    latent = (batch_size,) + dims_lib.latent_shape(model_cfg)
+    shapes[NEXT_LATENT_MEAN] = shapes[NEXT_LATENT_STD] = latent
+  else:
+    shapes[NEXT_OBS] = (batch_size, V, T, H, W, 3)
+  shapes[ACTION] = (batch_size, model_cfg.action_len, model_cfg.action_dim)
+  shapes[ACTION_MASK] = (batch_size,)
   if model_cfg.low_dim_dim:
     shapes[LOW_DIM] = (batch_size, T, model_cfg.low_dim_dim)
   return shapes
 
 
+def has_cached_latents(batch: Mapping) -> bool:
+  """Whether a batch carries cached next-obs latent moments (then the codec is skipped)."""
+  return NEXT_LATENT_MEAN in batch
+
+
 def validate_batch(batch: Mapping, model_cfg) -> None:
   """Raise ValueError naming the key when a batch does not fit the model config."""
-  missing = [k for k in expected_shapes(model_cfg, 0) if k not in batch]
+  cached = has_cached_latents(batch)
+  missing = [k for k in expected_shapes(model_cfg, 0, cached) if k not in batch]
   if missing:
     raise ValueError(f"Batch is missing keys {missing}; it has {sorted(batch)}.")
   B = batch[ACTION].shape[0]
-  for key, shape in expected_shapes(model_cfg, B).items():
+  for key, shape in expected_shapes(model_cfg, B, cached).items():
     if tuple(batch[key].shape) != shape:
       raise ValueError(f"Batch key {key!r} has shape {tuple(batch[key].shape)}, the config "
                        f"expects {shape} (B, ...) ")
-  if np.dtype(batch[OBS].dtype) != np.uint8 or np.dtype(batch[NEXT_OBS].dtype) != np.uint8:
-    raise ValueError("Batch images ('obs', 'next_obs') must be uint8 in [0, 255].")
+  images = [OBS] if cached else [OBS, NEXT_OBS]
+  if any(np.dtype(batch[k].dtype) != np.uint8 for k in images):
+    raise ValueError(f"Batch images {images} must be uint8 in [0, 255].")

@@ -99,6 +99,11 @@ def data_config() -> ml_collections.ConfigDict:
   d.prefetch_batches = 2  # batches read ahead per process (memory: a few batches).
   d.eval_window_stride = 1  # eval: every k-th window start of each validation episode.
   d.eval_max_windows = 0  # eval: cap on validation windows, evenly spaced (0 = all).
+  # Latent cache root (`python -m uwm_jax.convert latent_cache --out=DIR`, one folder per
+  # dataset; uwm_jax.data.latent_cache): "" = off. When set, training batches carry the cached
+  # next-obs latent moments and the train step skips the VAE (next obs then not augmented:
+  # eval transform); offline evaluation still encodes with the VAE.
+  d.latent_cache_dir = ""
   return d
 
 

@@ -15,10 +15,17 @@ what evaluation and finetuning (`python -m uwm_jax.train --config.init_from=...`
   # Next-obs latents of every dataset of a config, encoded once with a checkpoint's VAE
   # (uwm_jax.data.latent_cache; one folder per dataset under --out).
   python -m uwm_jax.convert latent_cache --config=configs/droid.py \
+      --config.data.sources.droid.path=/data/uwm/droid_weird \
       --checkpoint=/ckpt/droid_init/checkpoints --out=/data/droid_latents
+  # then train without the VAE (the same config overrides, the same codec params):
+  python -m uwm_jax.train --config=configs/droid.py --workdir=/ckpt/uwm_droid \
+      --config.data.sources.droid.path=/data/uwm/droid_weird \
+      --config.train.init_from=/ckpt/droid_init/checkpoints \
+      --config.data.latent_cache_dir=/data/droid_latents
 """
 
 import argparse
+import ast
 import sys
 from typing import Optional, Sequence
 
@@ -63,7 +70,35 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   cache.add_argument("--batch_size", type=int, default=64, help="frames per VAE call")
   cache.add_argument("--process_index", type=int, default=0)
   cache.add_argument("--process_count", type=int, default=1)
-  return parser.parse_args(argv)
+  cache.epilog = ("Config fields are overridden as for `python -m uwm_jax.train`: "
+                  "--config.FIELD=VALUE, e.g. --config.data.sources.droid.path=/data/x.")
+  args, extra = parser.parse_known_args(argv)
+  args.overrides = [a for a in extra if a.startswith("--config.")]
+  unknown = [a for a in extra if not a.startswith("--config.")]
+  if unknown or (args.overrides and args.command != "latent_cache"):
+    parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
+  return args
+
+
+def apply_overrides(config, overrides: Sequence[str]):
+  """`--config.FIELD=VALUE` arguments onto a config (VALUE read as a Python literal when it is
+  one, else as a string; ConfigDict checks the type)."""
+  for arg in overrides:
+    key, sep, text = arg.partition("=")
+    if not sep:
+      raise SystemExit(f"{arg}: expected --config.FIELD=VALUE.")
+    *parents, leaf = key[len("--config."):].split(".")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    node = config
+    for name in parents:
+      node = node[name]
+    if leaf not in node:
+      raise SystemExit(f"{arg}: the config has no field {key[len('--'):]!r}.")
+    node[leaf] = value
+  return config
 
 
 def convert_uwm(args: argparse.Namespace) -> str:
@@ -99,7 +134,7 @@ def build_cache(args: argparse.Namespace) -> str:
   from uwm_jax.data import latent_cache
   from uwm_jax.training.checkpoint import load_params_checkpoint
   from uwm_jax.weights import uwm_checkpoint
-  config = uwm_checkpoint.load_config(args.config)
+  config = apply_overrides(uwm_checkpoint.load_config(args.config), args.overrides)
   _, frozen, ckpt_config, _ = load_params_checkpoint(args.checkpoint)
   if ckpt_config.model.codec != config.model.codec:
     raise SystemExit(f"latent_cache: the checkpoint's model.codec is "

@@ -6,6 +6,11 @@ input pipeline is not measured), and prints samples/s, step time, TFLOP/s (analy
 MFU (when the device's peak is known or `--config.train.peak_tflops_per_device` is set) and
 the peak device memory from the compiled executable's memory analysis, plus one JSON line.
 
+`--latent_cache=both` (default) measures the step twice: with the next-obs frames encoded by
+the codec (`off`, what training does by default) and with the next-obs latent moments given in
+the batch (`on`, training with `data.latent_cache_dir`: no VAE encoding; its analytic FLOP count
+leaves the codec out), and prints a comparison table.
+
   python -m uwm_jax.bench.train_step --config=configs/droid.py --config.batch_size=36 \\
       --config.model.compute_dtype=bfloat16 --steps=20
 """
@@ -20,20 +25,30 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.
                                           lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+_LATENT_CACHE = flags.DEFINE_enum(
+    "latent_cache", "both", ["both", "on", "off"],
+    "Measure the step with next-obs latents from a latent cache (on), with the codec (off), "
+    "or both.")
 flags.mark_flags_as_required(["config"])
 
 
-def random_batch(config, rng):
-  """A host batch of the config's shapes: random uint8 frames, actions in [-1, 1]."""
+def random_batch(config, rng, latent_cache: bool = False):
+  """A host batch of the config's shapes: random uint8 frames, actions in [-1, 1]; with
+  latent_cache, float16 next-obs latent moments (mean ~ N(0, 1), std in [0.01, 0.1]) instead of
+  next-obs frames."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   from uwm_jax import batch as B_  # pylint: disable=import-outside-toplevel
-  shapes = B_.expected_shapes(config.model, config.batch_size)
+  shapes = B_.expected_shapes(config.model, config.batch_size, latent_cache)
   out = {}
   for key, shape in shapes.items():
     if key in (B_.OBS, B_.NEXT_OBS):
       out[key] = rng.integers(0, 256, shape, dtype=np.uint8)
     elif key == B_.ACTION_MASK:
       out[key] = np.ones(shape, bool)
+    elif key == B_.NEXT_LATENT_MEAN:
+      out[key] = rng.normal(0, 1, shape).astype(np.float16)
+    elif key == B_.NEXT_LATENT_STD:
+      out[key] = rng.uniform(0.01, 0.1, shape).astype(np.float16)
     else:
       out[key] = rng.uniform(-1, 1, shape).astype(np.float32)
   return out
@@ -55,8 +70,9 @@ def memory_summary(compiled) -> dict:
   return out
 
 
-def run(config, steps: int, warmup: int) -> dict:
-  """Compile and time the train step of `config`; returns the measurements."""
+def run(config, steps: int, warmup: int, latent_cache: bool = False) -> dict:
+  """Compile and time the train step of `config`; returns the measurements. latent_cache: the
+  batch carries next-obs latent moments (the step skips the codec)."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   from uwm_jax.data import global_batch  # pylint: disable=import-outside-toplevel
@@ -85,8 +101,8 @@ def run(config, steps: int, warmup: int) -> dict:
   step_fn = sharded_state.jit_train_step(
       make_train_step(model, make_schedule(config.diffusion), tx, lr, ema_decay=tc.ema_decay,
                       nan_guard=tc.nan_guard), shardings, mesh, tc.compiler_options)
-  batch = global_batch.host_batch_to_global(random_batch(config, np.random.default_rng(0)),
-                                            mesh, mesh_lib.batch_spec())
+  batch = global_batch.host_batch_to_global(
+      random_batch(config, np.random.default_rng(0), latent_cache), mesh, mesh_lib.batch_spec())
   rng = sharded_state.replicate(jax.random.key(1), mesh)
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch, rng).compile()
@@ -100,7 +116,7 @@ def run(config, steps: int, warmup: int) -> dict:
   jax.block_until_ready((state, metrics))
   step_s = (time.perf_counter() - t0) / steps
 
-  flops = flops_lib.train_step_flops(config.model)
+  flops = flops_lib.train_step_flops(config.model, latent_cache)
   step_flops = flops.per_sample * config.batch_size
   device = jax.devices()[0]
   peak = flops_lib.peak_flops_per_device(device.device_kind, tc.peak_tflops_per_device)
@@ -109,6 +125,7 @@ def run(config, steps: int, warmup: int) -> dict:
       "mesh": dict(mesh.shape),
       "batch_size": config.batch_size,
       "compute_dtype": config.model.compute_dtype,
+      "latent_cache": bool(latent_cache),
       "init_s": init_s,
       "compile_s": compile_s,
       "step_time_ms": step_s * 1e3,
@@ -136,10 +153,11 @@ def format_result(r: dict) -> str:
   mem = r.get("memory", {})
   lines = [
       f"device               {r['device']}  mesh {r['mesh']}",
-      f"batch                {r['batch_size']} ({r['compute_dtype']})",
+      f"batch                {r['batch_size']} ({r['compute_dtype']}); next-obs latents "
+      + ("from a latent cache (no codec)" if r["latent_cache"] else "encoded by the codec"),
       f"init / compile       {r['init_s']:.1f} s / {r['compile_s']:.1f} s",
       f"step time            {r['step_time_ms']:.2f} ms",
-      f"samples/s            {r['samples_per_s']:.1f}",
+      f"samples/s            {r['samples_per_s']:.4g}",
       f"TFLOP per step       {r['tflop_per_step']:.4g} (analytic)"
       + (f", {r['xla_tflop_per_step']:.4g} (XLA cost analysis)" if "xla_tflop_per_step" in r
          else ""),
@@ -155,11 +173,31 @@ def format_result(r: dict) -> str:
   return "\n".join(lines)
 
 
+def format_comparison(results) -> str:
+  """A table with one row per measurement (latent cache off / on)."""
+  rows = [f"{'latent cache':<13}{'samples/s':>11}{'step ms':>11}{'TFLOP/step':>12}"
+          f"{'TFLOP/s/dev':>13}{'MFU':>8}{'peak mem GiB':>14}"]
+  for r in results:
+    mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+    mem = r.get("memory", {}).get("peak_bytes_estimate")
+    mem = f"{mem / 2**30:.3f}" if mem is not None else "n/a"
+    rows.append(f"{'on' if r['latent_cache'] else 'off':<13}{r['samples_per_s']:>11.4g}"
+                f"{r['step_time_ms']:>11.2f}{r['tflop_per_step']:>12.4g}"
+                f"{r['tflops_per_s_per_device']:>13.4g}{mfu:>8}{mem:>14}")
+  return "\n".join(rows)
+
+
 def main(argv):
   del argv
-  result = run(_CONFIG.value, _STEPS.value, _WARMUP.value)
-  print(format_result(result))
-  print(json.dumps(result))
+  modes = {"both": (False, True), "off": (False,), "on": (True,)}[_LATENT_CACHE.value]
+  results = []
+  for latent_cache in modes:
+    result = run(_CONFIG.value, _STEPS.value, _WARMUP.value, latent_cache)
+    print(format_result(result))
+    print(json.dumps(result))
+    results.append(result)
+  if len(results) > 1:
+    print(format_comparison(results))
 
 
 if __name__ == "__main__":

@@ -17,15 +17,24 @@ current-obs crop snapped to 8-pixel steps, and it differs from encoding the crop
 borders; colour jitter has no latent-space equivalent. Training without the cache reproduces
 the reference's augmentation exactly.
 
+Training reads the cache when `config.data.latent_cache_dir` names a cache root (one folder per
+dataset, `<root>/<dataset name>`, what `build_latent_caches` and
+`python -m uwm_jax.convert latent_cache` write): the training loader (`open_latent_caches`)
+then attaches the moments of each window's next obs to the batch under
+`uwm_jax.batch.NEXT_LATENT_MEAN` / `NEXT_LATENT_STD` instead of decoding its next-obs frames,
+and `uwm_jax.training.loss.compute_loss` samples the latent with `cached_next_latent`.
+
 Layout of a cache folder: `meta-<process>.json` (the config fields the latents depend on,
 fingerprints of the codec params and of the source, {episode: file, frames}) and one
 `<episode>.npy` per episode of shape (2, L - first_frame, V, C, h, w): [mean, std] per frame.
 """
 
+import collections
 import hashlib
 import json
 import os
-from typing import Dict, Optional, Sequence, Tuple
+import threading
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +47,6 @@ from uwm_jax.model import dims as dims_lib
 from uwm_jax.model.codecs import make_codec
 from uwm_jax.model.image_transforms import transform_views
 
-# Batch keys of the cached moments, (B, V, C, T_o, h, w) float16 (proposed for uwm_jax.batch).
-NEXT_LATENT_MEAN = "next_latent_mean"
-NEXT_LATENT_STD = "next_latent_std"
 FORMAT_VERSION = 1
 AUGMENTATION = "next obs: eval transform (centre crop, no jitter); posterior sampled per step"
 # The config fields a cached latent depends on.
@@ -48,14 +54,29 @@ _MODEL_FIELDS = ("codec", "camera_keys", "image_shape", "resize_shape", "crop_sh
                  "num_obs_frames", "action_len", "pixels_downsample")
 
 
+def _strided_samples(tree) -> list:
+  """Every k-th value of each leaf (k = size // 4096), as host numpy arrays. Leaves sharded
+  over a mesh (the train state's codec params, possibly spread over several processes) are
+  sampled on the devices into a replicated result, so nothing is gathered whole."""
+  leaves = jax.tree.leaves(tree)
+  sample = lambda x: x.reshape(-1)[::max(1, int(np.prod(x.shape)) // 4096)]
+  if leaves and all(isinstance(x, jax.Array) and
+                    isinstance(x.sharding, jax.sharding.NamedSharding) for x in leaves):
+    replicated = jax.sharding.NamedSharding(leaves[0].sharding.mesh,
+                                            jax.sharding.PartitionSpec())
+    leaves = jax.jit(lambda xs: [sample(x) for x in xs], out_shardings=replicated)(leaves)
+    return [np.asarray(x) for x in leaves]
+  return [sample(np.asarray(x)) for x in leaves]
+
+
 def params_fingerprint(frozen) -> str:
   """A short hash of the codec params (shapes and a strided sample of every leaf)."""
   digest = hashlib.sha1()
-  for keypath, leaf in jax.tree_util.tree_flatten_with_path(frozen)[0]:
-    arr = np.asarray(leaf)
-    digest.update(f"{jax.tree_util.keystr(keypath)}{arr.shape}{arr.dtype}".encode())
-    flat = arr.reshape(-1)
-    digest.update(np.ascontiguousarray(flat[::max(1, flat.size // 4096)]).tobytes())
+  flat = jax.tree_util.tree_flatten_with_path(frozen)[0]
+  for (keypath, leaf), sample in zip(flat, _strided_samples(frozen)):
+    digest.update(f"{jax.tree_util.keystr(keypath)}{tuple(leaf.shape)}"
+                  f"{np.dtype(leaf.dtype)}".encode())
+    digest.update(np.ascontiguousarray(sample).tobytes())
   return digest.hexdigest()[:16]
 
 
@@ -182,24 +203,31 @@ def _write_json_atomic(path: str, obj: dict) -> None:
 class LatentCache:
   """Read side: the cached next-obs moments of a window, memory-mapped.
 
-  Raises ValueError naming the field when the cache was built for another model config, or (if
-  given) with other codec params `frozen` or from another version of `source`.
+  Raises FileNotFoundError when `cache_dir` holds no cache, ValueError naming the field when the
+  cache was built for another model config, or (if given) with other codec params (`frozen`,
+  or their `params_fingerprint` as `fingerprint`) or from another version of `source`.
+  At most `max_open` episode files are kept open (least recently used closed first).
   """
 
   def __init__(self, cache_dir: str, model_cfg, frozen=None,
-               source: Optional[EpisodeSource] = None):
+               source: Optional[EpisodeSource] = None, *, fingerprint: Optional[str] = None,
+               max_open: int = 64):
     metas = sorted(f for f in os.listdir(cache_dir) if f.startswith("meta-")
                    and f.endswith(".json")) if os.path.isdir(cache_dir) else []
     if not metas:
       raise FileNotFoundError(f"No latent cache in {cache_dir!r} (no meta-*.json): build it "
-                              f"with uwm_jax.data.latent_cache.build_latent_cache.")
+                              f"with `python -m uwm_jax.convert latent_cache`.")
     self.cache_dir = cache_dir
     self.episodes: Dict[str, dict] = {}
     want = _model_meta(model_cfg)
-    fingerprint = params_fingerprint(frozen) if frozen is not None else None
+    if frozen is not None:
+      fingerprint = params_fingerprint(frozen)
     for name in metas:
       with open(os.path.join(cache_dir, name)) as f:
         meta = json.load(f)
+      if meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"Latent cache {cache_dir} ({name}) has format {meta.get('format')}, "
+                         f"this code reads format {FORMAT_VERSION}: rebuild it.")
       for field, value in want.items():
         if meta["model"].get(field) != value:
           raise ValueError(f"Latent cache {cache_dir} ({name}) was built with model.{field} = "
@@ -215,16 +243,37 @@ class LatentCache:
       self.first_frame = meta["first_frame"]
       self.episodes.update(meta["episodes"])
     self.slices = batch_lib.window_slices(model_cfg.num_obs_frames, model_cfg.action_len)
-    self._arrays: Dict[str, np.ndarray] = {}
+    self.max_open = max(1, int(max_open))
+    self._arrays: "collections.OrderedDict[str, np.ndarray]" = collections.OrderedDict()
+    self._lock = threading.Lock()
+
+  def __getstate__(self):  # grain workers: reopen files lazily, no lock or mmaps pickled
+    return {**self.__dict__, "_arrays": collections.OrderedDict(), "_lock": None}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
 
   def _array(self, episode: int) -> np.ndarray:
     key = str(episode)
-    if key not in self._arrays:
-      if key not in self.episodes:
-        raise KeyError(f"Episode {episode} is not in the latent cache {self.cache_dir}.")
-      self._arrays[key] = np.load(os.path.join(self.cache_dir, self.episodes[key]["file"]),
-                                  mmap_mode="r")
-    return self._arrays[key]
+    with self._lock:
+      if key in self._arrays:
+        self._arrays.move_to_end(key)
+        return self._arrays[key]
+    if key not in self.episodes:
+      raise KeyError(f"Episode {episode} is not in the latent cache {self.cache_dir}.")
+    array = np.load(os.path.join(self.cache_dir, self.episodes[key]["file"]), mmap_mode="r")
+    with self._lock:
+      self._arrays[key] = array
+      while len(self._arrays) > self.max_open:
+        self._arrays.popitem(last=False)
+    return array
+
+  def missing_episodes(self, source: EpisodeSource) -> List[int]:
+    """Episodes of `source` that hold a window but are not in the cache."""
+    return [e for e in range(source.num_episodes)
+            if int(source.episode_lengths[e]) >= self.slices.window
+            and str(e) not in self.episodes]
 
   def window_moments(self, episode: int, start: int) -> Tuple[np.ndarray, np.ndarray]:
     """Moments of the next obs of the window starting at frame `start` of `episode` (a
@@ -241,9 +290,34 @@ class LatentCache:
     return moments[0], moments[1]
 
 
+def open_latent_caches(root: str, names: Sequence[str], sources: Sequence[EpisodeSource],
+                       model_cfg, frozen=None) -> List[LatentCache]:
+  """The cache of every dataset under the cache root `root` (`data.latent_cache_dir`), checked
+  against the model config, the datasets and (if given) the codec params `frozen`. A missing
+  folder, a cache built for another config, codec or version of the data, or an episode
+  missing from it raises one error naming the dataset and the cache folder."""
+  fingerprint = params_fingerprint(frozen) if frozen is not None else None
+  caches = []
+  for name, source in zip(names, sources):
+    cache_dir = source_cache_dir(root, name)
+    try:
+      cache = LatentCache(cache_dir, model_cfg, source=source, fingerprint=fingerprint)
+    except (FileNotFoundError, ValueError) as e:
+      raise type(e)(f"Dataset {name!r}, data.latent_cache_dir={root!r}: {e}") from None
+    missing = cache.missing_episodes(source)
+    if missing:
+      raise ValueError(
+          f"Dataset {name!r}, data.latent_cache_dir={root!r}: {len(missing)} of its "
+          f"{source.num_episodes} episodes are not in the latent cache {cache_dir} (first: "
+          f"{missing[:5]}); finish building it (`python -m uwm_jax.convert latent_cache`, every "
+          f"--process_index of --process_count).")
+    caches.append(cache)
+  return caches
+
+
 def cached_next_latent(model, batch: dict, rng: jax.Array) -> jax.Array:
   """The train step's next-obs latent from cached moments instead of the codec:
   (B, V, C, T_o, h, w) float32, a fresh posterior sample (or the mean), no gradient."""
-  mean = batch[NEXT_LATENT_MEAN].astype(jnp.float32)
-  std = batch[NEXT_LATENT_STD].astype(jnp.float32)
+  mean = batch[batch_lib.NEXT_LATENT_MEAN].astype(jnp.float32)
+  std = batch[batch_lib.NEXT_LATENT_STD].astype(jnp.float32)
   return jax.lax.stop_gradient(model.codec.sample(mean, std, rng))

@@ -14,6 +14,10 @@ The loader state is the index of the next batch (JSON: `{"next_batch": j, ...}`)
 rebuilds the pipeline from batch j, so a resumed run sees exactly the batches it would have
 seen — also with a different number of workers or hosts, as long as the global batch size is
 unchanged.
+
+With `data.latent_cache_dir` the training loader reads each window's next obs from the latent
+cache of its dataset (`uwm_jax.data.latent_cache`) instead of decoding its frames; the eval
+loader always decodes them (offline metrics encode with the codec).
 """
 
 import concurrent.futures
@@ -81,14 +85,18 @@ def make_split(config, sources: Sequence[EpisodeSource], eval_stride: int = 1) -
 class _Loader:
   """What the train and eval loaders share: sources, statistics, the window reader."""
 
-  def __init__(self, config, process_index, process_count):
+  def __init__(self, config, process_index, process_count, use_latent_cache=False,
+               frozen=None):
     self.config = config
     self.process_index, self.process_count = _process(process_index, process_count)
     self.global_batch_size = int(config.batch_size)
     self.batch_size = _host_batch_size(self.global_batch_size, self.process_count)
     self.source_names, self.sources, self.weights = sources_lib.build_sources(config)
     self.dataset_stats = stats_lib.dataset_stats(config.data, config.model, self.sources)
-    self.reader = WindowReader(self.sources, config.model, self.dataset_stats)
+    self.latent_caches = (_open_latent_caches(config, self.source_names, self.sources, frozen)
+                          if use_latent_cache else None)
+    self.reader = WindowReader(self.sources, config.model, self.dataset_stats,
+                               self.latent_caches)
     self.split = make_split(config, self.sources, max(1, int(config.data.eval_window_stride)))
 
   def _batches(self, rows: grain.MapDataset) -> grain.MapDataset:
@@ -142,11 +150,16 @@ class TrainLoader(_Loader):
   """Endless iterator of host-local numpy batches (see `uwm_jax.batch`, plus `source`).
 
   Attributes: dataset_stats (normalisation statistics, JSON-able), source_names (index order of
-  the `source` key), batch_size (host-local), global_batch_size, num_windows (per source).
+  the `source` key), batch_size (host-local), global_batch_size, num_windows (per source),
+  latent_caches (one `LatentCache` per source when `data.latent_cache_dir` is set, else None).
+
+  frozen: the codec params the train step would encode with; with a latent cache they must be
+  the params the cache was built with (checked by fingerprint; None = not checked).
   """
 
-  def __init__(self, config, process_index=None, process_count=None):
-    super().__init__(config, process_index, process_count)
+  def __init__(self, config, process_index=None, process_count=None, frozen=None):
+    super().__init__(config, process_index, process_count, use_latent_cache=True,
+                     frozen=frozen)
     self.num_windows = {n: len(t) for n, t in zip(self.source_names, self.split.train)}
     for name, n in self.num_windows.items():
       if n == 0:
@@ -207,6 +220,23 @@ class TrainLoader(_Loader):
       it.close()
 
 
+def _open_latent_caches(config, names, sources, frozen) -> Optional[list]:
+  """The latent caches of the sources, or None when `data.latent_cache_dir` is unset (or the
+  model predicts no next obs)."""
+  root = config.data.get("latent_cache_dir", "")
+  if not root:
+    return None
+  if model_dims(config.model).num_timesteps != 2:
+    logging.warning("data.latent_cache_dir is set but model.predict_next_obs is False (no next "
+                    "obs is encoded): the latent cache is not read.")
+    return None
+  from uwm_jax.data import latent_cache  # pylint: disable=import-outside-toplevel
+  caches = latent_cache.open_latent_caches(root, names, sources, config.model, frozen)
+  logging.info("Training reads next-obs latents from the cache %s (VAE skipped; next obs not "
+               "augmented).", root)
+  return caches
+
+
 class EvalLoader(_Loader):
   """Finite, re-iterable host-local batches of the robot-only validation split.
 
@@ -234,9 +264,12 @@ class EvalLoader(_Loader):
     return iter(self._to_iter(self._batches(grain.MapDataset.source(self._rows))))
 
 
-def make_train_loader(config, *, process_index=None, process_count=None) -> TrainLoader:
-  """Endless host-local training batches of `config.batch_size // process_count` samples."""
-  return TrainLoader(config, process_index, process_count)
+def make_train_loader(config, *, process_index=None, process_count=None,
+                      frozen=None) -> TrainLoader:
+  """Endless host-local training batches of `config.batch_size // process_count` samples
+  (with next-obs latent moments instead of next-obs frames when `data.latent_cache_dir` is set;
+  `frozen`: the codec params to check the cache against)."""
+  return TrainLoader(config, process_index, process_count, frozen)
 
 
 def make_eval_loader(config, *, process_index=None, process_count=None) -> EvalLoader:

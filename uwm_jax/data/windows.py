@@ -2,7 +2,9 @@
 
 A window is `2 * T_o + H_a - 1` consecutive steps (`uwm_jax.batch.window_slices`); only the
 2 * T_o frames of current and next observations are read from the source, the actions and
-low-dim values come from the (image-free) per-episode arrays.
+low-dim values come from the (image-free) per-episode arrays. With latent caches (one per source,
+`uwm_jax.data.latent_cache`) only the T_o current frames are read and the next obs is the
+cached latent moments (keys `NEXT_LATENT_MEAN` / `NEXT_LATENT_STD` instead of `NEXT_OBS`).
 """
 
 from typing import Mapping, Optional, Sequence
@@ -22,11 +24,14 @@ class WindowReader:
 
   Sample shapes: obs/next_obs (V, T_o, H, W, 3) uint8, action (H_a, A) float32 normalised (zeros
   for action-free samples), action_mask () bool, low_dim (T_o, D) float32 when D > 0,
-  source () int32.
+  source () int32. With `latent_caches` (one `LatentCache` per source): next_latent_mean/std
+  (V, C, T_o, h, w) float16 instead of next_obs.
   """
 
-  def __init__(self, sources: Sequence[EpisodeSource], model_cfg, stats: Mapping):
+  def __init__(self, sources: Sequence[EpisodeSource], model_cfg, stats: Mapping,
+               latent_caches: Optional[Sequence] = None):
     self.sources = list(sources)
+    self.latent_caches = list(latent_caches) if latent_caches is not None else None
     self.slices = batch_lib.window_slices(model_cfg.num_obs_frames, model_cfg.action_len)
     self.image_shape = tuple(model_cfg.image_shape)
     self.num_views = len(model_cfg.camera_keys)
@@ -48,6 +53,8 @@ class WindowReader:
                        f"the episode's {length} steps.")
     obs_idx = np.arange(sl.obs.start, sl.obs.stop) + start
     next_idx = np.arange(sl.next_obs.start, sl.next_obs.stop) + start
+    if self.latent_caches is not None:
+      next_idx = next_idx[:0]  # the next obs comes from the latent cache: decode no frame of it
     frames = src.frames(ep, np.concatenate([obs_idx, next_idx]))
     want = (self.num_views, len(obs_idx) + len(next_idx)) + self.image_shape + (3,)
     if frames.shape != want or frames.dtype != np.uint8:
@@ -58,10 +65,14 @@ class WindowReader:
     action_free = bool(src.action_free[ep])
     sample = {
         batch_lib.OBS: frames[:, :t_o],
-        batch_lib.NEXT_OBS: frames[:, t_o:],
         batch_lib.ACTION_MASK: np.bool_(not action_free),
         SOURCE: np.int32(s),
     }
+    if self.latent_caches is None:
+      sample[batch_lib.NEXT_OBS] = frames[:, t_o:]
+    else:
+      mean, std = self.latent_caches[s].window_moments(ep, start)
+      sample[batch_lib.NEXT_LATENT_MEAN], sample[batch_lib.NEXT_LATENT_STD] = mean, std
     if action_free:
       sample[batch_lib.ACTION] = np.zeros((self.action_len, self.action_dim), np.float32)
     else:

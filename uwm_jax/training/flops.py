@@ -3,7 +3,8 @@
 Counts matrix multiplies and convolutions only (2 FLOPs per multiply-add); norms, activations
 and softmax are ignored, as is usual for MFU. A training step costs 3x the forward FLOPs of
 the trained parts (ResNet + noise network: forward, and a backward of twice the forward) plus
-one forward of the frozen codec's encoder on the next observations.
+one forward of the frozen codec's encoder on the next observations (none when the next-obs
+latents come from a latent cache, `data.latent_cache_dir`).
 """
 
 import dataclasses
@@ -97,13 +98,14 @@ class StepFlops:
     return 3 * (self.image_encoder + self.noise_net) + self.codec_encoder
 
 
-def train_step_flops(model_cfg) -> StepFlops:
+def train_step_flops(model_cfg, latent_cache: bool = False) -> StepFlops:
+  """latent_cache: the next-obs latents are read from a latent cache (no codec encoding)."""
   d = dims_lib.model_dims(model_cfg)
   images = d.num_views * d.num_obs_frames
   img = images * resnet18_flops(tuple(model_cfg.crop_shape), model_cfg.resnet_width,
                                 model_cfg.image_feature_dim)
   codec = 0
-  if d.num_timesteps == 2 and model_cfg.codec == "sdxl_vae":
+  if d.num_timesteps == 2 and model_cfg.codec == "sdxl_vae" and not latent_cache:
     codec = images * vae_encoder_flops(tuple(model_cfg.crop_shape))
   return StepFlops(image_encoder=img, noise_net=noise_net_flops(model_cfg), codec_encoder=codec)
 

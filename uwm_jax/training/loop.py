@@ -154,13 +154,15 @@ def build_state(config, model, optimizer, mesh, manager, workdir):
   return 0, state, shardings, stats, None
 
 
-def make_train_loader(config, stats: Optional[dict], workdir: str):
-  """The training loader, normalising with `stats` when given (resume / finetuning)."""
+def make_train_loader(config, stats: Optional[dict], workdir: str, frozen=None):
+  """The training loader, normalising with `stats` when given (resume / finetuning); with
+  `data.latent_cache_dir` its batches carry cached next-obs latents, checked against the codec
+  params `frozen` (when given)."""
   loader_config = config
   if stats:
     loader_config = ml_collections.ConfigDict(config.to_dict())
     loader_config.data.stats_path = _write_stats(workdir, stats)
-  return loader_lib.make_train_loader(loader_config), loader_config
+  return loader_lib.make_train_loader(loader_config, frozen=frozen), loader_config
 
 
 def run_eval(config, model, eval_step, state, mesh, rng) -> Dict[str, float]:
@@ -202,8 +204,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
 
   start, state, shardings, stats, data_iter = build_state(config, model, optimizer, mesh,
                                                           manager, workdir)
-  loader, loader_config = make_train_loader(config, stats, workdir)
+  loader, loader_config = make_train_loader(config, stats, workdir, state.frozen)
   stats = loader.dataset_stats
+  cached = loader.latent_caches is not None
   local_iter_state = ckpt_lib.local_process_state(data_iter)
   if local_iter_state is not None:
     loader.set_state(local_iter_state)
@@ -217,11 +220,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   eval_step = offline_metrics.make_eval_step(model, config.diffusion, stats, mesh,
                                              tc.compiler_options)
 
-  step_flops = flops_lib.train_step_flops(config.model).per_sample * config.batch_size
+  step_flops = flops_lib.train_step_flops(config.model, cached).per_sample * config.batch_size
   peak = flops_lib.peak_flops_per_device(jax.devices()[0].device_kind, tc.peak_tflops_per_device)
-  log.info("Training %s steps from step %d; global batch %d; %.3g TFLOP per step (analytic); "
+  log.info("Training %s steps from step %d; global batch %d; %.3g TFLOP per step (analytic%s); "
            "%d devices (%s).", config.num_steps, start, config.batch_size, step_flops / 1e12,
-           jax.device_count(), jax.devices()[0].device_kind)
+           ", next-obs latents from the latent cache" if cached else "", jax.device_count(),
+           jax.devices()[0].device_kind)
 
   writer = writer_lib.MetricWriter(workdir, tensorboard=tc.tensorboard,
                                    wandb_project=tc.wandb_project, config=config)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from uwm_jax import batch as B_
+from uwm_jax.data.latent_cache import cached_next_latent
 from uwm_jax.diffusion import Schedule, add_noise
 
 
@@ -26,10 +27,17 @@ def compute_loss(model, schedule: Schedule, params: dict, frozen: dict, batch: d
 
   Both are plain means over all elements; the action term is not masked for video samples
   (they regress action noise at t = T-1, as the reference). Returns (loss, metrics).
+
+  The next-obs latent is the codec's encoding of the transformed next frames, or, when the
+  batch carries cached moments (`B_.NEXT_LATENT_MEAN/STD`, a latent cache), a posterior sample
+  from them drawn with the same key (`cached_next_latent`): the codec is then skipped and only
+  the current frames are transformed.
   """
   k_aug, k_codec, k_t, k_na, k_no = jax.random.split(rng, 5)
+  cached = model.predicts_next_obs and B_.has_cached_latents(batch)
   obs_img, next_img = model.transform(
-      batch[B_.OBS], batch[B_.NEXT_OBS] if model.predicts_next_obs else None, k_aug, train)
+      batch[B_.OBS], batch[B_.NEXT_OBS] if model.predicts_next_obs and not cached else None,
+      k_aug, train)
   cond = model.global_cond(params, obs_img, batch.get(B_.LOW_DIM))
 
   action = batch[B_.ACTION].astype(jnp.float32)
@@ -39,7 +47,8 @@ def compute_loss(model, schedule: Schedule, params: dict, frozen: dict, batch: d
 
   noisy_latent = noise_o = None
   if model.predicts_next_obs:
-    latent = model.encode_next_obs(frozen, next_img, k_codec)
+    latent = (cached_next_latent(model, batch, k_codec) if cached
+              else model.encode_next_obs(frozen, next_img, k_codec))
     noise_o = jax.random.normal(k_no, latent.shape)
     noisy_latent = add_noise(schedule, latent, noise_o, t_obs)
 
