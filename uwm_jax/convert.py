@@ -20,7 +20,7 @@ what evaluation and finetuning (`python -m uwm_jax.train --config.init_from=...`
   # then train without the VAE (the same config overrides, the same codec params):
   python -m uwm_jax.train --config=configs/droid.py --workdir=/ckpt/uwm_droid \
       --config.data.sources.droid.path=/data/uwm/droid_weird \
-      --config.train.init_from=/ckpt/droid_init/checkpoints \
+      --config.init_from=/ckpt/droid_init/checkpoints \
       --config.data.latent_cache_dir=/data/droid_latents
 """
 
