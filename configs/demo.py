@@ -3,15 +3,20 @@
   python -m uwm_jax.train --config=configs/demo.py        # UWM
   python -m uwm_jax.train --config=configs/demo.py:dp     # the diffusion-policy baseline
 
-On first use it generates 200 scripted-expert demonstrations of the embedded MuJoCo task
+On first use it generates 600 scripted-expert demonstrations of the embedded MuJoCo task
 (`uwm_jax/evaluation/envs/`, no download) into workdirs/data/tabletop_push, trains a small UWM
-(pixels codec, 4 DiT blocks of width 128) in workdirs/demo, then rolls the policy out on 50
-seeded episodes it never saw and prints one line with the success rate (beside a random
-policy's), offline metrics and where the rollout and forward-dynamics videos are
-(workdirs/demo/eval/step_<N>/videos/). The whole run took ~14 minutes on a busy 2-core CPU
-(20 s data, 12.7 min training at ~5 steps/s, 1 min evaluation). Measured success: 48% (random
-policy 0%, DP baseline `:dp` 10%), below the 80% target; docs/evaluation.md lists every
-measurement. Evaluate again any time with
+(pixels codec, 4 DiT blocks of width 128; the two camera views plus the pusher's xy position as
+a low-dim observation — the puck and the goal pad are only in the images) in workdirs/demo,
+then rolls the policy out on 50 seeded episodes it never saw and prints one line with the
+success rate (beside a random policy's), offline metrics and where the rollout and
+forward-dynamics videos are (workdirs/demo/eval/step_<N>/videos/).
+
+Measured on the 2-core CPU (load average 2-3 from other jobs), the README command in a fresh
+checkout: 10.4 minutes in all (~1.5 min data and compilation, 7.7 min training at ~8.5 steps/s,
+1 min evaluation), success 68% (34/50; random policy 0%) — below the 80% target. The DP
+baseline (`:dp`, same data) measured 58% (29/50) in 8.2 minutes. docs/evaluation.md lists every
+measurement. On a busier machine (load ~6)
+training runs at ~5 steps/s and the whole run takes ~15.5 minutes. Evaluate again any time with
 `python -m uwm_jax.evaluate --checkpoint_dir=workdirs/demo`.
 """
 
@@ -31,6 +36,9 @@ def get_config(variant: str = ""):
   m.num_obs_frames = 2
   m.action_len = 8
   m.action_dim = 2
+  # The pusher's own xy position (demo_data.LOW_DIM_KEYS) as a low-dim observation (spec 1.3);
+  # the puck and the goal pad are only in the images.
+  m.low_dim_dim = 2
   m.resnet_width = 16
   m.image_feature_dim = 64
   m.codec = "pixels"
@@ -43,9 +51,9 @@ def get_config(variant: str = ""):
   m.num_registers = 4
   # Colour tells the puck (red) from the goal (green): no hue jitter (+-72 deg would rotate
   # one into the other's range), mild brightness/contrast/saturation jitter and random crops.
-  # Measured (50 episodes): default jitter (hue 0.2) 2% (3000 steps, exec_steps 8); this
-  # augmentation 34% (4000 steps, exec_steps 4) and 48% (exec_steps 2); no augmentation at
-  # all 28% (exec_steps 2).
+  # Measured (50 episodes, 200 demos, no low-dim, aliased renders): default jitter (hue 0.2)
+  # 2% (3000 steps, exec_steps 8); this augmentation 34% (exec_steps 4) and 48% (exec_steps 2);
+  # no augmentation at all 28% (exec_steps 2).
   m.hue = 0.0
   m.brightness = m.contrast = m.saturation = 0.1
   c.batch_size = 32
@@ -65,13 +73,14 @@ def get_config(variant: str = ""):
   t.keep_last = 1
   t.keep_every = 0
   t.async_checkpointing = False
+  t.ema_decay = 0.0  # EMA 0.999 measured 26% vs 48% for the raw params of the same run
 
   e = c.eval
   e.env = "tabletop_push"
-  e.demo_episodes = 200  # generated into DATA_PATH on first use
+  e.demo_episodes = 600  # generated into DATA_PATH on first use (~40 s)
   e.num_episodes = 50
   e.num_envs = 25
-  e.exec_steps = 2  # re-plan every 2 of the 8 predicted actions (4: 34%, 2: 48% measured)
+  e.exec_steps = 2  # re-plan every 2 of the 8 predicted actions (measured: 4 < 2; 1 < 2)
   e.num_videos = 2
   e.offline_num_batches = 4
   e.random_baseline = True

@@ -64,6 +64,25 @@ def test_evaluator_writes_metrics_videos_tensorboard_and_summary(tiny_checkpoint
   assert len(lines) == 1 and lines[0].startswith("eval step 9:")
 
 
+def test_low_dim_model_gets_low_dim_in_rollouts_tracking_and_videos(tmp_path):
+  """model.low_dim_dim > 0 (the embedded task's pusher position): every part of the
+  evaluation feeds the low-dim observations, normalised with the checkpoint's statistics."""
+  config = tiny_push_config()
+  config.model.low_dim_dim = 2
+  config.eval.random_baseline = False
+  params, frozen = UnifiedWorldModel(config.model).init(jax.random.PRNGKey(0))
+  stats = {"action": {"min": [-1.0, -1.0], "max": [1.0, 1.0]},
+           "low_dim": {"min": [-0.24, -0.24], "max": [0.24, 0.24]}}
+  directory = checkpoint.checkpoint_dir(str(tmp_path))
+  checkpoint.save_params_checkpoint(directory, params=params, frozen=frozen, config=config,
+                                    dataset_stats=stats, step=3)
+  result = evaluator.evaluate_checkpoint(directory, progress=False,
+                                         eval_overrides={"num_episodes": 2, "num_envs": 2})
+  m = result.metrics
+  assert m["rollout/num_episodes"] == 2 and "tracking/policy_success_rate" in m
+  assert sum("forward_dynamics" in os.path.basename(p) for p in result.videos) == 2
+
+
 def test_missing_checkpoint_is_one_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     evaluator.evaluate_checkpoint(str(tmp_path / "nowhere"))

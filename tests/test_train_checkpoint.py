@@ -98,6 +98,17 @@ def test_params_only_load_on_cpu_and_roundtrip(saved, tmp_path):
     ckpt.load_params_checkpoint(str(tmp_path / "checkpoints"), step=3)
 
 
+def test_relative_checkpoint_folder_saves_and_loads(saved, tmp_path, monkeypatch):
+  """`--workdir` defaults to the relative workdirs/<config>: Orbax's writer needs absolute
+  paths, so make_manager resolves them."""
+  params, frozen, config, stats = ckpt.load_params_checkpoint(saved[2])
+  monkeypatch.chdir(tmp_path)
+  ckpt.save_params_checkpoint(os.path.join("rel", "checkpoints"), params=params, frozen=frozen,
+                              config=config, dataset_stats=stats, step=2)
+  p2, _, _, _ = ckpt.load_params_checkpoint(os.path.join("rel", "checkpoints"))
+  _assert_trees_equal(params, p2)
+
+
 def test_corrupt_latest_checkpoint_falls_back_with_a_warning(saved, tmp_path, caplog):
   cfg, host_state, directory = saved
   import shutil

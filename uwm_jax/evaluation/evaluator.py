@@ -145,15 +145,17 @@ def _first_eval_batch(config) -> Optional[dict]:
 
 
 def _held_out_trajectory(config, stats) -> Optional[tuple]:
-  """(frames (L, V, H, W, 3) uint8, normalised actions (L, A)) of one held-out trajectory:
-  an expert episode (embedded task) or the first validation episode of the first source."""
+  """(frames (L, V, H, W, 3) uint8, normalised actions (L, A), normalised low-dim (L, D) or
+  None) of one held-out trajectory: an expert episode (embedded task) or the first validation
+  episode of the first source."""
   from uwm_jax.data import normalization  # pylint: disable=import-outside-toplevel
   keys = tuple(config.model.camera_keys)
   if config.eval.env in envs_lib.EMBEDDED_TASKS:
     spec = envs_lib.tabletop_spec(config.eval.env, config.model, config.eval)
     demo = tracking.embedded_demos(spec, [config.eval.first_seed + 10**6], keys, hold_steps=0,
-                                   with_actions=True)[0]
-    frames, actions = demo.frames, demo.actions
+                                   with_actions=True,
+                                   low_dim_keys=envs_lib.low_dim_keys(config.eval.env, config))[0]
+    frames, actions, low_dim = demo.frames, demo.actions, demo.low_dim
   else:
     if not config.data.get("sources"):
       return None
@@ -168,9 +170,12 @@ def _held_out_trajectory(config, stats) -> Optional[tuple]:
     n = int(src.episode_lengths[ep])
     frames = src.frames(ep, np.arange(n)).transpose(1, 0, 2, 3, 4)
     actions = src.actions(ep)
+    low_dim = src.low_dim(ep) if config.model.get("low_dim_dim") else None
   if stats and stats.get("action") is not None:
     actions = normalization.normalize(np.asarray(actions, np.float32), stats["action"])
-  return frames, np.asarray(actions, np.float32)
+  if low_dim is not None and stats and stats.get("low_dim") is not None:
+    low_dim = normalization.normalize(np.asarray(low_dim, np.float32), stats["low_dim"])
+  return frames, np.asarray(actions, np.float32), low_dim
 
 
 def _prediction_videos(model, config, params, frozen, stats, rng, out_dir) -> List[str]:
@@ -186,8 +191,9 @@ def _prediction_videos(model, config, params, frozen, stats, rng, out_dir) -> Li
                                     frames, fps=2))
   trajectory = _held_out_trajectory(config, stats)
   if trajectory is not None:
-    frames = prediction_videos.trajectory_prediction_frames(model, fd, params, frozen,
-                                                            *trajectory, k2)
+    frames, actions, low_dim = trajectory
+    frames = prediction_videos.trajectory_prediction_frames(model, fd, params, frozen, frames,
+                                                            actions, k2, low_dim)
     paths.append(videos.write_video(
         os.path.join(out_dir, f"forward_dynamics_trajectory.{ext}"), frames, fps=4))
   return paths
@@ -234,12 +240,13 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
         raise ValueError(f"Env {e.env!r} has cameras {tuple(env_list[0].camera_keys)}; the "
                          f"checkpoint's model.camera_keys asks for {missing}.")
       max_steps = e.max_steps or envs_lib.default_max_steps(e.env, config)
+      low_dim_keys = envs_lib.low_dim_keys(e.env, config)
       policy = DiffusionPolicy(model, config.diffusion, params, frozen, stats, seed=e.seed)
       result = rollout.run_rollouts(
           env_list, policy, rollout.seeded_episodes(e.num_episodes, e.first_seed),
           camera_keys=keys, num_obs_frames=model.dims.num_obs_frames,
-          exec_steps=e.exec_steps, max_steps=max_steps, num_videos=e.num_videos,
-          progress=progress, desc=f"rollouts {e.env}")
+          exec_steps=e.exec_steps, max_steps=max_steps, low_dim_keys=low_dim_keys,
+          num_videos=e.num_videos, progress=progress, desc=f"rollouts {e.env}")
       metrics.update(result.metrics())
       if e.random_baseline:
         chance = rollout.run_rollouts(
@@ -257,7 +264,8 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
       if e.tracking_episodes and model.predicts_next_obs:
         metrics.update(tracking.run_tracking(
             env_list, model, config.diffusion, params, frozen, stats, _tracking_demos(config),
-            camera_keys=keys, exec_steps=e.exec_steps, seed=e.seed, progress=progress))
+            camera_keys=keys, exec_steps=e.exec_steps, low_dim_keys=low_dim_keys, seed=e.seed,
+            progress=progress))
     finally:
       close()
   if e.prediction_videos and model.predicts_next_obs:

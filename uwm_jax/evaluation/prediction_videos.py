@@ -19,10 +19,14 @@ from uwm_jax import batch as B_
 from uwm_jax.evaluation.videos import grid, to_uint8
 
 
-def _predict(model, fd_sampler, params, frozen, obs, actions, next_obs, rng):
-  """-> (current, real_next, predicted) float (B, V, T_o, h, w, 3) each."""
+def _predict(model, fd_sampler, params, frozen, obs, actions, next_obs, rng, low_dim=None):
+  """-> (current, real_next, predicted) float (B, V, T_o, h, w, 3) each. low_dim: normalised
+  (B, T_o, D) low-dim observations (models with model.low_dim_dim > 0)."""
   k_sample, k_tf = jax.random.split(rng)
-  latent = fd_sampler(params, frozen, {B_.OBS: obs, B_.ACTION: actions}, k_sample)["latent"]
+  batch = {B_.OBS: obs, B_.ACTION: actions}
+  if low_dim is not None:
+    batch[B_.LOW_DIM] = np.asarray(low_dim, np.float32)
+  latent = fd_sampler(params, frozen, batch, k_sample)["latent"]
   predicted = np.asarray(model.decode_latent(frozen, latent))
   current, real_next = model.transform(obs, next_obs, k_tf, train=False)
   return np.asarray(current), np.asarray(real_next), predicted
@@ -38,8 +42,9 @@ def single_prediction_frames(model, fd_sampler, params, frozen, batch: dict, rng
   """`batch` in the `uwm_jax.batch` format (normalised actions) -> T_o video frames."""
   n = min(max_samples, batch[B_.OBS].shape[0])
   take = lambda k: np.asarray(batch[k][:n])
+  low_dim = take(B_.LOW_DIM) if B_.LOW_DIM in batch else None
   current, real, pred = _predict(model, fd_sampler, params, frozen, take(B_.OBS),
-                                 take(B_.ACTION), take(B_.NEXT_OBS), rng)
+                                 take(B_.ACTION), take(B_.NEXT_OBS), rng, low_dim)
   frames = []
   for t in range(real.shape[2]):
     rows = [_views(current[i, :, -1]) + _views(real[i, :, t]) + _views(pred[i, :, t])
@@ -57,9 +62,9 @@ def trajectory_queries(length: int, num_obs_frames: int, action_len: int) -> np.
 
 
 def trajectory_prediction_frames(model, fd_sampler, params, frozen, frames: np.ndarray,
-                                 actions: np.ndarray, rng) -> List[np.ndarray]:
-  """frames (L, V, H, W, 3) uint8, actions (L, A) normalised -> video frames [real | predicted]
-  along the trajectory (T_o frames per chunk)."""
+                                 actions: np.ndarray, rng, low_dim=None) -> List[np.ndarray]:
+  """frames (L, V, H, W, 3) uint8, actions (L, A) normalised [, low_dim (L, D) normalised] ->
+  video frames [real | predicted] along the trajectory (T_o frames per chunk)."""
   T_o, H_a = model.dims.num_obs_frames, model.dims.action_len
   queries = trajectory_queries(len(frames), T_o, H_a)
   if not len(queries):
@@ -69,7 +74,8 @@ def trajectory_prediction_frames(model, fd_sampler, params, frozen, frames: np.n
   obs = np.stack([window(t, 1 - T_o, T_o) for t in queries])
   next_obs = np.stack([window(t, H_a, T_o) for t in queries])
   chunk = np.stack([actions[t:t + H_a] for t in queries]).astype(np.float32)
-  _, real, pred = _predict(model, fd_sampler, params, frozen, obs, chunk, next_obs, rng)
+  low = None if low_dim is None else np.stack([low_dim[t + 1 - T_o:t + 1] for t in queries])
+  _, real, pred = _predict(model, fd_sampler, params, frozen, obs, chunk, next_obs, rng, low)
   out = []
   for q in range(len(queries)):
     for t in range(T_o):

@@ -26,6 +26,7 @@ class Demo:
   episode: rollout.Episode  # how to reset to the demo's first state
   frames: np.ndarray  # (L, V, H, W, 3) uint8, views in camera_keys order
   actions: Optional[np.ndarray] = None  # (L, A) raw actions when known
+  low_dim: Optional[np.ndarray] = None  # (L, D) raw low-dim observations when asked for
 
 
 def num_goal_chunks(length: int, num_obs_frames: int, action_len: int) -> int:
@@ -65,13 +66,14 @@ def tracking_episodes(demos: Sequence[Demo], num_obs_frames: int, action_len: in
 
 
 def run_tracking(envs, model, diffusion_cfg, params, frozen, dataset_stats, demos: Sequence[Demo],
-                 *, camera_keys, exec_steps: int, seed: int = 0, progress: bool = True) -> dict:
+                 *, camera_keys, exec_steps: int, low_dim_keys=(), seed: int = 0,
+                 progress: bool = True) -> dict:
   """Inverse-dynamics tracking and the policy on the same budget -> metrics dict."""
   d = model.dims
   episodes = tracking_episodes(demos, d.num_obs_frames, d.action_len, exec_steps)
   common = dict(camera_keys=camera_keys, num_obs_frames=d.num_obs_frames,
                 exec_steps=exec_steps, max_steps=max(e.max_steps for e in episodes),
-                progress=progress)
+                low_dim_keys=low_dim_keys, progress=progress)
   inverse = DiffusionPolicy(model, diffusion_cfg, params, frozen, dataset_stats, seed=seed,
                             mode=sampling.INVERSE_DYNAMICS,
                             goal_fn=GoalFrames(demos, d.num_obs_frames, d.action_len))
@@ -85,16 +87,22 @@ def run_tracking(envs, model, diffusion_cfg, params, frozen, dataset_stats, demo
 
 
 def embedded_demos(spec, seeds: Sequence[int], camera_keys: Sequence[str],
-                   hold_steps: int, with_actions: bool = False) -> List[Demo]:
+                   hold_steps: int, with_actions: bool = False,
+                   low_dim_keys: Sequence[str] = ()) -> List[Demo]:
   """Expert demos of the embedded task from `seeds` (each resets with its seed); with
-  `with_actions` the demo's raw actions (L, A) are kept in `Demo.actions`."""
+  `with_actions` the demo's raw actions (L, A) are kept in `Demo.actions`, with `low_dim_keys`
+  those observations (concatenated) in `Demo.low_dim`."""
   from uwm_jax.evaluation.envs import demos as demos_lib  # pylint: disable=import-outside-toplevel
   out = []
   for ep in demos_lib.generate_in_workers(seeds, spec, hold_steps=hold_steps, progress=False,
                                          num_workers=1):
     frames = np.stack([ep["observation"][k] for k in camera_keys], axis=1)
+    low_dim = None
+    if low_dim_keys:
+      low_dim = np.concatenate([np.asarray(ep["observation"][k], np.float32).reshape(len(frames), -1)
+                                for k in low_dim_keys], axis=-1)
     out.append(Demo(rollout.Episode(seed=ep["seed"]), frames,
-                    ep.get("action") if with_actions else None))
+                    ep.get("action") if with_actions else None, low_dim))
   return out
 
 

@@ -110,6 +110,9 @@ def make_manager(directory: str, *, keep_last: Optional[int] = None, keep_every:
   )
   handlers = {STATE: _pytree_handler(), PARAMS: _pytree_handler()}
   handlers.update({k: ocp.JsonCheckpointHandler() for k in (DATASET_STATS, CONFIG, DATA_ITER)})
+  if "://" not in os.fspath(directory):
+    # Orbax's array writer rejects relative paths (`--workdir` defaults to workdirs/<config>).
+    directory = os.path.abspath(os.fspath(directory))
   return ocp.CheckpointManager(epath.Path(directory), options=options, item_handlers=handlers)
 
 

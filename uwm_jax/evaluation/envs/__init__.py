@@ -16,6 +16,8 @@ from typing import Callable, List, Tuple
 TABLETOP_PREFIX = "tabletop_"
 LIBERO_PREFIX = "libero/"
 EMBEDDED_TASKS = ("tabletop_push", "tabletop_reach")
+# Low-dim observation keys of the embedded tasks, as their datasets store them (demo_data).
+EMBEDDED_LOW_DIM_KEYS = ("pusher_pos",)
 
 
 def known_env_names() -> str:
@@ -70,6 +72,17 @@ def make_local_envs(name: str, n: int, config) -> Tuple[List, Callable[[], None]
   envs = [libero_env.LiberoEnv.from_config(name[len(LIBERO_PREFIX):], config)
           for _ in range(n)]
   return envs, lambda: [e.close() for e in envs]
+
+
+def low_dim_keys(name: str, config) -> Tuple[str, ...]:
+  """Observation keys fed to the policy as low-dim features (model.low_dim_dim > 0), in the
+  order the training data concatenated them; () when the model uses none."""
+  if not config.model.get("low_dim_dim"):
+    return ()
+  if name in EMBEDDED_TASKS:
+    return EMBEDDED_LOW_DIM_KEYS
+  raise ValueError(f"model.low_dim_dim > 0: low-dim observations are only wired up for the "
+                   f"embedded tasks ({', '.join(EMBEDDED_TASKS)}), not {name!r}.")
 
 
 def default_max_steps(name: str, config) -> int:

@@ -21,12 +21,13 @@ from typing import Dict, Iterable
 
 import numpy as np
 
+from uwm_jax.evaluation import envs as envs_lib
 from uwm_jax.evaluation.envs import demos, tabletop
 
 log = logging.getLogger(__name__)
 
 VIDEO_SEED_OFFSET = 50_000
-LOW_DIM_KEYS = ("pusher_pos",)  # kept as low-dim observations in the dataset
+LOW_DIM_KEYS = envs_lib.EMBEDDED_LOW_DIM_KEYS  # kept as low-dim observations in the dataset
 
 
 def to_rlds_episode(episode: dict, camera_keys) -> dict:
@@ -72,7 +73,6 @@ def prepare(config) -> Dict[str, str]:
   `config.data.sources[<env>]` (and `<env>_video` for video episodes). Returns {name: path} of
   the datasets generated now.
   """
-  from uwm_jax.evaluation import envs as envs_lib  # pylint: disable=import-outside-toplevel
   e = config.eval
   if not e.get("demo_episodes") or e.env not in envs_lib.EMBEDDED_TASKS:
     return {}
