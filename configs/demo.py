@@ -36,7 +36,7 @@ def get_config(variant: str = ""):
   m.num_obs_frames = 2
   m.action_len = 8
   m.action_dim = 2
-  # The pusher's own xy position (demo_data.LOW_DIM_KEYS) as a low-dim observation (spec 1.3);
+  # The pusher's own xy position (envs.EMBEDDED_LOW_DIM_KEYS) as a low-dim observation (spec 1.3);
   # the puck and the goal pad are only in the images.
   m.low_dim_dim = 2
   m.resnet_width = 16

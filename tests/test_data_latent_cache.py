@@ -70,7 +70,8 @@ def test_cached_latent_in_a_batch(tmp_path):
   pairs = [cache.window_moments(0, s) for s in (0, 3)]
   batch = {batch_lib.NEXT_LATENT_MEAN: np.stack([m for m, _ in pairs]),
            batch_lib.NEXT_LATENT_STD: np.stack([s for _, s in pairs])}
-  latent = latent_cache.cached_next_latent(model, batch, jax.random.PRNGKey(1))
+  latent = model.next_latent_from_moments(batch[batch_lib.NEXT_LATENT_MEAN],
+                                         batch[batch_lib.NEXT_LATENT_STD], jax.random.PRNGKey(1))
   assert latent.shape == (2,) + model.dims.latent_shape and latent.dtype == jnp.float32
   np.testing.assert_array_equal(latent, batch[batch_lib.NEXT_LATENT_MEAN].astype(np.float32))
 

@@ -5,7 +5,7 @@
 the codec and stores the posterior moments (mean, std) of the scaled latent, per episode, as
 float16 `.npy` files (one cache folder per source). `LatentCache.window_moments(episode, start)`
 (a `WindowRef`'s episode and start) returns the moments of the next obs of the window
-starting at `start`; in the train step `cached_next_latent` draws the latent from them, so the
+starting at `start`; in the train step `UnifiedWorldModel.next_latent_from_moments` draws the latent from them, so the
 stochastic VAE encoding of the reference (a fresh posterior sample every step) is kept.
 
 Augmentation (the documented choice): cached latents are of the EVAL transform of the next
@@ -22,7 +22,7 @@ dataset, `<root>/<dataset name>`, what `build_latent_caches` and
 `python -m uwm_jax.convert latent_cache` write): the training loader (`open_latent_caches`)
 then attaches the moments of each window's next obs to the batch under
 `uwm_jax.batch.NEXT_LATENT_MEAN` / `NEXT_LATENT_STD` instead of decoding its next-obs frames,
-and `uwm_jax.training.loss.compute_loss` samples the latent with `cached_next_latent`.
+and `uwm_jax.training.loss.compute_loss` samples the latent with `UnifiedWorldModel.next_latent_from_moments`.
 
 Layout of a cache folder: `meta-<process>.json` (the config fields the latents depend on,
 fingerprints of the codec params and of the source, {episode: file, frames}) and one
@@ -313,11 +313,3 @@ def open_latent_caches(root: str, names: Sequence[str], sources: Sequence[Episod
           f"--process_index of --process_count).")
     caches.append(cache)
   return caches
-
-
-def cached_next_latent(model, batch: dict, rng: jax.Array) -> jax.Array:
-  """The train step's next-obs latent from cached moments instead of the codec:
-  (B, V, C, T_o, h, w) float32, a fresh posterior sample (or the mean), no gradient."""
-  mean = batch[batch_lib.NEXT_LATENT_MEAN].astype(jnp.float32)
-  std = batch[batch_lib.NEXT_LATENT_STD].astype(jnp.float32)
-  return jax.lax.stop_gradient(model.codec.sample(mean, std, rng))

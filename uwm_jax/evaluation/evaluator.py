@@ -127,27 +127,18 @@ def merged_config(checkpoint_config, config=None, eval_overrides: Optional[dict]
 
 
 # ----------------------------------------------------------------------------- parts
-def _offline_metrics(model, config, params, frozen, stats, rng) -> Dict[str, float]:
-  from uwm_jax.data import loader as loader_lib  # pylint: disable=import-outside-toplevel
+def _offline_metrics(model, config, params, frozen, stats, rng, eval_loader) -> Dict[str, float]:
   from uwm_jax.evaluation import offline_metrics  # pylint: disable=import-outside-toplevel
-  batches = loader_lib.make_eval_loader(config)
   out = offline_metrics.compute_offline_metrics(
-      model, config.diffusion, params, frozen, batches, rng, dataset_stats=stats,
+      model, config.diffusion, params, frozen, eval_loader, rng, dataset_stats=stats,
       max_batches=config.eval.offline_num_batches)
   return {f"offline/{k}": float(v) for k, v in out.items()}
 
 
-def _first_eval_batch(config) -> Optional[dict]:
-  from uwm_jax.data import loader as loader_lib  # pylint: disable=import-outside-toplevel
-  for batch in loader_lib.make_eval_loader(config):
-    return batch
-  return None
-
-
-def _held_out_trajectory(config, stats) -> Optional[tuple]:
+def _held_out_trajectory(config, stats, eval_loader) -> Optional[tuple]:
   """(frames (L, V, H, W, 3) uint8, normalised actions (L, A), normalised low-dim (L, D) or
   None) of one held-out trajectory: an expert episode (embedded task) or the first validation
-  episode of the first source."""
+  episode of the first source (of `eval_loader`, None when the config has no data)."""
   from uwm_jax.data import normalization  # pylint: disable=import-outside-toplevel
   keys = tuple(config.model.camera_keys)
   if config.eval.env in envs_lib.EMBEDDED_TASKS:
@@ -157,11 +148,10 @@ def _held_out_trajectory(config, stats) -> Optional[tuple]:
                                    low_dim_keys=envs_lib.low_dim_keys(config.eval.env, config))[0]
     frames, actions, low_dim = demo.frames, demo.actions, demo.low_dim
   else:
-    if not config.data.get("sources"):
+    if eval_loader is None:
       return None
-    from uwm_jax.data import episodes, sources  # pylint: disable=import-outside-toplevel
-    _, srcs, _ = sources.build_sources(config)
-    src = srcs[0]
+    from uwm_jax.data import episodes  # pylint: disable=import-outside-toplevel
+    src = eval_loader.sources[0]
     _, val = episodes.split_episodes(src.action_free, config.data.val_fraction,
                                      config.data.split_seed)
     if not len(val):
@@ -178,18 +168,19 @@ def _held_out_trajectory(config, stats) -> Optional[tuple]:
   return frames, np.asarray(actions, np.float32), low_dim
 
 
-def _prediction_videos(model, config, params, frozen, stats, rng, out_dir) -> List[str]:
+def _prediction_videos(model, config, params, frozen, stats, rng, out_dir,
+                       eval_loader) -> List[str]:
   fd = sampling.make_sampler(model, config.diffusion, sampling.FORWARD_DYNAMICS)
   ext = config.eval.video_format
   paths = []
   k1, k2 = jax.random.split(rng)
-  batch = _first_eval_batch(config) if config.data.get("sources") else None
+  batch = next(iter(eval_loader), None) if eval_loader is not None else None
   if batch is not None:
     frames = prediction_videos.single_prediction_frames(
         model, fd, params, frozen, batch, k1, max_samples=config.eval.prediction_samples)
     paths.append(videos.write_video(os.path.join(out_dir, f"forward_dynamics_single.{ext}"),
                                     frames, fps=2))
-  trajectory = _held_out_trajectory(config, stats)
+  trajectory = _held_out_trajectory(config, stats, eval_loader)
   if trajectory is not None:
     frames, actions, low_dim = trajectory
     frames = prediction_videos.trajectory_prediction_frames(model, fd, params, frozen, frames,
@@ -228,8 +219,14 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
   metrics: Dict[str, float] = {}
   paths: List[str] = []
   t0 = time.time()
-  if e.offline_metrics and config.data.get("sources"):
-    metrics.update(_offline_metrics(model, config, params, frozen, stats, k_offline))
+  videos_on = e.prediction_videos and model.predicts_next_obs
+  eval_loader = None  # the validation split, built once for metrics and videos
+  if config.data.get("sources") and (e.offline_metrics or videos_on):
+    from uwm_jax.data import loader as loader_lib  # pylint: disable=import-outside-toplevel
+    eval_loader = loader_lib.make_eval_loader(config)
+  if e.offline_metrics and eval_loader is not None:
+    metrics.update(_offline_metrics(model, config, params, frozen, stats, k_offline,
+                                    eval_loader))
   if e.env:
     num_envs = max(1, min(e.num_envs, e.num_episodes))
     env_list, close = envs_lib.make_envs(e.env, num_envs, config)
@@ -268,8 +265,9 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
             progress=progress))
     finally:
       close()
-  if e.prediction_videos and model.predicts_next_obs:
-    paths.extend(_prediction_videos(model, config, params, frozen, stats, k_videos, video_dir))
+  if videos_on:
+    paths.extend(_prediction_videos(model, config, params, frozen, stats, k_videos, video_dir,
+                                    eval_loader))
   metrics["eval_seconds"] = time.time() - t0
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:

@@ -9,12 +9,12 @@ Both run on process 0 only (the demo is a single-process run).
 
 import jax
 
-from uwm_jax.evaluation.envs import demo_data
-
 
 def before_training(config) -> None:
-  if jax.process_index() == 0:
-    demo_data.prepare(config)
+  if not config.eval.get("demo_episodes") or jax.process_index() != 0:
+    return  # nothing to generate: MuJoCo and the env modules stay unimported
+  from uwm_jax.evaluation.envs import demo_data  # pylint: disable=import-outside-toplevel
+  demo_data.prepare(config)
 
 
 def after_training(config, workdir: str, printer=print):

@@ -107,6 +107,13 @@ class UnifiedWorldModel:
     """(B, V, T_o, h, w, 3) float [0, 1] -> latent (B, V, C, T_o, h', w'); no gradient."""
     return jax.lax.stop_gradient(self.codec.encode(frozen, next_images, rng))
 
+  def next_latent_from_moments(self, mean: jax.Array, std: jax.Array,
+                               rng: jax.Array) -> jax.Array:
+    """Cached posterior moments (a latent cache), each (B, V, C, T_o, h', w') -> the latent
+    `encode_next_obs` would give for the same key: float32, no gradient."""
+    return jax.lax.stop_gradient(self.codec.sample(
+        mean.astype(jnp.float32), std.astype(jnp.float32), rng))
+
   def decode_latent(self, frozen: dict, latent: jax.Array) -> jax.Array:
     """latent (B, V, C, T_o, h', w') -> (B, V, T_o, h, w, 3) float [0, 1]."""
     return self.codec.decode(frozen, latent)

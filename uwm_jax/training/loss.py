@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 
 from uwm_jax import batch as B_
-from uwm_jax.data.latent_cache import cached_next_latent
 from uwm_jax.diffusion import Schedule, add_noise
 
 
@@ -30,7 +29,7 @@ def compute_loss(model, schedule: Schedule, params: dict, frozen: dict, batch: d
 
   The next-obs latent is the codec's encoding of the transformed next frames, or, when the
   batch carries cached moments (`B_.NEXT_LATENT_MEAN/STD`, a latent cache), a posterior sample
-  from them drawn with the same key (`cached_next_latent`): the codec is then skipped and only
+  from them drawn with the same key (`model.next_latent_from_moments`): the codec is then skipped and only
   the current frames are transformed.
   """
   k_aug, k_codec, k_t, k_na, k_no = jax.random.split(rng, 5)
@@ -47,8 +46,11 @@ def compute_loss(model, schedule: Schedule, params: dict, frozen: dict, batch: d
 
   noisy_latent = noise_o = None
   if model.predicts_next_obs:
-    latent = (cached_next_latent(model, batch, k_codec) if cached
-              else model.encode_next_obs(frozen, next_img, k_codec))
+    if cached:
+      latent = model.next_latent_from_moments(batch[B_.NEXT_LATENT_MEAN],
+                                              batch[B_.NEXT_LATENT_STD], k_codec)
+    else:
+      latent = model.encode_next_obs(frozen, next_img, k_codec)
     noise_o = jax.random.normal(k_no, latent.shape)
     noisy_latent = add_noise(schedule, latent, noise_o, t_obs)
 
