@@ -2,11 +2,12 @@
 the training loader in the batch format; the demo config's wiring."""
 
 import numpy as np
+import pytest
 
 from uwm_jax import batch as B_
 from uwm_jax.data import loader as loader_lib
 from uwm_jax.data import source_configs
-from uwm_jax.evaluation.envs import demo_data
+from uwm_jax.evaluation.envs import demo_data, remote
 from tests_eval_helpers import tiny_push_config
 
 
@@ -29,6 +30,46 @@ def test_generated_demos_feed_the_training_loader(tmp_path):
   # Frames are the task's renders: the table (bright) fills most of the top view.
   assert batch[B_.OBS][:, 1].mean() > 100
   loader.close()
+  # The dataset remembers how it was made: other generation settings are one clear error,
+  # not a silent reuse of the old episodes.
+  config.eval.demo_action_noise = 0.5
+  with pytest.raises(ValueError, match="action_noise: 0.0 \\(dataset\\) vs 0.5 \\(config\\)"):
+    demo_data.prepare(config)
+
+
+def _clean_and_noisy_episodes(seeds, noise):
+  """Worker-side (rendering): expert episodes without and with action noise, and the expert's
+  action recomputed from every recorded state of the noisy ones."""
+  from uwm_jax.evaluation.envs import demos, tabletop
+  env = tabletop.TabletopEnv(tabletop.TabletopSpec())
+  out = []
+  for seed in seeds:
+    clean = demos.expert_episode(env, seed, hold_steps=0)
+    noisy = demos.expert_episode(env, seed, hold_steps=0, action_noise=noise)
+    states = noisy["observation"]["state"]
+    relabel = np.stack([tabletop.scripted_expert(s[:2], s[2:4], s[4:6], env.spec)
+                        for s in states[:-1]])
+    out.append((clean["observation"]["state"], clean["success"], states, noisy["success"],
+                noisy["action"][:-1], relabel))
+  env.close()
+  return out
+
+
+def test_noisy_expert_visits_other_states_and_records_the_experts_actions():
+  worker = remote.Worker()
+  try:
+    episodes = worker.call(_clean_and_noisy_episodes, [3, 4, 5, 6], 0.5)
+  finally:
+    worker.close()
+  moved_off = 0
+  for clean_states, clean_ok, states, ok, recorded, relabel in episodes:
+    assert clean_ok and ok
+    # The recorded action is the clean expert's at the state it was issued in ...
+    np.testing.assert_allclose(recorded, relabel, atol=1e-4)  # states are stored as float32
+    # ... while the executed one was perturbed: the trajectory leaves the clean expert's.
+    n = min(len(clean_states), len(states))
+    moved_off += np.abs(clean_states[:n, :4] - states[:n, :4]).max() > 0.01
+  assert moved_off == len(episodes)
 
 
 def test_demo_config_and_default_workdir():

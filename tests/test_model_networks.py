@@ -113,3 +113,24 @@ def test_global_cond_layout_and_low_dim():
   np.testing.assert_allclose(cond[:, 2 * F:3 * F], single, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="low_dim"):
     model.global_cond(params, obs, None)
+
+
+def test_coordinate_channels_reach_the_encoder():
+  from uwm_jax.model.resnet import ResNet18GN, coordinate_channels
+  grid = np.asarray(coordinate_channels(1, 4, 8, jnp.float32))[0]  # (H, W, 2) = (x, y)
+  np.testing.assert_allclose(grid[0, :, 0], (np.arange(8) + 0.5) / 8 * 2 - 1)
+  np.testing.assert_allclose(grid[:, 0, 1], (np.arange(4) + 0.5) / 4 * 2 - 1)
+  images = jnp.full((2, 32, 32, 3), 0.5)
+  plain = ResNet18GN(feature_dim=8, width=16)
+  coord = ResNet18GN(feature_dim=8, width=16, coord_channels=True)
+  assert plain.init(jax.random.key(0), images)["params"]["conv1"]["kernel"].shape == (7, 7, 3, 16)
+  params = coord.init(jax.random.key(0), images)["params"]
+  assert params["conv1"]["kernel"].shape == (7, 7, 5, 16)
+  # A uniform image carries no position; only the coordinate channels can move the features.
+  grads = jax.grad(lambda p: jnp.sum(coord.apply({"params": p}, images) ** 2))(params)
+  assert np.abs(np.asarray(grads["conv1"]["kernel"][..., 3:, :])).max() > 0
+  cfg = tiny_config()
+  cfg.model.image_coord_channels = True
+  model = UnifiedWorldModel(cfg.model)
+  kernel = jax.eval_shape(model.init_params, jax.random.key(0))["image_encoder"]["conv1"]["kernel"]
+  assert kernel.shape[2] == 5

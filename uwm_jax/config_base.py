@@ -34,6 +34,9 @@ def model_config() -> ml_collections.ConfigDict:
   m.image_encoder = "resnet18"  # GroupNorm ResNet-18 shared by all views and frames.
   m.resnet_width = 64  # channels of the first stage (64 = torchvision ResNet-18).
   m.image_feature_dim = 768
+  # Pixel coordinates as 2 extra input channels of the ResNet (CoordConv): position-sensitive
+  # features from small images; conv1 then has no torchvision counterpart.
+  m.image_coord_channels = False
   # Next-observation latent codec: "sdxl_vae" (frozen AutoencoderKL) or "pixels".
   m.codec = "sdxl_vae"
   m.pixels_downsample = 1  # pixels codec: average-pool factor.
@@ -194,6 +197,9 @@ def eval_config() -> ml_collections.ConfigDict:
   # action-free video episodes into config.data.sources[env + "_video"].path. 0 = none.
   e.demo_episodes = 0
   e.demo_video_episodes = 0
+  # Std of the correlated noise added to the expert's executed actions in those robot episodes
+  # (recovery data, envs/demos.py; the recorded actions stay the expert's). 0 = clean expert.
+  e.demo_action_noise = 0.0
   # `python -m uwm_jax.train` evaluates the final checkpoint when True (uwm_jax.evaluation.hooks).
   e.after_training = False
   e.watch_interval_s = 60.0  # evaluate --watch: seconds between looks for new checkpoints

@@ -46,15 +46,33 @@ class BasicBlock(nn.Module):
     return nn.relu(h + identity)
 
 
+def coordinate_channels(n: int, h: int, w: int, dtype) -> jax.Array:
+  """(N, H, W, 2) pixel-centre coordinates (x, y) in [-1, 1] (CoordConv, Liu et al. 2018)."""
+  ys = (jnp.arange(h, dtype=jnp.float32) + 0.5) / h * 2 - 1
+  xs = (jnp.arange(w, dtype=jnp.float32) + 0.5) / w * 2 - 1
+  grid = jnp.stack(jnp.meshgrid(xs, ys, indexing="xy"), axis=-1).astype(dtype)  # (H, W, 2)
+  return jnp.broadcast_to(grid, (n, h, w, 2))
+
+
 class ResNet18GN(nn.Module):
-  """(N, H, W, 3) float images in [0, 1] -> (N, feature_dim) features."""
+  """(N, H, W, 3) float images in [0, 1] -> (N, feature_dim) features.
+
+  coord_channels: append the pixel coordinates as two input channels (conv1 then takes 5
+  channels, so torchvision weights no longer fit it). With small images the last stage's map is
+  1x1 and global pooling keeps little of where things are; coordinates let the first layers
+  write positions into the features.
+  """
   feature_dim: int = 768
   width: int = 64
   dtype: Any = jnp.float32
+  coord_channels: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
     x = (images - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    if self.coord_channels:
+      n, h, w, _ = x.shape
+      x = jnp.concatenate([x, coordinate_channels(n, h, w, x.dtype)], axis=-1)
     x = conv(self.width, 7, 2, self.dtype, "conv1")(x.astype(self.dtype))
     x = nn.relu(group_norm(self.width, self.dtype, "bn1")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

@@ -30,7 +30,8 @@ class UnifiedWorldModel:
     if self.cfg.image_encoder != "resnet18":
       raise ValueError(f"Unknown model.image_encoder {self.cfg.image_encoder!r}.")
     self.image_encoder = ResNet18GN(self.cfg.image_feature_dim, self.cfg.resnet_width,
-                                    dtype_of(self.cfg.compute_dtype))
+                                    dtype_of(self.cfg.compute_dtype),
+                                    coord_channels=self.cfg.get("image_coord_channels", False))
     self.noise_net = NoisePredictionNet(self.cfg)
     self.codec = make_codec(self.cfg) if self.dims.num_timesteps == 2 else None
 

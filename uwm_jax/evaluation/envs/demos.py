@@ -10,6 +10,13 @@ action a_t issued at o_t; the last step repeats a hold action of zeros):
 The expert runs until success, then `hold_steps` more steps (it settles the puck and holds),
 so that the last windows of an episode show the goal being reached. Action-free videos are the
 same episodes with `with_actions=False` (no "action" entry).
+
+Recovery data (`action_noise` > 0, DART: Laskey et al., 2017): the executed action is the
+expert's plus temporally correlated Gaussian noise (AR(1), correlation `NOISE_CORRELATION`,
+stationary std `action_noise` in action units), clipped to [-1, 1]; the *recorded* action is
+the expert's own. The episode then visits states off the expert's path (the puck pushed past
+or beside the goal) together with the expert's corrections there, which a cloned policy needs
+to recover from its own errors.
 """
 
 import concurrent.futures
@@ -21,16 +28,32 @@ from tqdm import tqdm
 from uwm_jax.evaluation.envs import tabletop
 
 
+NOISE_CORRELATION = 0.8  # AR(1) coefficient per control step of the injected action noise
+NOISE_SEED_OFFSET = 7_919  # noise generator seed = episode seed + this (not the layout's stream)
+
+
 def expert_episode(env: tabletop.TabletopEnv, seed: int, *, hold_steps: int = 16,
-                   max_steps: Optional[int] = None, with_actions: bool = True) -> dict:
-  """Run the scripted expert from the seeded reset; returns one episode dict."""
+                   max_steps: Optional[int] = None, with_actions: bool = True,
+                   action_noise: float = 0.0) -> dict:
+  """Run the scripted expert from the seeded reset; returns one episode dict.
+
+  action_noise: std of the noise added to the executed (not the recorded) actions; noise
+  stops once the task succeeds, so the hold steps are clean.
+  """
   max_steps = max_steps or env.spec.max_episode_steps
+  noise_rng = np.random.default_rng(seed + NOISE_SEED_OFFSET)
+  innovation = action_noise * np.sqrt(1.0 - NOISE_CORRELATION**2)
+  noise = np.zeros(env.action_dim)
   obs = env.reset(seed)
   observations, actions = [obs], []
   success, remaining = False, None
   for _ in range(max_steps + hold_steps):
     action = env.expert_action().astype(np.float32)
-    obs, info = env.step(action)
+    executed = action
+    if action_noise > 0 and not success:
+      noise = NOISE_CORRELATION * noise + innovation * noise_rng.standard_normal(env.action_dim)
+      executed = np.clip(action + noise, -1.0, 1.0)
+    obs, info = env.step(executed)
     actions.append(action)
     observations.append(obs)
     if info["success"] and not success:
@@ -55,28 +78,31 @@ def expert_episode(env: tabletop.TabletopEnv, seed: int, *, hold_steps: int = 16
 def generate_episodes(seeds: Sequence[int], spec: tabletop.TabletopSpec = tabletop.TabletopSpec(),
                       *, hold_steps: int = 16, with_actions: bool = True,
                       only_successes: bool = True, progress: bool = True,
-                      desc: str = "expert demos") -> Iterator[dict]:
+                      desc: str = "expert demos", action_noise: float = 0.0) -> Iterator[dict]:
   """Yields one expert episode per seed (failed ones skipped when `only_successes`)."""
   env = tabletop.TabletopEnv(spec)
   try:
     for seed in tqdm(seeds, desc=desc, disable=not progress):
-      episode = expert_episode(env, seed, hold_steps=hold_steps, with_actions=with_actions)
+      episode = expert_episode(env, seed, hold_steps=hold_steps, with_actions=with_actions,
+                               action_noise=action_noise)
       if episode["success"] or not only_successes:
         yield episode
   finally:
     env.close()
 
 
-def _episode_list(seeds, spec, hold_steps, with_actions, only_successes, progress, desc):
+def _episode_list(seeds, spec, hold_steps, with_actions, only_successes, progress, desc,
+                  action_noise):
   return list(generate_episodes(seeds, spec, hold_steps=hold_steps, with_actions=with_actions,
-                                only_successes=only_successes, progress=progress, desc=desc))
+                                only_successes=only_successes, progress=progress, desc=desc,
+                                action_noise=action_noise))
 
 
 def generate_in_workers(seeds: Sequence[int],
                         spec: tabletop.TabletopSpec = tabletop.TabletopSpec(), *,
                         num_workers: int = 2, hold_steps: int = 16, with_actions: bool = True,
                         only_successes: bool = True, progress: bool = True,
-                        desc: str = "expert demos") -> List[dict]:
+                        desc: str = "expert demos", action_noise: float = 0.0) -> List[dict]:
   """`generate_episodes` split over `num_workers` spawned processes (rendering must not share a
   process with TensorFlow, see `remote.py`); episodes come back in seed order."""
   from uwm_jax.evaluation.envs import remote  # pylint: disable=import-outside-toplevel
@@ -87,7 +113,8 @@ def generate_in_workers(seeds: Sequence[int],
   try:
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
       futures = [pool.submit(w.call, _episode_list, part, spec, hold_steps, with_actions,
-                             only_successes, progress and i == 0, f"{desc} (worker 0)")
+                             only_successes, progress and i == 0, f"{desc} (worker 0)",
+                             action_noise)
                  for i, (w, part) in enumerate(zip(workers, parts))]
       results = [f.result() for f in futures]
   finally:
