@@ -84,3 +84,27 @@ def test_demo_config_and_default_workdir():
   from uwm_jax.train import default_workdir
   assert default_workdir("configs/demo.py") == "workdirs/demo"
   assert default_workdir("configs/demo.py:dp") == "workdirs/demo_dp"
+
+
+def _waiting_episode(seed):
+  from uwm_jax.evaluation.envs import demos, tabletop
+  env = tabletop.TabletopEnv(tabletop.TabletopSpec())
+  plain = demos.expert_episode(env, seed, hold_steps=0)
+  waited = demos.expert_episode(env, seed, hold_steps=0, wait_steps=1)
+  env.close()
+  return plain, waited
+
+
+def test_wait_steps_open_the_episode_with_the_rollouts_padded_history():
+  worker = remote.Worker()
+  try:
+    plain, waited = worker.call(_waiting_episode, 11)
+  finally:
+    worker.close()
+  obs = waited["observation"]
+  assert waited["success"]
+  assert not waited["action"][0].any()  # the wait is a recorded zero action ...
+  for key in ("front_rgb", "top_rgb", "state"):  # ... after which nothing has moved
+    np.testing.assert_array_equal(obs[key][0], obs[key][1])
+  # Then the expert does what it does without the wait.
+  np.testing.assert_allclose(waited["action"][1:], plain["action"], atol=1e-6)

@@ -106,3 +106,28 @@ def test_unknown_task_name_is_one_clear_error():
   from uwm_jax.evaluation import envs as envs_lib
   with pytest.raises(ValueError, match="Unknown evaluation task 'tabletop_fly'"):
     envs_lib.make_envs("tabletop_fly", 1, _Config)
+
+
+def _layout_angles(seeds, start_arc):
+  """Worker-side: the angle between (pusher - puck) and (puck - goal) of seeded push layouts,
+  and the pusher-puck distances."""
+  from uwm_jax.evaluation.envs import tabletop
+  angles, gaps = [], []
+  for seed in seeds:
+    lay = tabletop.sample_layout(np.random.default_rng(seed), "push", start_arc)
+    behind, back = lay["pusher"] - lay["puck"], lay["puck"] - lay["goal"]
+    cos = behind @ back / (np.linalg.norm(behind) * np.linalg.norm(back))
+    angles.append(np.arccos(np.clip(cos, -1, 1)))
+    gaps.append(np.linalg.norm(behind))
+  return np.array(angles), np.array(gaps)
+
+
+def test_push_layouts_start_the_pusher_within_the_arc_behind_the_puck():
+  worker = remote.Worker()
+  try:
+    narrow, gaps = worker.call(_layout_angles, range(200), np.deg2rad(60))
+    wide, _ = worker.call(_layout_angles, range(200), np.pi)
+  finally:
+    worker.close()
+  assert narrow.max() <= np.deg2rad(60) + 1e-9 and gaps.min() >= 0.09
+  assert wide.max() > np.deg2rad(120)  # the full circle is still available

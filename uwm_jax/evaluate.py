@@ -28,12 +28,15 @@ _ENV = flags.DEFINE_string("env", None, "Override config.eval.env.")
 _NUM_EPISODES = flags.DEFINE_integer("num_episodes", None, "Override config.eval.num_episodes.")
 _EXEC_STEPS = flags.DEFINE_integer("exec_steps", None, "Override config.eval.exec_steps.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Override config.eval.max_steps.")
+_TEMPORAL_ENSEMBLE = flags.DEFINE_bool("temporal_ensemble", None,
+                                       "Override config.eval.temporal_ensemble.")
 flags.mark_flags_as_required(["checkpoint_dir"])
 
 
 def _overrides() -> dict:
   values = {"env": _ENV.value, "num_episodes": _NUM_EPISODES.value,
-            "exec_steps": _EXEC_STEPS.value, "max_steps": _MAX_STEPS.value}
+            "exec_steps": _EXEC_STEPS.value, "max_steps": _MAX_STEPS.value,
+            "temporal_ensemble": _TEMPORAL_ENSEMBLE.value}
   return {k: v for k, v in values.items() if v is not None}
 
 

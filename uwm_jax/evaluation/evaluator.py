@@ -28,7 +28,7 @@ import numpy as np
 from uwm_jax import config_base, sampling
 from uwm_jax.evaluation import envs as envs_lib
 from uwm_jax.evaluation import prediction_videos, rollout, tracking, videos
-from uwm_jax.evaluation.policies import DiffusionPolicy, RandomPolicy
+from uwm_jax.evaluation.policies import DiffusionPolicy, RandomPolicy, TemporalEnsemble
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,8 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
       max_steps = e.max_steps or envs_lib.default_max_steps(e.env, config)
       low_dim_keys = envs_lib.low_dim_keys(e.env, config)
       policy = DiffusionPolicy(model, config.diffusion, params, frozen, stats, seed=e.seed)
+      if e.get("temporal_ensemble"):
+        policy = TemporalEnsemble(policy, e.ensemble_decay)
       result = rollout.run_rollouts(
           env_list, policy, rollout.seeded_episodes(e.num_episodes, e.first_seed),
           camera_keys=keys, num_obs_frames=model.dims.num_obs_frames,

@@ -7,6 +7,8 @@ units (de-normalised).
                     policy, or inverse dynamics towards goal frames given by `goal_fn`
   ReplayPolicy      recorded action sequences, chunk by chunk (tests, trajectory replay)
   RandomPolicy      uniform actions in [low, high] (the chance-level baseline)
+  TemporalEnsemble  wraps a chunk policy: each executed action is the weighted mean of every
+                    chunk's prediction for that step (ACT's temporal ensembling)
 """
 
 from typing import Callable, Optional, Sequence
@@ -97,3 +99,37 @@ class RandomPolicy:
   def __call__(self, obs_batch: dict, context: RolloutContext) -> np.ndarray:
     B = obs_batch[B_.OBS].shape[0]
     return self.rng.uniform(self.low, self.high, (B,) + self.shape).astype(np.float32)
+
+
+class TemporalEnsemble:
+  """Temporal ensembling of action chunks (ACT, Zhao et al. 2023) around any chunk policy.
+
+  Every call's chunk (B, H_a, A) is remembered per slot by the env step it starts at; the
+  action returned for step s + j is the weighted mean of every remembered prediction for that
+  step, weight exp(-decay * i) for the i-th oldest (so older predictions weigh a little more
+  with decay > 0). A slot's memory is dropped when it starts another episode. Use it with
+  small `exec_steps` (1: every executed action is an ensemble of up to H_a predictions).
+  """
+
+  def __init__(self, policy: Callable, decay: float = 0.01):
+    self.policy = policy
+    self.decay = float(decay)
+    self._memory = {}  # slot -> (episode index, [(start step, (H_a, A) chunk), ...])
+
+  def __call__(self, obs_batch: dict, context: RolloutContext) -> np.ndarray:
+    chunks = np.asarray(self.policy(obs_batch, context))
+    out = chunks.copy()
+    H = chunks.shape[1]
+    for b, (episode, step) in enumerate(zip(context.episode_index, context.step)):
+      if episode < 0:
+        continue
+      owner, remembered = self._memory.get(b, (None, []))
+      if owner != episode:
+        remembered = []
+      remembered = [(s, c) for s, c in remembered if s + H > step] + [(int(step), chunks[b])]
+      self._memory[b] = (episode, remembered)
+      for j in range(H):
+        preds = [c[step + j - s] for s, c in remembered if step + j - s < H]
+        weights = np.exp(-self.decay * np.arange(len(preds)))
+        out[b, j] = np.tensordot(weights / weights.sum(), np.stack(preds), axes=1)
+    return out

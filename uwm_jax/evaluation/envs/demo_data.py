@@ -71,7 +71,7 @@ def write_dataset(path: str, episodes: Iterable[dict], camera_keys, *, action_fr
 
 
 def recipe(spec: tabletop.TabletopSpec, camera_keys, num_episodes: int, hold_steps: int,
-           action_noise: float, action_free: bool) -> dict:
+           action_noise: float, action_free: bool, wait_steps: int) -> dict:
   """Everything that determines a generated dataset's contents (JSON-able), the scene file's
   hash included (a moved camera makes other images)."""
   with open(tabletop.XML_PATH, "rb") as f:
@@ -79,6 +79,7 @@ def recipe(spec: tabletop.TabletopSpec, camera_keys, num_episodes: int, hold_ste
   return {"spec": dataclasses.asdict(spec), "scene_sha1": scene,
           "camera_keys": list(camera_keys),
           "episodes": int(num_episodes), "hold_steps": int(hold_steps),
+          "wait_steps": int(wait_steps),
           "action_noise": float(action_noise), "action_free": bool(action_free)}
 
 
@@ -123,13 +124,14 @@ def prepare(config) -> Dict[str, str]:
                  range(VIDEO_SEED_OFFSET, VIDEO_SEED_OFFSET + e.demo_video_episodes), True))
   made = {}
   hold_steps = config.model.action_len
+  wait_steps = config.model.num_obs_frames - 1  # the rollout's padded first history
   for name, seeds, action_free in jobs:
     if name not in config.data.sources:
       raise ValueError(f"config.eval.demo_episodes asks for the {name!r} dataset but "
                        f"config.data.sources has no {name!r} entry.")
     path = config.data.sources[name].path
     noise = 0.0 if action_free else float(e.get("demo_action_noise", 0.0))
-    wanted = recipe(spec, keys, len(seeds), hold_steps, noise, action_free)
+    wanted = recipe(spec, keys, len(seeds), hold_steps, noise, action_free, wait_steps)
     if dataset_ready(path):
       check_recipe(path, wanted)
       continue
@@ -138,7 +140,7 @@ def prepare(config) -> Dict[str, str]:
              "video" if action_free else "expert", e.env, path)
     episodes = demos.generate_in_workers(
         seeds, spec, hold_steps=hold_steps, with_actions=not action_free,
-        desc=f"generate {name}", action_noise=noise)
+        desc=f"generate {name}", action_noise=noise, wait_steps=wait_steps)
     made[name] = write_dataset(path, episodes, keys, action_free=action_free, name=name)
     with open(os.path.join(path, RECIPE_JSON), "w") as f:
       json.dump(wanted, f, indent=2)

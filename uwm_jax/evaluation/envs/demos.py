@@ -34,11 +34,15 @@ NOISE_SEED_OFFSET = 7_919  # noise generator seed = episode seed + this (not the
 
 def expert_episode(env: tabletop.TabletopEnv, seed: int, *, hold_steps: int = 16,
                    max_steps: Optional[int] = None, with_actions: bool = True,
-                   action_noise: float = 0.0) -> dict:
+                   action_noise: float = 0.0, wait_steps: int = 0) -> dict:
   """Run the scripted expert from the seeded reset; returns one episode dict.
 
   action_noise: std of the noise added to the executed (not the recorded) actions; noise
   stops once the task succeeds, so the hold steps are clean.
+  wait_steps: zero actions executed (and recorded) before the expert starts, so the episode
+  opens with a still scene. A rollout pads its first observation history with the reset
+  observation; with wait_steps = T_o - 1 the training windows include that history (measured:
+  without it a cloned policy can read the still start as the still end and never move).
   """
   max_steps = max_steps or env.spec.max_episode_steps
   noise_rng = np.random.default_rng(seed + NOISE_SEED_OFFSET)
@@ -46,6 +50,10 @@ def expert_episode(env: tabletop.TabletopEnv, seed: int, *, hold_steps: int = 16
   noise = np.zeros(env.action_dim)
   obs = env.reset(seed)
   observations, actions = [obs], []
+  for _ in range(wait_steps):
+    actions.append(np.zeros(env.action_dim, np.float32))
+    obs, _ = env.step(actions[-1])
+    observations.append(obs)
   success, remaining = False, None
   for _ in range(max_steps + hold_steps):
     action = env.expert_action().astype(np.float32)
@@ -78,13 +86,14 @@ def expert_episode(env: tabletop.TabletopEnv, seed: int, *, hold_steps: int = 16
 def generate_episodes(seeds: Sequence[int], spec: tabletop.TabletopSpec = tabletop.TabletopSpec(),
                       *, hold_steps: int = 16, with_actions: bool = True,
                       only_successes: bool = True, progress: bool = True,
-                      desc: str = "expert demos", action_noise: float = 0.0) -> Iterator[dict]:
+                      desc: str = "expert demos", action_noise: float = 0.0,
+                      wait_steps: int = 0) -> Iterator[dict]:
   """Yields one expert episode per seed (failed ones skipped when `only_successes`)."""
   env = tabletop.TabletopEnv(spec)
   try:
     for seed in tqdm(seeds, desc=desc, disable=not progress):
       episode = expert_episode(env, seed, hold_steps=hold_steps, with_actions=with_actions,
-                               action_noise=action_noise)
+                               action_noise=action_noise, wait_steps=wait_steps)
       if episode["success"] or not only_successes:
         yield episode
   finally:
@@ -92,17 +101,18 @@ def generate_episodes(seeds: Sequence[int], spec: tabletop.TabletopSpec = tablet
 
 
 def _episode_list(seeds, spec, hold_steps, with_actions, only_successes, progress, desc,
-                  action_noise):
+                  action_noise, wait_steps):
   return list(generate_episodes(seeds, spec, hold_steps=hold_steps, with_actions=with_actions,
                                 only_successes=only_successes, progress=progress, desc=desc,
-                                action_noise=action_noise))
+                                action_noise=action_noise, wait_steps=wait_steps))
 
 
 def generate_in_workers(seeds: Sequence[int],
                         spec: tabletop.TabletopSpec = tabletop.TabletopSpec(), *,
                         num_workers: int = 2, hold_steps: int = 16, with_actions: bool = True,
                         only_successes: bool = True, progress: bool = True,
-                        desc: str = "expert demos", action_noise: float = 0.0) -> List[dict]:
+                        desc: str = "expert demos", action_noise: float = 0.0,
+                        wait_steps: int = 0) -> List[dict]:
   """`generate_episodes` split over `num_workers` spawned processes (rendering must not share a
   process with TensorFlow, see `remote.py`); episodes come back in seed order."""
   from uwm_jax.evaluation.envs import remote  # pylint: disable=import-outside-toplevel
@@ -114,7 +124,7 @@ def generate_in_workers(seeds: Sequence[int],
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
       futures = [pool.submit(w.call, _episode_list, part, spec, hold_steps, with_actions,
                              only_successes, progress and i == 0, f"{desc} (worker 0)",
-                             action_noise)
+                             action_noise, wait_steps)
                  for i, (w, part) in enumerate(zip(workers, parts))]
       results = [f.result() for f in futures]
   finally:

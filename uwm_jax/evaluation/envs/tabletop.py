@@ -32,6 +32,12 @@ CAMERAS = ("front", "top")  # MJCF camera names; observation keys are f"{name}_r
 PUSHER_RADIUS = 0.022
 PUCK_RADIUS = 0.03
 POSITION_LIMIT = 0.24  # pusher joint range (m)
+# The expert's distances (m) beyond pusher-puck contact: paths pass the puck no closer than
+# EXPERT_MARGIN and circle it at EXPERT_CIRCLE_MARGIN. Wide margins make the expert easy to
+# imitate: measured, a cloned policy that copied a 5 mm / 2 cm expert failed mostly by
+# bumping the puck sideways while going round it.
+EXPERT_MARGIN = 0.02
+EXPERT_CIRCLE_MARGIN = 0.035
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,14 +48,24 @@ class TabletopSpec:
   substeps: int = 20  # physics steps per control step (timestep 5 ms -> 10 Hz)
   success_radius: float = 0.03
   max_episode_steps: int = 120  # suggested rollout length
+  # push: how far (radians) the pusher's start may be off the goal->puck line (see sample_layout;
+  # pi = anywhere around the puck). Measured: 60 degrees (no circling needed) made the cloned
+  # demo policy worse (0.04 vs 0.66), so the default keeps the full circle.
+  start_arc: float = float(np.pi)
 
 
 def camera_keys(cameras: Sequence[str] = CAMERAS):
   return tuple(f"{c}_rgb" for c in cameras)
 
 
-def sample_layout(rng: np.random.Generator, task: str) -> Dict[str, np.ndarray]:
-  """Initial pusher, puck and goal xy positions (m) for one episode."""
+def sample_layout(rng: np.random.Generator, task: str,
+                  start_arc: float = np.pi) -> Dict[str, np.ndarray]:
+  """Initial pusher, puck and goal xy positions (m) for one episode.
+
+  push: the pusher starts 9-16 cm from the puck, at most `start_arc` radians off the line
+  from the goal through the puck (pi: anywhere around it; smaller: behind the puck, so the
+  episode needs less or no circling round it). reach: anywhere clear of puck and goal.
+  """
   puck = rng.uniform(-0.12, 0.12, size=2)
   while True:
     angle = rng.uniform(0, 2 * np.pi)
@@ -57,13 +73,16 @@ def sample_layout(rng: np.random.Generator, task: str) -> Dict[str, np.ndarray]:
     goal = puck + dist * np.array([np.cos(angle), np.sin(angle)])
     if np.all(np.abs(goal) <= 0.17):
       break
-  min_gap = 0.09 if task == "push" else 0.12
+  if task == "push":
+    while True:
+      offset = angle + np.pi + rng.uniform(-start_arc, start_arc)
+      pusher = puck + rng.uniform(0.09, 0.16) * np.array([np.cos(offset), np.sin(offset)])
+      if np.all(np.abs(pusher) <= 0.2) and np.linalg.norm(pusher - goal) > 0.09:
+        return {"pusher": pusher, "puck": puck, "goal": goal}
   while True:
     pusher = rng.uniform(-0.2, 0.2, size=2)
-    far_from_puck = np.linalg.norm(pusher - puck) > min_gap
-    if far_from_puck and np.linalg.norm(pusher - goal) > min_gap:
-      break
-  return {"pusher": pusher, "puck": puck, "goal": goal}
+    if np.linalg.norm(pusher - puck) > 0.12 and np.linalg.norm(pusher - goal) > 0.12:
+      return {"pusher": pusher, "puck": puck, "goal": goal}
 
 
 class TabletopEnv:
@@ -110,7 +129,7 @@ class TabletopEnv:
     """Seeded reset (`sample_layout`) or an explicit layout {"pusher", "puck", "goal"}."""
     layout = init_state
     if layout is None:
-      layout = sample_layout(np.random.default_rng(seed), self.spec.task)
+      layout = sample_layout(np.random.default_rng(seed), self.spec.task, self.spec.start_arc)
     mujoco.mj_resetData(self.model, self.data)
     self.data.qpos[self._pusher_adr] = np.asarray(layout["pusher"]) - self.model.body_pos[
         self._pusher_body, :2]
@@ -177,9 +196,10 @@ def scripted_expert(pusher: np.ndarray, puck: np.ndarray, goal: np.ndarray,
   reach: go straight to the goal, detouring around the puck.
   """
   contact = PUSHER_RADIUS + PUCK_RADIUS
-  clearance = contact + 0.02
+  keep_out = contact + EXPERT_MARGIN
+  clearance = contact + EXPERT_CIRCLE_MARGIN
   if spec.task == "reach":
-    return _move_to(pusher, _detour(pusher, goal, puck, contact, clearance), spec.max_delta)
+    return _move_to(pusher, _detour(pusher, goal, puck, keep_out, clearance), spec.max_delta)
 
   to_goal = goal - puck
   dist = np.linalg.norm(to_goal)
@@ -195,18 +215,19 @@ def scripted_expert(pusher: np.ndarray, puck: np.ndarray, goal: np.ndarray,
     speed = np.clip(dist / spec.max_delta, 0.25, 1.0)
     return np.clip(direction * speed - 0.8 * lateral / spec.max_delta, -1.0, 1.0)
   pre_push = puck - direction * (contact + 0.012)
-  return _move_to(pusher, _detour(pusher, pre_push, puck, contact, clearance), spec.max_delta)
+  return _move_to(pusher, _detour(pusher, pre_push, puck, keep_out, clearance), spec.max_delta)
 
 
-def _detour(pusher: np.ndarray, target: np.ndarray, obstacle: np.ndarray, contact: float,
+def _detour(pusher: np.ndarray, target: np.ndarray, obstacle: np.ndarray, keep_out: float,
             clearance: float) -> np.ndarray:
-  """The target if the straight path does not touch the obstacle (stays `contact` + 5 mm away),
-  else a point on the circle of radius `clearance` around it, a step further round towards the
-  target."""
+  """The target if the straight path stays `keep_out` away from the obstacle (or no closer
+  than the target itself), else a point on the circle of radius `clearance` around it, a step
+  further round towards the target."""
   seg = target - pusher
   seg_len2 = float(seg @ seg)
   s = 0.0 if seg_len2 < 1e-12 else float(np.clip((obstacle - pusher) @ seg / seg_len2, 0, 1))
-  if np.linalg.norm(pusher + s * seg - obstacle) >= contact + 0.005:
+  allowed = min(keep_out, float(np.linalg.norm(target - obstacle)) - 1e-4)
+  if np.linalg.norm(pusher + s * seg - obstacle) >= allowed:
     return target
   rel = pusher - obstacle
   theta = np.arctan2(rel[1], rel[0])
