@@ -4,19 +4,19 @@
   python -m uwm_jax.train --config=configs/demo.py:dp     # the diffusion-policy baseline
 
 On first use it generates 600 scripted-expert demonstrations of the embedded MuJoCo task
-(`uwm_jax/evaluation/envs/`, no download) into workdirs/data/tabletop_push, trains a small UWM
-(pixels codec, 4 DiT blocks of width 128; the two camera views plus the pusher's xy position as
-a low-dim observation — the puck and the goal pad are only in the images) in workdirs/demo,
-then rolls the policy out on 50 seeded episodes it never saw and prints one line with the
-success rate (beside a random policy's), offline metrics and where the rollout and
-forward-dynamics videos are (workdirs/demo/eval/step_<N>/videos/).
+(`uwm_jax/evaluation/envs/`, no download; DART-style recovery noise on the executed actions)
+into workdirs/data/tabletop_push, trains a small UWM (pixels codec, 4 DiT blocks of width 128;
+the two camera views plus the pusher's xy position as a low-dim observation — the puck and the
+goal pad are only in the images) in workdirs/demo, then rolls the policy out on 50 seeded
+episodes it never saw (re-planning every step, temporal ensembling of the chunks) and prints
+one line with the success rate (beside a random policy's), offline metrics and where the
+rollout and forward-dynamics videos are (workdirs/demo/eval/step_<N>/videos/).
 
-Measured on the 2-core CPU (load average 2-3 from other jobs), the README command in a fresh
-checkout: 10.4 minutes in all (~1.5 min data and compilation, 7.7 min training at ~8.5 steps/s,
-1 min evaluation), success 68% (34/50; random policy 0%) — below the 80% target. The DP
-baseline (`:dp`, same data) measured 58% (29/50) in 8.2 minutes. docs/evaluation.md lists every
-measurement. On a busier machine (load ~6)
-training runs at ~5 steps/s and the whole run takes ~15.5 minutes. Evaluate again any time with
+Measured on the idle 2-core CPU, the README command with no data or workdir present: 8.6
+minutes in all (~1 min data, 6.8 min training at ~10 steps/s, 47 s evaluation), success 90%
+(45/50; random policy 0%). The DP baseline (`:dp`, same data): 42% (21/50) with the same evaluation. On a busier machine
+(load ~6) training runs at ~5 steps/s and the whole run takes ~15 minutes. docs/evaluation.md
+lists every measurement. Evaluate again any time with
 `python -m uwm_jax.evaluate --checkpoint_dir=workdirs/demo`.
 """
 
