@@ -239,7 +239,7 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
       max_steps = e.max_steps or envs_lib.default_max_steps(e.env, config)
       low_dim_keys = envs_lib.low_dim_keys(e.env, config)
       policy = DiffusionPolicy(model, config.diffusion, params, frozen, stats, seed=e.seed)
-      if e.get("temporal_ensemble"):
+      if e.temporal_ensemble:
         policy = TemporalEnsemble(policy, e.ensemble_decay)
       result = rollout.run_rollouts(
           env_list, policy, rollout.seeded_episodes(e.num_episodes, e.first_seed),

@@ -98,9 +98,9 @@ def embedded_demos(spec, seeds: Sequence[int], camera_keys: Sequence[str],
                                          num_workers=1):
     frames = np.stack([ep["observation"][k] for k in camera_keys], axis=1)
     low_dim = None
-    if low_dim_keys:
-      low_dim = np.concatenate([np.asarray(ep["observation"][k], np.float32).reshape(len(frames), -1)
-                                for k in low_dim_keys], axis=-1)
+    if low_dim_keys:  # concatenated as the dataset conversion does
+      from uwm_jax.data.profiles import concat_fields  # pylint: disable=import-outside-toplevel
+      low_dim = concat_fields(*(ep["observation"][k] for k in low_dim_keys))
     out.append(Demo(rollout.Episode(seed=ep["seed"]), frames,
                     ep.get("action") if with_actions else None, low_dim))
   return out

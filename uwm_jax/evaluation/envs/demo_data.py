@@ -70,17 +70,15 @@ def write_dataset(path: str, episodes: Iterable[dict], camera_keys, *, action_fr
   return path
 
 
-def recipe(spec: tabletop.TabletopSpec, camera_keys, num_episodes: int, hold_steps: int,
-           action_noise: float, action_free: bool, wait_steps: int) -> dict:
-  """Everything that determines a generated dataset's contents (JSON-able), the scene file's
-  hash included (a moved camera makes other images)."""
+def recipe(spec: tabletop.TabletopSpec, camera_keys, num_episodes: int,
+           episode_options: dict) -> dict:
+  """Everything that determines a generated dataset's contents (JSON-able): the spec, the scene
+  file's hash (a moved camera makes other images), cameras, episode count and the
+  `demos.expert_episode` options it was generated with."""
   with open(tabletop.XML_PATH, "rb") as f:
     scene = hashlib.sha1(f.read()).hexdigest()[:12]
   return {"spec": dataclasses.asdict(spec), "scene_sha1": scene,
-          "camera_keys": list(camera_keys),
-          "episodes": int(num_episodes), "hold_steps": int(hold_steps),
-          "wait_steps": int(wait_steps),
-          "action_noise": float(action_noise), "action_free": bool(action_free)}
+          "camera_keys": list(camera_keys), "episodes": int(num_episodes), **episode_options}
 
 
 def check_recipe(path: str, wanted: dict) -> None:
@@ -123,24 +121,23 @@ def prepare(config) -> Dict[str, str]:
     jobs.append((f"{e.env}_video",
                  range(VIDEO_SEED_OFFSET, VIDEO_SEED_OFFSET + e.demo_video_episodes), True))
   made = {}
-  hold_steps = config.model.action_len
-  wait_steps = config.model.num_obs_frames - 1  # the rollout's padded first history
   for name, seeds, action_free in jobs:
     if name not in config.data.sources:
       raise ValueError(f"config.eval.demo_episodes asks for the {name!r} dataset but "
                        f"config.data.sources has no {name!r} entry.")
     path = config.data.sources[name].path
-    noise = 0.0 if action_free else float(e.get("demo_action_noise", 0.0))
-    wanted = recipe(spec, keys, len(seeds), hold_steps, noise, action_free, wait_steps)
+    options = dict(  # demos.expert_episode's
+        hold_steps=int(config.model.action_len), with_actions=not action_free,
+        action_noise=0.0 if action_free else float(e.get("demo_action_noise", 0.0)),
+        wait_steps=int(config.model.num_obs_frames - 1))  # the rollout's padded first history
+    wanted = recipe(spec, keys, len(seeds), options)
     if dataset_ready(path):
       check_recipe(path, wanted)
       continue
     shutil.rmtree(path, ignore_errors=True)  # an unfinished generation: start again
     log.info("Generating %d %s episodes of %s into %s", len(seeds),
              "video" if action_free else "expert", e.env, path)
-    episodes = demos.generate_in_workers(
-        seeds, spec, hold_steps=hold_steps, with_actions=not action_free,
-        desc=f"generate {name}", action_noise=noise, wait_steps=wait_steps)
+    episodes = demos.generate_in_workers(seeds, spec, desc=f"generate {name}", **options)
     made[name] = write_dataset(path, episodes, keys, action_free=action_free, name=name)
     with open(os.path.join(path, RECIPE_JSON), "w") as f:
       json.dump(wanted, f, indent=2)

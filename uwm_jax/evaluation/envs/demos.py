@@ -84,35 +84,30 @@ def expert_episode(env: tabletop.TabletopEnv, seed: int, *, hold_steps: int = 16
 
 
 def generate_episodes(seeds: Sequence[int], spec: tabletop.TabletopSpec = tabletop.TabletopSpec(),
-                      *, hold_steps: int = 16, with_actions: bool = True,
-                      only_successes: bool = True, progress: bool = True,
-                      desc: str = "expert demos", action_noise: float = 0.0,
-                      wait_steps: int = 0) -> Iterator[dict]:
-  """Yields one expert episode per seed (failed ones skipped when `only_successes`)."""
+                      *, only_successes: bool = True, progress: bool = True,
+                      desc: str = "expert demos", **episode_options) -> Iterator[dict]:
+  """Yields one expert episode per seed (failed ones skipped when `only_successes`);
+  `episode_options` are `expert_episode`'s (hold_steps, with_actions, action_noise, ...)."""
   env = tabletop.TabletopEnv(spec)
   try:
     for seed in tqdm(seeds, desc=desc, disable=not progress):
-      episode = expert_episode(env, seed, hold_steps=hold_steps, with_actions=with_actions,
-                               action_noise=action_noise, wait_steps=wait_steps)
+      episode = expert_episode(env, seed, **episode_options)
       if episode["success"] or not only_successes:
         yield episode
   finally:
     env.close()
 
 
-def _episode_list(seeds, spec, hold_steps, with_actions, only_successes, progress, desc,
-                  action_noise, wait_steps):
-  return list(generate_episodes(seeds, spec, hold_steps=hold_steps, with_actions=with_actions,
-                                only_successes=only_successes, progress=progress, desc=desc,
-                                action_noise=action_noise, wait_steps=wait_steps))
+def _episode_list(seeds, spec, only_successes, progress, desc, episode_options):
+  return list(generate_episodes(seeds, spec, only_successes=only_successes, progress=progress,
+                                desc=desc, **episode_options))
 
 
 def generate_in_workers(seeds: Sequence[int],
                         spec: tabletop.TabletopSpec = tabletop.TabletopSpec(), *,
-                        num_workers: int = 2, hold_steps: int = 16, with_actions: bool = True,
-                        only_successes: bool = True, progress: bool = True,
-                        desc: str = "expert demos", action_noise: float = 0.0,
-                        wait_steps: int = 0) -> List[dict]:
+                        num_workers: int = 2, only_successes: bool = True,
+                        progress: bool = True, desc: str = "expert demos",
+                        **episode_options) -> List[dict]:
   """`generate_episodes` split over `num_workers` spawned processes (rendering must not share a
   process with TensorFlow, see `remote.py`); episodes come back in seed order."""
   from uwm_jax.evaluation.envs import remote  # pylint: disable=import-outside-toplevel
@@ -122,9 +117,8 @@ def generate_in_workers(seeds: Sequence[int],
   workers = [remote.Worker() for _ in parts]
   try:
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-      futures = [pool.submit(w.call, _episode_list, part, spec, hold_steps, with_actions,
-                             only_successes, progress and i == 0, f"{desc} (worker 0)",
-                             action_noise, wait_steps)
+      futures = [pool.submit(w.call, _episode_list, part, spec, only_successes,
+                             progress and i == 0, f"{desc} (worker 0)", episode_options)
                  for i, (w, part) in enumerate(zip(workers, parts))]
       results = [f.result() for f in futures]
   finally:
