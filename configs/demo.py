@@ -4,7 +4,7 @@
   python -m uwm_jax.train --config=configs/demo.py:dp     # the diffusion-policy baseline
 
 On first use it generates 600 scripted-expert demonstrations of the embedded MuJoCo task
-(`uwm_jax/evaluation/envs/`, no download; DART-style recovery noise on the executed actions)
+(`uwm_jax/envs/`, no download; DART-style recovery noise on the executed actions)
 into workdirs/data/tabletop_push, trains a small UWM (pixels codec, 4 DiT blocks of width 128;
 the two camera views plus the pusher's xy position as a low-dim observation — the puck and the
 goal pad are only in the images) in workdirs/demo, then rolls the policy out on 50 seeded

@@ -1,10 +1,10 @@
 """UWM pretraining on DROID with the reference hyperparameters (uwm_spec.md 1.2, 3).
 
-  python -m uwm_jax.inspect --config=configs/droid.py
-  python -m uwm_jax.inspect --config=configs/droid.py:dp      # the DP baseline
+  python -m uwm_jax.summarize --config=configs/droid.py
+  python -m uwm_jax.summarize --config=configs/droid.py:dp      # the DP baseline
 
 Data: DROID (TFDS, as published) converted once (docs/data.md), e.g. the reference's robot split:
-  python -m uwm_jax.data.convert droid --data_dir=/data/tfds --builder=droid \\
+  python -m uwm_jax.data.convert_rlds droid --data_dir=/data/tfds --builder=droid \\
       --out=/data/uwm/droid_weird --include=WEIRD --max_episodes=2000 --num_processes=8
   ... --config.data.sources.droid.path=/data/uwm/droid_weird
 Cotraining with the action-free split: configs/droid_cotrain.py.

@@ -5,7 +5,7 @@ DROID episodes with their actions removed as video, sampled uniformly over the u
 (about 1:1). Video samples carry action_mask False, so they train with the action timestep held
 at T-1 and only the dynamics loss is informative for them. Validation = the robot split only.
 
-  python -m uwm_jax.data.convert droid --data_dir=/data/tfds --builder=droid \\
+  python -m uwm_jax.data.convert_rlds droid --data_dir=/data/tfds --builder=droid \\
       --out=/data/uwm/droid_video --exclude=WEIRD --max_episodes=2000 --action_free
   python -m uwm_jax.train --config=configs/droid_cotrain.py --workdir=/ckpt/uwm_droid_cotrain \\
       --config.data.sources.droid.path=/data/uwm/droid_weird \\

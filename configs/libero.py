@@ -1,10 +1,10 @@
 """UWM on LIBERO with the reference hyperparameters (uwm_spec.md 1.2; train_uwm_robomimic.yaml).
 
-  python -m uwm_jax.inspect --config=configs/libero.py
+  python -m uwm_jax.summarize --config=configs/libero.py
 
 Data: LIBERO-90 demonstrations converted once (docs/data.md):
   python -m uwm_jax.data.libero --hdf5_dir=/data/LIBERO/libero_90 --data_dir=/data/tfds
-  python -m uwm_jax.data.convert rlds --data_dir=/data/tfds --builder=libero_90 \
+  python -m uwm_jax.data.convert_rlds rlds --data_dir=/data/tfds --builder=libero_90 \
       --out=/data/uwm/libero_90 --camera_keys=agentview_rgb,eye_in_hand_rgb --action_key=action
   ... --config.data.sources.libero_90.path=/data/uwm/libero_90
 

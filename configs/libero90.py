@@ -2,7 +2,7 @@
 
   python -m uwm_jax.data.libero --hdf5_dir=/data/LIBERO/libero_90 --data_dir=/data/tfds \\
       --suite=libero_90
-  python -m uwm_jax.data.convert rlds --data_dir=/data/tfds --builder=libero_90 \\
+  python -m uwm_jax.data.convert_rlds rlds --data_dir=/data/tfds --builder=libero_90 \\
       --out=/data/uwm/libero_90 --camera_keys=agentview_rgb,eye_in_hand_rgb --action_key=action
   python -m uwm_jax.train --config=configs/libero90.py --workdir=/ckpt/uwm_libero90 \\
       --config.data.sources.libero_90.path=/data/uwm/libero_90 \\

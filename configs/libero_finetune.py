@@ -6,7 +6,7 @@ out for validation). Append ",dp" for the DP baseline (e.g. `:book_caddy,dp`).
 
   python -m uwm_jax.data.libero --hdf5_dir=/data/LIBERO/libero_10 --data_dir=/data/tfds \\
       --suite=paper_tasks
-  python -m uwm_jax.data.convert rlds --data_dir=/data/tfds --builder=libero_book_caddy \\
+  python -m uwm_jax.data.convert_rlds rlds --data_dir=/data/tfds --builder=libero_book_caddy \\
       --out=/data/uwm/libero_book_caddy --camera_keys=agentview_rgb,eye_in_hand_rgb \\
       --action_key=action
   python -m uwm_jax.train --config=configs/libero_finetune.py:book_caddy \\

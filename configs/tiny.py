@@ -1,7 +1,7 @@
 """A tiny UWM for tests and quick CPU runs (pixels codec, 2 DiT blocks, 32x32 images).
 
-  python -m uwm_jax.inspect --config=configs/tiny.py
-  python -m uwm_jax.inspect --config=configs/tiny.py:dp
+  python -m uwm_jax.summarize --config=configs/tiny.py
+  python -m uwm_jax.summarize --config=configs/tiny.py:dp
 
 Compiles in seconds and trains at tens of steps/s on a laptop CPU. A whole training run on
 synthetic data (no files), with checkpoints at steps 100 and 200 and offline evaluation:

@@ -9,7 +9,7 @@ import pytest
 from configs import droid as droid_config
 from uwm_jax import batch as batch_lib
 from uwm_jax.data import array_record_format as fmt
-from uwm_jax.data import convert, filters, fixtures, loader, normalization, profiles, rlds_read
+from uwm_jax.data import convert_rlds as convert, filters, fixtures, loader, normalization, profiles, rlds_read
 from uwm_jax.data import source_configs
 from uwm_jax.data.converted import ConvertedSource
 from uwm_jax.data.windows import WindowReader

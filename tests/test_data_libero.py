@@ -7,7 +7,7 @@ import pytest
 
 from configs import libero as libero_config
 from uwm_jax import batch as batch_lib
-from uwm_jax.data import convert, fixtures, libero, loader, rlds_read, source_configs
+from uwm_jax.data import convert_rlds as convert, fixtures, libero, loader, rlds_read, source_configs
 from uwm_jax.data.windows import WindowReader
 
 IMAGE = (32, 32)

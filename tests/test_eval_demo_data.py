@@ -7,7 +7,7 @@ import pytest
 from uwm_jax import batch as B_
 from uwm_jax.data import loader as loader_lib
 from uwm_jax.data import source_configs
-from uwm_jax.evaluation.envs import demo_data, remote
+from uwm_jax.envs import demo_data, remote
 from tests_eval_helpers import tiny_push_config
 
 
@@ -40,7 +40,7 @@ def test_generated_demos_feed_the_training_loader(tmp_path):
 def _clean_and_noisy_episodes(seeds, noise):
   """Worker-side (rendering): expert episodes without and with action noise, and the expert's
   action recomputed from every recorded state of the noisy ones."""
-  from uwm_jax.evaluation.envs import demos, tabletop
+  from uwm_jax.envs import demos, tabletop
   env = tabletop.TabletopEnv(tabletop.TabletopSpec())
   out = []
   for seed in seeds:
@@ -87,7 +87,7 @@ def test_demo_config_and_default_workdir():
 
 
 def _waiting_episode(seed):
-  from uwm_jax.evaluation.envs import demos, tabletop
+  from uwm_jax.envs import demos, tabletop
   env = tabletop.TabletopEnv(tabletop.TabletopSpec())
   plain = demos.expert_episode(env, seed, hold_steps=0)
   waited = demos.expert_episode(env, seed, hold_steps=0, wait_steps=1)

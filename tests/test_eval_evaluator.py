@@ -11,7 +11,7 @@ import pytest
 
 from uwm_jax.evaluation import evaluator
 from uwm_jax.model.uwm import UnifiedWorldModel
-from uwm_jax.training import checkpoint
+from uwm_jax.runs import checkpoint
 from tests_eval_helpers import tiny_push_config
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from uwm_jax import config_base
 from uwm_jax.evaluation import rollout
-from uwm_jax.evaluation.envs import libero_env
+from uwm_jax.envs import libero_env
 from uwm_jax.evaluation.policies import RandomPolicy
 
 BDDL = """(define (problem LIBERO_Study_Tabletop_Manipulation)
@@ -69,7 +69,7 @@ def test_paper_task_names_resolve_and_unknown_names_fail():
 def test_libero_env_creation_reset_mapping_and_short_rollout():
   if not libero_env.libero_available():
     pytest.skip("libero extra not installed")
-  from uwm_jax.evaluation import envs as envs_lib
+  from uwm_jax import envs as envs_lib
   config = config_base.base_config()
   config.model.camera_keys = config_base.LIBERO_CAMERA_KEYS
   config.model.image_shape = (64, 64)

@@ -1,12 +1,12 @@
 """The embedded MuJoCo task: expert success, chance level, seeded resets, replay through the
 rollout loop. Rendering runs in spawned worker processes (TensorFlow, which other tests load,
 crashes EGL rendering in the same process), so every env-touching step goes through
-`uwm_jax.evaluation.envs.remote.Worker`."""
+`uwm_jax.envs.remote.Worker`."""
 
 import numpy as np
 
 from uwm_jax.evaluation import rollout
-from uwm_jax.evaluation.envs import remote
+from uwm_jax.envs import remote
 from uwm_jax.evaluation.policies import RandomPolicy, ReplayPolicy
 
 NUM_SEEDS = 40
@@ -15,7 +15,7 @@ SEEDS = list(range(1000, 1000 + NUM_SEEDS))
 
 def _expert_and_random(seeds, image_size):
   """Worker-side: expert success per seed, random-policy success per seed, an expert episode."""
-  from uwm_jax.evaluation.envs import demos, tabletop
+  from uwm_jax.envs import demos, tabletop
   spec = tabletop.TabletopSpec(image_size=image_size)
   env = tabletop.TabletopEnv(spec)
   rng = np.random.default_rng(0)
@@ -52,7 +52,7 @@ def test_expert_succeeds_random_policy_does_not():
 
 
 def _expert_actions(seeds):
-  from uwm_jax.evaluation.envs import demos
+  from uwm_jax.envs import demos
   return [(ep["action"], ep["success"]) for ep in
           demos.generate_episodes(seeds, hold_steps=0, only_successes=False, progress=False)]
 
@@ -77,7 +77,7 @@ def test_replayed_expert_actions_succeed_through_the_rollout_loop():
     worker.close()
   assert all(ok for _, ok in recorded)
   actions = [a for a, _ in recorded]
-  from uwm_jax.evaluation import envs as envs_lib
+  from uwm_jax import envs as envs_lib
   envs, close = envs_lib.make_envs("tabletop_push", 3, _Config)
   try:
     episodes = [rollout.Episode(seed=s) for s in seeds]
@@ -103,7 +103,7 @@ def test_replayed_expert_actions_succeed_through_the_rollout_loop():
 
 def test_unknown_task_name_is_one_clear_error():
   import pytest
-  from uwm_jax.evaluation import envs as envs_lib
+  from uwm_jax import envs as envs_lib
   with pytest.raises(ValueError, match="Unknown evaluation task 'tabletop_fly'"):
     envs_lib.make_envs("tabletop_fly", 1, _Config)
 
@@ -111,7 +111,7 @@ def test_unknown_task_name_is_one_clear_error():
 def _layout_angles(seeds, start_arc):
   """Worker-side: the angle between (pusher - puck) and (puck - goal) of seeded push layouts,
   and the pusher-puck distances."""
-  from uwm_jax.evaluation.envs import tabletop
+  from uwm_jax.envs import tabletop
   angles, gaps = [], []
   for seed in seeds:
     lay = tabletop.sample_layout(np.random.default_rng(seed), "push", start_arc)

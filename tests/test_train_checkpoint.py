@@ -10,7 +10,7 @@ import pytest
 
 from configs import tiny
 from uwm_jax.model.uwm import UnifiedWorldModel
-from uwm_jax.training import checkpoint as ckpt
+from uwm_jax.runs import checkpoint as ckpt
 from uwm_jax.training import loop
 from uwm_jax.training import mesh as mesh_lib
 from uwm_jax.training import optimizer as optim_lib

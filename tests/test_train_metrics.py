@@ -15,7 +15,7 @@ from uwm_jax.model.resnet import ResNet18GN
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.training import distributed
 from uwm_jax.training import flops as flops_lib
-from uwm_jax.training import metrics_writer
+from uwm_jax.runs import metrics_writer
 from uwm_jax.training.train_step import ema_update
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from uwm_jax.training import checkpoint as ckpt
+from uwm_jax.runs import checkpoint as ckpt
 from uwm_jax.training import loop
-from uwm_jax.training import metrics_writer
+from uwm_jax.runs import metrics_writer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 30

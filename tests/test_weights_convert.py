@@ -1,4 +1,4 @@
-"""`python -m uwm_jax.convert init`: a fresh model whose ResNet-18 starts from torchvision."""
+"""`python -m uwm_jax.import_weights init`: a fresh model whose ResNet-18 starts from torchvision."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import weights_torch_ref as ref  # pylint: disable=wrong-import-position
-from uwm_jax import convert  # pylint: disable=wrong-import-position
-from uwm_jax.training import checkpoint  # pylint: disable=wrong-import-position
+from uwm_jax import import_weights as convert  # pylint: disable=wrong-import-position
+from uwm_jax.runs import checkpoint  # pylint: disable=wrong-import-position
 from uwm_jax.weights import keymap  # pylint: disable=wrong-import-position
 from uwm_jax.weights import pretrained  # pylint: disable=wrong-import-position
 from uwm_jax.weights import resnet as resnet_weights  # pylint: disable=wrong-import-position

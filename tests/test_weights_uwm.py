@@ -213,9 +213,9 @@ def test_wrong_file_is_named(tmp_path):
 
 
 def test_cli_writes_a_loadable_checkpoint(checkpoint, tmp_path):
-  """`python -m uwm_jax.convert uwm` -> a params checkpoint `load_params_checkpoint` reads."""
-  from uwm_jax import convert  # pylint: disable=import-outside-toplevel
-  from uwm_jax.training import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  """`python -m uwm_jax.import_weights uwm` -> a params checkpoint `load_params_checkpoint` reads."""
+  from uwm_jax import import_weights as convert  # pylint: disable=import-outside-toplevel
+  from uwm_jax.runs import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   config_file = tmp_path / "small.py"
   config_file.write_text(textwrap.dedent(f"""
       from uwm_jax.weights.uwm_checkpoint import load_config

@@ -102,7 +102,7 @@ def data_config() -> ml_collections.ConfigDict:
   d.prefetch_batches = 2  # batches read ahead per process (memory: a few batches).
   d.eval_window_stride = 1  # eval: every k-th window start of each validation episode.
   d.eval_max_windows = 0  # eval: cap on validation windows, evenly spaced (0 = all).
-  # Latent cache root (`python -m uwm_jax.convert latent_cache --out=DIR`, one folder per
+  # Latent cache root (`python -m uwm_jax.import_weights latent_cache --out=DIR`, one folder per
   # dataset; uwm_jax.data.latent_cache): "" = off. When set, training batches carry the cached
   # next-obs latent moments and the train step skips the VAE (next obs then not augmented:
   # eval transform); offline evaluation still encodes with the VAE.
@@ -137,7 +137,7 @@ def train_config() -> ml_collections.ConfigDict:
   t.eval_every = 10_000  # offline evaluation on the validation split (0 = only at the end)
   t.eval_num_batches = 0  # validation batches per evaluation (0 = the whole split)
   t.eval_at_end = True
-  # Checkpoints (uwm_jax.training.checkpoint): keep the last K and every M-th step (0 = none).
+  # Checkpoints (uwm_jax.runs.checkpoint): keep the last K and every M-th step (0 = none).
   t.keep_last = 3
   t.keep_every = 50_000
   t.async_checkpointing = True
@@ -148,7 +148,7 @@ def train_config() -> ml_collections.ConfigDict:
   # With init_from: recompute the normalisation statistics from this run's data instead of
   # keeping the pretraining run's (the reference keeps them, uwm_spec.md 3).
   t.recompute_dataset_stats = False
-  # Logging (uwm_jax.training.metrics_writer).
+  # Logging (uwm_jax.runs.metrics_writer).
   t.tensorboard = True
   t.wandb_project = ""  # non-empty: also log to Weights & Biases (needs `pip install wandb`)
   t.progress_bar = True
@@ -167,7 +167,7 @@ def eval_config() -> ml_collections.ConfigDict:
   e = ml_collections.ConfigDict()
   e.seed = 0
   # Closed-loop rollouts (uwm_jax.evaluation.rollout): "" = none; names in
-  # uwm_jax.evaluation.envs: tabletop_push, tabletop_reach, libero/<task>.
+  # uwm_jax.envs: tabletop_push, tabletop_reach, libero/<task>.
   e.env = ""
   e.num_episodes = 50
   e.first_seed = 100_000  # episode k resets with seed first_seed + k (demos use seeds from 0)
@@ -183,7 +183,7 @@ def eval_config() -> ml_collections.ConfigDict:
   e.video_format = "mp4"  # mp4 | gif
   e.video_fps = 10
   e.random_baseline = False  # also roll out a uniform random policy (chance level)
-  # LIBERO (uwm_jax.evaluation.envs.libero_env).
+  # LIBERO (uwm_jax.envs.libero_env).
   e.init_states = "seeded"  # seeded (np.random.seed(k); env.reset(), the reference) | fixed
   e.libero_ood = False  # the paper's OOD variant: init ranges +0.03 m, no background objects
   # Offline metrics on the validation split (uwm_spec.md 5.1; needs config.data.sources).
@@ -198,7 +198,7 @@ def eval_config() -> ml_collections.ConfigDict:
   e.tracking_episodes = 0
   e.tracking_demos = ""
   # The embedded task's datasets, generated on first use by `python -m uwm_jax.train`
-  # (uwm_jax.evaluation.envs.demo_data): expert episodes into config.data.sources[env].path and
+  # (uwm_jax.envs.demo_data): expert episodes into config.data.sources[env].path and
   # action-free video episodes into config.data.sources[env + "_video"].path. 0 = none.
   e.demo_episodes = 0
   e.demo_video_episodes = 0

@@ -72,7 +72,7 @@ class PeakRss:
 
 def _fixture_job(image_shape, episodes: int, root: str) -> None:
   """Runs in a child process, so that TensorFlow does not count in the loader's RSS."""
-  from uwm_jax.data import convert, fixtures, profiles  # pylint: disable=g-import-not-at-top
+  from uwm_jax.data import convert_rlds as convert, fixtures, profiles  # pylint: disable=g-import-not-at-top
   t = time.time()
   tfds_dir = fixtures.write_droid_fixture(os.path.join(root, "tfds"), episodes,
                                           image_shape=tuple(image_shape),

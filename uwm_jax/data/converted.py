@@ -1,4 +1,4 @@
-"""Read a dataset written by `uwm_jax.data.convert` (see `array_record_format` for the layout).
+"""Read a dataset written by `uwm_jax.data.convert_rlds` (see `array_record_format` for the layout).
 
 Frames come through `grain.sources.ArrayRecordDataSource` (random access, one record per step,
 opened lazily in each worker); actions / low-dim values are memory-mapped .npy slices. Only the
@@ -21,7 +21,7 @@ def load_dataset_json(path: str, name: str) -> dict:
   """dataset.json of a converted dataset; errors say what is missing or unfinished."""
   if not path or not os.path.isdir(path):
     raise FileNotFoundError(f"Dataset {name!r}: converted data folder {path!r} does not exist "
-                            f"(write it with `python -m uwm_jax.data.convert`).")
+                            f"(write it with `python -m uwm_jax.data.convert_rlds`).")
   meta_path = os.path.join(path, fmt.DATASET_JSON)
   if not os.path.exists(meta_path):
     conv = os.path.join(path, fmt.CONVERSION_JSON)

@@ -1,6 +1,6 @@
 """Episode filters over stored metadata (DROID: `episode_metadata/recording_folderpath`).
 
-Used by the conversion (`python -m uwm_jax.data.convert`) and again at load time
+Used by the conversion (`python -m uwm_jax.data.convert_rlds`) and again at load time
 (`source_configs.array_record(include=..., exclude=..., success_only=..., max_episodes=...)`).
 """
 

@@ -19,7 +19,7 @@ the reference's augmentation exactly.
 
 Training reads the cache when `config.data.latent_cache_dir` names a cache root (one folder per
 dataset, `<root>/<dataset name>`, what `build_latent_caches` and
-`python -m uwm_jax.convert latent_cache` write): the training loader (`open_latent_caches`)
+`python -m uwm_jax.import_weights latent_cache` write): the training loader (`open_latent_caches`)
 then attaches the moments of each window's next obs to the batch under
 `uwm_jax.batch.NEXT_LATENT_MEAN` / `NEXT_LATENT_STD` instead of decoding its next-obs frames,
 and `uwm_jax.training.loss.compute_loss` samples the latent with `UnifiedWorldModel.next_latent_from_moments`.
@@ -216,7 +216,7 @@ class LatentCache:
                    and f.endswith(".json")) if os.path.isdir(cache_dir) else []
     if not metas:
       raise FileNotFoundError(f"No latent cache in {cache_dir!r} (no meta-*.json): build it "
-                              f"with `python -m uwm_jax.convert latent_cache`.")
+                              f"with `python -m uwm_jax.import_weights latent_cache`.")
     self.cache_dir = cache_dir
     self.episodes: Dict[str, dict] = {}
     want = _model_meta(model_cfg)
@@ -309,7 +309,7 @@ def open_latent_caches(root: str, names: Sequence[str], sources: Sequence[Episod
       raise ValueError(
           f"Dataset {name!r}, data.latent_cache_dir={root!r}: {len(missing)} of its "
           f"{source.num_episodes} episodes are not in the latent cache {cache_dir} (first: "
-          f"{missing[:5]}); finish building it (`python -m uwm_jax.convert latent_cache`, every "
+          f"{missing[:5]}); finish building it (`python -m uwm_jax.import_weights latent_cache`, every "
           f"--process_index of --process_count).")
     caches.append(cache)
   return caches

@@ -7,7 +7,7 @@
   python -m uwm_jax.data.libero --hdf5_dir=/data/LIBERO/libero_10 --data_dir=/data/tfds \\
       --suite=paper_tasks
   # Then into the training format, e.g.:
-  python -m uwm_jax.data.convert rlds --data_dir=/data/tfds --builder=libero_90 \\
+  python -m uwm_jax.data.convert_rlds rlds --data_dir=/data/tfds --builder=libero_90 \\
       --out=/data/uwm/libero_90 --camera_keys=agentview_rgb,eye_in_hand_rgb --action_key=action
 
 HDF5 layout read (uwm_spec.md 4.4): `data/demo_<i>/obs/<camera>` (L, 128, 128, 3) uint8 stored

@@ -13,7 +13,7 @@
   builder_dir = write_rlds_dataset("/data/tfds", "my_demos", [episode, ...])
   # -> /data/tfds/my_demos/1.0.0, readable with tfds.builder_from_directory(builder_dir) or
   #    tfds.load("my_demos", data_dir="/data/tfds"), and convertible with
-  #    `python -m uwm_jax.data.convert rlds --builder_dir=...`.
+  #    `python -m uwm_jax.data.convert_rlds rlds --builder_dir=...`.
 
 Features are inferred from the first episode: uint8 arrays of shape (L, H, W, 3|1) become
 `tfds.features.Image` (`image_format` encoding), other arrays with leading axis L become

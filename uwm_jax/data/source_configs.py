@@ -31,7 +31,7 @@ def synthetic(weight: float = 1.0, num_episodes: int = 16, episode_len: int = 32
 def array_record(path: str = "", weight: float = 1.0, action_free: bool = False,
                  include: tuple = (), exclude: tuple = (), success_only: bool = False,
                  max_episodes: int = 0) -> ml_collections.ConfigDict:
-  """A dataset converted by `python -m uwm_jax.data.convert` (DROID, LIBERO, any RLDS).
+  """A dataset converted by `python -m uwm_jax.data.convert_rlds` (DROID, LIBERO, any RLDS).
 
   The episode filters repeat the conversion's (uwm_spec.md 4.1) at load time, over the stored
   episode metadata, in stored (= TFDS) order:

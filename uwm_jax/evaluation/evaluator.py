@@ -1,7 +1,7 @@
 """Evaluate one checkpoint: offline metrics, rollouts, tracking, videos, JSON + TensorBoard.
 
 `evaluate_checkpoint(checkpoints_dir, step)` loads only the inference params, dataset
-statistics and config of a checkpoint (`uwm_jax.training.checkpoint.load_params_checkpoint`)
+statistics and config of a checkpoint (`uwm_jax.runs.checkpoint.load_params_checkpoint`)
 and, as `config.eval` asks:
   - offline metrics on the validation split (`uwm_jax.evaluation.offline_metrics`, spec 5.1);
   - closed-loop rollouts with their success rate and a few rollout videos (spec 5.2);
@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from uwm_jax import config_base, sampling
-from uwm_jax.evaluation import envs as envs_lib
+from uwm_jax import envs as envs_lib
 from uwm_jax.evaluation import prediction_videos, rollout, tracking, videos
 from uwm_jax.evaluation.policies import DiffusionPolicy, RandomPolicy, TemporalEnsemble
 
@@ -283,8 +283,8 @@ def evaluate_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, conf
   """Load a checkpoint (latest step when None) and evaluate it; also appends the metrics to
   `<workdir>/eval/metrics.jsonl` and TensorBoard. `config`: a config the checkpoint must
   match (model and diffusion), whose `eval` section is used instead of the checkpoint's."""
-  from uwm_jax.training import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
-  from uwm_jax.training.metrics_writer import MetricWriter  # pylint: disable=import-outside-toplevel
+  from uwm_jax.runs import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  from uwm_jax.runs.metrics_writer import MetricWriter  # pylint: disable=import-outside-toplevel
   eval_env = (eval_overrides or {}).get("env") or (config.eval.env if config is not None else "")
   if eval_env:
     envs_lib.check_env_name(eval_env)  # fail before loading anything

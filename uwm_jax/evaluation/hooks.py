@@ -13,7 +13,7 @@ import jax
 def before_training(config) -> None:
   if not config.eval.get("demo_episodes") or jax.process_index() != 0:
     return  # nothing to generate: MuJoCo and the env modules stay unimported
-  from uwm_jax.evaluation.envs import demo_data  # pylint: disable=import-outside-toplevel
+  from uwm_jax.envs import demo_data  # pylint: disable=import-outside-toplevel
   demo_data.prepare(config)
 
 
@@ -21,7 +21,7 @@ def after_training(config, workdir: str, printer=print):
   if not config.eval.get("after_training") or jax.process_index() != 0:
     return None
   from uwm_jax.evaluation import evaluator  # pylint: disable=import-outside-toplevel
-  from uwm_jax.training import checkpoint  # pylint: disable=import-outside-toplevel
+  from uwm_jax.runs import checkpoint  # pylint: disable=import-outside-toplevel
   result = evaluator.evaluate_checkpoint(checkpoint.checkpoint_dir(workdir))
   printer(evaluator.summary_line(result, config.eval.env))
   return result

@@ -92,7 +92,7 @@ def embedded_demos(spec, seeds: Sequence[int], camera_keys: Sequence[str],
   """Expert demos of the embedded task from `seeds` (each resets with its seed); with
   `with_actions` the demo's raw actions (L, A) are kept in `Demo.actions`, with `low_dim_keys`
   those observations (concatenated) in `Demo.low_dim`."""
-  from uwm_jax.evaluation.envs import demos as demos_lib  # pylint: disable=import-outside-toplevel
+  from uwm_jax.envs import demos as demos_lib  # pylint: disable=import-outside-toplevel
   out = []
   for ep in demos_lib.generate_in_workers(seeds, spec, hold_steps=hold_steps, progress=False,
                                          num_workers=1):

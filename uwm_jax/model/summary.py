@@ -44,7 +44,7 @@ def parameter_counts(model: UnifiedWorldModel) -> Dict[str, int]:
 
 
 def describe(config) -> str:
-  """The text `python -m uwm_jax.inspect` prints."""
+  """The text `python -m uwm_jax.summarize` prints."""
   model = UnifiedWorldModel(config.model)
   d = model.dims
   lines = ["Token layout",

@@ -31,10 +31,10 @@ from uwm_jax.data import loader as loader_lib
 from uwm_jax.diffusion import make_schedule
 from uwm_jax.evaluation import offline_metrics
 from uwm_jax.model.uwm import UnifiedWorldModel
-from uwm_jax.training import checkpoint as ckpt_lib
+from uwm_jax.runs import checkpoint as ckpt_lib
 from uwm_jax.training import flops as flops_lib
 from uwm_jax.training import mesh as mesh_lib
-from uwm_jax.training import metrics_writer as writer_lib
+from uwm_jax.runs import metrics_writer as writer_lib
 from uwm_jax.training import optimizer as optim_lib
 from uwm_jax.training import sharded_state
 from uwm_jax.training.train_step import make_train_step

@@ -78,7 +78,7 @@ class Worker:
 
 # ------------------------------------------------------------------ worker-side functions
 def _make(name: str, n: int, config) -> List[Tuple[tuple, int]]:
-  from uwm_jax.evaluation import envs as envs_lib  # pylint: disable=import-outside-toplevel
+  from uwm_jax import envs as envs_lib  # pylint: disable=import-outside-toplevel
   envs, close = envs_lib.make_local_envs(name, n, config)
   _STATE["envs"], _STATE["close"] = envs, close
   return [(tuple(e.camera_keys), int(e.action_dim)) for e in envs]

@@ -2,7 +2,7 @@
 
 Expert episodes (`demos.generate_episodes`) are written as an RLDS dataset
 (`uwm_jax.data.rlds_writer`) and converted to the training format
-(`uwm_jax.data.convert.convert_rlds`), exactly the path DROID and LIBERO data take, so the
+(`uwm_jax.data.convert_rlds.convert_rlds`), exactly the path DROID and LIBERO data take, so the
 embedded task is an ordinary `array_record` source:
 
   config.data.sources.tabletop_push = source_configs.array_record("workdirs/data/tabletop_push")
@@ -24,8 +24,8 @@ from typing import Dict, Iterable
 
 import numpy as np
 
-from uwm_jax.evaluation import envs as envs_lib
-from uwm_jax.evaluation.envs import demos, tabletop
+from uwm_jax import envs as envs_lib
+from uwm_jax.envs import demos, tabletop
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def dataset_ready(path: str) -> bool:
 def write_dataset(path: str, episodes: Iterable[dict], camera_keys, *, action_free: bool,
                   name: str) -> str:
   """RLDS (temporary folder) -> array_record dataset at `path`."""
-  from uwm_jax.data import convert, profiles  # pylint: disable=import-outside-toplevel
+  from uwm_jax.data import convert_rlds as convert, profiles  # pylint: disable=import-outside-toplevel
   from uwm_jax.data.rlds_writer import write_rlds_dataset  # pylint: disable=import-outside-toplevel
   tmp = tempfile.mkdtemp(prefix="uwm_tabletop_rlds_")
   try:

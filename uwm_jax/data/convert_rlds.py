@@ -1,13 +1,13 @@
 """Convert an RLDS/TFDS dataset into the array_record training format, shard by shard.
 
   # DROID as published (tfrecord), the reference's robot split: 2000 episodes from "WEIRD".
-  python -m uwm_jax.data.convert droid --data_dir=/data/tfds --builder=droid \\
+  python -m uwm_jax.data.convert_rlds droid --data_dir=/data/tfds --builder=droid \\
       --out=/data/uwm/droid_weird --include=WEIRD --max_episodes=2000 --num_processes=8
   # ... and its action-free video split.
-  python -m uwm_jax.data.convert droid --data_dir=/data/tfds --builder=droid \\
+  python -m uwm_jax.data.convert_rlds droid --data_dir=/data/tfds --builder=droid \\
       --out=/data/uwm/droid_video --exclude=WEIRD --max_episodes=2000 --action_free
   # Any RLDS dataset (e.g. LIBERO written by `python -m uwm_jax.data.libero`).
-  python -m uwm_jax.data.convert rlds --data_dir=/data/tfds --builder=libero_90 \\
+  python -m uwm_jax.data.convert_rlds rlds --data_dir=/data/tfds --builder=libero_90 \\
       --out=/data/uwm/libero_90 --camera_keys=agentview_rgb,eye_in_hand_rgb --action_key=action
 
 Each input file (tfds shard) becomes one output shard, written to a temporary folder and renamed
@@ -225,7 +225,7 @@ def _run(args, index: int, count: int) -> bool:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m uwm_jax.data.convert", description=__doc__,
+  p = argparse.ArgumentParser(prog="python -m uwm_jax.data.convert_rlds", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("command", choices=("droid", "rlds"))
   p.add_argument("--data_dir", default="", help="TFDS data_dir holding the builder.")

@@ -24,7 +24,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering without a displ
 import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
 import numpy as np  # noqa: E402
 
-from uwm_jax.evaluation.envs import check_no_tensorflow  # noqa: E402
+from uwm_jax.envs import check_no_tensorflow  # noqa: E402
 
 XML_PATH = os.path.join(os.path.dirname(__file__), "push.xml")
 TASKS = ("push", "reach")

@@ -2,19 +2,19 @@ r"""Import pretrained PyTorch weights from local files into uwm_jax checkpoints.
 
   # A released UWM checkpoint (models.pt: LIBERO-90 pretrained, DROID pretrained/cotrained);
   # the config (DROID or LIBERO) is inferred from the weights' shapes.
-  python -m uwm_jax.convert uwm --src=models.pt --out=/ckpt/uwm_libero90/checkpoints
+  python -m uwm_jax.import_weights uwm --src=models.pt --out=/ckpt/uwm_libero90/checkpoints
 
   # A fresh model on a config whose ResNet-18 starts from torchvision ImageNet weights and
   # whose frozen codec is the SDXL VAE (a diffusers AutoencoderKL folder).
-  python -m uwm_jax.convert init --config=configs/droid.py --vae=/weights/sdxl-vae \
+  python -m uwm_jax.import_weights init --config=configs/droid.py --vae=/weights/sdxl-vae \
       --resnet=/weights/resnet18-f37072fd.pth --out=/ckpt/droid_init/checkpoints
 
-Both write a params-only checkpoint (`uwm_jax.training.checkpoint.save_params_checkpoint`):
+Both write a params-only checkpoint (`uwm_jax.runs.checkpoint.save_params_checkpoint`):
 what evaluation and finetuning (`python -m uwm_jax.train --config.init_from=...`) read.
 
   # Next-obs latents of every dataset of a config, encoded once with a checkpoint's VAE
   # (uwm_jax.data.latent_cache; one folder per dataset under --out).
-  python -m uwm_jax.convert latent_cache --config=configs/droid.py \
+  python -m uwm_jax.import_weights latent_cache --config=configs/droid.py \
       --config.data.sources.droid.path=/data/uwm/droid_weird \
       --checkpoint=/ckpt/droid_init/checkpoints --out=/data/droid_latents
   # then train without the VAE (the same config overrides, the same codec params):
@@ -46,7 +46,7 @@ def _bool(text: str) -> bool:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m uwm_jax.convert", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m uwm_jax.import_weights", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
   uwm = sub.add_parser("uwm", help="a released PyTorch UWM checkpoint (models.pt)")
@@ -102,7 +102,7 @@ def apply_overrides(config, overrides: Sequence[str]):
 
 
 def convert_uwm(args: argparse.Namespace) -> str:
-  from uwm_jax.training.checkpoint import save_params_checkpoint
+  from uwm_jax.runs.checkpoint import save_params_checkpoint
   from uwm_jax.weights import uwm_checkpoint
   out = uwm_checkpoint.convert_checkpoint(args.src, config=args.config,
                                           scan_layers=args.scan_layers)
@@ -115,7 +115,7 @@ def convert_uwm(args: argparse.Namespace) -> str:
 
 
 def convert_init(args: argparse.Namespace) -> str:
-  from uwm_jax.training.checkpoint import save_params_checkpoint
+  from uwm_jax.runs.checkpoint import save_params_checkpoint
   from uwm_jax.weights import pretrained, uwm_checkpoint
   if args.vae is None and args.resnet is None:
     raise SystemExit("init: give --vae and/or --resnet.")
@@ -132,7 +132,7 @@ def convert_init(args: argparse.Namespace) -> str:
 
 def build_cache(args: argparse.Namespace) -> str:
   from uwm_jax.data import latent_cache
-  from uwm_jax.training.checkpoint import load_params_checkpoint
+  from uwm_jax.runs.checkpoint import load_params_checkpoint
   from uwm_jax.weights import uwm_checkpoint
   config = apply_overrides(uwm_checkpoint.load_config(args.config), args.overrides)
   _, frozen, ckpt_config, _ = load_params_checkpoint(args.checkpoint)

@@ -1,7 +1,7 @@
 """Print a config's token layout, shapes and parameter counts (no arrays are allocated).
 
-  python -m uwm_jax.inspect --config=configs/droid.py
-  python -m uwm_jax.inspect --config=configs/libero.py --config.model.num_registers=8
+  python -m uwm_jax.summarize --config=configs/droid.py
+  python -m uwm_jax.summarize --config=configs/libero.py --config.model.num_registers=8
 """
 
 from absl import app

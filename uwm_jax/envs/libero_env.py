@@ -104,7 +104,7 @@ def import_libero():
     raise ImportError(f"LIBERO evaluation needs the `libero` and `robosuite` packages. "
                       f"{INSTALL_HINT}")
   ensure_config()
-  from uwm_jax.evaluation.envs import check_no_tensorflow  # pylint: disable=import-outside-toplevel
+  from uwm_jax.envs import check_no_tensorflow  # pylint: disable=import-outside-toplevel
   check_no_tensorflow()
   import libero.libero as libero_root  # pylint: disable=import-outside-toplevel
   from libero.libero.envs import OffScreenRenderEnv  # pylint: disable=import-outside-toplevel

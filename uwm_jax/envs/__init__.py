@@ -31,7 +31,7 @@ def check_no_tensorflow() -> None:
   if "tensorflow" in sys.modules:
     raise RuntimeError("TensorFlow is loaded in this process: offscreen MuJoCo rendering with "
                        "EGL would crash it. Render in a separate process (see "
-                       "uwm_jax.evaluation.envs.demo_data), and install tensorboardX so that "
+                       "uwm_jax.envs.demo_data), and install tensorboardX so that "
                        "TensorBoard logging does not load TensorFlow.")
 
 
@@ -46,7 +46,7 @@ def check_env_name(name: str) -> None:
 
 def tabletop_spec(name: str, model_cfg, eval_cfg):
   """The embedded task's spec for a model config (image size from model.image_shape)."""
-  from uwm_jax.evaluation.envs import tabletop  # pylint: disable=import-outside-toplevel
+  from uwm_jax.envs import tabletop  # pylint: disable=import-outside-toplevel
   H, W = model_cfg.image_shape
   if H != W:
     raise ValueError(f"The embedded task renders square images; model.image_shape is {(H, W)}.")
@@ -57,7 +57,7 @@ def make_envs(name: str, n: int, config) -> Tuple[List, Callable[[], None]]:
   """n environments of `name` in a worker process (`remote.py`: rendering must not share a
   process with TensorFlow); -> (env proxies, close)."""
   check_env_name(name)
-  from uwm_jax.evaluation.envs import remote  # pylint: disable=import-outside-toplevel
+  from uwm_jax.envs import remote  # pylint: disable=import-outside-toplevel
   return remote.make_remote_envs(name, n, config)
 
 
@@ -65,10 +65,10 @@ def make_local_envs(name: str, n: int, config) -> Tuple[List, Callable[[], None]
   """n environments of `name` in this process; -> (envs, close)."""
   check_env_name(name)
   if name in EMBEDDED_TASKS:
-    from uwm_jax.evaluation.envs import tabletop  # pylint: disable=import-outside-toplevel
+    from uwm_jax.envs import tabletop  # pylint: disable=import-outside-toplevel
     envs, renderer = tabletop.make_envs(n, tabletop_spec(name, config.model, config.eval))
     return envs, renderer.close
-  from uwm_jax.evaluation.envs import libero_env  # pylint: disable=import-outside-toplevel
+  from uwm_jax.envs import libero_env  # pylint: disable=import-outside-toplevel
   envs = [libero_env.LiberoEnv.from_config(name[len(LIBERO_PREFIX):], config)
           for _ in range(n)]
   return envs, lambda: [e.close() for e in envs]
