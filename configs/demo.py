@@ -23,7 +23,8 @@ lists every measurement. Evaluate again any time with
 from uwm_jax import config_base
 from uwm_jax.data import source_configs
 
-DATA_PATH = "workdirs/data/tabletop_push"
+TASK = "tabletop_push"
+DATA_PATH = f"workdirs/data/{TASK}"
 
 
 def get_config(variant: str = ""):
@@ -36,7 +37,8 @@ def get_config(variant: str = ""):
   m.num_obs_frames = 2
   m.action_len = 8
   m.action_dim = 2
-  # The pusher's own xy position (envs.EMBEDDED_LOW_DIM_KEYS) as a low-dim observation (spec 1.3);
+  # The pusher's own xy position (envs.EMBEDDED_LOW_DIM_KEYS) as a low-dim observation
+  # (docs/model.md, "Observation encoder");
   # the puck and the goal pad are only in the images.
   m.low_dim_dim = 2
   m.resnet_width = 16
@@ -62,7 +64,12 @@ def get_config(variant: str = ""):
   c.optim.schedule = "cosine"
   c.optim.warmup_steps = 200
 
-  c.data.sources.tabletop_push = source_configs.array_record(DATA_PATH)
+  c.data.sources[TASK] = source_configs.array_record(DATA_PATH)
+  c.data.demo_task = TASK
+  c.data.demo_episodes = 600  # generated into DATA_PATH on first use (~1 min)
+  # DART-style recovery data: the expert's executed actions get correlated noise of this std, the
+  # recorded actions stay the expert's (envs/demos.py).
+  c.data.demo_action_noise = 0.5
   c.data.read_threads = 2
 
   t = c.train
@@ -76,11 +83,7 @@ def get_config(variant: str = ""):
   t.ema_decay = 0.0  # EMA 0.999 measured 26% vs 48% for the raw params of the same run
 
   e = c.eval
-  e.env = "tabletop_push"
-  e.demo_episodes = 600  # generated into DATA_PATH on first use (~1 min)
-  # DART-style recovery data: the expert's executed actions get correlated noise of this std, the
-  # recorded actions stay the expert's (envs/demos.py).
-  e.demo_action_noise = 0.5
+  e.env = TASK
   e.num_episodes = 50
   e.num_envs = 25
   # Re-plan after every action and execute the mean of every chunk's prediction for that step

@@ -1,4 +1,4 @@
-"""UWM pretraining on DROID with the reference hyperparameters (uwm_spec.md 1.2, 3).
+"""UWM pretraining on DROID with the reference hyperparameters (docs/model.md, docs/training.md).
 
   python -m uwm_jax.summarize --config=configs/droid.py
   python -m uwm_jax.summarize --config=configs/droid.py:dp      # the DP baseline
@@ -22,10 +22,11 @@ the weight import; see docs/training.md):
 
 Reference run: global batch 144 (36 x 4 GPUs), 100k steps of constant-LR AdamW (1e-4), ~24 h on
 4 A100s (paper). The analytic count is ~1.41 TFLOP per sample per step, 89% of it the frozen VAE
-encoding the next frames. Checkpoints and offline evaluation (uwm_spec.md 5.1) every 10k steps;
+encoding the next frames. Checkpoints and offline evaluation (docs/evaluation.md, "Offline
+metrics") every 10k steps;
 action_mse_marginal on the validation split (raw action units) is the number to watch. This
 repository has not run the full recipe (no accelerator here); the paper's success rates after
-finetuning are in uwm_spec.md 7.
+finetuning are in docs/evaluation.md, "Paper numbers".
 Memory: 4.7 GiB of fp32 params + AdamW state (+0.3 GiB frozen VAE) per device with the default
 data-parallel mesh; FSDP over 8 devices (--config.train.mesh_shape='(-1,8,1)') brings the state
 to 0.6 GiB per device; bf16 compute (--config.model.compute_dtype=bfloat16) and

@@ -1,4 +1,4 @@
-"""UWM pretraining on DROID robot data cotrained with action-free DROID video (uwm_spec.md 3).
+"""UWM pretraining on DROID robot data cotrained with action-free DROID video (docs/training.md).
 
 The reference's mixture: 2000 DROID episodes recorded at "WEIRD" as robot data and 2000 other
 DROID episodes with their actions removed as video, sampled uniformly over the union of windows

@@ -1,4 +1,4 @@
-"""UWM on LIBERO with the reference hyperparameters (uwm_spec.md 1.2; train_uwm_robomimic.yaml).
+"""UWM on LIBERO with the reference hyperparameters (docs/model.md "Shapes and tokens").
 
   python -m uwm_jax.summarize --config=configs/libero.py
 
@@ -25,7 +25,7 @@ def get_config(variant: str = ""):
   m.crop_shape = (224, 224)
   m.action_dim = 7
   m.num_registers = 24
-  # LIBERO actions are already in [-1, 1] and are used unnormalised (uwm_spec.md 3).
+  # LIBERO actions are already in [-1, 1] and are used unnormalised (docs/data.md).
   c.data.normalize = False
   c.data.sources.libero_90 = source_configs.array_record("")
   config_base.apply_variant(c, variant)

@@ -1,4 +1,4 @@
-"""UWM pretraining on LIBERO-90 (90 tasks x 50 demos, task-agnostic; uwm_spec.md 3, 4.4).
+"""UWM pretraining on LIBERO-90 (90 tasks x 50 demos, task-agnostic; docs/data.md).
 
   python -m uwm_jax.data.libero --hdf5_dir=/data/LIBERO/libero_90 --data_dir=/data/tfds \\
       --suite=libero_90
@@ -13,7 +13,7 @@ Reference run: global batch 144 (36 x 4), 100k steps, constant LR 1e-4, actions 
 checkpoints and offline evaluation every 10k steps (no rollouts: the reference skips them for
 LIBERO-90). ~0.95 TFLOP per sample per step (analytic, 88% VAE encoding). This run is the
 starting point of configs/libero_finetune.py; the paper's finetuned success rates are in
-uwm_spec.md 7 (Table II, average 0.79).
+docs/evaluation.md "Paper numbers" (Table II, average 0.79).
 """
 
 from configs import droid, libero

@@ -1,4 +1,4 @@
-"""Finetune a LIBERO-90 pretrained UWM on one downstream LIBERO-10 task (uwm_spec.md 3, 4.4, 7).
+"""Finetune a LIBERO-90 pretrained UWM on one downstream LIBERO-10 task (docs/training.md).
 
 The task is the config variant: book_caddy, soup_cheese, bowl_drawer, moka_moka or mug_mug
 (the paper's Book-Caddy, Soup-Cheese, Bowl-Drawer, Moka-Moka, Mug-Mug; 50 demos each, 2 held

@@ -1,9 +1,34 @@
-"""Shared test utilities: configs and structured synthetic batches (no files)."""
+"""Shared test utilities: tiny configs, structured synthetic batches, compile options, the parity
+measure, skip marks for optional dependencies, and running an entry point as a user does."""
+
+import importlib.util
+import os
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
 from configs import tiny
 from uwm_jax import batch as batch_lib
+
+
+# XLA options for the tests' executables: -O0 compiles ~3x faster on CPU (steps run slower).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def rel_err(got, want) -> float:
+  """max |got - want| / max |want| (the parity tests' measure)."""
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+
+
+def skip_without(*modules: str):
+  """A mark that skips tests, naming what is missing, when an optional dependency is not
+  installed. The modules are looked up, not imported (MuJoCo must not load in the pytest
+  process: see uwm_jax.envs.check_no_tensorflow)."""
+  missing = [m for m in modules if importlib.util.find_spec(m) is None]
+  return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} (not installed)")
 
 
 def tiny_config(variant: str = "", augment: bool = True):
@@ -12,6 +37,23 @@ def tiny_config(variant: str = "", augment: bool = True):
     c.model.random_crop = False
     c.model.resize_shape = c.model.crop_shape
     c.model.brightness = c.model.contrast = c.model.saturation = c.model.hue = 0.0
+  return c
+
+
+def tiny_push_config(variant: str = ""):
+  """configs/tiny.py's model on the embedded task's cameras and action space (the eval tests)."""
+  c = tiny.get_config(variant)
+  c.model.camera_keys = ("front_rgb", "top_rgb")
+  c.model.action_dim = 2
+  e = c.eval
+  e.env = "tabletop_push"
+  e.num_episodes, e.num_envs, e.max_steps, e.exec_steps = 3, 3, 12, 4
+  e.num_videos = 1
+  e.video_format = "gif"
+  e.offline_num_batches = 1
+  e.prediction_samples = 2
+  e.tracking_episodes = 1
+  e.random_baseline = True
   return c
 
 
@@ -39,3 +81,16 @@ def structured_batch(model_cfg, batch_size: int, seed: int = 0, action_mask=None
   if model_cfg.low_dim_dim:
     batch[batch_lib.LOW_DIM] = rng.uniform(-1, 1, shapes[batch_lib.LOW_DIM]).astype(np.float32)
   return batch
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(module: str, *args: str, timeout: float = 600, num_devices: int = 1
+            ) -> subprocess.CompletedProcess:
+  """`python -m <module> <args>` from the repository root on CPU, as a user runs it (entry
+  points define absl flags, so they run in their own process, not inside pytest's)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)

@@ -9,7 +9,10 @@ import pytest
 from configs import droid as droid_config
 from uwm_jax import batch as batch_lib
 from uwm_jax.data import array_record_format as fmt
-from uwm_jax.data import convert_rlds as convert, filters, fixtures, loader, normalization, profiles, rlds_read
+from tests import fixtures
+from tests.helpers import run_cli
+from uwm_jax.data import convert_rlds as convert
+from uwm_jax.data import filters, loader, normalization, profiles, rlds_read
 from uwm_jax.data import source_configs
 from uwm_jax.data.converted import ConvertedSource
 from uwm_jax.data.windows import WindowReader
@@ -161,7 +164,9 @@ def test_conversion_filters_max_episodes_and_resumes_per_shard(droid_dir, raw_ep
 
   # --max_episodes: the first N matches in TFDS order; later shards are not converted.
   out2 = str(tmp_path / "first2")
-  convert.main(["droid", f"--builder_dir={droid_dir}", f"--out={out2}", "--max_episodes=2"])
+  out = run_cli("uwm_jax.data.convert_rlds", "droid", f"--builder_dir={droid_dir}",
+                f"--out={out2}", "--max_episodes=2")  # the command line, as a user runs it
+  assert out.returncode == 0, out.stderr[-3000:]
   meta = json.load(open(os.path.join(out2, fmt.DATASET_JSON)))
   assert meta["num_episodes"] == 2 and len(meta["shards"]) == 1
   assert not os.path.exists(os.path.join(out2, "shard-00002-of-00003"))
@@ -172,7 +177,9 @@ def test_conversion_filters_max_episodes_and_resumes_per_shard(droid_dir, raw_ep
 
 def test_action_free_conversion_gives_video_samples(droid_dir, tmp_path):
   out = str(tmp_path / "video")
-  convert.main(["droid", f"--builder_dir={droid_dir}", f"--out={out}", "--action_free"])
+  run = run_cli("uwm_jax.data.convert_rlds", "droid", f"--builder_dir={droid_dir}",
+                f"--out={out}", "--action_free")
+  assert run.returncode == 0, run.stderr[-3000:]
   assert not os.path.exists(os.path.join(out, "shard-00000-of-00003", fmt.ACTIONS))
   c = _config(out)
   with pytest.raises(ValueError, match="No source has robot episodes"):

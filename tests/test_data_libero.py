@@ -7,7 +7,9 @@ import pytest
 
 from configs import libero as libero_config
 from uwm_jax import batch as batch_lib
-from uwm_jax.data import convert_rlds as convert, fixtures, libero, loader, rlds_read, source_configs
+from tests import fixtures
+from tests.helpers import run_cli
+from uwm_jax.data import libero, loader, rlds_read, source_configs
 from uwm_jax.data.windows import WindowReader
 
 IMAGE = (32, 32)
@@ -60,8 +62,10 @@ def test_demos_in_index_order_and_libero90_to_training_windows(hdf5_dir, tmp_pat
   assert rlds_read.open_builder(path).info.splits["train"].num_shards == 2  # one per file
 
   out = str(tmp_path / "uwm")
-  convert.main(["rlds", f"--builder_dir={path}", f"--out={out}", "--num_processes=1",
-                "--camera_keys=agentview_rgb,eye_in_hand_rgb", "--action_key=action"])
+  run = run_cli("uwm_jax.data.convert_rlds", "rlds", f"--builder_dir={path}", f"--out={out}",
+                "--num_processes=1", "--camera_keys=agentview_rgb,eye_in_hand_rgb",
+                "--action_key=action")
+  assert run.returncode == 0, run.stderr[-3000:]
   c = libero_config.get_config()
   c.model.image_shape = IMAGE
   c.batch_size = 4

@@ -156,6 +156,8 @@ def test_action_free_fraction_and_robot_only_validation():
   val_eps = set(np.unique(train.split.val[0][:, 0]).tolist())
   assert len(val_eps) == 2 and not val_eps & set(np.unique(train.split.train[0][:, 0]).tolist())
   assert not src.action_free[list(val_eps)].any()
+  # ... and the split names them (what the evaluator's held-out trajectory is taken from).
+  assert sorted(val_eps) == sorted(train.split.val_episodes[0].tolist())
 
 
 def test_eval_loader_hosts_split_validation_evenly():

@@ -33,7 +33,7 @@ def test_round_trip_is_the_identity():
   e = rng.uniform([-np.pi, -np.pi / 2 + 1e-3, -np.pi], [np.pi, np.pi / 2 - 1e-3, np.pi],
                   size=(1000, 3))
   np.testing.assert_allclose(rotation.rot6d_to_euler(rotation.euler_to_rot6d(e)), e, atol=1e-9)
-  # The spec's example that the reference's mixed conventions get wrong (uwm_spec.md 8.6).
+  # The example the reference's mixed conventions get wrong (docs/data.md "Action encodings").
   e0 = np.array([0.3, -0.2, 0.25])
   np.testing.assert_allclose(rotation.rot6d_to_euler(rotation.euler_to_rot6d(e0)), e0,
                              atol=1e-12)

@@ -7,10 +7,11 @@ import pytest
 
 from configs import tiny
 from uwm_jax import batch as batch_lib
-from uwm_jax.data import fixtures, loader, source_configs
+from tests import fixtures
+from uwm_jax.data import loader, source_configs
 from uwm_jax.data.video_folder import INDEX_FILE, VideoFolderSource, resize_cover_crop
 from uwm_jax.data.windows import SOURCE, WindowReader
-from uwm_jax.model.dims import model_dims
+from uwm_jax.dims import model_dims
 
 
 @pytest.fixture(scope="module")

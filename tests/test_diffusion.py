@@ -7,7 +7,7 @@ from uwm_jax import config_base
 from uwm_jax.diffusion import (add_noise, ddim_step, leading_timesteps, make_schedule,
                                squaredcos_cap_v2_betas)
 
-# uwm_spec.md section 2: alphas_cumprod of the reference scheduler.
+# docs/model.md "Diffusion schedule and DDIM": alphas_cumprod of the reference scheduler.
 SPEC_ALPHAS_CUMPROD = {0: 0.99937, 10: 0.9667, 50: 0.4783, 80: 0.0851, 90: 0.01954,
                        98: 2.43e-4, 99: 2.43e-7}
 

@@ -9,10 +9,12 @@ import sys
 import jax
 import pytest
 
+from tests.helpers import skip_without, tiny_push_config
 from uwm_jax.evaluation import evaluator
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint
-from tests_eval_helpers import tiny_push_config
+
+pytestmark = skip_without("mujoco")  # the embedded task's rollouts
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,9 @@
 import numpy as np
 
 from uwm_jax import batch as B_
-from uwm_jax.evaluation.policies import TemporalEnsemble
+from uwm_jax import sampling
+from uwm_jax.data import normalization
+from uwm_jax.evaluation.policies import DiffusionPolicy, TemporalEnsemble
 from uwm_jax.evaluation.rollout import RolloutContext
 
 
@@ -22,6 +24,31 @@ class _CountingPolicy:
 def _context(episodes, steps):
   episodes = np.asarray(episodes)
   return RolloutContext(episode_index=episodes, step=np.asarray(steps), active=episodes >= 0)
+
+
+def test_diffusion_policy_normalises_low_dim_and_denormalises_actions(monkeypatch):
+  """The model sees low-dim observations in [-1, 1] and returns normalised actions; the
+  environment gets actions in its own units (the checkpoint's statistics)."""
+  seen = {}
+
+  def make_sampler(model, diffusion_cfg, mode):
+    def sample(params, frozen, batch, key):
+      seen.update(batch)
+      return {"action": np.tile(np.float32([0.5, -1.0]), (2, 3, 1))}  # (B, H_a, A)
+    return sample
+
+  monkeypatch.setattr(sampling, "make_sampler", make_sampler)
+  stats = {"action": normalization.minmax_entry([0.0, -10.0], [4.0, 10.0]),
+           "low_dim": normalization.minmax_entry([-2.0, 0.0], [2.0, 1.0])}
+  obs = {B_.OBS: np.zeros((2, 1, 2, 4, 4, 3), np.uint8),
+         B_.LOW_DIM: np.float32([[[2.0, 1.0], [0.0, 0.5]], [[-2.0, 0.0], [1.0, 0.25]]])}
+  actions = DiffusionPolicy(None, None, None, None, stats)(obs)
+  np.testing.assert_allclose(seen[B_.LOW_DIM], [[[1, 1], [0, 0]], [[-1, -1], [0.5, -0.5]]])
+  np.testing.assert_allclose(actions, np.tile(np.float32([3.0, -10.0]), (2, 3, 1)))
+  # Without statistics (LIBERO: actions used as stored) both pass through unchanged.
+  actions = DiffusionPolicy(None, None, None, None, None)(obs)
+  np.testing.assert_allclose(seen[B_.LOW_DIM], obs[B_.LOW_DIM])
+  np.testing.assert_allclose(actions, np.tile(np.float32([0.5, -1.0]), (2, 3, 1)))
 
 
 def test_temporal_ensemble_averages_every_prediction_for_a_step():

@@ -5,9 +5,12 @@ crashes EGL rendering in the same process), so every env-touching step goes thro
 
 import numpy as np
 
-from uwm_jax.evaluation import rollout
+from tests.helpers import skip_without
 from uwm_jax.envs import remote
+from uwm_jax.evaluation import rollout
 from uwm_jax.evaluation.policies import RandomPolicy, ReplayPolicy
+
+pytestmark = skip_without("mujoco")
 
 NUM_SEEDS = 40
 SEEDS = list(range(1000, 1000 + NUM_SEEDS))

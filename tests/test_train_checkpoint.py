@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from tests.helpers import FAST_COMPILE
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint as ckpt
 from uwm_jax.training import loop
@@ -16,7 +17,6 @@ from uwm_jax.training import mesh as mesh_lib
 from uwm_jax.training import optimizer as optim_lib
 from uwm_jax.training import sharded_state
 
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 FSDP_MIN = 1024
 STATS = {"action": {"min": [-2.0, -1.0, 0.0, 3.0], "max": [2.0, 1.0, 0.5, 3.0]}}
 
@@ -46,6 +46,8 @@ def saved(tmp_path_factory):
   model, tx, abstract, shardings = _setup(cfg, (2, 4, 1), ema=True)
   state = sharded_state.init_train_state(model, tx, jax.random.key(3), shardings, ema=True,
                                          compiler_options=FAST_COMPILE)
+  # An EMA that differs from the params (a fresh state's EMA is a copy of them).
+  state = state.replace(ema_params=jax.tree.map(lambda x: x + 0.5, state.ema_params))
   directory = str(tmp_path_factory.mktemp("run") / "checkpoints")
   manager = ckpt.make_manager(directory)
   for step in (1, 2):
@@ -84,7 +86,9 @@ def test_params_only_load_on_cpu_and_roundtrip(saved, tmp_path):
   assert stats == STATS
   assert config.model.crop_shape == cfg.model.crop_shape and config == ckpt.config_from_json(
       ckpt.config_to_json(cfg))
-  _assert_trees_equal(host_state.ema_params, params)  # inference params = the EMA
+  _assert_trees_equal(host_state.ema_params, params)  # inference params = the EMA ...
+  with pytest.raises(AssertionError):  # ... not the params
+    _assert_trees_equal(host_state.params, params)
   leaf = jax.tree.leaves(params)[0]
   assert len(leaf.sharding.device_set) == 1
   # save_params_checkpoint writes the layout load_params_checkpoint reads (any step).

@@ -9,13 +9,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tests.helpers import structured_batch, tiny_config
+from tests.helpers import FAST_COMPILE, structured_batch, tiny_config
 from uwm_jax import batch as batch_lib
 from uwm_jax.data import latent_cache
 from uwm_jax.data import loader as loader_lib
 from uwm_jax.data import source_configs
 from uwm_jax.data.sources import build_sources
 from uwm_jax.diffusion import make_schedule
+from uwm_jax.model import latent_cache_builder
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.training import loop
 from uwm_jax.training.loss import compute_loss
@@ -37,7 +38,7 @@ def _config(root=""):
 @pytest.fixture(scope="module")
 def cache_root(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("latents"))
-  metas = latent_cache.build_latent_caches(_config(), {}, root, batch_size=8)
+  metas = latent_cache_builder.build_latent_caches(_config(), {}, root, batch_size=8)
   assert sorted(metas) == ["robot", "video"]
   return root
 
@@ -105,7 +106,7 @@ def test_missing_or_mismatched_cache_is_one_clear_error(cache_root, tmp_path):
   config = _config(partial)
   names, sources, _ = build_sources(config)
   for name, src in zip(names, sources):
-    latent_cache.build_latent_cache(src, latent_cache.source_cache_dir(partial, name),
+    latent_cache_builder.build_latent_cache(src, latent_cache.source_cache_dir(partial, name),
                                     config.model, {}, episodes=[0, 1], batch_size=8)
   with pytest.raises(ValueError, match=f"Dataset 'robot', data.latent_cache_dir='{partial}': 4 "
                                        f"of its 6 episodes are not in the latent cache "
@@ -135,7 +136,7 @@ def test_loss_with_cached_moments_equals_the_vae_path():
   params = jax.tree.map(random, jax.eval_shape(model.init_params, jax.random.key(1)))
   batch = structured_batch(m, 2)
   schedule = make_schedule(config.diffusion)
-  moments_fn = latent_cache.make_moments_fn(m)  # what build_latent_cache stores, per frame
+  moments_fn = latent_cache_builder.make_moments_fn(m)  # what build_latent_cache stores, per frame
 
   def losses(batch, key):
     loss = lambda b, k: compute_loss(model, schedule, params, frozen, b, k)[1]
@@ -171,7 +172,7 @@ def test_train_loop_on_a_mesh_with_the_cache(cache_root, tmp_path, monkeypatch):
   config.train.mesh_shape = (2, 4, 1)
   config.train.fsdp_min_size = 1024
   config.train.eval_at_end = False
-  config.train.compiler_options = {"xla_backend_optimization_level": 0}
+  config.train.compiler_options = FAST_COMPILE
   config.train.progress_bar = config.train.tensorboard = False
   seen = []
   to_global = loop.global_batch_lib.host_batch_to_global

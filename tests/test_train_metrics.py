@@ -1,6 +1,7 @@
 """Analytic FLOP count vs XLA, offline evaluation metrics, metric files, cluster detection."""
 
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from tests.helpers import FAST_COMPILE
 from uwm_jax.data import normalization
 from uwm_jax.data.loader import make_eval_loader
 from uwm_jax.evaluation import offline_metrics
@@ -15,10 +17,10 @@ from uwm_jax.model.resnet import ResNet18GN
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.training import distributed
 from uwm_jax.training import flops as flops_lib
+from uwm_jax.training import mesh as mesh_lib
+from uwm_jax.training.loop import EvalContext
 from uwm_jax.runs import metrics_writer
 from uwm_jax.training.train_step import ema_update
-
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _xla_flops(fn, *args) -> float:
@@ -81,6 +83,28 @@ def test_offline_metrics_six_metrics_and_raw_action_units():
     assert scaled[k] == pytest.approx(9 * plain[k], rel=1e-4), k
   for k in offline_metrics.IMAGE_METRICS:
     assert scaled[k] == pytest.approx(plain[k], rel=1e-5), k
+
+
+def test_validation_evaluate_is_the_training_loops_callback():
+  """The callback `python -m uwm_jax.train` hands the loop: offline metrics of the state's
+  inference params on `train.eval_num_batches` validation batches, the same for the same step."""
+  cfg = tiny.get_config()
+  cfg.train.eval_num_batches = 1
+  cfg.train.compiler_options = FAST_COMPILE
+  model = UnifiedWorldModel(cfg.model)
+  params, frozen = model.init(jax.random.key(0))
+  mesh = mesh_lib.make_mesh((-1, 1, 1))
+  evaluate = offline_metrics.make_validation_evaluate(EvalContext(
+      config=cfg, model=model, mesh=mesh, dataset_stats={}, rng=jax.random.key(3)))
+  state = types.SimpleNamespace(inference_params=params, frozen=frozen)
+  first = evaluate(state, 10)
+  assert set(offline_metrics.METRICS) <= set(first) and first["num_batches"] == 1
+  assert evaluate(state, 10) == first
+  # (Zero-initialised output layers: scaling the params would not change the samples.)
+  perturbed = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(9), x.shape),
+                           params)
+  other = types.SimpleNamespace(inference_params=perturbed, frozen=frozen)
+  assert evaluate(other, 10)["action_mse_marginal"] != first["action_mse_marginal"]
 
 
 def test_metric_writer_jsonl_and_tensorboard(tmp_path):

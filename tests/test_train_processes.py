@@ -19,9 +19,12 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from tests.helpers import FAST_COMPILE
 from uwm_jax.runs import checkpoint as ckpt
 from uwm_jax.training import loop
 from uwm_jax.runs import metrics_writer
+
+pytestmark = pytest.mark.slow  # whole training runs, several of them as subprocesses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 30
@@ -47,7 +50,7 @@ def _config(**extra):
   for key, value in {**OVERRIDES, **extra}.items():
     section, _, field = key.rpartition(".")
     setattr(c[section] if section else c, field, value)
-  c.train.compiler_options = {"xla_backend_optimization_level": 0}
+  c.train.compiler_options = FAST_COMPILE
   return c
 
 
@@ -71,10 +74,19 @@ def _losses(workdir):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-  """An uninterrupted single-process run."""
+  """An uninterrupted single-process run; its evaluation callback (a stand-in recording what
+  the loop hands it) runs every 10 steps and does not touch the training."""
   workdir = str(tmp_path_factory.mktemp("reference"))
-  result = loop.train(_config(), workdir)
+  calls = []
+
+  def make_evaluate(context):
+    assert context.model.cfg == _config().model and context.dataset_stats
+    return lambda state, step: calls.append(step) or {"num_batches": 1, "step": step}
+
+  result = loop.train(_config(**{"train.eval_every": 10}), workdir, make_evaluate=make_evaluate)
   assert result.step == NUM_STEPS
+  assert calls == [10, 20, 30] and result.last_eval_metrics == {"num_batches": 1, "step": 30}
+  assert [r["step"] for r in metrics_writer.read_metrics(workdir, "eval")] == [10, 20, 30]
   losses = _losses(workdir)
   assert sorted(losses) == list(range(1, NUM_STEPS + 1))
   return {s: v[0] for s, v in losses.items()}
@@ -131,6 +143,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.multiprocess
 def test_two_processes_agree_with_one(reference, tmp_path):
   workdir = str(tmp_path / "two")
   steps = 6

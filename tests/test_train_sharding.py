@@ -7,23 +7,25 @@ them by the learning rate (1e-3) or more.
 
 import jax
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import tiny
+from tests.helpers import FAST_COMPILE
 from uwm_jax import batch as B_
-from uwm_jax.data import global_batch
 from uwm_jax.data.loader import make_train_loader
 from uwm_jax.diffusion import make_schedule
 from uwm_jax.model.uwm import UnifiedWorldModel
+from uwm_jax.training import global_batch
 from uwm_jax.training import mesh as mesh_lib
 from uwm_jax.training import optimizer as optim_lib
 from uwm_jax.training import sharded_state
 from uwm_jax.training import sharding
 from uwm_jax.training.train_step import make_train_step
+from uwm_jax.tree_paths import path_name
 
 FSDP_MIN = 1024  # small, so the tiny model's matrices are really split
-FAST_COMPILE = {"xla_backend_optimization_level": 0}  # 3x faster CPU compiles
 TOL = 1e-5
 
 
@@ -74,10 +76,13 @@ def test_optimizer_state_and_ema_follow_params():
   specs = sharding.state_partition_specs(abstract, mesh, cfg.train.partition_rules, FSDP_MIN,
                                          log_decisions=False)
   kernel = lambda t: t["noise_net"]["dit"]["blocks"]["adaLN_modulation"]["kernel"]
-  adam = specs.opt_state[0]
+  mu, nu = (optax.tree_utils.tree_get(specs.opt_state, k) for k in ("mu", "nu"))
   assert kernel(specs.params) == P(None, None, "fsdp")
-  assert kernel(adam.mu) == kernel(adam.nu) == kernel(specs.ema_params) == kernel(specs.params)
-  assert adam.count == P() and specs.step == P()
+  assert kernel(mu) == kernel(nu) == kernel(specs.ema_params) == kernel(specs.params)
+  # The scalars (step counts, the injected learning rate) are replicated.
+  assert optax.tree_utils.tree_get(specs.opt_state, "hyperparams")["learning_rate"] == P()
+  assert optax.tree_utils.tree_get(specs.opt_state, "inner_state")[0].count == P()
+  assert specs.step == P()
 
 
 def _batch(cfg):
@@ -91,7 +96,6 @@ def _batch(cfg):
 def _one_step(cfg, mesh_shape, host_batch):
   model = UnifiedWorldModel(cfg.model)
   tx = optim_lib.make_optimizer(cfg.optim, cfg.num_steps)
-  lr = optim_lib.make_lr_schedule(cfg.optim, cfg.num_steps)
   devices = jax.devices()[:int(np.prod(mesh_shape))]
   mesh = mesh_lib.make_mesh(mesh_shape, devices)
   abstract = sharded_state.abstract_train_state(model, tx)
@@ -99,8 +103,8 @@ def _one_step(cfg, mesh_shape, host_batch):
                                                   FSDP_MIN, log_decisions=False)
   state = sharded_state.init_train_state(model, tx, jax.random.key(0), shardings,
                                          compiler_options=FAST_COMPILE)
-  step = sharded_state.jit_train_step(make_train_step(model, make_schedule(cfg.diffusion), tx,
-                                                      lr), shardings, mesh, FAST_COMPILE)
+  step = sharded_state.jit_train_step(make_train_step(model, make_schedule(cfg.diffusion), tx),
+                                      shardings, mesh, FAST_COMPILE)
   batch = global_batch.host_batch_to_global(host_batch, mesh, mesh_lib.batch_spec())
   state, metrics = step(state, batch, sharded_state.replicate(jax.random.key(1), mesh))
   return jax.device_get(metrics), jax.device_get(state.params), state
@@ -122,7 +126,7 @@ def test_sharded_step_matches_single_device(reference, mesh_shape):
     np.testing.assert_allclose(metrics[k], ref_metrics[k], atol=TOL, rtol=TOL, err_msg=k)
   flat_ref = jax.tree_util.tree_flatten_with_path(ref_params)[0]
   for (path, want), got in zip(flat_ref, jax.tree.leaves(params)):
-    np.testing.assert_allclose(got, want, atol=TOL, err_msg=sharding.path_name(path))
+    np.testing.assert_allclose(got, want, atol=TOL, err_msg=path_name(path))
   # The state really is split: the AdaLN kernel lives in pieces when fsdp > 1.
   kernel = state.params["noise_net"]["dit"]["blocks"]["adaLN_modulation"]["kernel"]
   shard_shape = kernel.addressable_shards[0].data.shape

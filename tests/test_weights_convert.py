@@ -6,12 +6,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import weights_torch_ref as ref  # pylint: disable=wrong-import-position
-from uwm_jax import import_weights as convert  # pylint: disable=wrong-import-position
+from tests.helpers import run_cli  # pylint: disable=wrong-import-position
+from uwm_jax.data import latent_cache  # pylint: disable=wrong-import-position
 from uwm_jax.runs import checkpoint  # pylint: disable=wrong-import-position
 from uwm_jax.weights import keymap  # pylint: disable=wrong-import-position
 from uwm_jax.weights import pretrained  # pylint: disable=wrong-import-position
 from uwm_jax.weights import resnet as resnet_weights  # pylint: disable=wrong-import-position
-from uwm_jax.weights.uwm_checkpoint import load_config  # pylint: disable=wrong-import-position
+from uwm_jax.cli_config import load_config  # pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,9 @@ def tiny_resnet_pth(tmp_path_factory):
 @pytest.fixture(scope="module")
 def init_checkpoint(tiny_resnet_pth, tmp_path_factory):
   out_dir = str(tmp_path_factory.mktemp("init_ckpt") / "checkpoints")
-  convert.main(["init", "--config=configs/tiny.py", f"--resnet={tiny_resnet_pth}",
-                f"--out={out_dir}", "--seed=5"])
+  out = run_cli("uwm_jax.import_weights", "init", "--config=configs/tiny.py",
+                f"--resnet={tiny_resnet_pth}", f"--out={out_dir}", "--seed=5")
+  assert out.returncode == 0, out.stderr[-3000:]
   return out_dir
 
 
@@ -53,22 +55,23 @@ def test_init_rejects_mismatches(tiny_resnet_pth, tmp_path):
   cfg.model.resnet_width = 16
   with pytest.raises(keymap.WeightImportError, match=r"conv1\.weight"):
     pretrained.init_with_pretrained(cfg, resnet_path=tiny_resnet_pth)
-  with pytest.raises(SystemExit):
-    convert.main(["init", "--config=configs/tiny.py", f"--out={tmp_path}"])
+  out = run_cli("uwm_jax.import_weights", "init", "--config=configs/tiny.py", f"--out={tmp_path}")
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1] == "error: init: give --vae and/or --resnet."
 
 
 def test_latent_cache_cli(init_checkpoint, tmp_path):
-  """`convert latent_cache` encodes every dataset of a config with a checkpoint's codec."""
-  from uwm_jax.data import latent_cache  # pylint: disable=import-outside-toplevel
+  """`import_weights latent_cache` encodes every dataset of a config with a checkpoint's codec."""
   root = str(tmp_path / "latents")
-  convert.main(["latent_cache", "--config=configs/tiny.py", f"--checkpoint={init_checkpoint}",
-                f"--out={root}", "--batch_size=16",
-                "--config.data.sources.synthetic.num_episodes=5"])  # as the train CLI takes it
+  common = ("latent_cache", "--config=configs/tiny.py", f"--checkpoint={init_checkpoint}",
+            f"--out={root}")
+  out = run_cli("uwm_jax.import_weights", *common, "--batch_size=16",
+                "--config.data.sources.synthetic.num_episodes=5")  # as the train CLI takes it
+  assert out.returncode == 0, out.stderr[-3000:]
   cfg = load_config("configs/tiny.py")
   cache = latent_cache.LatentCache(latent_cache.source_cache_dir(root, "synthetic"), cfg.model)
   assert len(cache.episodes) == 5
-  with pytest.raises(SystemExit):
-    convert.main(["latent_cache", "--config=configs/tiny.py", f"--checkpoint={init_checkpoint}",
-                  f"--out={root}", "--config.data.no_such_field=1"])
+  out = run_cli("uwm_jax.import_weights", *common, "--config.data.no_such_field=1")
+  assert out.returncode != 0 and "no_such_field" in out.stderr
   mean, std = cache.window_moments(3, 17)  # the last window of a 24-step episode
   assert mean.shape == std.shape == (2, 3, 2, 8, 8)

@@ -1,4 +1,4 @@
-"""ResNet-18 import: torchvision .pth (BatchNorm discarded, spec 1.3) and GroupNorm weights."""
+"""ResNet-18 import: torchvision .pth (BatchNorm discarded, docs/model.md) and GroupNorm weights."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -6,17 +6,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tests.helpers import rel_err  # pylint: disable=wrong-import-position
 import weights_torch_ref as ref  # pylint: disable=wrong-import-position
 from uwm_jax.model.resnet import ResNet18GN  # pylint: disable=wrong-import-position
 from uwm_jax.weights import keymap  # pylint: disable=wrong-import-position
 from uwm_jax.weights import resnet as resnet_weights  # pylint: disable=wrong-import-position
 
 WIDTH, FEATURES = 16, 32
-
-
-def rel_err(got, want) -> float:
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
 
 
 def _randomize(module, scale=0.1):

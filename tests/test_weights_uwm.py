@@ -1,4 +1,5 @@
-"""Released-checkpoint import: a `models.pt` written from uwm_spec.md 10 by a PyTorch reference.
+"""Released-checkpoint import: a `models.pt` written by a PyTorch reference
+(docs/weights.md "State-dict layout of `models.pt`").
 
 The file is written as the reference writes it (torch.save of model/optimizer/scheduler/scaler
 state, normalizer objects of a class that is not importable when loading, step). Noise
@@ -19,6 +20,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import weights_torch_ref as ref  # pylint: disable=wrong-import-position
+from tests.helpers import rel_err, run_cli  # pylint: disable=wrong-import-position
+from uwm_jax.cli_config import load_config  # pylint: disable=wrong-import-position
 from uwm_jax.model.uwm import UnifiedWorldModel  # pylint: disable=wrong-import-position
 from uwm_jax.weights import keymap  # pylint: disable=wrong-import-position
 from uwm_jax.weights import uwm_checkpoint  # pylint: disable=wrong-import-position
@@ -27,14 +30,9 @@ ACTION_DIM = 7
 TIMESTEP_PAIRS = ((0, 0), (10, 90), (90, 0), (99, 50))  # (t_action, t_obs)
 
 
-def rel_err(got, want) -> float:
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
-
-
 def small_config():
   """A tiny UWM with the reference's SDXL VAE codec (32x32 crops -> 4x4 latents)."""
-  cfg = uwm_checkpoint.load_config("configs/tiny.py")
+  cfg = load_config("configs/tiny.py")
   cfg.model.codec = "sdxl_vae"
   cfg.model.action_dim = ACTION_DIM
   cfg.model.resnet_width = 16
@@ -169,12 +167,12 @@ def test_no_action_normalizer_gives_identity_stats():
 @pytest.mark.parametrize("spec", ["configs/libero.py", "configs/droid.py"])
 def test_config_inferred_from_full_size_shapes(spec):
   """A reference model of the released size (built on the meta device: shapes only)."""
-  cfg = uwm_checkpoint.load_config(spec)
+  cfg = load_config(spec)
   net = ref.reference_uwm(cfg.model, device="meta")
   shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
   assert uwm_checkpoint.infer_config(shapes)[0] == spec
   other = "configs/droid.py" if spec.endswith("libero.py") else "configs/libero.py"
-  assert uwm_checkpoint.shape_problems(shapes, uwm_checkpoint.load_config(other).model)
+  assert uwm_checkpoint.shape_problems(shapes, load_config(other).model)
 
 
 def test_config_fitting_neither_is_named(checkpoint):
@@ -214,11 +212,10 @@ def test_wrong_file_is_named(tmp_path):
 
 def test_cli_writes_a_loadable_checkpoint(checkpoint, tmp_path):
   """`python -m uwm_jax.import_weights uwm` -> a params checkpoint `load_params_checkpoint` reads."""
-  from uwm_jax import import_weights as convert  # pylint: disable=import-outside-toplevel
   from uwm_jax.runs import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   config_file = tmp_path / "small.py"
   config_file.write_text(textwrap.dedent(f"""
-      from uwm_jax.weights.uwm_checkpoint import load_config
+      from uwm_jax.cli_config import load_config
       def get_config():
         c = load_config("configs/tiny.py")
         c.model.codec = "sdxl_vae"
@@ -227,9 +224,10 @@ def test_cli_writes_a_loadable_checkpoint(checkpoint, tmp_path):
         return c
   """))
   out_dir = str(tmp_path / "checkpoints")
-  path = convert.main(["uwm", f"--src={checkpoint['path']}", f"--out={out_dir}",
-                       f"--config={config_file}", "--scan_layers=false"])
-  assert path.endswith("1234")
+  out = run_cli("uwm_jax.import_weights", "uwm", f"--src={checkpoint['path']}",
+                f"--out={out_dir}", f"--config={config_file}", "--noscan_layers")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().splitlines()[-1].endswith("1234")
   params, frozen, config, stats = ckpt_lib.load_params_checkpoint(out_dir)
   want = uwm_checkpoint.convert_checkpoint(checkpoint["path"], config=str(config_file),
                                            scan_layers=False)

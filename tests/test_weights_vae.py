@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
+from tests.helpers import rel_err  # pylint: disable=wrong-import-position
 from uwm_jax.model.vae import AutoencoderKL  # pylint: disable=wrong-import-position
 from uwm_jax.weights import keymap  # pylint: disable=wrong-import-position
 from uwm_jax.weights import vae as vae_weights  # pylint: disable=wrong-import-position
@@ -19,11 +20,6 @@ SMALL = dict(block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
              norm_num_groups=32, down_block_types=("DownEncoderBlock2D",) * 2,
              up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32, scaling_factor=0.13025)
 WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-def rel_err(got, want) -> float:
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
 
 
 @pytest.fixture(scope="module")

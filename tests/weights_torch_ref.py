@@ -1,7 +1,7 @@
-"""PyTorch counterparts of the reference's modules, written from uwm_spec.md for parity tests.
+"""PyTorch counterparts of the reference's modules, written from docs/model.md for parity tests.
 
-Module and parameter names follow the reference's state dicts (uwm_spec.md 10; torchvision's
-ResNet-18): `TorchResNet18` (BatchNorm as torchvision, or GroupNorm(c/16) as the reference),
+Module and parameter names follow the reference's state dicts (docs/weights.md, "State-dict
+layout of `models.pt`"; torchvision's ResNet-18): `TorchResNet18` (BatchNorm as torchvision, or GroupNorm(c/16) as the reference),
 `TorchNoiseNet` (the DualNoisePredictionNet) and `TorchUWM` (the `models.pt` `model` layout:
 `noise_pred_net.`, `obs_encoder.img_encoder.model.`, `obs_encoder.vae.{vae.,shift,scale}`).
 """
@@ -174,7 +174,7 @@ class DualTimestep(nn.Module):
 
 
 class TorchNoiseNet(nn.Module):
-  """The DualNoisePredictionNet (uwm_spec.md 1.5) with its state-dict names."""
+  """The DualNoisePredictionNet (docs/model.md "Noise network") with its state-dict names."""
 
   def __init__(self, *, global_cond_dim, views, chans, latent_thw, patch, action_len, action_dim,
                embed_dim, timestep_embed_dim, depth, heads, registers):

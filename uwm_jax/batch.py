@@ -12,11 +12,12 @@ With a latent cache (`data.latent_cache_dir`, `uwm_jax.data.latent_cache`) a tra
 carries the posterior moments of the next obs' latent instead of `next_obs` (whose frames are
 then not decoded):
 
-  next_latent_mean  (B, V, C, T_o, h, w) float16   `model.dims.latent_shape` per sample
+  next_latent_mean  (B, V, C, T_o, h, w) float16   `dims.model_dims(cfg).latent_shape`
   next_latent_std   (B, V, C, T_o, h, w) float16
 
 H, W are the raw `model.image_shape`; the model resizes/crops. A training sample is a window of
-`2 * T_o + H_a - 1` consecutive frames f_0..f_{w-1} of one episode (uwm_spec.md section 3):
+`2 * T_o + H_a - 1` consecutive frames f_0..f_{w-1} of one episode (docs/data.md, "Windows and
+the validation split"):
 current obs = f_0..f_{T_o-1}, actions = a_{T_o-1}..a_{T_o+H_a-2} (a_i is issued at f_i),
 next obs = f_{T_o+H_a-1}..f_{2T_o+H_a-2}.
 """
@@ -25,7 +26,7 @@ from typing import Mapping, NamedTuple
 
 import numpy as np
 
-from uwm_jax.model import dims as dims_lib
+from uwm_jax import dims as dims_lib
 
 OBS = "obs"
 NEXT_OBS = "next_obs"

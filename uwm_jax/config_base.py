@@ -2,12 +2,12 @@
 
 Every field is read in exactly one place (named in the comment beside it). Shapes derived from
 these fields (token counts, latent shape, condition width, window length) are computed only by
-`uwm_jax.model.dims.model_dims`.
+`uwm_jax.dims.model_dims`.
 """
 
 import ml_collections
 
-# The reference's hyperparameters (uwm_spec.md 1.1, 2, 3).
+# The reference's hyperparameters (docs/model.md, docs/training.md "Reference hyperparameters").
 DROID_CAMERA_KEYS = ("exterior_image_1_left", "exterior_image_2_left", "wrist_image_left")
 LIBERO_CAMERA_KEYS = ("agentview_rgb", "eye_in_hand_rgb")
 
@@ -87,7 +87,8 @@ def optim_config() -> ml_collections.ConfigDict:
 
 
 def data_config() -> ml_collections.ConfigDict:
-  """Data fields (read by `uwm_jax.data.loader`; sources built by `uwm_jax.data.sources`)."""
+  """Data fields (read by `uwm_jax.data.loader`; sources built by `uwm_jax.data.sources`;
+  demo_* by `uwm_jax.data.demo_generation`)."""
   d = ml_collections.ConfigDict()
   # Datasets by name -> `uwm_jax.data.source_configs` entry (kind, weight, action_free, ...).
   # Mixture weights are relative; each sample carries its source's index (sorted names).
@@ -107,6 +108,16 @@ def data_config() -> ml_collections.ConfigDict:
   # next-obs latent moments and the train step skips the VAE (next obs then not augmented:
   # eval transform); offline evaluation still encodes with the VAE.
   d.latent_cache_dir = ""
+  # The embedded task's datasets, generated on first use by `python -m uwm_jax.train`
+  # (uwm_jax.data.demo_generation): expert episodes of `demo_task` (an embedded task of
+  # uwm_jax.envs) into data.sources[demo_task].path and action-free video episodes into
+  # data.sources[demo_task + "_video"].path. 0 episodes = nothing generated.
+  d.demo_task = ""
+  d.demo_episodes = 0
+  d.demo_video_episodes = 0
+  # Std of the correlated noise added to the expert's executed actions in those robot episodes
+  # (recovery data, envs/demos.py; the recorded actions stay the expert's). 0 = clean expert.
+  d.demo_action_noise = 0.0
   return d
 
 
@@ -146,7 +157,7 @@ def train_config() -> ml_collections.ConfigDict:
   # Stop at the first non-finite loss/gradient; the state is left as it was before that step.
   t.nan_guard = True
   # With init_from: recompute the normalisation statistics from this run's data instead of
-  # keeping the pretraining run's (the reference keeps them, uwm_spec.md 3).
+  # keeping the pretraining run's (the reference keeps them, docs/data.md).
   t.recompute_dataset_stats = False
   # Logging (uwm_jax.runs.metrics_writer).
   t.tensorboard = True
@@ -186,26 +197,18 @@ def eval_config() -> ml_collections.ConfigDict:
   # LIBERO (uwm_jax.envs.libero_env).
   e.init_states = "seeded"  # seeded (np.random.seed(k); env.reset(), the reference) | fixed
   e.libero_ood = False  # the paper's OOD variant: init ranges +0.03 m, no background objects
-  # Offline metrics on the validation split (uwm_spec.md 5.1; needs config.data.sources).
+  # Offline metrics on the validation split (docs/evaluation.md; needs data.sources).
   e.offline_metrics = True
   e.offline_num_batches = 0  # 0 = the whole split
   # Forward-dynamics videos: single predictions and one held-out trajectory (UWM only).
   e.prediction_videos = True
   e.prediction_samples = 4
-  # Inverse-dynamics trajectory tracking (uwm_spec.md 5.4) with the policy-only run beside it:
+  # Inverse-dynamics trajectory tracking (docs/evaluation.md) with the policy-only run beside it:
   # the embedded task tracks expert demos of held-out seeds; LIBERO reads `tracking_demos`
   # (a LIBERO *_demo.hdf5 file). 0 = off.
   e.tracking_episodes = 0
   e.tracking_demos = ""
-  # The embedded task's datasets, generated on first use by `python -m uwm_jax.train`
-  # (uwm_jax.envs.demo_data): expert episodes into config.data.sources[env].path and
-  # action-free video episodes into config.data.sources[env + "_video"].path. 0 = none.
-  e.demo_episodes = 0
-  e.demo_video_episodes = 0
-  # Std of the correlated noise added to the expert's executed actions in those robot episodes
-  # (recovery data, envs/demos.py; the recorded actions stay the expert's). 0 = clean expert.
-  e.demo_action_noise = 0.0
-  # `python -m uwm_jax.train` evaluates the final checkpoint when True (uwm_jax.evaluation.hooks).
+  # `python -m uwm_jax.train` evaluates the final checkpoint when True (uwm_jax.train).
   e.after_training = False
   e.watch_interval_s = 60.0  # evaluate --watch: seconds between looks for new checkpoints
   return e
@@ -236,7 +239,7 @@ VARIANTS = ("", "dp")
 def apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
   """Apply a named variant given after the config path (`--config=configs/droid.py:dp`).
 
-  dp: the diffusion-policy baseline (uwm_spec.md 6) — the same network with action tokens only,
+  dp: the diffusion-policy baseline (docs/model.md) — the same network with action tokens only,
       one timestep (sinusoidal width 256 for the reference configs), no registers, no next-obs
       prediction.
   """

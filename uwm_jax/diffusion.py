@@ -1,4 +1,4 @@
-"""DDIM diffusion as pure functions (uwm_spec.md section 2; no diffusers).
+"""DDIM diffusion as pure functions (docs/model.md, "Diffusion schedule and DDIM"; no diffusers).
 
 Matches diffusers' DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2",
 clip_sample=True, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading",

@@ -17,13 +17,14 @@ import logging
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
+
+from uwm_jax import cli_config
+from uwm_jax.evaluation import evaluator
 
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Checkpoints folder or workdir.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 _WATCH = flags.DEFINE_bool("watch", False, "Keep evaluating new checkpoints.")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config the checkpoint must match.",
-                                          lock_config=False)
+_CONFIG = cli_config.define_config_flag("Config the checkpoint must match.", lock_config=False)
 _ENV = flags.DEFINE_string("env", None, "Override config.eval.env.")
 _NUM_EPISODES = flags.DEFINE_integer("num_episodes", None, "Override config.eval.num_episodes.")
 _EXEC_STEPS = flags.DEFINE_integer("exec_steps", None, "Override config.eval.exec_steps.")
@@ -43,7 +44,6 @@ def _overrides() -> dict:
 def main(argv):
   del argv
   logging.getLogger("absl").setLevel(logging.WARNING)
-  from uwm_jax.evaluation import evaluator  # pylint: disable=import-outside-toplevel
   try:
     if _WATCH.value:
       interval = (_CONFIG.value.eval.watch_interval_s if _CONFIG.value is not None else 60.0)
@@ -59,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli_config.run(main)

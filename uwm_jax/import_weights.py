@@ -1,7 +1,7 @@
 r"""Import pretrained PyTorch weights from local files into uwm_jax checkpoints.
 
-  # A released UWM checkpoint (models.pt: LIBERO-90 pretrained, DROID pretrained/cotrained);
-  # the config (DROID or LIBERO) is inferred from the weights' shapes.
+Example (a released UWM checkpoint; the config, DROID or LIBERO, is inferred from the shapes):
+
   python -m uwm_jax.import_weights uwm --src=models.pt --out=/ckpt/uwm_libero90/checkpoints
 
   # A fresh model on a config whose ResNet-18 starts from torchvision ImageNet weights and
@@ -13,7 +13,7 @@ Both write a params-only checkpoint (`uwm_jax.runs.checkpoint.save_params_checkp
 what evaluation and finetuning (`python -m uwm_jax.train --config.init_from=...`) read.
 
   # Next-obs latents of every dataset of a config, encoded once with a checkpoint's VAE
-  # (uwm_jax.data.latent_cache; one folder per dataset under --out).
+  # (uwm_jax.model.latent_cache_builder; one folder per dataset under --out).
   python -m uwm_jax.import_weights latent_cache --config=configs/droid.py \
       --config.data.sources.droid.path=/data/uwm/droid_weird \
       --checkpoint=/ckpt/droid_init/checkpoints --out=/data/droid_latents
@@ -22,138 +22,101 @@ what evaluation and finetuning (`python -m uwm_jax.train --config.init_from=...`
       --config.data.sources.droid.path=/data/uwm/droid_weird \
       --config.init_from=/ckpt/droid_init/checkpoints \
       --config.data.latent_cache_dir=/data/droid_latents
+
+The command (uwm | init | latent_cache) comes first; every config field can be overridden with
+--config.FIELD=VALUE as for `python -m uwm_jax.train`. Errors are one line (exit status 2).
 """
 
-import argparse
-import ast
 import sys
-from typing import Optional, Sequence
 
 import jax
 import numpy as np
+from absl import app, flags
+
+from uwm_jax import cli_config
+from uwm_jax.model import latent_cache_builder
+from uwm_jax.runs.checkpoint import save_params_checkpoint
+from uwm_jax.weights import keymap, pretrained, uwm_checkpoint
+
+COMMANDS = ("uwm", "init", "latent_cache")
+
+_CONFIG = cli_config.define_config_flag(
+    "Config file[:variant]: init and latent_cache need it; uwm infers DROID/LIBERO without it.")
+_OUT = flags.DEFINE_string("out", None, "uwm, init: the `checkpoints` folder to write; "
+                           "latent_cache: the cache root (one folder per dataset).")
+_SRC = flags.DEFINE_string("src", None, "uwm: the released models.pt file.")
+_SCAN_LAYERS = flags.DEFINE_bool("scan_layers", None, "uwm: store the DiT blocks stacked for "
+                                 "nn.scan (default: the config's model.scan_layers).")
+_VAE = flags.DEFINE_string("vae", None, "init: diffusers AutoencoderKL folder (SDXL VAE).")
+_RESNET = flags.DEFINE_string("resnet", None, "init: torchvision resnet18-*.pth.")
+_SEED = flags.DEFINE_integer("seed", None, "init: init seed (default: config.seed).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "latent_cache: `checkpoints` folder whose "
+                                  "frozen codec params encode the frames.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "latent_cache: frames per codec call.")
+_PROCESS_INDEX = flags.DEFINE_integer("process_index", 0, "latent_cache: this process's index.")
+_PROCESS_COUNT = flags.DEFINE_integer("process_count", 1, "latent_cache: number of processes.")
+flags.mark_flags_as_required(["out"])
 
 
 def _count(tree) -> int:
   return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
 
 
-def _bool(text: str) -> bool:
-  if text.lower() in ("1", "true", "yes"):
-    return True
-  if text.lower() in ("0", "false", "no"):
-    return False
-  raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m uwm_jax.import_weights", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = parser.add_subparsers(dest="command", required=True)
-  uwm = sub.add_parser("uwm", help="a released PyTorch UWM checkpoint (models.pt)")
-  uwm.add_argument("--src", required=True, help="the models.pt file")
-  uwm.add_argument("--out", required=True, help="the `checkpoints` folder to write")
-  uwm.add_argument("--config", default=None,
-                   help="config file[:variant] to use instead of inferring DROID/LIBERO")
-  uwm.add_argument("--scan_layers", type=_bool, default=None,
-                   help="store DiT blocks stacked for nn.scan (default: the config's value)")
-  init = sub.add_parser("init", help="fresh model + torchvision ResNet-18 and/or SDXL VAE")
-  init.add_argument("--config", required=True, help="config file[:variant]")
-  init.add_argument("--out", required=True, help="the `checkpoints` folder to write")
-  init.add_argument("--vae", default=None, help="diffusers AutoencoderKL folder (SDXL VAE)")
-  init.add_argument("--resnet", default=None, help="torchvision resnet18-*.pth")
-  init.add_argument("--seed", type=int, default=None, help="init seed (default: config.seed)")
-  cache = sub.add_parser("latent_cache", help="precompute next-obs VAE latents of a dataset")
-  cache.add_argument("--config", required=True, help="config file[:variant] naming the data")
-  cache.add_argument("--checkpoint", required=True,
-                     help="`checkpoints` folder whose frozen codec params encode the frames")
-  cache.add_argument("--out", required=True, help="cache root (one folder per dataset)")
-  cache.add_argument("--batch_size", type=int, default=64, help="frames per VAE call")
-  cache.add_argument("--process_index", type=int, default=0)
-  cache.add_argument("--process_count", type=int, default=1)
-  cache.epilog = ("Config fields are overridden as for `python -m uwm_jax.train`: "
-                  "--config.FIELD=VALUE, e.g. --config.data.sources.droid.path=/data/x.")
-  args, extra = parser.parse_known_args(argv)
-  args.overrides = [a for a in extra if a.startswith("--config.")]
-  unknown = [a for a in extra if not a.startswith("--config.")]
-  if unknown or (args.overrides and args.command != "latent_cache"):
-    parser.error(f"unrecognized arguments: {' '.join(unknown or args.overrides)}")
-  return args
-
-
-def apply_overrides(config, overrides: Sequence[str]):
-  """`--config.FIELD=VALUE` arguments onto a config (VALUE read as a Python literal when it is
-  one, else as a string; ConfigDict checks the type)."""
-  for arg in overrides:
-    key, sep, text = arg.partition("=")
-    if not sep:
-      raise SystemExit(f"{arg}: expected --config.FIELD=VALUE.")
-    *parents, leaf = key[len("--config."):].split(".")
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text
-    node = config
-    for name in parents:
-      node = node[name]
-    if leaf not in node:
-      raise SystemExit(f"{arg}: the config has no field {key[len('--'):]!r}.")
-    node[leaf] = value
-  return config
-
-
-def convert_uwm(args: argparse.Namespace) -> str:
-  from uwm_jax.runs.checkpoint import save_params_checkpoint
-  from uwm_jax.weights import uwm_checkpoint
-  out = uwm_checkpoint.convert_checkpoint(args.src, config=args.config,
-                                          scan_layers=args.scan_layers)
-  print(f"{args.src}: step {out.step}, matches {out.config_path}; "
+def import_uwm() -> str:
+  if not _SRC.value:
+    raise ValueError("uwm: give --src=models.pt.")
+  out = uwm_checkpoint.convert_checkpoint(_SRC.value, config=_CONFIG.value,
+                                          scan_layers=_SCAN_LAYERS.value)
+  print(f"{_SRC.value}: step {out.step}, config {out.config_path or cli_config.config_arg()}; "
         f"{_count(out.params):,} trained + {_count(out.frozen):,} frozen values; "
         f"action stats {'from its normalizer' if out.has_action_normalizer else 'identity'}.")
-  return save_params_checkpoint(args.out, params=out.params, frozen=out.frozen,
+  return save_params_checkpoint(_OUT.value, params=out.params, frozen=out.frozen,
                                 config=out.config, dataset_stats=out.dataset_stats,
                                 step=out.step)
 
 
-def convert_init(args: argparse.Namespace) -> str:
-  from uwm_jax.runs.checkpoint import save_params_checkpoint
-  from uwm_jax.weights import pretrained, uwm_checkpoint
-  if args.vae is None and args.resnet is None:
-    raise SystemExit("init: give --vae and/or --resnet.")
-  config = uwm_checkpoint.load_config(args.config)
-  if args.seed is not None:
-    config.seed = args.seed
-  params, frozen = pretrained.init_with_pretrained(config, vae_dir=args.vae,
-                                                   resnet_path=args.resnet)
-  print(f"{args.config}: {_count(params):,} trained + {_count(frozen):,} frozen values "
-        f"(ResNet: {args.resnet or 'random'}; VAE: {args.vae or 'random'}).")
-  return save_params_checkpoint(args.out, params=params, frozen=frozen, config=config,
+def import_init() -> str:
+  if _VAE.value is None and _RESNET.value is None:
+    raise ValueError("init: give --vae and/or --resnet.")
+  config = _config()
+  if _SEED.value is not None:
+    config.seed = _SEED.value
+  params, frozen = pretrained.init_with_pretrained(config, vae_dir=_VAE.value,
+                                                   resnet_path=_RESNET.value)
+  print(f"{cli_config.config_arg()}: {_count(params):,} trained + {_count(frozen):,} frozen "
+        f"values (ResNet: {_RESNET.value or 'random'}; VAE: {_VAE.value or 'random'}).")
+  return save_params_checkpoint(_OUT.value, params=params, frozen=frozen, config=config,
                                 dataset_stats={}, step=0)
 
 
-def build_cache(args: argparse.Namespace) -> str:
-  from uwm_jax.data import latent_cache
-  from uwm_jax.runs.checkpoint import load_params_checkpoint
-  from uwm_jax.weights import uwm_checkpoint
-  config = apply_overrides(uwm_checkpoint.load_config(args.config), args.overrides)
-  _, frozen, ckpt_config, _ = load_params_checkpoint(args.checkpoint)
-  if ckpt_config.model.codec != config.model.codec:
-    raise SystemExit(f"latent_cache: the checkpoint's model.codec is "
-                     f"{ckpt_config.model.codec!r}, the config's {config.model.codec!r}.")
-  metas = latent_cache.build_latent_caches(config, frozen, args.out, batch_size=args.batch_size,
-                                           process_index=args.process_index,
-                                           process_count=args.process_count)
+def build_latent_cache() -> str:
+  if not _CHECKPOINT.value:
+    raise ValueError("latent_cache: give --checkpoint=<checkpoints folder>.")
+  metas = latent_cache_builder.build_latent_caches_from_checkpoint(
+      _config(), _CHECKPOINT.value, _OUT.value, batch_size=_BATCH_SIZE.value,
+      process_index=_PROCESS_INDEX.value, process_count=_PROCESS_COUNT.value)
   for name, meta in metas.items():
     print(f"{name}: {len(meta['episodes'])} episodes cached")
-  return args.out
+  return _OUT.value
 
 
-def main(argv: Optional[Sequence[str]] = None) -> str:
-  args = parse_args(argv)
-  commands = {"uwm": convert_uwm, "init": convert_init, "latent_cache": build_cache}
-  path = commands[args.command](args)
+def _config():
+  if _CONFIG.value is None:
+    raise ValueError("this command needs --config=FILE[:variant].")
+  return _CONFIG.value
+
+
+def main(argv) -> None:
+  commands = {"uwm": import_uwm, "init": import_init, "latent_cache": build_latent_cache}
+  if len(argv) != 2 or argv[1] not in commands:
+    raise app.UsageError(f"give one command, {' | '.join(COMMANDS)} (got {argv[1:]}).")
+  try:
+    path = commands[argv[1]]()
+  except (FileNotFoundError, ValueError, keymap.WeightImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   print(f"Wrote {path}")
-  return path
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  cli_config.run(main)

@@ -1,4 +1,5 @@
-"""The five inference modes of UWM (uwm_spec.md 2), each a jitted DDIM loop in `lax.scan`.
+"""The five inference modes of UWM (docs/model.md, "The five inference modes"), each a jitted
+DDIM loop in `lax.scan`.
 
 | mode              | denoised          | the other modality                 | its timestep        |
 |-------------------|-------------------|------------------------------------|---------------------|

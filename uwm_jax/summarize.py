@@ -1,15 +1,18 @@
 """Print a config's token layout, shapes and parameter counts (no arrays are allocated).
 
+Example:
+
   python -m uwm_jax.summarize --config=configs/droid.py
   python -m uwm_jax.summarize --config=configs/libero.py --config.model.num_registers=8
 """
 
-from absl import app
-from ml_collections import config_flags
+from absl import app, flags
 
+from uwm_jax import cli_config
 from uwm_jax.model.summary import describe
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_CONFIG = cli_config.define_config_flag("Config file.")
+flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
@@ -18,4 +21,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli_config.run(main)

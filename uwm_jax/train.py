@@ -10,16 +10,21 @@
                                 (Cloud TPU pods and SLURM are)
 
 Finetuning: add --config.init_from=PRETRAIN_WORKDIR/checkpoints.
+
+Around the training loop (`uwm_jax.training.loop.train`) this wires the stages together: the
+embedded task's datasets are generated first when the config asks for them
+(`config.data.demo_episodes`, `uwm_jax.data.demo_generation`), the loop receives the offline
+evaluation as its callback (`uwm_jax.evaluation.offline_metrics.make_validation_evaluate`), and
+with `config.eval.after_training` the final checkpoint is evaluated and summarised in one line.
 """
 
 import logging
-import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
-                                          lock_config=True)
+from uwm_jax import cli_config
+
+_CONFIG = cli_config.define_config_flag("Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Working directory (checkpoints, metrics); "
                                 "default workdirs/<config file stem>[_<variant>].")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "",
@@ -29,32 +34,31 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index.")
 flags.mark_flags_as_required(["config"])
 
 
-def default_workdir(config_arg: str) -> str:
-  """workdirs/<config file stem>[_<variant>] for --config=configs/<stem>.py[:<variant>]."""
-  path, _, variant = config_arg.partition(":")
-  stem = os.path.splitext(os.path.basename(path))[0]
-  return os.path.join("workdirs", stem + (f"_{variant}" if variant else ""))
-
-
 def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
   # jax.distributed must start before anything touches a device (some modules create arrays
-  # at import time), so the training modules are imported only afterwards.
+  # at import time), so the pipeline's modules are imported only afterwards.
   from uwm_jax.training import distributed  # pylint: disable=import-outside-toplevel
   distributed.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                      _PROCESS_ID.value)
-  from uwm_jax.training import loop  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import jax
+  from uwm_jax.data import demo_generation
+  from uwm_jax.evaluation import evaluator, offline_metrics
+  from uwm_jax.runs import checkpoint
+  from uwm_jax.training import loop
+  # pylint: enable=import-outside-toplevel
   config = _CONFIG.value
-  workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(
-      flags.FLAGS["config"]))
-  # The embedded task's demonstrations are generated on first use (config.eval.demo_episodes).
-  from uwm_jax.evaluation import hooks  # pylint: disable=import-outside-toplevel
-  hooks.before_training(config)
-  loop.train(config, workdir)
-  hooks.after_training(config, workdir)  # config.eval.after_training: rollouts + summary
+  workdir = _WORKDIR.value or cli_config.default_workdir(cli_config.config_arg())
+  if jax.process_index() == 0:
+    demo_generation.prepare(config)  # the embedded task's datasets, on first use
+  loop.train(config, workdir, make_evaluate=offline_metrics.make_validation_evaluate)
+  if config.eval.after_training and jax.process_index() == 0:  # rollouts + one summary line
+    result = evaluator.evaluate_checkpoint(checkpoint.checkpoint_dir(workdir))
+    print(evaluator.summary_line(result, config.eval.env))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli_config.run(main)

@@ -21,9 +21,13 @@ import threading
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (and overrides).")
+from uwm_jax import cli_config
+from uwm_jax.data import loader as loader_lib
+from uwm_jax.data import source_configs
+from uwm_jax.dims import model_dims
+
+_CONFIG = cli_config.define_config_flag("Config file (and overrides).")
 _SECONDS = flags.DEFINE_float("seconds", 60.0, "How long to load after the first batch.")
 _WARMUP = flags.DEFINE_integer("warmup_batches", 2, "Batches not timed (start-up).")
 _FIXTURE = flags.DEFINE_integer(
@@ -43,7 +47,7 @@ class PeakRss:
 
   def _sample(self) -> int:
     try:
-      import psutil  # pylint: disable=import-outside-toplevel
+      import psutil  # pylint: disable=import-outside-toplevel  # optional: counts the workers
     except ImportError:
       return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     me = psutil.Process()
@@ -72,9 +76,14 @@ class PeakRss:
 
 def _fixture_job(image_shape, episodes: int, root: str) -> None:
   """Runs in a child process, so that TensorFlow does not count in the loader's RSS."""
-  from uwm_jax.data import convert_rlds as convert, fixtures, profiles  # pylint: disable=g-import-not-at-top
+  # Imported here, in the child process: TensorFlow (the RLDS writer) must not count in the
+  # parent's (the loader's) RSS.
+  # pylint: disable=import-outside-toplevel
+  from uwm_jax.bench.droid_sample import write_droid_fixture
+  from uwm_jax.data import convert_rlds as convert, profiles
+  # pylint: enable=import-outside-toplevel
   t = time.time()
-  tfds_dir = fixtures.write_droid_fixture(os.path.join(root, "tfds"), episodes,
+  tfds_dir = write_droid_fixture(os.path.join(root, "tfds"), episodes,
                                           image_shape=tuple(image_shape),
                                           lengths=(120, 150, 90), num_shards=4)
   t_write = time.time() - t
@@ -86,7 +95,6 @@ def _fixture_job(image_shape, episodes: int, root: str) -> None:
 
 
 def _write_fixture(config, episodes: int, root: str) -> str:
-  from uwm_jax.data import source_configs  # pylint: disable=g-import-not-at-top
   proc = multiprocessing.get_context("spawn").Process(
       target=_fixture_job, args=(tuple(config.model.image_shape), episodes, root))
   proc.start()
@@ -101,8 +109,6 @@ def _write_fixture(config, episodes: int, root: str) -> str:
 
 def main(argv):
   del argv
-  from uwm_jax.data import loader as loader_lib  # pylint: disable=g-import-not-at-top
-  from uwm_jax.model.dims import model_dims  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   root = None
   if _FIXTURE.value:
@@ -139,4 +145,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli_config.run(main)

@@ -19,10 +19,10 @@ import json
 import time
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
-                                          lock_config=True)
+from uwm_jax import cli_config
+
+_CONFIG = cli_config.define_config_flag("Training config file.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _LATENT_CACHE = flags.DEFINE_enum(
@@ -75,7 +75,7 @@ def run(config, steps: int, warmup: int, latent_cache: bool = False) -> dict:
   batch carries next-obs latent moments (the step skips the codec)."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  from uwm_jax.data import global_batch  # pylint: disable=import-outside-toplevel
+  from uwm_jax.training import global_batch  # pylint: disable=import-outside-toplevel
   from uwm_jax.diffusion import make_schedule  # pylint: disable=import-outside-toplevel
   from uwm_jax.model.uwm import UnifiedWorldModel  # pylint: disable=import-outside-toplevel
   from uwm_jax.training import flops as flops_lib  # pylint: disable=import-outside-toplevel
@@ -88,7 +88,6 @@ def run(config, steps: int, warmup: int, latent_cache: bool = False) -> dict:
   mesh = mesh_lib.make_mesh(tc.mesh_shape)
   model = UnifiedWorldModel(config.model)
   tx = optim_lib.make_optimizer(config.optim, config.num_steps)
-  lr = optim_lib.make_lr_schedule(config.optim, config.num_steps)
   ema = tc.ema_decay > 0
   abstract = sharded_state.abstract_train_state(model, tx, ema)
   shardings = sharded_state.train_state_shardings(abstract, mesh, tc.partition_rules,
@@ -99,7 +98,7 @@ def run(config, steps: int, warmup: int, latent_cache: bool = False) -> dict:
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
   step_fn = sharded_state.jit_train_step(
-      make_train_step(model, make_schedule(config.diffusion), tx, lr, ema_decay=tc.ema_decay,
+      make_train_step(model, make_schedule(config.diffusion), tx, ema_decay=tc.ema_decay,
                       nan_guard=tc.nan_guard), shardings, mesh, tc.compiler_options)
   batch = global_batch.host_batch_to_global(
       random_batch(config, np.random.default_rng(0), latent_cache), mesh, mesh_lib.batch_spec())
@@ -201,4 +200,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli_config.run(main)

@@ -26,6 +26,8 @@ import struct
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+from array_record.python import array_record_module
+from PIL import Image
 
 FORMAT = "uwm_array_record_v1"
 DATASET_JSON = "dataset.json"
@@ -57,7 +59,6 @@ def decode_step(record: bytes, which: Sequence[int]) -> List[bytes]:
 
 def encode_image(image: np.ndarray, image_format: str = "png") -> bytes:
   """(H, W, 3) uint8 -> PNG/JPEG bytes (used when a source holds raw pixels)."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   buf = io.BytesIO()
   fmt = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG"}[image_format.lower()]
   kwargs = {"quality": 95} if fmt == "JPEG" else {"compress_level": 1}
@@ -67,7 +68,6 @@ def encode_image(image: np.ndarray, image_format: str = "png") -> bytes:
 
 def decode_image(data: bytes) -> np.ndarray:
   """PNG/JPEG bytes -> (H, W, 3) uint8."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   with Image.open(io.BytesIO(data)) as im:
     if im.mode != "RGB":
       im = im.convert("RGB")
@@ -78,7 +78,6 @@ class ShardWriter:
   """Writes one output shard into a temporary folder; `close()` moves it into place."""
 
   def __init__(self, out_dir: str, index: int, count: int, camera_keys: Sequence[str]):
-    from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
     self.final = os.path.join(out_dir, shard_dirname(index, count))
     self.tmp = f"{self.final}.tmp-{os.getpid()}"
     shutil.rmtree(self.tmp, ignore_errors=True)

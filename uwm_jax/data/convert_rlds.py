@@ -18,16 +18,17 @@ finished shards. Episodes are kept in TFDS order; the filters (`uwm_jax.data.fil
 `dataset.json` is written by whichever process finds the needed shards complete.
 """
 
-import argparse
 import logging
 import multiprocessing
 import os
-import sys
+import types
 from typing import Optional, Sequence
 
 import numpy as np
 import tqdm
+from absl import app, flags
 
+from uwm_jax import cli_config
 from uwm_jax.data import array_record_format as fmt
 from uwm_jax.data import filters as filters_lib
 from uwm_jax.data import profiles as profiles_lib
@@ -224,40 +225,48 @@ def _run(args, index: int, count: int) -> bool:
       dataset=args.builder or "", image_format=args.image_format)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog="python -m uwm_jax.data.convert_rlds", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("command", choices=("droid", "rlds"))
-  p.add_argument("--data_dir", default="", help="TFDS data_dir holding the builder.")
-  p.add_argument("--builder", default="", help="builder name, e.g. droid or droid_100.")
-  p.add_argument("--version", default="", help="builder version (default: highest).")
-  p.add_argument("--builder_dir", default="", help="<data_dir>/<builder>/<version> directly.")
-  p.add_argument("--split", default="train")
-  p.add_argument("--out", required=True, help="output folder of the converted dataset.")
-  p.add_argument("--include", action="append", default=[],
-                 help="keep episodes whose recording_folderpath contains this (repeatable).")
-  p.add_argument("--exclude", action="append", default=[],
-                 help="drop episodes whose recording_folderpath contains this (repeatable).")
-  p.add_argument("--success_only", action="store_true")
-  p.add_argument("--max_episodes", type=int, default=0, help="first N matches (0 = all).")
-  p.add_argument("--action_free", action="store_true", help="store no actions (video).")
-  p.add_argument("--camera_keys", default="", help="rlds: comma-separated observation keys.")
-  p.add_argument("--action_key", default="action", help="rlds: steps/<key> holds the action.")
-  p.add_argument("--low_dim_keys", default="", help="rlds: comma-separated observation keys.")
-  p.add_argument("--image_format", default="png", choices=("png", "jpeg"),
-                 help="encoding for sources that store raw pixels.")
-  p.add_argument("--num_processes", type=int, default=1, help="local worker processes.")
-  p.add_argument("--process_index", type=int, default=0, help="this host's index.")
-  p.add_argument("--process_count", type=int, default=1, help="number of hosts.")
-  args = p.parse_args(argv)
-  if not args.builder_dir and not (args.data_dir and args.builder):
-    p.error("give --data_dir and --builder, or --builder_dir.")
-  return args
+def define_flags() -> None:
+  """The command line's flags. Defined only when this module runs as a program: it is also a
+  library (demo generation, benchmarks), and flags defined at import would collide with those
+  of the entry point importing it."""
+  flags.DEFINE_string("data_dir", "", "TFDS data_dir holding the builder.")
+  flags.DEFINE_string("builder", "", "builder name, e.g. droid or droid_100.")
+  flags.DEFINE_string("version", "", "builder version (default: highest).")
+  flags.DEFINE_string("builder_dir", "", "<data_dir>/<builder>/<version> directly.")
+  flags.DEFINE_string("split", "train", "TFDS split to convert.")
+  flags.DEFINE_string("out", None, "output folder of the converted dataset.", required=True)
+  flags.DEFINE_multi_string("include", [], "keep episodes whose recording_folderpath contains "
+                            "this (repeatable).")
+  flags.DEFINE_multi_string("exclude", [], "drop episodes whose recording_folderpath contains "
+                            "this (repeatable).")
+  flags.DEFINE_bool("success_only", False, "keep successful episodes only.")
+  flags.DEFINE_integer("max_episodes", 0, "first N matches (0 = all).")
+  flags.DEFINE_bool("action_free", False, "store no actions (video).")
+  flags.DEFINE_string("camera_keys", "", "rlds: comma-separated observation keys.")
+  flags.DEFINE_string("action_key", "action", "rlds: steps/<key> holds the action.")
+  flags.DEFINE_string("low_dim_keys", "", "rlds: comma-separated observation keys.")
+  flags.DEFINE_enum("image_format", "png", ["png", "jpeg"],
+                    "encoding for sources that store raw pixels.")
+  flags.DEFINE_integer("num_processes", 1, "local worker processes.")
+  flags.DEFINE_integer("process_index", 0, "this host's index.")
+  flags.DEFINE_integer("process_count", 1, "number of hosts.")
+
+
+COMMANDS = ("droid", "rlds")
 
 
 def main(argv: Sequence[str]) -> None:
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"give one command, {' | '.join(COMMANDS)} (got {argv[1:]}).")
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  if not FLAGS.builder_dir and not (FLAGS.data_dir and FLAGS.builder):
+    raise app.UsageError("give --data_dir and --builder, or --builder_dir.")
   logging.basicConfig(level=logging.INFO)
-  args = parse_args(argv)
+  args = types.SimpleNamespace(command=argv[1], **{
+      name: FLAGS[name].value for name in (
+          "data_dir", "builder", "version", "builder_dir", "split", "out", "include", "exclude",
+          "success_only", "max_episodes", "action_free", "camera_keys", "action_key",
+          "low_dim_keys", "image_format", "num_processes", "process_index", "process_count")})
   local = max(1, args.num_processes)
   count = args.process_count * local
   jobs = [(args, args.process_index * local + i, count) for i in range(local)]
@@ -272,4 +281,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  define_flags()
+  cli_config.run(main)

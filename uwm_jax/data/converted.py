@@ -10,6 +10,7 @@ import json
 import os
 from typing import Optional, Sequence, Tuple
 
+import grain
 import numpy as np
 
 from uwm_jax.data import array_record_format as fmt
@@ -143,7 +144,6 @@ class ConvertedSource(EpisodeSource):
 
   def _frame_source(self):
     if self._frames is None:
-      import grain  # pylint: disable=import-outside-toplevel
       self._frames = grain.sources.ArrayRecordDataSource(
           [os.path.join(self.path, n, fmt.FRAMES) for n in self._shard_names])
     return self._frames

@@ -71,8 +71,8 @@ def window_starts(lengths: np.ndarray, episodes: np.ndarray, window: int, stride
                   name: str = "") -> np.ndarray:
   """(N, 2) int64 (episode, start) of every window fully inside the given episodes.
 
-  No padding (uwm_spec.md section 3): an episode of length L holds the L - window + 1 windows
-  starting at 0..L-window; shorter episodes hold none and are counted in a log line.
+  No padding (docs/data.md, "Windows and the validation split"): an episode of length L holds
+  the L - window + 1 windows starting at 0..L-window; shorter episodes hold none and are counted in a log line.
   """
   rows = []
   short = 0
@@ -95,8 +95,8 @@ def split_episodes(action_free: np.ndarray, val_fraction: float,
                    seed: int) -> tuple:
   """(train_episodes, val_episodes) int64 arrays; validation holds robot episodes only.
 
-  Like the reference (uwm_spec.md 4.2): round(val_fraction * N) robot episodes, clamped to
-  [1, N - 1] when val_fraction > 0 and N >= 2, chosen by `np.random.default_rng(seed)`.
+  Like the reference (docs/data.md, "Windows and the validation split"): round(val_fraction * N)
+  robot episodes, clamped to [1, N - 1] when val_fraction > 0 and N >= 2, chosen by `np.random.default_rng(seed)`.
   Action-free episodes always train.
   """
   action_free = np.asarray(action_free, bool)

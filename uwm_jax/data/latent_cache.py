@@ -1,12 +1,15 @@
-"""Precomputed next-observation latents, so training can skip the frozen VAE.
+"""Precomputed next-observation latents, so training can skip the frozen VAE: the format and the
+read side (the builder runs the codec, so it lives downstream of the model:
+`uwm_jax.model.latent_cache_builder`).
 
 `build_latent_cache(source, ...)` pushes every frame that can be a next observation (frame index
 >= `window_slices(T_o, H_a).next_obs.start`) of every episode of an `EpisodeSource` once through
 the codec and stores the posterior moments (mean, std) of the scaled latent, per episode, as
 float16 `.npy` files (one cache folder per source). `LatentCache.window_moments(episode, start)`
 (a `WindowRef`'s episode and start) returns the moments of the next obs of the window
-starting at `start`; in the train step `UnifiedWorldModel.next_latent_from_moments` draws the latent from them, so the
-stochastic VAE encoding of the reference (a fresh posterior sample every step) is kept.
+starting at `start`; in the train step `UnifiedWorldModel.next_latent_from_moments` draws the
+latent from them, so the stochastic VAE encoding of the reference (a fresh posterior sample
+every step) is kept.
 
 Augmentation (the documented choice): cached latents are of the EVAL transform of the next
 frames (resize, centre crop, no colour jitter). With the cache on, next observations are not
@@ -22,7 +25,8 @@ dataset, `<root>/<dataset name>`, what `build_latent_caches` and
 `python -m uwm_jax.import_weights latent_cache` write): the training loader (`open_latent_caches`)
 then attaches the moments of each window's next obs to the batch under
 `uwm_jax.batch.NEXT_LATENT_MEAN` / `NEXT_LATENT_STD` instead of decoding its next-obs frames,
-and `uwm_jax.training.loss.compute_loss` samples the latent with `UnifiedWorldModel.next_latent_from_moments`.
+and `uwm_jax.training.loss.compute_loss` samples the latent with
+`UnifiedWorldModel.next_latent_from_moments`.
 
 Layout of a cache folder: `meta-<process>.json` (the config fields the latents depend on,
 fingerprints of the codec params and of the source, {episode: file, frames}) and one
@@ -37,15 +41,10 @@ import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from uwm_jax import batch as batch_lib
 from uwm_jax.data.episodes import EpisodeSource
-from uwm_jax.model import dims as dims_lib
-from uwm_jax.model.codecs import make_codec
-from uwm_jax.model.image_transforms import transform_views
 
 FORMAT_VERSION = 1
 AUGMENTATION = "next obs: eval transform (centre crop, no jitter); posterior sampled per step"
@@ -80,7 +79,7 @@ def params_fingerprint(frozen) -> str:
   return digest.hexdigest()[:16]
 
 
-def _model_meta(model_cfg) -> dict:
+def model_meta(model_cfg) -> dict:
   return {f: (list(model_cfg[f]) if isinstance(model_cfg[f], (tuple, list)) else model_cfg[f])
           for f in _MODEL_FIELDS}
 
@@ -90,95 +89,12 @@ def first_cached_frame(model_cfg) -> int:
   return batch_lib.window_slices(model_cfg.num_obs_frames, model_cfg.action_len).next_obs.start
 
 
-def make_moments_fn(model_cfg):
-  """jit fn(frozen, frames (N, V, H, W, 3) uint8) -> (mean, std), each (N, V, C, h, w) float32,
-  of the eval transform (resize, centre crop, no jitter) of every frame."""
-  codec = make_codec(model_cfg)
-
-  def fn(frozen, frames):
-    images = transform_views(frames[:, :, None], jax.random.PRNGKey(0), model_cfg, train=False)
-    mean, std = codec.moments(frozen, images)
-    return mean[:, :, :, 0], std[:, :, :, 0]
-
-  return jax.jit(fn)
-
-
-def build_latent_cache(source: EpisodeSource, cache_dir: str, model_cfg, frozen, *,
-                       episodes: Optional[Sequence[int]] = None, batch_size: int = 64,
-                       process_index: int = 0, process_count: int = 1) -> dict:
-  """Encode the next-obs frames of every episode of `source` once; returns this process's meta.
-
-  episodes: which episodes (default all); process p handles the i-th of them when
-  i % process_count == p and writes `meta-<p>.json`. Only frames from `first_cached_frame` on
-  are decoded, `batch_size` at a time. Episodes shorter than a window are skipped; an episode
-  whose file already exists with the right shape is not recomputed (an interrupted build
-  resumes).
-  """
-  if tuple(source.camera_keys) != tuple(model_cfg.camera_keys):
-    raise ValueError(f"{source.name}: camera keys {tuple(source.camera_keys)} differ from "
-                     f"model.camera_keys {tuple(model_cfg.camera_keys)}.")
-  d = dims_lib.model_dims(model_cfg)
-  first = first_cached_frame(model_cfg)
-  moments_fn = make_moments_fn(model_cfg)
-  os.makedirs(cache_dir, exist_ok=True)
-  meta = {"format": FORMAT_VERSION, "augmentation": AUGMENTATION, "source": source.name,
-          "source_fingerprint": source.fingerprint(), "model": _model_meta(model_cfg),
-          "frozen_fingerprint": params_fingerprint(frozen), "first_frame": first,
-          "latent_shape": list(d.latent_shape), "episodes": {}}
-  V, C, _, h, w = d.latent_shape
-  episodes = range(source.num_episodes) if episodes is None else episodes
-  mine = [int(e) for i, e in enumerate(episodes) if i % process_count == process_index]
-  for episode in tqdm(mine, desc=f"latent cache {source.name}", disable=process_index != 0):
-    length = int(source.episode_lengths[episode])
-    if length < d.window:
-      continue
-    name = f"{episode:07d}.npy"
-    path = os.path.join(cache_dir, name)
-    if not _has_array(path, (2, length - first, V, C, h, w)):
-      moments = [_encode_frames(moments_fn, frozen, source, episode, idx, batch_size, model_cfg)
-                 for idx in np.array_split(np.arange(first, length),
-                                           -(-(length - first) // batch_size))]
-      _write_atomic(path, np.concatenate(moments, axis=1))
-    meta["episodes"][str(episode)] = {"file": name, "frames": length}
-  _write_json_atomic(os.path.join(cache_dir, f"meta-{process_index}.json"), meta)
-  return meta
-
-
-def _encode_frames(moments_fn, frozen, source: EpisodeSource, episode: int, indices: np.ndarray,
-                   batch_size: int, model_cfg) -> np.ndarray:
-  """Frames `indices` of an episode -> (2, n, V, C, h, w) float16 [mean, std], through a
-  batch padded to `batch_size` (every call has one shape: one compilation)."""
-  frames = np.asarray(source.frames(episode, indices))  # (V, n, H, W, 3)
-  expected = (len(model_cfg.camera_keys), len(indices)) + tuple(model_cfg.image_shape) + (3,)
-  if frames.dtype != np.uint8 or frames.shape != expected:
-    raise ValueError(f"{source.episode_name(episode)}: frames are {frames.dtype}"
-                     f"{frames.shape}, expected uint8 {expected} (model.image_shape).")
-  frames = frames.transpose(1, 0, 2, 3, 4)
-  n = frames.shape[0]
-  if n < batch_size:
-    frames = np.concatenate([frames, np.repeat(frames[-1:], batch_size - n, axis=0)])
-  mean, std = moments_fn(frozen, jnp.asarray(frames))
-  return np.stack([np.asarray(mean)[:n], np.asarray(std)[:n]]).astype(np.float16)
-
-
 def source_cache_dir(root: str, source_name: str) -> str:
   """The cache folder of one dataset under a cache root (one folder per source)."""
   return os.path.join(root, source_name)
 
 
-def build_latent_caches(config, frozen, root: str, *, batch_size: int = 64,
-                        process_index: int = 0, process_count: int = 1) -> Dict[str, dict]:
-  """Build the cache of every source of `config.data.sources` under `root`/<source name>
-  (video and robot episodes alike: every sample has next obs). -> {source name: meta}."""
-  from uwm_jax.data.sources import build_sources  # pylint: disable=import-outside-toplevel
-  names, sources, _ = build_sources(config)
-  return {name: build_latent_cache(src, source_cache_dir(root, name), config.model, frozen,
-                                   batch_size=batch_size, process_index=process_index,
-                                   process_count=process_count)
-          for name, src in zip(names, sources)}
-
-
-def _has_array(path: str, shape) -> bool:
+def has_array(path: str, shape) -> bool:
   if not os.path.isfile(path):
     return False
   try:
@@ -187,13 +103,13 @@ def _has_array(path: str, shape) -> bool:
     return False
 
 
-def _write_atomic(path: str, array: np.ndarray) -> None:
+def write_npy_atomic(path: str, array: np.ndarray) -> None:
   tmp = path + ".tmp.npy"
   np.save(tmp, array)
   os.replace(tmp, path)
 
 
-def _write_json_atomic(path: str, obj: dict) -> None:
+def write_json_atomic(path: str, obj: dict) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f)
@@ -219,7 +135,7 @@ class LatentCache:
                               f"with `python -m uwm_jax.import_weights latent_cache`.")
     self.cache_dir = cache_dir
     self.episodes: Dict[str, dict] = {}
-    want = _model_meta(model_cfg)
+    want = model_meta(model_cfg)
     if frozen is not None:
       fingerprint = params_fingerprint(frozen)
     for name in metas:

@@ -10,8 +10,8 @@
   python -m uwm_jax.data.convert_rlds rlds --data_dir=/data/tfds --builder=libero_90 \\
       --out=/data/uwm/libero_90 --camera_keys=agentview_rgb,eye_in_hand_rgb --action_key=action
 
-HDF5 layout read (uwm_spec.md 4.4): `data/demo_<i>/obs/<camera>` (L, 128, 128, 3) uint8 stored
-upside down, `data/demo_<i>/actions` (L, 7) = delta position 3 | delta axis-angle 3 | gripper,
+HDF5 layout read (docs/data.md, "Action encodings"): `data/demo_<i>/obs/<camera>`
+(L, 128, 128, 3) uint8 stored upside down, `data/demo_<i>/actions` (L, 7) = delta position 3 | delta axis-angle 3 | gripper,
 already in [-1, 1]; optional low-dim obs (`ee_pos`, `ee_ori`, `gripper_states`,
 `joint_states`). Files are read in sorted order and demos in index order (demo_2 before
 demo_10). Images are flipped vertically (axis H) as the reference's `flip_rgb` does.
@@ -20,17 +20,18 @@ steps/observation/<low-dim key> float32, steps/action (7,) float32, steps/langua
 episode_metadata/{file_path ("<file stem>/demo_<i>"), recording_folderpath (the file stem)}.
 """
 
-import argparse
 import glob
 import json
 import logging
 import os
 import re
-import sys
 from typing import Dict, Iterator, List, Sequence
 
+import h5py
 import numpy as np
+from absl import app, flags
 
+from uwm_jax import cli_config
 from uwm_jax.config_base import LIBERO_CAMERA_KEYS
 from uwm_jax.data.rlds_writer import write_rlds_dataset
 
@@ -71,7 +72,6 @@ def _demo_index(name: str) -> int:
 def read_hdf5_episodes(path: str, camera_keys: Sequence[str] = LIBERO_CAMERA_KEYS,
                        low_dim_keys: Sequence[str] = LOW_DIM_KEYS) -> Iterator[dict]:
   """Episodes (RLDS dicts, images upright) of one LIBERO demonstration file, in demo order."""
-  import h5py  # pylint: disable=import-outside-toplevel
   if not os.path.exists(path):
     raise FileNotFoundError(f"LIBERO file {path!r} does not exist.")
   stem = os.path.basename(path)
@@ -142,21 +142,28 @@ def convert_suite(hdf5_dir: str, data_dir: str, suite: str, **kwargs) -> List[st
   return [write_libero_rlds([path], data_dir, builder, **kwargs)]
 
 
+def define_flags() -> None:
+  """The command line's flags, defined only when this module runs as a program (it is also a
+  library: flags defined at import would collide with those of the entry point importing it)."""
+  flags.DEFINE_string("hdf5_dir", None, "folder of LIBERO *_demo.hdf5 files.", required=True)
+  flags.DEFINE_string("data_dir", None, "TFDS data_dir to write into.", required=True)
+  flags.DEFINE_string("suite", "libero_90",
+                      "libero_90 | paper_tasks | one task (book_caddy, Book-Caddy, ...).")
+  flags.DEFINE_enum("image_format", "png", ["png", "jpeg"], "image encoding in the dataset.")
+  flags.DEFINE_enum("file_format", "tfrecord", ["tfrecord", "array_record"],
+                    "TFDS file format.")
+
+
 def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}.")
   logging.basicConfig(level=logging.INFO)
-  p = argparse.ArgumentParser(prog="python -m uwm_jax.data.libero", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--hdf5_dir", required=True)
-  p.add_argument("--data_dir", required=True, help="TFDS data_dir to write into.")
-  p.add_argument("--suite", default="libero_90",
-                 help="libero_90 | paper_tasks | one task (book_caddy, Book-Caddy, ...).")
-  p.add_argument("--image_format", default="png", choices=("png", "jpeg"))
-  p.add_argument("--file_format", default="tfrecord", choices=("tfrecord", "array_record"))
-  args = p.parse_args(argv)
-  for d in convert_suite(args.hdf5_dir, args.data_dir, args.suite,
-                         image_format=args.image_format, file_format=args.file_format):
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  for d in convert_suite(FLAGS.hdf5_dir, FLAGS.data_dir, FLAGS.suite,
+                         image_format=FLAGS.image_format, file_format=FLAGS.file_format):
     print(d)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  define_flags()
+  cli_config.run(main)

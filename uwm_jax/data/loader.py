@@ -27,14 +27,17 @@ import zlib
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import grain
+import jax
 import numpy as np
+from absl import flags
 
+from uwm_jax.data import latent_cache
 from uwm_jax.data import sources as sources_lib
 from uwm_jax.data import stats as stats_lib
 from uwm_jax.data.episodes import (EpisodeSource, concat_sources_windows, split_episodes,
                                    window_starts)
 from uwm_jax.data.windows import SOURCE, WindowReader
-from uwm_jax.model.dims import model_dims
+from uwm_jax.dims import model_dims
 
 __all__ = ["SOURCE", "TrainLoader", "EvalLoader", "make_train_loader", "make_eval_loader"]
 
@@ -43,7 +46,6 @@ STATE_VERSION = 1
 
 def _process(process_index: Optional[int], process_count: Optional[int]) -> Tuple[int, int]:
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=import-outside-toplevel
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
@@ -65,21 +67,24 @@ def _seed(*parts) -> int:
 
 @dataclasses.dataclass
 class Split:
-  """Per-source (episode, start) window tables of the training and validation splits."""
+  """Per-source (episode, start) window tables of the training and validation splits, and the
+  validation episodes themselves (the one place `data.split_seed` is read)."""
   train: List[np.ndarray]
   val: List[np.ndarray]
+  val_episodes: List[np.ndarray]
 
 
 def make_split(config, sources: Sequence[EpisodeSource], eval_stride: int = 1) -> Split:
   """Windows of every source: training (all but validation episodes), validation (robot only)."""
   window = model_dims(config.model).window
-  train, val = [], []
+  train, val, val_episodes = [], [], []
   for src in sources:
     tr_eps, val_eps = split_episodes(src.action_free, config.data.val_fraction,
                                      config.data.split_seed)
     train.append(window_starts(src.episode_lengths, tr_eps, window, 1, src.name))
     val.append(window_starts(src.episode_lengths, val_eps, window, eval_stride, src.name))
-  return Split(train, val)
+    val_episodes.append(np.asarray(val_eps, np.int64))
+  return Split(train, val, val_episodes)
 
 
 class _Loader:
@@ -113,7 +118,6 @@ class _Loader:
     ahead = max(1, int(d.prefetch_batches))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=ahead, prefetch_buffer_size=ahead))
     if int(d.num_workers) > 0:
-      from absl import flags  # pylint: disable=import-outside-toplevel
       if not flags.FLAGS.is_parsed():  # grain reads its absl flags; use their defaults
         flags.FLAGS.mark_as_parsed()  # when no app.run parsed them (tests, notebooks).
       it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(d.num_workers),
@@ -230,7 +234,6 @@ def _open_latent_caches(config, names, sources, frozen) -> Optional[list]:
     logging.warning("data.latent_cache_dir is set but model.predict_next_obs is False (no next "
                     "obs is encoded): the latent cache is not read.")
     return None
-  from uwm_jax.data import latent_cache  # pylint: disable=import-outside-toplevel
   caches = latent_cache.open_latent_caches(root, names, sources, config.model, frozen)
   logging.info("Training reads next-obs latents from the cache %s (VAE skipped; next obs not "
                "augmented).", root)

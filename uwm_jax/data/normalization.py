@@ -1,4 +1,4 @@
-"""Per-dimension min-max normalisation to [-1, 1] (uwm_spec.md section 3).
+"""Per-dimension min-max normalisation to [-1, 1] (docs/data.md, "Normalisation statistics").
 
 Dataset statistics are a JSON-able dict shared by data, training, checkpoints and evaluation:
 

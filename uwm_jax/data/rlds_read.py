@@ -16,6 +16,8 @@ import numpy as np
 def _import_tfds():
   """tfds (+ TF, hidden from GPUs so that JAX keeps them)."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # Late: TensorFlow loads only where RLDS is read (seconds, GBs; it must not share a
+  # process with MuJoCo's EGL rendering, see uwm_jax.envs.check_no_tensorflow).
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   try:
     tf.config.set_visible_devices([], "GPU")

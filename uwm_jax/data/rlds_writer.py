@@ -20,6 +20,10 @@ Features are inferred from the first episode: uint8 arrays of shape (L, H, W, 3|
 `Tensor`s of their dtype (bool / scalar per step -> `Scalar`), strings become `Text`. RLDS
 fields `is_first`, `is_last`, `is_terminal` (bool), `reward` and `discount` (float32) are added
 when missing. Every episode must have the same structure, shapes and dtypes.
+
+tensorflow_datasets is imported inside the functions that use it: TensorFlow then loads only in
+processes that write RLDS (it costs seconds and GBs, and must not share a process with MuJoCo's
+EGL rendering, see `uwm_jax.envs.check_no_tensorflow`).
 """
 
 import itertools

@@ -4,7 +4,8 @@ Convention (used for encoding the training data AND for decoding at deployment):
 x-y'-z'' rotations, R = Rx(a) @ Ry(b) @ Rz(c) for angles (a, b, c) — the reference's
 conversion (PyTorch3D `euler_angles_to_matrix(..., "XYZ")`) and scipy's upper-case "XYZ"
 (`Rotation.from_euler("XYZ", ...)`). The reference's deployment decodes with scipy's lower-case
-"xyz" (extrinsic), which does not invert the encoding (uwm_spec.md 8.6); deployment must use
+"xyz" (extrinsic), which does not invert the encoding (docs/data.md, "Action encodings");
+deployment must use
 `rot6d_to_euler` below (or scipy "XYZ").
 
 6-d rotation: the first two ROWS of R, flattened (r00 r01 r02 r10 r11 r12); decoding

@@ -33,7 +33,7 @@ def array_record(path: str = "", weight: float = 1.0, action_free: bool = False,
                  max_episodes: int = 0) -> ml_collections.ConfigDict:
   """A dataset converted by `python -m uwm_jax.data.convert_rlds` (DROID, LIBERO, any RLDS).
 
-  The episode filters repeat the conversion's (uwm_spec.md 4.1) at load time, over the stored
+  The episode filters repeat the conversion's (docs/data.md) at load time, over the stored
   episode metadata, in stored (= TFDS) order:
     include: keep episodes whose recording_folderpath contains any of these substrings;
     exclude: drop episodes whose recording_folderpath contains any of these;
@@ -49,7 +49,7 @@ def array_record(path: str = "", weight: float = 1.0, action_free: bool = False,
 def video_folder(path: str = "", weight: float = 1.0, frame_stride: float = 2.0,
                  padding: str = "same", extensions: tuple = ("mp4", "webm"),
                  min_bytes: int = 1024, max_bytes: int = 2**30) -> ml_collections.ConfigDict:
-  """A folder (searched recursively) of video files used as action-free clips (spec 4.3).
+  """A folder (searched recursively) of video files used as action-free clips (docs/data.md).
 
   frame_stride: source frames per window frame (reference: a 38-frame span for 19 frames).
   padding: how a clip fills the camera views: "same" (the clip in every view), "none" (first

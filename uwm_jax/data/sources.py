@@ -3,7 +3,10 @@
 from typing import List, Tuple
 
 from uwm_jax.data import source_configs
+from uwm_jax.data.converted import ConvertedSource
 from uwm_jax.data.episodes import EpisodeSource
+from uwm_jax.data.synthetic import SyntheticSource
+from uwm_jax.data.video_folder import VideoFolderSource
 
 
 def source_names(data_cfg) -> Tuple[str, ...]:
@@ -19,16 +22,13 @@ def build_source(name: str, src_cfg, model_cfg) -> EpisodeSource:
   if not float(src_cfg.weight) > 0:
     raise ValueError(f"Dataset {name!r}: weight must be > 0, got {src_cfg.weight}.")
   if kind == "synthetic":
-    from uwm_jax.data.synthetic import SyntheticSource  # pylint: disable=import-outside-toplevel
     return SyntheticSource(
         name, model_cfg.camera_keys, model_cfg.image_shape, model_cfg.action_dim,
         model_cfg.low_dim_dim, num_episodes=src_cfg.num_episodes,
         episode_len=src_cfg.episode_len, action_free_fraction=src_cfg.action_free_fraction,
         seed=src_cfg.seed)
   if kind == "array_record":
-    from uwm_jax.data.converted import ConvertedSource  # pylint: disable=import-outside-toplevel
     return ConvertedSource.from_config(name, src_cfg, model_cfg)
-  from uwm_jax.data.video_folder import VideoFolderSource  # pylint: disable=import-outside-toplevel
   return VideoFolderSource.from_config(name, src_cfg, model_cfg)
 
 

@@ -1,7 +1,7 @@
 """Normalisation statistics: a pass over actions / low-dim values that decodes no images.
 
 Per source, the min/max over every step of every robot (not action-free) episode — training and
-validation episodes alike, as the reference does (uwm_spec.md 8.19) — is cached beside the data
+validation episodes alike, as the reference does (docs/data.md) — is cached beside the data
 as `<data>/uwm_stats/<key>.json`, where the key hashes the source's fingerprint (its stored
 files and their conversion parameters), the statistics version and the widths used. A
 mixture's statistics are the elementwise min/max over its robot sources.

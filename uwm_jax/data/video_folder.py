@@ -1,4 +1,4 @@
-"""Action-free clips from a folder of video files (mp4/webm), as uwm_spec.md 4.3 describes.
+"""Action-free clips from a folder of video files (mp4/webm), as docs/data.md describes.
 
 Every file is an action-free episode whose frames are the video's frames taken every
 `frame_stride` source frames (reference: 19 frames over a 38-frame span); a window may start at
@@ -17,10 +17,12 @@ import logging
 import os
 from typing import List, Optional, Sequence, Tuple
 
+import imageio.v2 as imageio
 import numpy as np
+from PIL import Image
 
 from uwm_jax.data.episodes import EpisodeSource
-from uwm_jax.model.dims import model_dims
+from uwm_jax.dims import model_dims
 
 INDEX_FILE = "uwm_video_index.json"
 
@@ -34,14 +36,12 @@ def list_videos(folder: str, extensions: Sequence[str]) -> List[str]:
 
 
 def count_frames(path: str) -> int:
-  import imageio.v2 as imageio  # pylint: disable=import-outside-toplevel
   with imageio.get_reader(path, format="ffmpeg") as r:
     return int(r.count_frames())
 
 
 def resize_cover_crop(frame: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
   """(h, w, 3) -> (H, W, 3): scale to cover (H, W) keeping aspect ratio, centre crop."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   H, W = shape
   h, w = frame.shape[:2]
   if (h, w) == (H, W):
@@ -144,7 +144,6 @@ class VideoFolderSource(EpisodeSource):
     return np.minimum(src, self.num_source_frames[episode] - 1)
 
   def frames(self, episode: int, indices: np.ndarray) -> np.ndarray:
-    import imageio.v2 as imageio  # pylint: disable=import-outside-toplevel
     indices = np.asarray(indices, np.int64)
     if indices.min(initial=0) < 0 or indices.max(initial=0) >= self.episode_lengths[episode]:
       raise IndexError(f"{self.episode_name(episode)}: frames {indices} out of range.")

@@ -16,7 +16,8 @@ from typing import Callable, List, Tuple
 TABLETOP_PREFIX = "tabletop_"
 LIBERO_PREFIX = "libero/"
 EMBEDDED_TASKS = ("tabletop_push", "tabletop_reach")
-# Low-dim observation keys of the embedded tasks, as their datasets store them (demo_data).
+# Low-dim observation keys of the embedded tasks, as their datasets store them
+# (uwm_jax.data.demo_generation).
 EMBEDDED_LOW_DIM_KEYS = ("pusher_pos",)
 
 
@@ -27,11 +28,11 @@ def known_env_names() -> str:
 def check_no_tensorflow() -> None:
   """TensorFlow and MuJoCo's EGL (Mesa llvmpipe) rendering crash together in one process
   (a segfault in either import order). Renderers call this first; code that needs TF (the RLDS
-  writer) keeps rendering in worker processes (`demo_data`)."""
+  writer) keeps rendering in worker processes (`uwm_jax.data.demo_generation`)."""
   if "tensorflow" in sys.modules:
     raise RuntimeError("TensorFlow is loaded in this process: offscreen MuJoCo rendering with "
                        "EGL would crash it. Render in a separate process (see "
-                       "uwm_jax.envs.demo_data), and install tensorboardX so that "
+                       "uwm_jax.data.demo_generation), and install tensorboardX so that "
                        "TensorBoard logging does not load TensorFlow.")
 
 
@@ -44,8 +45,9 @@ def check_env_name(name: str) -> None:
   raise ValueError(f"Unknown evaluation task {name!r}: expected {known_env_names()}.")
 
 
-def tabletop_spec(name: str, model_cfg, eval_cfg):
+def tabletop_spec(name: str, model_cfg):
   """The embedded task's spec for a model config (image size from model.image_shape)."""
+  # Late: MuJoCo loads only where a simulator is used.
   from uwm_jax.envs import tabletop  # pylint: disable=import-outside-toplevel
   H, W = model_cfg.image_shape
   if H != W:
@@ -57,6 +59,7 @@ def make_envs(name: str, n: int, config) -> Tuple[List, Callable[[], None]]:
   """n environments of `name` in a worker process (`remote.py`: rendering must not share a
   process with TensorFlow); -> (env proxies, close)."""
   check_env_name(name)
+  # Late: remote imports this package (a cycle at import time).
   from uwm_jax.envs import remote  # pylint: disable=import-outside-toplevel
   return remote.make_remote_envs(name, n, config)
 
@@ -65,9 +68,11 @@ def make_local_envs(name: str, n: int, config) -> Tuple[List, Callable[[], None]
   """n environments of `name` in this process; -> (envs, close)."""
   check_env_name(name)
   if name in EMBEDDED_TASKS:
+    # Late: MuJoCo loads only where a simulator is used.
     from uwm_jax.envs import tabletop  # pylint: disable=import-outside-toplevel
-    envs, renderer = tabletop.make_envs(n, tabletop_spec(name, config.model, config.eval))
+    envs, renderer = tabletop.make_envs(n, tabletop_spec(name, config.model))
     return envs, renderer.close
+  # Late: LIBERO is an optional extra.
   from uwm_jax.envs import libero_env  # pylint: disable=import-outside-toplevel
   envs = [libero_env.LiberoEnv.from_config(name[len(LIBERO_PREFIX):], config)
           for _ in range(n)]
@@ -88,5 +93,5 @@ def low_dim_keys(name: str, config) -> Tuple[str, ...]:
 def default_max_steps(name: str, config) -> int:
   """The episode length limit when config.eval.max_steps is 0."""
   if name in EMBEDDED_TASKS:
-    return tabletop_spec(name, config.model, config.eval).max_episode_steps
-  return 1000  # LIBERO (uwm_spec.md 5.2)
+    return tabletop_spec(name, config.model).max_episode_steps
+  return 1000  # LIBERO (docs/evaluation.md, "Rollout protocol")

@@ -25,7 +25,7 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from uwm_jax.envs import tabletop
+from uwm_jax.envs import remote, tabletop
 
 
 NOISE_CORRELATION = 0.8  # AR(1) coefficient per control step of the injected action noise
@@ -110,7 +110,6 @@ def generate_in_workers(seeds: Sequence[int],
                         **episode_options) -> List[dict]:
   """`generate_episodes` split over `num_workers` spawned processes (rendering must not share a
   process with TensorFlow, see `remote.py`); episodes come back in seed order."""
-  from uwm_jax.envs import remote  # pylint: disable=import-outside-toplevel
   seeds = list(seeds)
   num_workers = max(1, min(num_workers, len(seeds)))
   parts = [seeds[i::num_workers] for i in range(num_workers)]

@@ -1,4 +1,5 @@
-"""LIBERO tasks for rollouts (uwm_spec.md 5.2), through the optional `libero` package.
+"""LIBERO tasks for rollouts (docs/evaluation.md, "Rollout protocol"), through the optional
+`libero` package.
 
 Install with `scripts/install_libero.sh` (docs/evaluation.md): libero 0.1.1 without its CUDA
 torch, robosuite 1.4.0, **mujoco 3.3.7** (robosuite 1.4 breaks with MuJoCo >= 3.10 and LIBERO
@@ -8,7 +9,7 @@ success rates shift with the MuJoCo version), and the 3D assets from the
   LiberoEnv("book_caddy")                   a paper task by its short name (PAPER_TASKS)
   LiberoEnv("libero_10/KITCHEN_SCENE3_...") any task as <suite>/<BDDL stem>, or a bare stem
 
-Observations follow the training data (spec 5.2): `agentview_image` -> `agentview_rgb`,
+Observations follow the training data (docs/evaluation.md): `agentview_image` -> `agentview_rgb`,
 `robot0_eye_in_hand_image` -> `eye_in_hand_rgb`, both flipped vertically (robosuite renders
 upside down). Resets: seeded (`np.random.seed(seed)` then `env.reset()`, the reference's
 protocol) or LIBERO's fixed init states (`init_states="fixed"`: episode seed k uses init state
@@ -28,7 +29,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-# The paper's five downstream LIBERO-10 tasks (uwm_spec.md 4.4), by their short names.
+from uwm_jax.envs import check_no_tensorflow  # noqa: E402
+
+# The paper's five downstream LIBERO-10 tasks (docs/evaluation.md, "Paper numbers"), by their
+# short names.
 PAPER_TASKS = {
     "book_caddy": "libero_10/STUDY_SCENE1_pick_up_the_book_and_place_it_in_the_back_compartment"
                   "_of_the_caddy",
@@ -40,7 +44,7 @@ PAPER_TASKS = {
     "mug_mug": "libero_10/LIVING_ROOM_SCENE5_put_the_white_mug_on_the_left_plate_and_put_the_"
                "yellow_and_white_mug_on_the_right_plate",
 }
-# LIBERO observation key -> the dataset's camera key (spec 4.4 / 5.2).
+# LIBERO observation key -> the dataset's camera key (docs/data.md, docs/evaluation.md).
 CAMERA_RENAMES = {"agentview_image": "agentview_rgb", "robot0_eye_in_hand_image": "eye_in_hand_rgb"}
 LOW_DIM_KEYS = ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 OOD_RANGE_MARGIN = 0.03
@@ -104,8 +108,8 @@ def import_libero():
     raise ImportError(f"LIBERO evaluation needs the `libero` and `robosuite` packages. "
                       f"{INSTALL_HINT}")
   ensure_config()
-  from uwm_jax.envs import check_no_tensorflow  # pylint: disable=import-outside-toplevel
   check_no_tensorflow()
+  # LIBERO is an optional extra (scripts/install_libero.sh).
   import libero.libero as libero_root  # pylint: disable=import-outside-toplevel
   from libero.libero.envs import OffScreenRenderEnv  # pylint: disable=import-outside-toplevel
   assets = assets_dir()
@@ -162,6 +166,7 @@ def load_init_states(task: str) -> np.ndarray:
   path = task_paths(task)["init_states"]
   if not os.path.exists(path):
     raise FileNotFoundError(f"LIBERO task {task!r} has no init-state file {path}.")
+  # Late: torch is optional (weight import and LIBERO only).
   import torch  # pylint: disable=import-outside-toplevel
   return np.asarray(torch.load(path, weights_only=False))
 

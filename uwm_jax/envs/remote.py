@@ -14,6 +14,8 @@ import multiprocessing
 import traceback
 from typing import Any, Callable, Dict, List, Tuple
 
+from uwm_jax import envs as envs_lib
+
 # Exceptions re-raised with their own type in the parent (clear errors stay clear).
 _PASS_THROUGH = (ValueError, KeyError, FileNotFoundError, ImportError, IndexError, TypeError)
 _STATE: Dict[str, Any] = {}  # worker-side objects
@@ -78,7 +80,6 @@ class Worker:
 
 # ------------------------------------------------------------------ worker-side functions
 def _make(name: str, n: int, config) -> List[Tuple[tuple, int]]:
-  from uwm_jax import envs as envs_lib  # pylint: disable=import-outside-toplevel
   envs, close = envs_lib.make_local_envs(name, n, config)
   _STATE["envs"], _STATE["close"] = envs, close
   return [(tuple(e.camera_keys), int(e.action_dim)) for e in envs]

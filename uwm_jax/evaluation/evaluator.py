@@ -2,10 +2,10 @@
 
 `evaluate_checkpoint(checkpoints_dir, step)` loads only the inference params, dataset
 statistics and config of a checkpoint (`uwm_jax.runs.checkpoint.load_params_checkpoint`)
-and, as `config.eval` asks:
-  - offline metrics on the validation split (`uwm_jax.evaluation.offline_metrics`, spec 5.1);
-  - closed-loop rollouts with their success rate and a few rollout videos (spec 5.2);
-  - inverse-dynamics trajectory tracking beside the policy on the same budget (spec 5.4);
+and, as `config.eval` asks (the protocol: docs/evaluation.md, "Protocol"):
+  - offline metrics on the validation split (`uwm_jax.evaluation.offline_metrics`);
+  - closed-loop rollouts with their success rate and a few rollout videos;
+  - inverse-dynamics trajectory tracking beside the policy on the same budget;
   - forward-dynamics videos: single predictions and a held-out trajectory (UWM only).
 Outputs go to `<workdir>/eval/` (workdir = the folder holding `checkpoints/`):
   eval/metrics.jsonl, eval/tensorboard/   one record per evaluated step (MetricWriter)
@@ -27,8 +27,13 @@ import numpy as np
 
 from uwm_jax import config_base, sampling
 from uwm_jax import envs as envs_lib
-from uwm_jax.evaluation import prediction_videos, rollout, tracking, videos
+from uwm_jax.data import loader as loader_lib
+from uwm_jax.data import normalization
+from uwm_jax.evaluation import offline_metrics, prediction_videos, rollout, tracking, videos
 from uwm_jax.evaluation.policies import DiffusionPolicy, RandomPolicy, TemporalEnsemble
+from uwm_jax.model.uwm import UnifiedWorldModel
+from uwm_jax.runs import checkpoint as ckpt
+from uwm_jax.runs.metrics_writer import MetricWriter
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +133,6 @@ def merged_config(checkpoint_config, config=None, eval_overrides: Optional[dict]
 
 # ----------------------------------------------------------------------------- parts
 def _offline_metrics(model, config, params, frozen, stats, rng, eval_loader) -> Dict[str, float]:
-  from uwm_jax.evaluation import offline_metrics  # pylint: disable=import-outside-toplevel
   out = offline_metrics.compute_offline_metrics(
       model, config.diffusion, params, frozen, eval_loader, rng, dataset_stats=stats,
       max_batches=config.eval.offline_num_batches)
@@ -139,10 +143,9 @@ def _held_out_trajectory(config, stats, eval_loader) -> Optional[tuple]:
   """(frames (L, V, H, W, 3) uint8, normalised actions (L, A), normalised low-dim (L, D) or
   None) of one held-out trajectory: an expert episode (embedded task) or the first validation
   episode of the first source (of `eval_loader`, None when the config has no data)."""
-  from uwm_jax.data import normalization  # pylint: disable=import-outside-toplevel
   keys = tuple(config.model.camera_keys)
   if config.eval.env in envs_lib.EMBEDDED_TASKS:
-    spec = envs_lib.tabletop_spec(config.eval.env, config.model, config.eval)
+    spec = envs_lib.tabletop_spec(config.eval.env, config.model)
     demo = tracking.embedded_demos(spec, [config.eval.first_seed + 10**6], keys, hold_steps=0,
                                    with_actions=True,
                                    low_dim_keys=envs_lib.low_dim_keys(config.eval.env, config))[0]
@@ -150,10 +153,7 @@ def _held_out_trajectory(config, stats, eval_loader) -> Optional[tuple]:
   else:
     if eval_loader is None:
       return None
-    from uwm_jax.data import episodes  # pylint: disable=import-outside-toplevel
-    src = eval_loader.sources[0]
-    _, val = episodes.split_episodes(src.action_free, config.data.val_fraction,
-                                     config.data.split_seed)
+    src, val = eval_loader.sources[0], eval_loader.split.val_episodes[0]
     if not len(val):
       return None
     ep = int(val[0])
@@ -195,7 +195,7 @@ def _tracking_demos(config) -> List[tracking.Demo]:
   keys = tuple(config.model.camera_keys)
   if e.env in envs_lib.EMBEDDED_TASKS:
     seeds = [e.first_seed + 2 * 10**6 + i for i in range(e.tracking_episodes)]
-    return tracking.embedded_demos(envs_lib.tabletop_spec(e.env, config.model, e), seeds, keys,
+    return tracking.embedded_demos(envs_lib.tabletop_spec(e.env, config.model), seeds, keys,
                                    hold_steps=config.model.action_len)
   if not e.tracking_demos:
     raise ValueError(f"Trajectory tracking on {e.env!r} needs config.eval.tracking_demos (a "
@@ -208,7 +208,6 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
                     progress: bool = True) -> EvalResult:
   """Every evaluation `config.eval` asks for, on already loaded params; writes
   `out_dir/metrics.json` and videos. Returns the metrics."""
-  from uwm_jax.model.uwm import UnifiedWorldModel  # pylint: disable=import-outside-toplevel
   e = config.eval
   if e.env:
     envs_lib.check_env_name(e.env)
@@ -222,7 +221,6 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
   videos_on = e.prediction_videos and model.predicts_next_obs
   eval_loader = None  # the validation split, built once for metrics and videos
   if config.data.get("sources") and (e.offline_metrics or videos_on):
-    from uwm_jax.data import loader as loader_lib  # pylint: disable=import-outside-toplevel
     eval_loader = loader_lib.make_eval_loader(config)
   if e.offline_metrics and eval_loader is not None:
     metrics.update(_offline_metrics(model, config, params, frozen, stats, k_offline,
@@ -283,8 +281,6 @@ def evaluate_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, conf
   """Load a checkpoint (latest step when None) and evaluate it; also appends the metrics to
   `<workdir>/eval/metrics.jsonl` and TensorBoard. `config`: a config the checkpoint must
   match (model and diffusion), whose `eval` section is used instead of the checkpoint's."""
-  from uwm_jax.runs import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
-  from uwm_jax.runs.metrics_writer import MetricWriter  # pylint: disable=import-outside-toplevel
   eval_env = (eval_overrides or {}).get("env") or (config.eval.env if config is not None else "")
   if eval_env:
     envs_lib.check_env_name(eval_env)  # fail before loading anything

@@ -1,4 +1,4 @@
-"""Offline evaluation on validation batches (uwm_spec.md 5.1).
+"""Offline evaluation on validation batches (docs/evaluation.md, "Offline metrics").
 
 Per batch: the validation losses (random timesteps, eval transform) and five sampling runs,
 each compared with the ground truth by a mean squared error:
@@ -14,6 +14,9 @@ Action MSEs are in raw action units (de-normalised with the dataset statistics; 
 unnormalised has identity statistics); image MSEs are in the codec's latent space, the target
 being a fresh (stochastic for the VAE) encoding of the true next obs. Each metric is averaged
 over batches. The DP baseline (no next-obs prediction) reports the policy MSE and the losses.
+
+`make_validation_evaluate` is the evaluation callback `python -m uwm_jax.train` hands to the
+training loop (`uwm_jax.training.loop.train(..., make_evaluate=...)`).
 """
 
 from typing import Callable, Dict, Iterable, Optional
@@ -24,8 +27,11 @@ import numpy as np
 
 from uwm_jax import batch as B_
 from uwm_jax import sampling
+from uwm_jax.data import loader as loader_lib
 from uwm_jax.data import normalization
 from uwm_jax.diffusion import make_schedule
+from uwm_jax.training import global_batch, sharded_state
+from uwm_jax.training.loop import EvalContext
 from uwm_jax.training.loss import compute_loss
 
 ACTION_METRICS = {"action_mse_marginal": sampling.POLICY,
@@ -113,7 +119,7 @@ def compute_offline_metrics(model, diffusion_cfg, params, frozen, batches: Itera
                             rng: jax.Array, dataset_stats: Optional[dict] = None,
                             max_batches: int = 0, to_device: Optional[Callable] = None,
                             eval_step: Optional[Callable] = None) -> Dict[str, float]:
-  """Spec 5.1's metrics (plus validation losses) averaged over `batches`.
+  """The offline metrics (plus validation losses) averaged over `batches`.
 
   batches: an iterable of batches (e.g. `uwm_jax.data.loader.make_eval_loader(config)`);
   to_device: maps a host batch to device arrays (e.g. `host_batch_to_global` on a mesh;
@@ -138,3 +144,22 @@ def compute_offline_metrics(model, diffusion_cfg, params, frozen, batches: Itera
   result = {k: v / n for k, v in sums.items()} if n else {}
   result["num_batches"] = n
   return result
+
+
+def make_validation_evaluate(context: EvalContext) -> Callable:
+  """The training loop's evaluation callback: fn(state, step) -> the offline metrics of the
+  state's inference params (the EMA when kept) on the validation split, every process taking
+  part (`train.eval_num_batches` batches; 0 = all). One eval step is compiled for the run."""
+  config, mesh = context.config, context.mesh
+  eval_step = make_eval_step(context.model, config.diffusion, context.dataset_stats, mesh,
+                             config.train.compiler_options)
+  to_device = global_batch.batch_placer(mesh)
+
+  def evaluate(state, step: int) -> Dict[str, float]:
+    rng = sharded_state.replicate(jax.random.fold_in(context.rng, step), mesh)
+    return compute_offline_metrics(
+        context.model, config.diffusion, state.inference_params, state.frozen,
+        loader_lib.make_eval_loader(config), rng, max_batches=config.train.eval_num_batches,
+        to_device=to_device, eval_step=eval_step)
+
+  return evaluate

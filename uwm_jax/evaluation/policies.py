@@ -18,6 +18,7 @@ import numpy as np
 
 from uwm_jax import batch as B_
 from uwm_jax import sampling
+from uwm_jax.data import normalization
 from uwm_jax.evaluation.rollout import RolloutContext
 
 
@@ -55,7 +56,6 @@ class DiffusionPolicy:
     self._rng = jax.random.PRNGKey(seed)
 
   def __call__(self, obs_batch: dict, context: Optional[RolloutContext] = None) -> np.ndarray:
-    from uwm_jax.data import normalization  # the data helper's contract
     batch = {B_.OBS: obs_batch[B_.OBS]}
     if B_.LOW_DIM in obs_batch:
       low_dim = obs_batch[B_.LOW_DIM]

@@ -1,4 +1,5 @@
-"""The closed-loop rollout loop (uwm_spec.md 5.2), shared by every environment and policy.
+"""The closed-loop rollout loop (docs/evaluation.md, "Rollout protocol"), shared by every
+environment and policy.
 
 Several env instances run in lockstep so that one batched policy call serves all of them; the
 batch size is always `len(envs)` (finished slots repeat their last observation), so a jitted

@@ -1,4 +1,4 @@
-"""Inverse-dynamics trajectory tracking (uwm_spec.md 5.4, paper Table III).
+"""Inverse-dynamics trajectory tracking (docs/evaluation.md, "Inverse-dynamics tracking").
 
 For each demonstration: reset the env to the demo's first state, then repeatedly give the
 demo frames [k, k + T_o) with k = t + H_a (t = env steps so far: 16, 32, ... for H_a = 16) as
@@ -8,15 +8,17 @@ stop on success or when the demo has no frames left for another goal. The "polic
 
 Demos come from the embedded task's expert (`embedded_demos`) or from a LIBERO demo HDF5 file
 (`libero_hdf5_demos`, frames flipped vertically like the training data — the reference's
-ablation script forgets the flip, uwm_spec.md 8.7).
+ablation script forgets the flip).
 """
 
 import dataclasses
 from typing import List, Optional, Sequence
 
+import h5py
 import numpy as np
 
 from uwm_jax import sampling
+from uwm_jax.data.profiles import concat_fields
 from uwm_jax.evaluation import rollout
 from uwm_jax.evaluation.policies import DiffusionPolicy
 
@@ -92,6 +94,7 @@ def embedded_demos(spec, seeds: Sequence[int], camera_keys: Sequence[str],
   """Expert demos of the embedded task from `seeds` (each resets with its seed); with
   `with_actions` the demo's raw actions (L, A) are kept in `Demo.actions`, with `low_dim_keys`
   those observations (concatenated) in `Demo.low_dim`."""
+  # MuJoCo loads only when demos are generated (rendering happens in a worker process).
   from uwm_jax.envs import demos as demos_lib  # pylint: disable=import-outside-toplevel
   out = []
   for ep in demos_lib.generate_in_workers(seeds, spec, hold_steps=hold_steps, progress=False,
@@ -99,7 +102,6 @@ def embedded_demos(spec, seeds: Sequence[int], camera_keys: Sequence[str],
     frames = np.stack([ep["observation"][k] for k in camera_keys], axis=1)
     low_dim = None
     if low_dim_keys:  # concatenated as the dataset conversion does
-      from uwm_jax.data.profiles import concat_fields  # pylint: disable=import-outside-toplevel
       low_dim = concat_fields(*(ep["observation"][k] for k in low_dim_keys))
     out.append(Demo(rollout.Episode(seed=ep["seed"]), frames,
                     ep.get("action") if with_actions else None, low_dim))
@@ -110,7 +112,6 @@ def libero_hdf5_demos(path: str, camera_keys: Sequence[str], max_demos: int = 0,
                       flip: bool = True) -> List[Demo]:
   """Demos of a LIBERO `*_demo.hdf5` file: data/demo_i/obs/<camera key> frames and
   data/demo_i/states[0] as the initial simulator state, in demo index order."""
-  import h5py  # pylint: disable=import-outside-toplevel
   out = []
   with h5py.File(path, "r") as f:
     if "data" not in f:

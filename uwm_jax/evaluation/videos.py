@@ -7,7 +7,9 @@ by an integer factor with nearest-neighbour sampling so that videos are watchabl
 import os
 from typing import Sequence
 
+import imageio.v2 as imageio
 import numpy as np
+from PIL import Image
 
 VIDEO_FORMATS = ("mp4", "gif")
 
@@ -67,12 +69,10 @@ def write_video(path: str, frames: Sequence[np.ndarray], fps: float = 10.0,
   frames = [upscale(to_uint8(f), min_height) for f in frames]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if ext == "gif":
-    from PIL import Image  # pylint: disable=import-outside-toplevel
     images = [Image.fromarray(f) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], loop=0,
                    duration=max(1, int(round(1000 / fps))))
     return path
-  import imageio.v2 as imageio  # pylint: disable=import-outside-toplevel
   with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1,
                           pixelformat="yuv420p") as writer:
     for f in frames:

@@ -2,17 +2,18 @@
 
 A codec maps transformed next-obs frames (B, V, T, H, W, 3) in [0, 1] to the latent the
 diffusion model denoises, (B, V, C, T, h, w) (see `dims.latent_shape`), and back. Codec
-parameters are frozen: they live outside the optimised params (uwm_spec.md 8.13).
+parameters are frozen: they live outside the optimised params (docs/model.md,
+"Next-observation latents").
 """
 
 import jax
 import jax.numpy as jnp
 
-from uwm_jax.model import dims as dims_lib
+from uwm_jax import dims as dims_lib
 from uwm_jax.model.layers import dtype_of
 from uwm_jax.model.vae import SDXL_SCALING_FACTOR, AutoencoderKL
 
-# The reference's latent normalisation (uwm_spec.md 1.4): latent = (z * 0.13025 - shift) / scale.
+# The reference's latent normalisation (docs/model.md): latent = (z * 0.13025 - shift) / scale.
 VAE_LATENT_SHIFT = 0.0
 VAE_LATENT_SCALE = 3.0
 

@@ -1,4 +1,4 @@
-"""AdaLN-Zero DiT blocks (uwm_spec.md 1.5): attention, MLP, modulation, final layer.
+"""AdaLN-Zero DiT blocks (docs/model.md, "Noise network"): attention, MLP, modulation, final layer.
 
 x: (B, N, E) tokens; c: (B, D_c) condition, the same for every token.
 """

@@ -1,4 +1,4 @@
-"""Image transforms in JAX (uwm_spec.md 1.3): resize, crop, colour jitter.
+"""Image transforms in JAX (docs/model.md, "Observation encoder"): resize, crop, colour jitter.
 
 Granularity differs from the reference on purpose: the reference draws ONE crop offset and ONE
 jitter parameter set per camera per training step (shared by every sample of the batch); here each

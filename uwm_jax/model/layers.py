@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# uwm_spec.md 1.6: every Linear of the noise network is N(0, 0.02) with zero bias.
+# docs/model.md "Noise network": every Linear of the noise network is N(0, 0.02) with zero bias.
 dense_init = nn.initializers.normal(stddev=0.02)
 zeros = nn.initializers.zeros
 
@@ -29,7 +29,7 @@ def dtype_of(name: str):
 def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
   """(B,) raw integer timesteps -> (B, dim) float32 [sin | cos] embedding.
 
-  Frequencies f_i = exp(-ln(10000) * i / (half - 1)), i < half = dim // 2 (uwm_spec.md 8.25).
+  Frequencies f_i = exp(-ln(10000) * i / (half - 1)), i < half = dim // 2 (docs/model.md).
   """
   half = dim // 2
   freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / (half - 1))

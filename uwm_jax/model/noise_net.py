@@ -1,6 +1,7 @@
-"""The dual noise-prediction network (uwm_spec.md 1.5-1.6; the reference's DualNoisePredictionNet).
+"""The dual noise-prediction network (docs/model.md, "Noise network"; the reference's
+DualNoisePredictionNet).
 
-With `predict_next_obs=False` the same module is the DP baseline (spec 6): action tokens only
+With `predict_next_obs=False` the same module is the DP baseline (docs/model.md): action tokens only
 and one timestep.
 """
 
@@ -10,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from uwm_jax.model import dims as dims_lib
+from uwm_jax import dims as dims_lib
 from uwm_jax.model.dit import DiTStack, FinalLayer
 from uwm_jax.model.layers import MishMLP, TimestepEmbedder, dense_init, dtype_of
 from uwm_jax.model.patchify import patchify, unpatchify

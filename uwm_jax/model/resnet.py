@@ -1,4 +1,4 @@
-"""ResNet-18 with GroupNorm (uwm_spec.md 1.3): the image feature encoder.
+"""ResNet-18 with GroupNorm (docs/model.md, "Observation encoder"): the image feature encoder.
 
 torchvision's ResNet-18 layout with every BatchNorm replaced by GroupNorm(channels/16, eps 1e-5)
 and `fc` replaced by Linear(512 -> feature_dim). ImageNet normalisation happens inside.

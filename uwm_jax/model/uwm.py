@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from uwm_jax.model import dims as dims_lib
+from uwm_jax import dims as dims_lib
 from uwm_jax.model.codecs import make_codec
 from uwm_jax.model.image_transforms import transform_views
 from uwm_jax.model.layers import dtype_of

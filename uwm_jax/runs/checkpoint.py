@@ -24,6 +24,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
+from orbax.checkpoint import type_handlers
+
+from uwm_jax.tree_paths import path_name
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +69,6 @@ MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL = 4 * 2**20
 
 
 def _pytree_handler() -> ocp.PyTreeCheckpointHandler:
-  from orbax.checkpoint import type_handlers  # pylint: disable=import-outside-toplevel
   registry = type_handlers.create_type_handler_registry(
       (int, type_handlers.ScalarHandler()),
       (float, type_handlers.ScalarHandler()),
@@ -121,7 +124,6 @@ def gather_process_states(local_state: Any) -> List[Any]:
   """Every process's JSON-able loader state, in process order (a collective: all call it)."""
   if jax.process_count() == 1:
     return [local_state]
-  from jax.experimental import multihost_utils
   raw = np.frombuffer(json.dumps(local_state).encode(), np.uint8)
   lengths = multihost_utils.process_allgather(np.asarray([raw.size], np.int64))
   padded = np.zeros((int(np.max(lengths)),), np.uint8)
@@ -231,7 +233,6 @@ def load_params_checkpoint(directory: str, step: Optional[int] = None, *, device
 
 
 def _flat_shapes(tree: Any) -> Dict[str, tuple]:
-  from uwm_jax.training.sharding import path_name
   return {path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
@@ -287,7 +288,6 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
       os.rename(src, dst)
       log.warning("Moved the unreadable checkpoint %s to %s.", src, dst)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"set_aside_checkpoint_{step}")
   manager.reload()
 

@@ -25,6 +25,7 @@ class _TensorBoard:
   def __init__(self, logdir: str):
     self._tbx = self._tf = None
     try:
+      # Late: optional writers, the first one installed is used.
       import tensorboardX  # pylint: disable=import-outside-toplevel
       self._tbx = tensorboardX.SummaryWriter(logdir)
       return
@@ -75,6 +76,7 @@ class MetricWriter:
     if tensorboard:
       self._tb = _TensorBoard(os.path.join(workdir, TENSORBOARD_DIRNAME))
     if wandb_project:
+      # Late: optional (pip install wandb).
       import wandb  # pylint: disable=import-outside-toplevel
       self._wandb = wandb.init(project=wandb_project, dir=workdir,
                                config=config.to_dict() if config is not None else None,

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Optional, Tuple
 
-from uwm_jax.model import dims as dims_lib
+from uwm_jax import dims as dims_lib
 from uwm_jax.model import resnet as resnet_lib
 from uwm_jax.model import vae as vae_lib
 

@@ -1,6 +1,6 @@
 """The training loop behind `python -m uwm_jax.train`: everything is importable and testable.
 
-  train(config, workdir)
+  train(config, workdir, make_evaluate=None)
 
 1. Mesh from `train.mesh_shape`; state shardings from `train.partition_rules` (logged once).
 2. Resume from the latest complete checkpoint in `<workdir>/checkpoints` (falls back past a
@@ -8,7 +8,10 @@
    for finetuning.
 3. Loop: host batch -> global arrays -> jitted, donated train step; metrics every `log_every`
    steps (progress bar with ETA, metrics.jsonl, TensorBoard); asynchronous checkpoints every
-   `save_every` steps and at the end; offline evaluation every `eval_every` steps and at the end.
+   `save_every` steps and at the end; evaluation every `eval_every` steps and at the end, through
+   the callback the caller passes (`make_evaluate`, see `EvalContext`: `python -m uwm_jax.train`
+   passes the offline metrics of `uwm_jax.evaluation.offline_metrics`; training imports no
+   evaluation code).
 4. A non-finite loss or gradient stops training with FloatingPointError; the step is not
    applied and nothing after the last good checkpoint is saved.
 """
@@ -19,22 +22,21 @@ import logging
 import math
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
 import ml_collections
 import numpy as np
 import tqdm
 
-from uwm_jax.data import global_batch as global_batch_lib
 from uwm_jax.data import loader as loader_lib
 from uwm_jax.diffusion import make_schedule
-from uwm_jax.evaluation import offline_metrics
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint as ckpt_lib
-from uwm_jax.training import flops as flops_lib
-from uwm_jax.training import mesh as mesh_lib
 from uwm_jax.runs import metrics_writer as writer_lib
+from uwm_jax.training import flops as flops_lib
+from uwm_jax.training import global_batch as global_batch_lib
+from uwm_jax.training import mesh as mesh_lib
 from uwm_jax.training import optimizer as optim_lib
 from uwm_jax.training import sharded_state
 from uwm_jax.training.train_step import make_train_step
@@ -43,6 +45,24 @@ log = logging.getLogger(__name__)
 
 STATS_FILENAME = "dataset_stats.json"
 AVERAGED = ("loss", "action_loss", "dynamics_loss", "grad_norm")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+  """What an evaluation callback is built from, once the run's state is known.
+
+  `make_evaluate(context)` returns `evaluate(state, step) -> {metric: float}`, called by every
+  process every `train.eval_every` steps (and at the end with `train.eval_at_end`); a result
+  with "num_batches" 0 means nothing was evaluated.
+  """
+  config: ml_collections.ConfigDict  # the loader's config (stats_path set when resuming)
+  model: Any  # the UnifiedWorldModel being trained
+  mesh: jax.sharding.Mesh
+  dataset_stats: dict  # the statistics the training batches are normalised with
+  rng: jax.Array  # the evaluation's base key (fold in the step)
+
+
+MakeEvaluate = Callable[[EvalContext], Callable[[Any, int], Dict[str, float]]]
 
 
 @dataclasses.dataclass
@@ -99,6 +119,26 @@ class _Throughput:
     rate = self.steps / max(time.perf_counter() - self.t0, 1e-9)
     self.start()
     return rate
+
+
+class _OneStepBehind:
+  """Records each step's device metrics one step late, so that the host never waits for the
+  step it has just dispatched: `push(step, metrics)` records the step pushed before (if any)
+  and holds this one; `catch_up()` records the held step. Every pushed step is recorded exactly
+  once, in order."""
+
+  def __init__(self, record: Callable[[int, Any], None]):
+    self._record = record
+    self._held = None
+
+  def push(self, step: int, device_metrics) -> None:
+    self.catch_up()
+    self._held = (step, device_metrics)
+
+  def catch_up(self) -> None:
+    held, self._held = self._held, None
+    if held is not None:
+      self._record(*held)
 
 
 class _Metrics:
@@ -165,15 +205,6 @@ def make_train_loader(config, stats: Optional[dict], workdir: str, frozen=None):
   return loader_lib.make_train_loader(loader_config, frozen=frozen), loader_config
 
 
-def run_eval(config, model, eval_step, state, mesh, rng) -> Dict[str, float]:
-  """Offline metrics on the validation split (every process takes part)."""
-  batches = loader_lib.make_eval_loader(config)
-  to_global = lambda b: global_batch_lib.host_batch_to_global(b, mesh, mesh_lib.batch_spec())
-  return offline_metrics.compute_offline_metrics(
-      model, config.diffusion, state.inference_params, state.frozen, batches, rng,
-      max_batches=config.train.eval_num_batches, to_device=to_global, eval_step=eval_step)
-
-
 def _non_finite_error(step: int, row: Dict[str, float], manager) -> FloatingPointError:
   last = manager.latest_step()
   where = (f"the last good checkpoint is step {last} in {manager.directory}" if last is not None
@@ -185,8 +216,12 @@ def _non_finite_error(step: int, row: Dict[str, float], manager) -> FloatingPoin
       "enable gradient clipping (optim.grad_clip_norm) or check the data.")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-  """Train (or resume training) `config` in `workdir`; returns the final state and metrics."""
+def train(config: ml_collections.ConfigDict, workdir: str,
+          make_evaluate: Optional[MakeEvaluate] = None) -> TrainResult:
+  """Train (or resume training) `config` in `workdir`; returns the final state and metrics.
+
+  make_evaluate: builds the evaluation callback (see `EvalContext`); None = no evaluation.
+  """
   tc = config.train
   if "://" in os.fspath(workdir):
     raise ValueError(f"--workdir={workdir}: use a filesystem path that every host sees (NFS, "
@@ -197,7 +232,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   model = UnifiedWorldModel(config.model)
   schedule = make_schedule(config.diffusion)
   optimizer = optim_lib.make_optimizer(config.optim, config.num_steps)
-  lr_schedule = optim_lib.make_lr_schedule(config.optim, config.num_steps)
   manager = ckpt_lib.make_manager(
       ckpt_lib.checkpoint_dir(workdir), keep_last=tc.keep_last or None,
       keep_every=tc.keep_every, save_every=tc.save_every, async_save=tc.async_checkpointing)
@@ -212,13 +246,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     loader.set_state(local_iter_state)
 
   step_fn = sharded_state.jit_train_step(
-      make_train_step(model, schedule, optimizer, lr_schedule, ema_decay=tc.ema_decay,
+      make_train_step(model, schedule, optimizer, ema_decay=tc.ema_decay,
                       nan_guard=tc.nan_guard), shardings, mesh, tc.compiler_options)
   base_rng = jax.random.key(config.seed)
   train_rng = sharded_state.replicate(jax.random.fold_in(base_rng, 1), mesh)
-  eval_rng = jax.random.fold_in(base_rng, 2)
-  eval_step = offline_metrics.make_eval_step(model, config.diffusion, stats, mesh,
-                                             tc.compiler_options)
+  evaluate = None
+  if make_evaluate is not None:
+    evaluate = make_evaluate(EvalContext(config=loader_config, model=model, mesh=mesh,
+                                         dataset_stats=stats,
+                                         rng=jax.random.fold_in(base_rng, 2)))
 
   step_flops = flops_lib.train_step_flops(config.model, cached).per_sample * config.batch_size
   peak = flops_lib.peak_flops_per_device(jax.devices()[0].device_kind, tc.peak_tflops_per_device)
@@ -230,16 +266,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   writer = writer_lib.MetricWriter(workdir, tensorboard=tc.tensorboard,
                                    wandb_project=tc.wandb_project, config=config)
   saved_config = loader_config
-  to_global = lambda b: global_batch_lib.host_batch_to_global(b, mesh, mesh_lib.batch_spec())
+  to_global = global_batch_lib.batch_placer(mesh)
   bar = tqdm.tqdm(total=config.num_steps, initial=start, desc="train", unit="step",
                   disable=not tc.progress_bar or jax.process_index() != 0, dynamic_ncols=True)
   metrics, clock = _Metrics(), _Throughput()
   last_train: Dict[str, float] = {}
   last_eval: Dict[str, float] = {}
-  pending = None  # (step, device metrics) of the step dispatched last
 
-  def settle(step, device_metrics):
-    """Fetch one step's metrics (a step behind the device), stop on non-finite values."""
+  def record(step, device_metrics):
+    """Fetch one step's metrics, stop on non-finite values, log every `log_every` steps."""
     nonlocal last_train
     row = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     finite = row.pop("finite", 1.0) and math.isfinite(row["loss"])
@@ -263,38 +298,33 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
       bar.set_postfix(loss=f"{summary['loss']:.4f}", refresh=False)
       last_train = summary
 
+  behind = _OneStepBehind(record)  # metrics are read a step behind the device
   data_iter_state = loader.get_state()
   try:
     for step in range(start + 1, config.num_steps + 1):
       batch = to_global(next(loader))
       data_iter_state = loader.get_state()
       state, device_metrics = step_fn(state, batch, train_rng)
-      if pending is not None:
-        settle(*pending)
-      pending = (step, device_metrics)
+      behind.push(step, device_metrics)
       bar.update(1)
       last = step == config.num_steps
       if manager.should_save(step) or last:
-        settle(*pending)
-        pending = None
+        behind.catch_up()  # every step up to the checkpoint is recorded (and checked) first
         ckpt_lib.save_train_checkpoint(
             manager, step, state=state, inference_params=state.inference_params,
             dataset_stats=stats, config=saved_config, data_iter_state=data_iter_state,
             force=True)
-      if (tc.eval_every and step % tc.eval_every == 0) or (last and tc.eval_at_end):
-        if pending is not None:
-          settle(*pending)
-          pending = None
-        last_eval = run_eval(loader_config, model, eval_step, state, mesh,
-                             sharded_state.replicate(jax.random.fold_in(eval_rng, step), mesh))
+      if evaluate and ((tc.eval_every and step % tc.eval_every == 0) or
+                       (last and tc.eval_at_end)):
+        behind.catch_up()
+        last_eval = evaluate(state, step)
         if last_eval.get("num_batches"):
           writer.write(step, last_eval, "eval")
           log.info("step %d eval: %s", step, {k: round(v, 5) for k, v in last_eval.items()})
         else:
-          log.warning("step %d: the validation split has no batch; no offline evaluation.", step)
+          log.warning("step %d: the evaluation saw no validation batch.", step)
         clock.start()
-    if pending is not None:
-      settle(*pending)
+    behind.catch_up()
   finally:
     bar.close()
     manager.wait_until_finished()

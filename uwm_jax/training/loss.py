@@ -1,4 +1,5 @@
-"""The UWM training loss (uwm_spec.md 2): two noise regressions with independent timesteps."""
+"""The UWM training loss (docs/model.md, "Training loss and the two timesteps"): two noise
+regressions with independent timesteps."""
 
 from typing import Tuple
 

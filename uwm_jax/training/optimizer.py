@@ -1,5 +1,11 @@
-"""AdamW and its learning-rate schedules (uwm_spec.md 3)."""
+"""AdamW and its learning-rate schedules (docs/training.md, "Optimizer").
 
+The schedule is built once, inside the optimizer: the learning rate is an injected
+hyperparameter (`optax.inject_hyperparams`), so the optimizer state carries the rate of the
+step it last applied and the train step logs that value (`learning_rate`).
+"""
+
+import jax
 import optax
 
 
@@ -20,9 +26,21 @@ def make_lr_schedule(optim_cfg, num_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(optim_cfg, num_steps: int) -> optax.GradientTransformation:
-  """AdamW with weight decay on every parameter (as the reference), optional global-norm clip."""
-  tx = optax.adamw(make_lr_schedule(optim_cfg, num_steps), b1=optim_cfg.b1, b2=optim_cfg.b2,
-                   eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay)
+  """AdamW with weight decay on every parameter (as the reference), optional global-norm clip.
+
+  Only the learning rate is injected into the state (a scalar, `learning_rate`); the other
+  hyperparameters stay constants of the update.
+  """
+  adamw = optax.inject_hyperparams(optax.adamw, static_args=("b1", "b2", "eps", "eps_root",
+                                                            "weight_decay"))
+  tx = adamw(learning_rate=make_lr_schedule(optim_cfg, num_steps), b1=optim_cfg.b1,
+             b2=optim_cfg.b2, eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay)
   if optim_cfg.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip_norm), tx)
   return tx
+
+
+def learning_rate(opt_state) -> jax.Array:
+  """The learning rate of the last update applied with `opt_state` (after `update`: the rate
+  of that step; after `init`: the rate of step 0)."""
+  return optax.tree_utils.tree_get(opt_state, "hyperparams")["learning_rate"]

@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from uwm_jax.training.mesh import FSDP, TENSOR
+from uwm_jax.tree_paths import path_name
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +40,6 @@ TACTICS = (REPLICATE, FSDP_TACTIC, TENSOR_OUT, TENSOR_IN)
 # nn.scan stacks its blocks' params on a leading layer axis under ".../blocks/" (unscanned
 # blocks are named "blocks_0", "blocks_1", ...).
 STACKED_PATTERN = r"/blocks/"
-
-
-def path_name(path) -> str:
-  """A jax key path -> "a/b/c"."""
-  parts = []
-  for k in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(k, attr):
-        parts.append(str(getattr(k, attr)))
-        break
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
 
 
 def _fsdp_axis(shape: Tuple[int, ...], candidates: Sequence[int], fsdp: int):

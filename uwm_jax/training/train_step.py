@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from uwm_jax.diffusion import Schedule
+from uwm_jax.training import optimizer as optim_lib
 from uwm_jax.training.loss import compute_loss
 from uwm_jax.training.train_state import TrainState
 
@@ -21,9 +22,8 @@ def ema_update(ema, params, decay: float):
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
 
 
-def make_train_step(model, schedule: Schedule, optimizer: optax.GradientTransformation,
-                    lr_schedule: optax.Schedule, *, ema_decay: float = 0.0,
-                    nan_guard: bool = False) -> Callable:
+def make_train_step(model, schedule: Schedule, optimizer: optax.GradientTransformation, *,
+                    ema_decay: float = 0.0, nan_guard: bool = False) -> Callable:
   """Returns train_step(state, batch, rng) -> (state, metrics), pure (jit it).
 
   The step's randomness is fold_in(rng, state.step), so a step is a function of the state, the
@@ -32,7 +32,8 @@ def make_train_step(model, schedule: Schedule, optimizer: optax.GradientTransfor
   ema_decay > 0 updates `state.ema_params` (which must exist). With nan_guard, a step whose
   loss or gradient norm is not finite leaves the whole state unchanged and reports
   metrics["finite"] = False, so the caller can stop with the last good state.
-  metrics: loss, action_loss, dynamics_loss, grad_norm, lr (+ finite).
+  metrics: loss, action_loss, dynamics_loss, grad_norm, lr (+ finite); lr is the rate this
+  step applied, read from the optimizer state (`optimizer.make_optimizer` injects it).
   """
   compute_dtype = jnp.bfloat16 if model.cfg.compute_dtype == "bfloat16" else jnp.float32
 
@@ -45,7 +46,8 @@ def make_train_step(model, schedule: Schedule, optimizer: optax.GradientTransfor
         state.params, state.frozen, batch, step_rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=lr_schedule(state.step))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
+                   lr=optim_lib.learning_rate(opt_state))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     if ema_decay:
       new_state = new_state.replace(ema_params=ema_update(state.ema_params, params, ema_decay))

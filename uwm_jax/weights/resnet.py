@@ -2,9 +2,9 @@
 
 Two sources:
 - torchvision ImageNet weights (`resnet18-f37072fd.pth`, a plain state dict): the convolutions
-  are copied; as the reference does (uwm_spec.md 1.3), every BatchNorm is replaced by a fresh
-  GroupNorm, so the BatchNorm running statistics AND affine weights are discarded and every
-  GroupNorm starts at scale 1 / bias 0; the 1000-class `fc` is discarded and a fresh
+  are copied; as the reference does (docs/model.md, "Observation encoder"), every BatchNorm is
+  replaced by a fresh GroupNorm, so the BatchNorm running statistics AND affine weights are
+  discarded and every GroupNorm starts at scale 1 / bias 0; the 1000-class `fc` is discarded and a fresh
   Linear(512 -> feature_dim) is drawn with PyTorch's default init (U(-1/sqrt(512), 1/sqrt(512))
   for weight and bias).
 - a trained GroupNorm ResNet inside a reference `models.pt`: everything (GroupNorm affines and
@@ -79,6 +79,7 @@ def convert_state_dict(state_dict, *, feature_dim: int, width: int, prefix: str 
 def load_torchvision_resnet18(path: str, *, feature_dim: int = 768, width: int = 64,
                               seed: int = 0) -> dict:
   """torchvision `resnet18-*.pth` -> ResNet18GN params (BatchNorm discarded, see module doc)."""
+  # Late: torch is optional (weight import and LIBERO only).
   import torch  # pylint: disable=import-outside-toplevel
   state = torch.load(path, map_location="cpu", weights_only=True)
   if not isinstance(state, dict):

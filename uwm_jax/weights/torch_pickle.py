@@ -67,6 +67,7 @@ def _is_allowed(module: str, name: str) -> bool:
   if module == "builtins":
     return name in _ALLOWED_BUILTINS
   if module == "torch":  # dtypes (torch.float32, ...) and storage types
+    # Late: torch is optional (weight import and LIBERO only).
     import torch  # pylint: disable=import-outside-toplevel
     return "Storage" in name or isinstance(getattr(torch, name, None), torch.dtype)
   return False
@@ -94,6 +95,7 @@ def _pickle_module() -> types.ModuleType:
 
 def load_torch_file(path: str) -> Any:
   """`torch.load` of any file the reference wrote, on CPU, memory-mapped when possible."""
+  # Late: torch is optional (weight import and LIBERO only).
   import torch  # pylint: disable=import-outside-toplevel
   kwargs = dict(map_location="cpu", weights_only=False, pickle_module=_pickle_module())
   try:

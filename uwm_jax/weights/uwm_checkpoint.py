@@ -1,4 +1,4 @@
-"""The released PyTorch UWM checkpoints (`models.pt`, uwm_spec.md 10) into uwm_jax params.
+"""The released PyTorch UWM checkpoints (`models.pt`, docs/weights.md) into uwm_jax params.
 
 `models.pt` is a `torch.save`d dict: `model` (the UnifiedWorldModel state dict: the noise net
 under `noise_pred_net.`, the GroupNorm ResNet-18 under `obs_encoder.img_encoder.model.`, the SDXL
@@ -14,7 +14,6 @@ normalizer (LIBERO: actions are not normalised) gets identity statistics (min -1
 """
 
 import dataclasses
-import importlib.util
 import os
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -22,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from uwm_jax.cli_config import load_config
 from uwm_jax.model import codecs as codecs_lib
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.weights import keymap
@@ -32,7 +32,6 @@ RESNET_PREFIX = "obs_encoder.img_encoder.model."
 VAE_PREFIX = "obs_encoder.vae.vae."
 VAE_SHIFT_KEY = "obs_encoder.vae.shift"
 VAE_SCALE_KEY = "obs_encoder.vae.scale"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CANDIDATE_CONFIGS = ("configs/droid.py", "configs/libero.py")
 
 
@@ -47,22 +46,9 @@ class ConvertedUWM:
   has_action_normalizer: bool  # False: identity action statistics were written
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """`path/to/config.py[:variant]` (relative paths from the repository root too) -> config."""
-  path, _, variant = spec.partition(":")
-  if not os.path.isfile(path) and os.path.isfile(os.path.join(REPO_ROOT, path)):
-    path = os.path.join(REPO_ROOT, path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"Config file {path!r} not found.")
-  module_spec = importlib.util.spec_from_file_location("_uwm_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
-
-
 # ------------------------------------------------------------------ noise-net key names
 def noise_net_torch_key(path: keymap.Path) -> str:
-  """Flax noise-net leaf path -> key under `noise_pred_net.` (uwm_spec.md 10).
+  """Flax noise-net leaf path -> key under `noise_pred_net.` (docs/weights.md).
 
   patch_encoder -> obs_patchifier.patch_encoder, action_encoder/fc_0 -> action_encoder.0,
   dit/blocks_3/... -> blocks.3...., adaLN_modulation -> adaLN_modulation.1 (after the SiLU).

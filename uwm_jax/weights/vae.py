@@ -86,6 +86,7 @@ def read_weights(folder: str) -> Dict[str, np.ndarray]:
     if not os.path.isfile(path):
       continue
     if name.endswith(".safetensors"):
+      # Late: the weight import's readers load only for the format found.
       from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
       return {k: v.astype(np.float32) for k, v in load_file(path).items()}
     import torch  # pylint: disable=import-outside-toplevel

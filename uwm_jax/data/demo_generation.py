@@ -1,16 +1,23 @@
 """The embedded task's demonstrations as a training dataset, generated on first use.
 
-Expert episodes (`demos.generate_episodes`) are written as an RLDS dataset
-(`uwm_jax.data.rlds_writer`) and converted to the training format
-(`uwm_jax.data.convert_rlds.convert_rlds`), exactly the path DROID and LIBERO data take, so the
-embedded task is an ordinary `array_record` source:
+`python -m uwm_jax.train` calls `prepare(config)` before training (on process 0); it does
+nothing unless `config.data.demo_episodes` > 0. Expert episodes (`envs.demos.generate_episodes`)
+are written as an RLDS dataset (`uwm_jax.data.rlds_writer`) and converted to the training
+format (`uwm_jax.data.convert_rlds.convert_rlds`), exactly the path DROID and LIBERO data take,
+so the embedded task is an ordinary `array_record` source:
 
   config.data.sources.tabletop_push = source_configs.array_record("workdirs/data/tabletop_push")
-  config.eval.demo_episodes = 200        # generated into that path if it holds no dataset
+  config.data.demo_task = "tabletop_push"
+  config.data.demo_episodes = 200        # generated into that path if it holds no dataset
 
-Robot episodes use seeds 0..N-1; action-free video episodes (`config.eval.demo_video_episodes`,
-source `<env>_video`) use seeds from VIDEO_SEED_OFFSET and are written without actions.
+Robot episodes use seeds 0..N-1; action-free video episodes (`config.data.demo_video_episodes`,
+source `<task>_video`) use seeds from VIDEO_SEED_OFFSET and are written without actions.
 Evaluation seeds start at `config.eval.first_seed` (100000), far from both.
+
+The simulator (`uwm_jax.envs.tabletop`, which imports MuJoCo) is imported inside the functions
+that need it: a training run that generates nothing never loads MuJoCo, and rendering happens
+in worker processes (`envs.demos.generate_in_workers`) because MuJoCo's EGL rendering and
+TensorFlow (the RLDS writer, here) crash when they share a process.
 """
 
 import dataclasses
@@ -25,7 +32,9 @@ from typing import Dict, Iterable
 import numpy as np
 
 from uwm_jax import envs as envs_lib
-from uwm_jax.envs import demos, tabletop
+from uwm_jax.data import array_record_format as fmt
+from uwm_jax.data import convert_rlds, profiles
+from uwm_jax.data.rlds_writer import write_rlds_dataset
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +56,19 @@ def to_rlds_episode(episode: dict, camera_keys) -> dict:
 
 def dataset_ready(path: str) -> bool:
   """True when `path` holds a finished conversion."""
-  from uwm_jax.data import array_record_format as fmt  # pylint: disable=import-outside-toplevel
   return os.path.exists(os.path.join(path, fmt.DATASET_JSON))
 
 
 def write_dataset(path: str, episodes: Iterable[dict], camera_keys, *, action_free: bool,
                   name: str) -> str:
   """RLDS (temporary folder) -> array_record dataset at `path`."""
-  from uwm_jax.data import convert_rlds as convert, profiles  # pylint: disable=import-outside-toplevel
-  from uwm_jax.data.rlds_writer import write_rlds_dataset  # pylint: disable=import-outside-toplevel
   tmp = tempfile.mkdtemp(prefix="uwm_tabletop_rlds_")
   try:
     builder = write_rlds_dataset(tmp, name, (to_rlds_episode(e, camera_keys) for e in episodes),
                                  image_format="png")
     profile = profiles.rlds_profile(camera_keys, action_key="action",
                                     low_dim_keys=LOW_DIM_KEYS, action_free=action_free)
-    if not convert.convert_rlds(builder, path, profile, dataset=name, progress=False):
+    if not convert_rlds.convert_rlds(builder, path, profile, dataset=name, progress=False):
       raise RuntimeError(f"Conversion of the generated {name!r} dataset into {path} did not "
                          "finish.")
   finally:
@@ -70,11 +76,11 @@ def write_dataset(path: str, episodes: Iterable[dict], camera_keys, *, action_fr
   return path
 
 
-def recipe(spec: tabletop.TabletopSpec, camera_keys, num_episodes: int,
-           episode_options: dict) -> dict:
-  """Everything that determines a generated dataset's contents (JSON-able): the spec, the scene
-  file's hash (a moved camera makes other images), cameras, episode count and the
-  `demos.expert_episode` options it was generated with."""
+def recipe(spec, camera_keys, num_episodes: int, episode_options: dict) -> dict:
+  """Everything that determines a generated dataset's contents (JSON-able): the spec (a
+  `tabletop.TabletopSpec`), the scene file's hash (a moved camera makes other images), cameras,
+  episode count and the `demos.expert_episode` options it was generated with."""
+  from uwm_jax.envs import tabletop  # pylint: disable=import-outside-toplevel  # MuJoCo: see top
   with open(tabletop.XML_PATH, "rb") as f:
     scene = hashlib.sha1(f.read()).hexdigest()[:12]
   return {"spec": dataclasses.asdict(spec), "scene_sha1": scene,
@@ -101,34 +107,41 @@ def check_recipe(path: str, wanted: dict) -> None:
 
 
 def prepare(config) -> Dict[str, str]:
-  """Generate the embedded task's datasets the config names, when missing.
+  """Generate the embedded task's datasets the config names, when missing (run it on one
+  process: `python -m uwm_jax.train` calls it on process 0).
 
-  Needs `config.eval.env` = an embedded task, `config.eval.demo_episodes` > 0 and a source
-  `config.data.sources[<env>]` (and `<env>_video` for video episodes). Returns {name: path} of
-  the datasets generated now.
+  Needs `config.data.demo_task` = an embedded task, `config.data.demo_episodes` > 0 and a
+  source `config.data.sources[<task>]` (and `<task>_video` for video episodes). Returns
+  {name: path} of the datasets generated now.
   """
-  e = config.eval
-  if not e.get("demo_episodes") or e.env not in envs_lib.EMBEDDED_TASKS:
-    return {}
-  spec = envs_lib.tabletop_spec(e.env, config.model, e)
+  d = config.data
+  if not d.get("demo_episodes"):
+    return {}  # nothing to generate: MuJoCo and the simulator modules stay unimported
+  task = d.demo_task
+  if task not in envs_lib.EMBEDDED_TASKS:
+    raise ValueError(f"config.data.demo_episodes > 0 needs config.data.demo_task to name an "
+                     f"embedded task ({', '.join(envs_lib.EMBEDDED_TASKS)}), not {task!r}.")
+  # MuJoCo is imported only now (see the module docstring).
+  from uwm_jax.envs import demos, tabletop  # pylint: disable=import-outside-toplevel
+  spec = envs_lib.tabletop_spec(task, config.model)
   keys = tuple(config.model.camera_keys)
   unknown = [k for k in keys if k not in tabletop.camera_keys()]
   if unknown:
-    raise ValueError(f"model.camera_keys {unknown} are not cameras of {e.env!r} "
+    raise ValueError(f"model.camera_keys {unknown} are not cameras of {task!r} "
                      f"({tabletop.camera_keys()}).")
-  jobs = [(e.env, range(e.demo_episodes), False)]
-  if e.get("demo_video_episodes"):
-    jobs.append((f"{e.env}_video",
-                 range(VIDEO_SEED_OFFSET, VIDEO_SEED_OFFSET + e.demo_video_episodes), True))
+  jobs = [(task, range(d.demo_episodes), False)]
+  if d.get("demo_video_episodes"):
+    jobs.append((f"{task}_video",
+                 range(VIDEO_SEED_OFFSET, VIDEO_SEED_OFFSET + d.demo_video_episodes), True))
   made = {}
   for name, seeds, action_free in jobs:
     if name not in config.data.sources:
-      raise ValueError(f"config.eval.demo_episodes asks for the {name!r} dataset but "
+      raise ValueError(f"config.data.demo_episodes asks for the {name!r} dataset but "
                        f"config.data.sources has no {name!r} entry.")
     path = config.data.sources[name].path
     options = dict(  # demos.expert_episode's
         hold_steps=int(config.model.action_len), with_actions=not action_free,
-        action_noise=0.0 if action_free else float(e.get("demo_action_noise", 0.0)),
+        action_noise=0.0 if action_free else float(d.demo_action_noise),
         wait_steps=int(config.model.num_obs_frames - 1))  # the rollout's padded first history
     wanted = recipe(spec, keys, len(seeds), options)
     if dataset_ready(path):
@@ -136,7 +149,7 @@ def prepare(config) -> Dict[str, str]:
       continue
     shutil.rmtree(path, ignore_errors=True)  # an unfinished generation: start again
     log.info("Generating %d %s episodes of %s into %s", len(seeds),
-             "video" if action_free else "expert", e.env, path)
+             "video" if action_free else "expert", task, path)
     episodes = demos.generate_in_workers(seeds, spec, desc=f"generate {name}", **options)
     made[name] = write_dataset(path, episodes, keys, action_free=action_free, name=name)
     with open(os.path.join(path, RECIPE_JSON), "w") as f:

@@ -1,10 +1,12 @@
 """Host-local numpy batches -> global `jax.Array`s sharded over a mesh."""
 
-from typing import Mapping, Union
+from typing import Callable, Mapping, Union
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
+
+from uwm_jax.training import mesh as mesh_lib
 
 
 def host_batch_to_global(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh,
@@ -25,3 +27,9 @@ def host_batch_to_global(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mes
     out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, spec),
                                                       np.asarray(value))
   return out
+
+
+def batch_placer(mesh: jax.sharding.Mesh) -> Callable[[Mapping[str, np.ndarray]], dict]:
+  """fn(host batch) -> global arrays split over the mesh's batch axes (`mesh.batch_spec`): how
+  the training loop and the offline evaluation put every batch on the devices."""
+  return lambda batch: host_batch_to_global(batch, mesh, mesh_lib.batch_spec())

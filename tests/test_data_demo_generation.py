@@ -4,11 +4,14 @@ the training loader in the batch format; the demo config's wiring."""
 import numpy as np
 import pytest
 
+from tests.helpers import skip_without, tiny_push_config
 from uwm_jax import batch as B_
+from uwm_jax.data import demo_generation
 from uwm_jax.data import loader as loader_lib
 from uwm_jax.data import source_configs
-from uwm_jax.envs import demo_data, remote
-from tests_eval_helpers import tiny_push_config
+from uwm_jax.envs import remote
+
+pytestmark = skip_without("mujoco")
 
 
 def test_generated_demos_feed_the_training_loader(tmp_path):
@@ -16,10 +19,11 @@ def test_generated_demos_feed_the_training_loader(tmp_path):
   path = str(tmp_path / "tabletop_push")
   config.data.sources = {"tabletop_push": source_configs.array_record(path)}
   config.data.val_fraction = 0.2
-  config.eval.demo_episodes = 5
-  made = demo_data.prepare(config)
-  assert made == {"tabletop_push": path} and demo_data.dataset_ready(path)
-  assert demo_data.prepare(config) == {}  # generated once, then reused
+  config.data.demo_task = "tabletop_push"
+  config.data.demo_episodes = 5
+  made = demo_generation.prepare(config)
+  assert made == {"tabletop_push": path} and demo_generation.dataset_ready(path)
+  assert demo_generation.prepare(config) == {}  # generated once, then reused
   loader = loader_lib.make_train_loader(config)
   batch = next(iter(loader))
   B_.validate_batch(batch, config.model)
@@ -32,9 +36,9 @@ def test_generated_demos_feed_the_training_loader(tmp_path):
   loader.close()
   # The dataset remembers how it was made: other generation settings are one clear error,
   # not a silent reuse of the old episodes.
-  config.eval.demo_action_noise = 0.5
+  config.data.demo_action_noise = 0.5
   with pytest.raises(ValueError, match="action_noise: 0.0 \\(dataset\\) vs 0.5 \\(config\\)"):
-    demo_data.prepare(config)
+    demo_generation.prepare(config)
 
 
 def _clean_and_noisy_episodes(seeds, noise):
@@ -80,8 +84,9 @@ def test_demo_config_and_default_workdir():
   for variant in ("", "dp"):
     c = module.get_config(variant)
     assert c.eval.env == "tabletop_push" and c.eval.after_training
-    assert "tabletop_push" in c.data.sources and c.eval.demo_episodes > 0
-  from uwm_jax.train import default_workdir
+    assert "tabletop_push" in c.data.sources and c.data.demo_episodes > 0
+    assert c.data.demo_task == c.eval.env
+  from uwm_jax.cli_config import default_workdir
   assert default_workdir("configs/demo.py") == "workdirs/demo"
   assert default_workdir("configs/demo.py:dp") == "workdirs/demo_dp"
 

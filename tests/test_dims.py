@@ -1,7 +1,7 @@
 import pytest
 
 from configs import droid, libero, tiny
-from uwm_jax.model import dims as dims_lib
+from uwm_jax import dims as dims_lib
 from uwm_jax.model.summary import describe, parameter_counts
 from uwm_jax.model.uwm import UnifiedWorldModel
 
@@ -38,7 +38,7 @@ def test_parameter_counts(module, trainable, net):
 
 def test_droid_adaln_share():
   counts = parameter_counts(UnifiedWorldModel(droid.get_config().model))
-  assert counts["noise_net.blocks.adaLN_modulation"] == 283_170_816  # spec 1.7: 74%
+  assert counts["noise_net.blocks.adaLN_modulation"] == 283_170_816  # docs/model.md: 74%
 
 
 def test_dp_baseline_is_a_config_of_the_same_network():
@@ -47,7 +47,7 @@ def test_dp_baseline_is_a_config_of_the_same_network():
   assert d.num_tokens == 16 and d.num_timesteps == 1 and d.cond_dim == 4608 + 256
   counts = parameter_counts(UnifiedWorldModel(c.model))
   assert counts["frozen_codec"] == 0
-  assert 367e6 < counts["noise_net"] < 368e6  # spec 1.7: DP net ~367.4M
+  assert 367e6 < counts["noise_net"] < 368e6  # docs/model.md: DP net ~367.4M
 
 
 def test_describe_prints_layout():

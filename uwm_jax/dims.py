@@ -1,6 +1,6 @@
 """Every shape derived from a config, computed in one place.
 
-`inspect`, the model, the data pipeline and the tests all call `model_dims(config.model)`.
+`summarize`, the model, the data pipeline and the tests all call `model_dims(config.model)`.
 """
 
 import dataclasses

@@ -1,0 +1,29 @@
+"""Every entry point (a module of uwm_jax that runs as a program) answers --help with its
+worked example and its flags, and exits 0: one subprocess each, nothing else is run."""
+
+import pathlib
+
+import pytest
+
+from tests.helpers import REPO, run_cli
+
+
+def entry_points():
+  """Modules with a `__main__` block: found, so that a new entry point is covered too."""
+  root = pathlib.Path(REPO)
+  return sorted(".".join(p.relative_to(root).with_suffix("").parts)
+                for p in (root / "uwm_jax").rglob("*.py")
+                if 'if __name__ == "__main__":' in p.read_text())
+
+
+def test_the_known_entry_points_are_found():
+  assert {"uwm_jax.train", "uwm_jax.evaluate", "uwm_jax.summarize", "uwm_jax.import_weights",
+          "uwm_jax.data.convert_rlds", "uwm_jax.data.libero"} <= set(entry_points())
+
+
+@pytest.mark.parametrize("module", entry_points())
+def test_help_shows_an_example_and_exits_0(module):
+  out = run_cli(module, "--help", timeout=300)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  assert f"python -m {module} " in out.stdout  # the worked example
+  assert "\n  --" in out.stdout  # the entry point's own flags are listed
