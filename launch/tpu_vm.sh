@@ -26,9 +26,8 @@
 #
 # Python: the TPU VM images ship Python 3.10; the pins (jax 0.10.2, numpy 2.4.6) need >= 3.11.
 # Every worker installs uv (one static binary, from PyPI with the image's pip, else astral's
-# installer) and lets it fetch
-# a standalone CPython 3.11 into ~/venv: no apt (whose lock unattended-upgrades holds on a fresh
-# VM), no PPA, the same interpreter on every image. Workers install only the training core,
+# installer) and lets it fetch a standalone CPython 3.11 into ~/venv: no apt (whose lock
+# unattended-upgrades holds on a fresh VM), no PPA, the same interpreter on every image. Workers install only the training core,
 # `.[tpu]` (jax[tpu] + libtpu, flax, optax, orbax, grain, array_record), pinned to
 # requirements.txt's versions: no TensorFlow, torch or MuJoCo.
 #
