@@ -9,14 +9,18 @@
 # Settings (environment variables):
 #   VENV (/tmp/uwm-device-venv)  JAX_CUDA (cuda12: the jax extra, cuda12 or cuda13)
 #   WHEELS: a folder of wheels for an offline install (pip --no-index --find-links)
-#   SKIP_INSTALL=1: measure with the current python3 as it is
-#   BATCH (32) samples per train step  STEPS (10) timed steps  POLICY_CALLS (20)
+#   SKIP_INSTALL=1: measure with the current python3 as it is (a machine without network whose
+#     python3 has a GPU jax; install missing pure-Python packages such as ml-collections first,
+#     e.g. pip install --no-index --no-deps --target /tmp/site WHEELS/*.whl and PYTHONPATH=/tmp/site)
+#   CONFIG (configs/droid.py)  COMPUTE_DTYPE (bfloat16)  BATCH (32) samples per train step
+#   STEPS (10) timed steps  POLICY_CALLS (20)  MATMUL_N (8192): the peak's square matmul size
 #   BUDGET_S (480): every step's timeout is cut to what is left of this budget
-#   CONFIG (configs/droid.py); ALLOW_CPU=1 runs without a GPU (a smoke test of this script:
-#   SKIP_INSTALL=1 ALLOW_CPU=1 CONFIG=configs/tiny.py BATCH=4 STEPS=2 MATMUL_N=256 \
-#   scripts/device_check.sh)  MATMUL_N (8192): the peak's square matmul size
+#   ALLOW_CPU=1: run without a GPU, a smoke test of this script:
+#     SKIP_INSTALL=1 ALLOW_CPU=1 CONFIG=configs/tiny.py COMPUTE_DTYPE=float32 BATCH=4 STEPS=2 \
+#       MATMUL_N=256 scripts/device_check.sh
 # When the pinned jax cannot be installed (no network) and python3 already has a jax that sees a
-# GPU, the check runs with that jax and says so in the table's header.
+# GPU, the check runs with that jax; the table's header names the jax it ran with.
+# A step that fails or runs out of time is listed under the table; the others still run.
 # Output: stdout; with OUT set, also $OUT/device_check.log (everything), device_check.txt (the
 # table) and device_check.jsonl (one JSON object per measurement).
 set -euo pipefail
@@ -27,6 +31,7 @@ VENV=${VENV:-/tmp/uwm-device-venv}
 JAX_CUDA=${JAX_CUDA:-cuda12}
 JAX_VERSION=0.10.2
 CONFIG=${CONFIG:-configs/droid.py}
+COMPUTE_DTYPE=${COMPUTE_DTYPE:-bfloat16}
 BATCH=${BATCH:-32}
 STEPS=${STEPS:-10}
 POLICY_CALLS=${POLICY_CALLS:-20}
@@ -38,7 +43,7 @@ if [[ -n "${OUT:-}" ]]; then
   exec > >(tee "${OUT}/device_check.log") 2>&1
 fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="${ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
-export VENV JAX_CUDA JAX_VERSION CONFIG BATCH STEPS POLICY_CALLS MATMUL_N RESULTS WHEELS=${WHEELS:-}
+export VENV JAX_CUDA JAX_VERSION CONFIG COMPUTE_DTYPE BATCH STEPS POLICY_CALLS MATMUL_N RESULTS WHEELS=${WHEELS:-}
 START=${SECONDS}
 
 # step NAME MAX_S CMD...: run CMD with a timeout of MAX_S (or what is left of the budget);
@@ -55,7 +60,7 @@ step() {
   echo "== ${name} (timeout ${max_s} s)"
   local t0=${SECONDS} status=0
   # The commands are this script's functions: run them in a bash that has them (export -f).
-  timeout --kill-after=10 "${max_s}" bash -c '"$@"' _ "$@" || status=$?
+  timeout --kill-after=10 "${max_s}" bash -o pipefail -c '"$@"' _ "$@" || status=$?
   echo "== ${name}: exit ${status} after $((SECONDS - t0)) s"
   if (( status != 0 )); then
     echo "${name}: $([[ ${status} == 124 ]] && echo "timed out after ${max_s} s" || echo "exit ${status}")" \
@@ -124,7 +129,7 @@ PEAK=$(cat "${RESULTS}/peak" 2>/dev/null || echo 0)
 
 train_bench() {  # ATTENTION LATENT_CACHE(both|on|off)
   "${PY}" -m uwm_jax.bench.train_step --config="${CONFIG}" \
-    --config.batch_size="${BATCH}" --config.model.compute_dtype=bfloat16 \
+    --config.batch_size="${BATCH}" --config.model.compute_dtype="${COMPUTE_DTYPE}" \
     --config.model.attention_impl="$1" --config.train.peak_tflops_per_device="${PEAK}" \
     --steps="${STEPS}" --warmup=2 --latent_cache="$2" | tee "${RESULTS}/train_$1.txt"
 }
@@ -135,13 +140,13 @@ step "train step, cuDNN attention" 180 train_bench cudnn on
 
 policy() {
   "${PY}" - "${RESULTS}/policy.json" "${POLICY_CALLS}" "${CONFIG}" <<'EOF'
-import json, runpy, sys, time
+import json, os, runpy, sys, time
 import jax, numpy as np
 from uwm_jax import batch as B_, sampling
 from uwm_jax.bench.train_step import random_batch
 from uwm_jax.model.uwm import UnifiedWorldModel
 config = runpy.run_path(sys.argv[3])["get_config"]()
-config.model.compute_dtype = "bfloat16"
+config.model.compute_dtype = os.environ["COMPUTE_DTYPE"]
 config.batch_size = 1
 model = UnifiedWorldModel(config.model)
 params, frozen = model.init(jax.random.key(0))
@@ -169,9 +174,10 @@ export -f policy
 step "batch-1 policy latency" 150 policy
 
 # ----------------------------------------------------------------------------------- the table
-"${PY}" - "${RESULTS}" "${JAX_INFO}" "${PEAK}" "${BATCH}" "${CONFIG}" <<'EOF' | tee "${RESULTS}/table.txt"
+"${PY}" - "${RESULTS}" "${JAX_INFO}" "${PEAK}" "${BATCH}" "${CONFIG}" "${COMPUTE_DTYPE}" \
+    <<'EOF' | tee "${RESULTS}/table.txt"
 import json, os, sys
-results, info, peak, batch, config = sys.argv[1:6]
+results, info, peak, batch, config, dtype = sys.argv[1:7]
 peak = float(peak)
 rows = []
 for attention in ("xla", "cudnn"):
@@ -183,7 +189,7 @@ for attention in ("xla", "cudnn"):
         r["attention"] = attention
         rows.append(r)
 print(f"UWM device check: {info}; measured bf16 matmul peak {peak:.0f} TFLOP/s")
-print(f"{config}, bf16 compute, batch {batch} per step")
+print(f"{config}, {dtype} compute, batch {batch} per step")
 print(f"{'attention':<10}{'latent cache':<14}{'samples/s':>10}{'step ms':>10}"
       f"{'TFLOP/s':>9}{'MFU*':>7}{'peak GiB':>10}")
 for r in rows:
