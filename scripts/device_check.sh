@@ -47,6 +47,9 @@ fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="${ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
 export VENV JAX_CUDA JAX_VERSION CONFIG COMPUTE_DTYPE BATCH STEPS POLICY_CALLS MATMUL_N RESULTS WHEELS=${WHEELS:-}
 START=${SECONDS}
+STEP_PID=
+trap '[[ -n "${STEP_PID}" ]] && kill -TERM "${STEP_PID}" 2> /dev/null; rm -rf "${RESULTS}"' EXIT
+trap 'exit 143' TERM INT
 
 # step NAME MAX_S CMD...: run CMD with a timeout of MAX_S (or what is left of the budget);
 # a failure or timeout is reported and recorded, and the check goes on.
@@ -62,7 +65,11 @@ step() {
   echo "== ${name} (timeout ${max_s} s)"
   local t0=${SECONDS} status=0
   # The commands are this script's functions: run them in a bash that has them (export -f).
-  timeout --kill-after=10 "${max_s}" bash -o pipefail -c '"$@"' _ "$@" || status=$?
+  # `timeout` runs them in its own process group; the EXIT trap ends it if this script stops.
+  timeout --kill-after=10 "${max_s}" bash -o pipefail -c '"$@"' _ "$@" &
+  STEP_PID=$!
+  wait "${STEP_PID}" || status=$?
+  STEP_PID=
   echo "== ${name}: exit ${status} after $((SECONDS - t0)) s"
   if (( status != 0 )); then
     echo "${name}: $([[ ${status} == 124 ]] && echo "timed out after ${max_s} s" || echo "exit ${status}")" \
