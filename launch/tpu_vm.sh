@@ -74,7 +74,7 @@ default_runtime() {
 }
 RUNTIME_VERSION=${RUNTIME_VERSION:-$(default_runtime "${ACCELERATOR_TYPE}")}
 
-tpu() { run gcloud compute tpus "$@" --zone "${ZONE}" "${PROJECT_FLAGS[@]}"; }
+tpu() { run gcloud compute tpus "$@" --zone "${ZONE}" ${PROJECT_FLAGS[@]+"${PROJECT_FLAGS[@]}"}; }
 on_all_workers() { tpu tpu-vm ssh "${TPU_NAME}" --worker=all --command "$1"; }
 
 create() {
@@ -84,11 +84,11 @@ create() {
     [[ "${SPOT}" == 1 ]] && extra+=(--spot)
     tpu queued-resources create "${QR_NAME}" --node-id "${TPU_NAME}" \
       --accelerator-type "${ACCELERATOR_TYPE}" --runtime-version "${RUNTIME_VERSION}" \
-      "${extra[@]}"
+      ${extra[@]+"${extra[@]}"}
   else
     [[ "${SPOT}" == 1 ]] && extra+=(--spot)
     tpu tpu-vm create "${TPU_NAME}" --accelerator-type "${ACCELERATOR_TYPE}" \
-      --version "${RUNTIME_VERSION}" "${extra[@]}"
+      --version "${RUNTIME_VERSION}" ${extra[@]+"${extra[@]}"}
   fi
 }
 
@@ -96,13 +96,13 @@ create() {
 # SUSPENDING, SUSPENDED, ...).
 queued_state() {
   gcloud compute tpus queued-resources describe "${QR_NAME}" --zone "${ZONE}" \
-    "${PROJECT_FLAGS[@]}" --format='value(state.state)'
+    ${PROJECT_FLAGS[@]+"${PROJECT_FLAGS[@]}"} --format='value(state.state)'
 }
 
 wait_active() {
   [[ "${QUEUED}" == 1 ]] || return 0  # `tpu-vm create` returns when the VMs are ready
   echo "+ $(quote_words gcloud compute tpus queued-resources describe "${QR_NAME}" \
-    --zone "${ZONE}" "${PROJECT_FLAGS[@]}" --format='value(state.state)')  # every ${POLL_S} s until ACTIVE"
+    --zone "${ZONE}" ${PROJECT_FLAGS[@]+"${PROJECT_FLAGS[@]}"} --format='value(state.state)')  # every ${POLL_S} s until ACTIVE"
   [[ "${DRY_RUN}" == 1 ]] && return 0
   local start=${SECONDS} state="" last=""
   while true; do
