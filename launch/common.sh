@@ -11,15 +11,18 @@ quote() {
   fi
 }
 
+# quote_words WORD...: the words as one shell-quoted line.
+quote_words() {
+  local out="" arg
+  for arg in "$@"; do
+    out+="${out:+ }$(quote "${arg}")"
+  done
+  printf '%s' "${out}"
+}
+
 # run CMD...: print the command (shell-quoted, copy-pastable), then run it unless DRY_RUN=1.
 run() {
-  printf '+'
-  local arg
-  for arg in "$@"; do
-    printf ' '
-    quote "${arg}"
-  done
-  printf '\n'
+  printf '+ %s\n' "$(quote_words "$@")"
   if [[ "${DRY_RUN}" != 1 ]]; then
     "$@"
   fi

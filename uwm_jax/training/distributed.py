@@ -1,55 +1,116 @@
 """Multi-process (multi-host) start-up through `jax.distributed`.
 
-Launched as several processes, every process calls `initialize_distributed` before touching
-devices. Explicit flags (coordinator address, process count, process id) win; otherwise
-Cloud TPU pods (several TPU workers) and SLURM jobs with several tasks are detected and
-`jax.distributed.initialize()` discovers the rest; a single process does nothing.
+Every process of a job calls `initialize_distributed` before anything touches a device. Who the
+other processes are comes, in this order, from
+
+1. the explicit flags `--coordinator_address`, `--num_processes`, `--process_id`;
+2. the environment `JAX_COORDINATOR_ADDRESS` + `JAX_NUM_PROCESSES` + `JAX_PROCESS_ID`;
+3. jax's own cluster detection (`jax.distributed.initialize()` without arguments): Cloud TPU VMs
+   (the slice's workers from the VM metadata; multislice from `MEGASCALE_*`), GKE TPU pods,
+   SLURM (`SLURM_NTASKS`, `SLURM_PROCID`, the first node of `SLURM_STEP_NODELIST`), Open MPI.
+
+When none of them describes a job, the process trains alone (nothing to set up).
+
+Which devices a process drives: all of its host's devices, except that jax's SLURM detection
+gives each task only the GPU numbered `SLURM_LOCALID` (one task per GPU). `JAX_LOCAL_DEVICE_IDS`
+(comma-separated, read by jax) overrides that; launch/slurm_gpu.sh runs one task per node and
+sets it to every GPU of the node (docs/training.md, "SLURM").
+
+A joined job also handles preemption: jax's preemption service catches SIGTERM and the
+training loop saves a checkpoint at a step every process agrees on, then stops.
 """
 
 import logging
 import os
-from typing import Optional
+from typing import Mapping, Optional, Sequence
 
 import jax
 
 log = logging.getLogger(__name__)
 
+# What jax 0.10.2 raises from `jax.distributed.initialize()` when no cluster is detected.
+_NOTHING_DETECTED = "coordinator_address should be defined"
 
-def detect_cluster(environ=None) -> Optional[str]:
-  """"tpu" / "slurm" / "env" when the environment describes a multi-process job, else None."""
+
+def explicit_arguments(coordinator_address: str = "", num_processes: int = 0,
+                       process_id: int = -1, environ: Optional[Mapping[str, str]] = None):
+  """(coordinator_address, num_processes, process_id, source) from the flags, else from the
+  JAX_* environment; (None, None, None, None) when neither names a job (jax then detects it).
+
+  Raises ValueError when only some of the three are given.
+  """
   env = os.environ if environ is None else environ
-  hostnames = env.get("TPU_WORKER_HOSTNAMES", "")
-  if len([h for h in hostnames.split(",") if h]) > 1:
-    return "tpu"
-  if int(env.get("SLURM_NTASKS", env.get("SLURM_NPROCS", "1")) or 1) > 1 and "SLURM_JOB_ID" in env:
-    return "slurm"
-  if env.get("JAX_COORDINATOR_ADDRESS") and int(env.get("JAX_NUM_PROCESSES", "1")) > 1:
-    return "env"
+  if coordinator_address or num_processes > 0 or process_id >= 0:
+    given = (coordinator_address, num_processes, process_id)
+    source = "flags"
+  elif env.get("JAX_NUM_PROCESSES") or env.get("JAX_PROCESS_ID"):
+    given = (env.get("JAX_COORDINATOR_ADDRESS", ""), int(env.get("JAX_NUM_PROCESSES") or 0),
+             int(env.get("JAX_PROCESS_ID") or -1))
+    source = "JAX_* environment"
+  else:
+    return None, None, None, None
+  address, count, index = given
+  if not (address and count > 0 and 0 <= index < count):
+    raise ValueError(
+        f"A multi-process job from the {source} needs a coordinator address, a process count "
+        f"and a process id below it (--coordinator_address, --num_processes, --process_id or "
+        f"JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); got {address!r}, "
+        f"{count}, {index}.")
+  return address, count, index, source
+
+
+def unused_gpus_warning(local_device_count: int,
+                        environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+  """A warning when a SLURM job with one task per node drives fewer GPUs than the node has
+  (jax's SLURM detection gives a task one GPU unless JAX_LOCAL_DEVICE_IDS names more)."""
+  env = os.environ if environ is None else environ
+  try:
+    gpus = int(env.get("SLURM_GPUS_ON_NODE", "0") or 0)
+    tasks = int(env.get("SLURM_NTASKS", "0") or 0)
+    nodes = int(env.get("SLURM_STEP_NUM_NODES", env.get("SLURM_NNODES", "0")) or 0)
+  except ValueError:
+    return None
+  if gpus > local_device_count and tasks and tasks == nodes:
+    ids = ",".join(str(i) for i in range(gpus))
+    return (f"This SLURM task drives {local_device_count} of the {gpus} GPUs of its node: run "
+            f"one task per GPU (--ntasks-per-node={gpus}) or set JAX_LOCAL_DEVICE_IDS={ids} "
+            "(launch/slurm_gpu.sh does).")
   return None
 
 
+def _coordinator_address() -> str:
+  """host:port of the coordinator jax connected to (jax keeps it in its private state)."""
+  from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
+  return str(getattr(jax_distributed.global_state, "coordinator_address", "?"))
+
+
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
-                           process_id: int = -1, local_device_ids=None) -> bool:
-  """Join the multi-process job if there is one. Returns True when jax.distributed started."""
-  if coordinator_address or num_processes > 1:
-    if not (coordinator_address and num_processes > 0 and process_id >= 0):
-      raise ValueError("Multi-process flags need all of --coordinator_address, --num_processes "
-                       f"and --process_id (got {coordinator_address!r}, {num_processes}, "
-                       f"{process_id}).")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               local_device_ids=local_device_ids)
-    kind = "flags"
+                           process_id: int = -1,
+                           local_device_ids: Optional[Sequence[int]] = None) -> bool:
+  """Join the multi-process job if there is one; True when jax.distributed started.
+
+  Logs one line either way: process index and count, local and global device counts.
+  """
+  address, count, index, source = explicit_arguments(coordinator_address, num_processes,
+                                                     process_id)
+  try:
+    jax.distributed.initialize(address, count, index, local_device_ids=local_device_ids)
+  except ValueError as e:
+    if source is not None or _NOTHING_DETECTED not in str(e):
+      raise
+    joined = False
   else:
-    kind = detect_cluster()
-    if kind is None:
-      return False
-    if kind == "env":
-      jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"],
-                                 int(os.environ["JAX_NUM_PROCESSES"]),
-                                 int(os.environ["JAX_PROCESS_ID"]))
-    else:
-      jax.distributed.initialize()
-  log.info("jax.distributed (%s): process %d of %d, %d local / %d global devices.", kind,
-           jax.process_index(), jax.process_count(), jax.local_device_count(),
-           jax.device_count())
-  return True
+    joined = True
+  kind = jax.devices()[0].device_kind
+  if joined:
+    log.info("jax.distributed (%s): process %d of %d, %d local / %d global devices (%s), "
+             "coordinator %s.", source or "detected by jax", jax.process_index(),
+             jax.process_count(), jax.local_device_count(), jax.device_count(), kind,
+             _coordinator_address())
+    warning = unused_gpus_warning(jax.local_device_count())
+    if warning:
+      log.warning(warning)
+  else:
+    log.info("Single process (no multi-process job detected): %d devices (%s).",
+             jax.device_count(), kind)
+  return joined

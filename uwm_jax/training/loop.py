@@ -14,6 +14,9 @@
    evaluation code).
 4. A non-finite loss or gradient stops training with FloatingPointError; the step is not
    applied and nothing after the last good checkpoint is saved.
+5. Preemption (SIGTERM to a process of a job joined through jax.distributed, e.g. SLURM or a
+   Cloud TPU slice): every process saves a checkpoint at the same step, waits for it to be
+   written, and `Preempted` (exit status 143) ends the program; rerunning resumes from it.
 """
 
 import dataclasses
@@ -63,6 +66,15 @@ class EvalContext:
 
 
 MakeEvaluate = Callable[[EvalContext], Callable[[Any, int], Dict[str, float]]]
+
+
+class Preempted(SystemExit):
+  """Training stopped after the preemption checkpoint of `step` (exit status 143 = 128 +
+  SIGTERM, what schedulers expect of a terminated job)."""
+
+  def __init__(self, step: int):
+    super().__init__(143)
+    self.step = step
 
 
 @dataclasses.dataclass
@@ -300,6 +312,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   behind = _OneStepBehind(record)  # metrics are read a step behind the device
   data_iter_state = loader.get_state()
+  preempted_at = None
   try:
     for step in range(start + 1, config.num_steps + 1):
       batch = to_global(next(loader))
@@ -314,6 +327,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
             manager, step, state=state, inference_params=state.inference_params,
             dataset_stats=stats, config=saved_config, data_iter_state=data_iter_state,
             force=True)
+        if manager.reached_preemption(step):  # SIGTERM seen by some process: all stop here
+          preempted_at = step
+          break
       if evaluate and ((tc.eval_every and step % tc.eval_every == 0) or
                        (last and tc.eval_at_end)):
         behind.catch_up()
@@ -331,5 +347,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     manager.close()
     writer.close()
     loader.close()
+  if preempted_at is not None:
+    log.warning("Preempted: stopped after saving the checkpoint of step %d; rerun the same "
+                "command to resume.", preempted_at)
+    raise Preempted(preempted_at)
   return TrainResult(state=state, step=int(jax.device_get(state.step)), dataset_stats=stats,
                      last_train_metrics=last_train, last_eval_metrics=last_eval)
