@@ -142,7 +142,8 @@ def _slurm_batch_script(tmp_path, trainer_body, **env):
 
 
 # A stand-in trainer: on SIGTERM it "checkpoints" and exits 143, as uwm_jax.train does.
-TRAINER = ("echo $$ > {d}/trainer_pid; trap 'echo saved > {d}/checkpoint; exit 143' TERM; "
+# The pid file is written after the trap is set, so a test that waits for it cannot signal early.
+TRAINER = ("trap 'echo saved > {d}/checkpoint; exit 143' TERM; echo $$ > {d}/trainer_pid; "
            "for i in $(seq 1 300); do sleep 0.1; done; exit 0")
 
 
