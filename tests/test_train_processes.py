@@ -20,6 +20,7 @@ import pytest
 
 from configs import tiny
 from tests.helpers import FAST_COMPILE
+from uwm_jax.dims import model_dims
 from uwm_jax.runs import checkpoint as ckpt
 from uwm_jax.training import loop
 from uwm_jax.runs import metrics_writer
@@ -80,7 +81,7 @@ def reference(tmp_path_factory):
   calls = []
 
   def make_evaluate(context):
-    assert context.model.cfg == _config().model and context.dataset_stats
+    assert context.model.dims == model_dims(_config().model) and context.dataset_stats
     return lambda state, step: calls.append(step) or {"num_batches": 1, "step": step}
 
   result = loop.train(_config(**{"train.eval_every": 10}), workdir, make_evaluate=make_evaluate)
