@@ -172,3 +172,37 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
   assert [r["step"] for r in metrics_writer.read_metrics(workdir)] == [1]
   assert math.isfinite(metrics_writer.read_metrics(workdir)[0]["loss"])
+
+
+def test_a_step_is_finite_only_with_a_finite_loss_and_gradient_norm():
+  assert loop.metrics_are_finite({"loss": 1.0, "grad_norm": 2.0, "lr": 1.0})
+  assert not loop.metrics_are_finite({"loss": 1.0, "grad_norm": math.inf})
+  assert not loop.metrics_are_finite({"loss": math.nan, "grad_norm": 1.0})
+  assert not loop.metrics_are_finite({"loss": 1.0, "grad_norm": 1.0, "finite": 0.0})
+
+
+def test_non_finite_params_are_never_saved_even_without_the_guard(tmp_path, monkeypatch):
+  """nan_guard off, and a step whose loss and gradient norm are finite but whose update is
+  not: that step is not saved, and the error names the last checkpoint that verifies."""
+  import jax.numpy as jnp
+  workdir = str(tmp_path / "nan_params")
+  cfg = _config(**{"train.save_every": 1, "train.nan_guard": False, "num_steps": 5})
+  real = loop.make_train_step
+
+  def poisoned(*args, **kwargs):
+    step_fn = real(*args, **kwargs)
+
+    def train_step(state, batch, rng):
+      new, metrics = step_fn(state, batch, rng)
+      bad = new.step >= 3
+      return new.replace(params=jax.tree.map(lambda x: jnp.where(bad, jnp.nan, x),
+                                             new.params)), metrics
+    return train_step
+
+  monkeypatch.setattr(loop, "make_train_step", poisoned)
+  with pytest.raises(FloatingPointError, match="params after step 3 are not finite") as err:
+    loop.train(cfg, workdir)
+  assert "last good checkpoint is step 2" in str(err.value)
+  manager = ckpt.make_manager(ckpt.checkpoint_dir(workdir), read_only=True)
+  assert manager.all_steps() == [1, 2]
+  manager.close()

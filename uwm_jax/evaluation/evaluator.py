@@ -294,8 +294,10 @@ def evaluate_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, conf
     raise FileNotFoundError(f"No checkpoint in {directory} (expected <step>/params folders).")
   if step is not None and step not in steps:
     raise FileNotFoundError(f"No checkpoint step {step} in {directory}; it has {steps}.")
-  step = steps[-1] if step is None else step
-  params, frozen, ckpt_config, stats = ckpt.load_params_checkpoint(directory, step)
+  if step is None:  # the latest step that loads (a corrupt one is skipped with a warning)
+    step, params, frozen, ckpt_config, stats = ckpt.load_latest_params_checkpoint(directory)
+  else:
+    params, frozen, ckpt_config, stats = ckpt.load_params_checkpoint(directory, step)
   if config is not None:
     check_same_config(ckpt_config, config, os.path.join(directory, str(step)))
   full = merged_config(ckpt_config, config, eval_overrides)

@@ -9,8 +9,10 @@
 3. Loop: host batch -> global arrays -> jitted, donated train step; metrics every `log_every`
    steps (progress bar with ETA, metrics.jsonl, TensorBoard); asynchronous checkpoints every
    `save_every` steps and at the end; offline evaluation every `eval_every` steps and at the end.
-4. A non-finite loss or gradient stops training with FloatingPointError; the step is not
-   applied and nothing after the last good checkpoint is saved.
+4. A non-finite loss or gradient norm stops training with FloatingPointError (with or without
+   `train.nan_guard`, which also keeps the bad step from being applied); params are checked
+   finite before every save, so no checkpoint holds non-finite params, and the error names
+   the latest step whose checksums verify.
 """
 
 import dataclasses
@@ -22,6 +24,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -174,15 +177,48 @@ def run_eval(config, model, eval_step, state, mesh, rng) -> Dict[str, float]:
       max_batches=config.train.eval_num_batches, to_device=to_global, eval_step=eval_step)
 
 
+def metrics_are_finite(row: Dict[str, float]) -> bool:
+  """Whether a step's host metrics are usable: the step's own guard flag (nan_guard) and a
+  finite loss and gradient norm (checked with or without the guard)."""
+  return bool(row.get("finite", 1.0)) and all(
+      math.isfinite(row[k]) for k in ("loss", "grad_norm") if k in row)
+
+
+@jax.jit
+def params_are_finite(params) -> jax.Array:
+  """One boolean: every float leaf of `params` is finite (checked before every save)."""
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(params)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def last_good_checkpoint(manager) -> str:
+  """Where training can resume from: the latest step whose files match their checksums
+  (every saved step's params were checked finite before the save)."""
+  manager.wait_until_finished()
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      ckpt_lib.verify_step(manager, step, ckpt_lib.ITEM_NAMES)
+    except ckpt_lib.checksums.CorruptCheckpointError:
+      continue
+    return f"the last good checkpoint is step {step} in {manager.directory}"
+  return "no good checkpoint was saved yet"
+
+
 def _non_finite_error(step: int, row: Dict[str, float], manager) -> FloatingPointError:
-  last = manager.latest_step()
-  where = (f"the last good checkpoint is step {last} in {manager.directory}" if last is not None
-           else "no checkpoint was saved yet")
   return FloatingPointError(
       f"Non-finite training metrics at step {step}: loss={row.get('loss')}, "
       f"action_loss={row.get('action_loss')}, dynamics_loss={row.get('dynamics_loss')}, "
-      f"grad_norm={row.get('grad_norm')}. Training stopped; {where}. Lower the learning rate, "
-      "enable gradient clipping (optim.grad_clip_norm) or check the data.")
+      f"grad_norm={row.get('grad_norm')}. Training stopped; {last_good_checkpoint(manager)}. "
+      "Lower the learning rate, enable gradient clipping (optim.grad_clip_norm) or check the "
+      "data.")
+
+
+def _non_finite_params_error(step: int, manager) -> FloatingPointError:
+  return FloatingPointError(
+      f"The params after step {step} are not finite (although its loss and gradient norm "
+      f"were); step {step} is not saved. Training stopped; {last_good_checkpoint(manager)}. "
+      "Lower the learning rate or enable gradient clipping (optim.grad_clip_norm).")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
@@ -242,10 +278,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     """Fetch one step's metrics (a step behind the device), stop on non-finite values."""
     nonlocal last_train
     row = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-    finite = row.pop("finite", 1.0) and math.isfinite(row["loss"])
-    if not finite:
-      manager.wait_until_finished()
+    if not metrics_are_finite(row):
       raise _non_finite_error(step, row, manager)
+    row.pop("finite", None)
     metrics.add(row)
     clock.steps += 1
     if step == start + 1:
@@ -277,6 +312,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
       if manager.should_save(step) or last:
         settle(*pending)
         pending = None
+        if not params_are_finite(state.params):  # never save non-finite params
+          raise _non_finite_params_error(step, manager)
         ckpt_lib.save_train_checkpoint(
             manager, step, state=state, inference_params=state.inference_params,
             dataset_stats=stats, config=saved_config, data_iter_state=data_iter_state,
