@@ -38,6 +38,7 @@ from uwm_jax.runs import checkpoint as ckpt_lib
 from uwm_jax.training import flops as flops_lib
 from uwm_jax.training import mesh as mesh_lib
 from uwm_jax.runs import metrics_writer as writer_lib
+from uwm_jax.runs import workdir_lock
 from uwm_jax.training import optimizer as optim_lib
 from uwm_jax.training import sharded_state
 from uwm_jax.training.train_step import make_train_step
@@ -222,12 +223,25 @@ def _non_finite_params_error(step: int, manager) -> FloatingPointError:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-  """Train (or resume training) `config` in `workdir`; returns the final state and metrics."""
-  tc = config.train
+  """Train (or resume training) `config` in `workdir`; returns the final state and metrics.
+  Raises WorkdirLockedError when another live run holds the workdir."""
   if "://" in os.fspath(workdir):
     raise ValueError(f"--workdir={workdir}: use a filesystem path that every host sees (NFS, "
                      "Filestore, or a bucket mounted with gcsfuse), not a URL.")
   os.makedirs(workdir, exist_ok=True)
+  # One writer per workdir (process 0 holds the lock for the whole multi-process run).
+  lock = workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  if lock is not None:
+    lock.acquire()
+  try:
+    return _train(config, workdir)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  tc = config.train
   mesh = mesh_lib.make_mesh(tc.mesh_shape)
   _check_batch_size(config, mesh)
   model = UnifiedWorldModel(config.model)
@@ -264,7 +278,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
            jax.devices()[0].device_kind)
 
   writer = writer_lib.MetricWriter(workdir, tensorboard=tc.tensorboard,
-                                   wandb_project=tc.wandb_project, config=config)
+                                   wandb_project=tc.wandb_project, config=config,
+                                   resume_step=start)
   saved_config = loader_config
   to_global = lambda b: global_batch_lib.host_batch_to_global(b, mesh, mesh_lib.batch_spec())
   bar = tqdm.tqdm(total=config.num_steps, initial=start, desc="train", unit="step",
