@@ -10,14 +10,16 @@
 
 Writes `<workdir>/eval/step_<N>/{metrics.json,videos/}`, appends to `<workdir>/eval/
 metrics.jsonl` and TensorBoard (`<workdir>/eval/tensorboard`), and prints one summary line per
-evaluated checkpoint. Errors (missing checkpoint, another config, unknown task) are one line.
+evaluated checkpoint. Errors (missing or corrupt checkpoint, another config, unknown task) are
+one `error:` line with exit status 2 (`uwm_jax.cli_errors`; --traceback for the traceback).
 """
 
 import logging
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from uwm_jax import cli_errors
 
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Checkpoints folder or workdir.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -44,19 +46,16 @@ def main(argv):
   del argv
   logging.getLogger("absl").setLevel(logging.WARNING)
   from uwm_jax.evaluation import evaluator  # pylint: disable=import-outside-toplevel
-  try:
-    if _WATCH.value:
-      interval = (_CONFIG.value.eval.watch_interval_s if _CONFIG.value is not None else 60.0)
-      evaluator.watch(_CHECKPOINT_DIR.value, config=_CONFIG.value, eval_overrides=_overrides(),
-                      interval_s=interval)
-      return
-    result = evaluator.evaluate_checkpoint(_CHECKPOINT_DIR.value, _STEP.value,
-                                           config=_CONFIG.value, eval_overrides=_overrides())
-  except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  config = cli_errors.config_value(_CONFIG) if _CONFIG.present else None
+  if _WATCH.value:
+    interval = config.eval.watch_interval_s if config is not None else 60.0
+    evaluator.watch(_CHECKPOINT_DIR.value, config=config, eval_overrides=_overrides(),
+                    interval_s=interval)
+    return
+  result = evaluator.evaluate_checkpoint(_CHECKPOINT_DIR.value, _STEP.value, config=config,
+                                         eval_overrides=_overrides())
   print(evaluator.summary_line(result, evaluator.result_env(result)))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli_errors.run(main)

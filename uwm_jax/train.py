@@ -10,13 +10,19 @@
                                 (Cloud TPU pods and SLURM are)
 
 Finetuning: add --config.init_from=PRETRAIN_WORKDIR/checkpoints.
+
+Bad input (a missing config file, an unknown --config. field, a mesh that does not fit, a
+missing dataset or init_from, a workdir that is a file or held by another run) ends in one
+`error:` line and exit status 2, before anything expensive; --traceback shows the traceback.
 """
 
 import logging
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from uwm_jax import cli_errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
@@ -38,6 +44,7 @@ def default_workdir(config_arg: str) -> str:
 
 def main(argv):
   del argv
+  config = cli_errors.config_value(_CONFIG)  # a bad config file or field fails first
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
   # jax.distributed must start before anything touches a device (some modules create arrays
@@ -46,7 +53,6 @@ def main(argv):
   distributed.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                      _PROCESS_ID.value)
   from uwm_jax.training import loop  # pylint: disable=import-outside-toplevel
-  config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(
       flags.FLAGS["config"]))
   # The embedded task's demonstrations are generated on first use (config.eval.demo_episodes).
@@ -57,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli_errors.run(main)

@@ -404,25 +404,39 @@ def shape_mismatches(expected: Any, found: Any) -> List[str]:
   return lines
 
 
+def check_init_params(directory: str, abstract: Dict[str, Any], step: Optional[int] = None
+                      ) -> int:
+  """Check that a finetuning checkpoint (`init_from`) exists, verifies and fits the model,
+  reading only its metadata (cheap: call it before building anything). `abstract`:
+  {"params", "frozen"} of the model being trained. Returns the step to load; raises
+  FileNotFoundError, CorruptCheckpointError, or ValueError listing every mismatched, missing
+  or unexpected array."""
+  if not os.path.isdir(os.fspath(directory)):
+    raise FileNotFoundError(f"init_from: checkpoint folder {directory} does not exist.")
+  manager = make_manager(directory, read_only=True)
+  try:
+    step = _resolve_step(manager, step)
+    verify_step(manager, step, (PARAMS, DATASET_STATS))
+    problems = shape_mismatches(abstract, _metadata_tree(manager, step, PARAMS))
+  finally:
+    manager.close()
+  if problems:
+    raise ValueError(
+        f"init_from={directory} (step {step}) does not fit this model config (another "
+        f"architecture?); {len(problems)} arrays differ:\n" + "\n".join(problems))
+  return step
+
+
 def load_init_params(directory: str, abstract: Dict[str, Any], shardings: Dict[str, Any],
                      step: Optional[int] = None) -> Tuple[Dict[str, Any], dict, int]:
   """Params for finetuning (`init_from`), restored straight into `shardings`.
 
   abstract/shardings: {"params": ..., "frozen": ...} trees of the model being trained.
-  Returns ({"params", "frozen"}, the checkpoint's dataset_stats, its step). Raises ValueError
-  listing every mismatched, missing or unexpected array when the checkpoint does not fit.
+  Returns ({"params", "frozen"}, the checkpoint's dataset_stats, its step). Raises as
+  `check_init_params` when the checkpoint does not fit.
   """
-  if not os.path.isdir(os.fspath(directory)):
-    raise FileNotFoundError(f"init_from: checkpoint folder {directory} does not exist.")
+  step = check_init_params(directory, abstract, step)
   manager = make_manager(directory, read_only=True)
-  step = _resolve_step(manager, step)
-  verify_step(manager, step, (PARAMS, DATASET_STATS))
-  found = _metadata_tree(manager, step, PARAMS)
-  problems = shape_mismatches(abstract, found)
-  if problems:
-    raise ValueError(
-        f"init_from={directory} (step {step}) does not fit this model config; "
-        f"{len(problems)} arrays differ:\n" + "\n".join(problems))
   out = manager.restore(step, args=ocp.args.Composite(**{
       PARAMS: _restore(abstract_with_shardings(abstract, shardings)),
       DATASET_STATS: ocp.args.JsonRestore(),

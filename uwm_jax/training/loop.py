@@ -31,6 +31,7 @@ import tqdm
 
 from uwm_jax.data import global_batch as global_batch_lib
 from uwm_jax.data import loader as loader_lib
+from uwm_jax.data import sources as sources_lib
 from uwm_jax.diffusion import make_schedule
 from uwm_jax.evaluation import offline_metrics
 from uwm_jax.model.uwm import UnifiedWorldModel
@@ -133,6 +134,10 @@ def build_state(config, model, optimizer, mesh, manager, workdir):
     step, state, stats, data_iter = restored
     log.info("Resumed from %s at step %d.", manager.directory, step)
     return step, state, shardings, stats or None, data_iter
+  if config.init_from:  # a checkpoint of another architecture fails before any compilation
+    directory, step = _init_from_dir(config.init_from)
+    ckpt_lib.check_init_params(directory, {"params": abstract.params, "frozen": abstract.frozen},
+                               config.init_from_step if config.init_from_step >= 0 else step)
   state = sharded_state.init_train_state(model, optimizer, jax.random.key(config.seed),
                                          shardings, ema, tc.compiler_options)
   stats = None
@@ -222,13 +227,43 @@ def _non_finite_params_error(step: int, manager) -> FloatingPointError:
       "Lower the learning rate or enable gradient clipping (optim.grad_clip_norm).")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
-  """Train (or resume training) `config` in `workdir`; returns the final state and metrics.
-  Raises WorkdirLockedError when another live run holds the workdir."""
+def prepare_workdir(workdir: str) -> None:
+  """Create the workdir; errors say plainly when it is a URL, a file or not writable."""
   if "://" in os.fspath(workdir):
     raise ValueError(f"--workdir={workdir}: use a filesystem path that every host sees (NFS, "
                      "Filestore, or a bucket mounted with gcsfuse), not a URL.")
-  os.makedirs(workdir, exist_ok=True)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f"--workdir={workdir} is a file, not a folder.")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise PermissionError(f"--workdir={workdir} cannot be created ({e.strerror}).") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise PermissionError(f"--workdir={workdir} is not writable.")
+
+
+def check_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Cheap checks of everything a run needs, before anything expensive (train state,
+  compilation, dataset statistics) is built: the mesh fits the devices, the datasets exist,
+  and `init_from` exists when the run starts from scratch."""
+  mesh_lib.resolve_mesh_shape(config.train.mesh_shape, jax.device_count())
+  sources_lib.check_sources(config)
+  resuming = any(name.isdigit() for name in _listdir(ckpt_lib.checkpoint_dir(workdir)))
+  if config.init_from and not resuming:
+    directory, _ = _init_from_dir(config.init_from)
+    if not os.path.isdir(directory):
+      raise FileNotFoundError(f"init_from: checkpoint folder {directory} does not exist.")
+
+
+def _listdir(path: str) -> List[str]:
+  return os.listdir(path) if os.path.isdir(path) else []
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  """Train (or resume training) `config` in `workdir`; returns the final state and metrics.
+  Raises WorkdirLockedError when another live run holds the workdir."""
+  prepare_workdir(workdir)
+  check_inputs(config, workdir)
   # One writer per workdir (process 0 holds the lock for the whole multi-process run).
   lock = workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0 else None
   if lock is not None:
