@@ -259,6 +259,33 @@ def _listdir(path: str) -> List[str]:
   return os.listdir(path) if os.path.isdir(path) else []
 
 
+def progress_fields(summary: Dict[str, float]) -> Dict[str, str]:
+  """The progress bar's postfix: loss, samples/s and MFU (TFLOP/s per device when the
+  device's peak is unknown)."""
+  fields = {"loss": f"{summary['loss']:.4f}"}
+  if "samples_per_s" in summary:
+    fields["samples/s"] = f"{summary['samples_per_s']:.3g}"
+  if "mfu" in summary:
+    fields["MFU"] = f"{summary['mfu']:.1%}"
+  elif "tflops_per_s_per_device" in summary:
+    fields["TFLOP/s/dev"] = f"{summary['tflops_per_s_per_device']:.3g}"
+  return fields
+
+
+def closing_line(step: int, last_train: Dict[str, float], last_eval: Dict[str, float],
+                 workdir: str, tensorboard: bool) -> str:
+  """The last line of a run: final numbers and where its outputs are."""
+  numbers = [f"loss {last_train['loss']:.7g}"] if "loss" in last_train else []
+  numbers += [f"{k} {v:.3g}" for k, v in last_train.items() if k in ("samples_per_s", "mfu")]
+  numbers += [f"eval {k} {v:.4g}" for k, v in last_eval.items() if k.endswith("mse")][:2]
+  where = (f"checkpoints in {ckpt_lib.checkpoint_dir(workdir)}, metrics in "
+           f"{os.path.join(workdir, writer_lib.METRICS_FILENAME)}")
+  if tensorboard:
+    where += f" (tensorboard --logdir {os.path.join(workdir, writer_lib.TENSORBOARD_DIRNAME)})"
+  return (f"Training finished at step {step} (process {jax.process_index()} of "
+          f"{jax.process_count()}): {', '.join(numbers) or 'no new step'}; {where}.")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   """Train (or resume training) `config` in `workdir`; returns the final state and metrics.
   Raises WorkdirLockedError when another live run holds the workdir."""
@@ -317,8 +344,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
                                    resume_step=start)
   saved_config = loader_config
   to_global = lambda b: global_batch_lib.host_batch_to_global(b, mesh, mesh_lib.batch_spec())
-  bar = tqdm.tqdm(total=config.num_steps, initial=start, desc="train", unit="step",
-                  disable=not tc.progress_bar or jax.process_index() != 0, dynamic_ncols=True)
+  bar = None  # created once the first step is compiled, so that its ETA excludes compilation
   metrics, clock = _Metrics(), _Throughput()
   last_train: Dict[str, float] = {}
   last_eval: Dict[str, float] = {}
@@ -345,7 +371,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
         if peak:
           summary["mfu"] = flops_lib.mfu(step_flops, rate, jax.device_count(), peak)
       writer.write(step, summary, "train")
-      bar.set_postfix(loss=f"{summary['loss']:.4f}", refresh=False)
+      bar.set_postfix(progress_fields(summary), refresh=False)
       last_train = summary
 
   data_iter_state = loader.get_state()
@@ -353,7 +379,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     for step in range(start + 1, config.num_steps + 1):
       batch = to_global(next(loader))
       data_iter_state = loader.get_state()
+      if bar is None:
+        log.info("Compiling the train step (the first step waits for it; minutes for large "
+                 "models) ...")
+        t_compile = time.perf_counter()
       state, device_metrics = step_fn(state, batch, train_rng)
+      if bar is None:
+        log.info("Train step compiled in %.1f s.", time.perf_counter() - t_compile)
+        bar = tqdm.tqdm(total=config.num_steps, initial=step - 1, desc="train", unit="step",
+                        disable=not tc.progress_bar or jax.process_index() != 0,
+                        dynamic_ncols=True)
       if pending is not None:
         settle(*pending)
       pending = (step, device_metrics)
@@ -383,10 +418,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     if pending is not None:
       settle(*pending)
   finally:
-    bar.close()
+    if bar is not None:
+      bar.close()
     manager.wait_until_finished()
     manager.close()
     writer.close()
     loader.close()
+  log.info("%s", closing_line(config.num_steps, last_train, last_eval, workdir, tc.tensorboard))
   return TrainResult(state=state, step=int(jax.device_get(state.step)), dataset_stats=stats,
                      last_train_metrics=last_train, last_eval_metrics=last_eval)
