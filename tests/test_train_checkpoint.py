@@ -310,3 +310,13 @@ def test_every_step_corrupt_is_one_line_per_step(saved, tmp_path, caplog, capfd)
   logged = "\n".join(r.getMessage() for r in caplog.records) + "".join(capfd.readouterr())
   assert "Traceback" not in logged and "Event loop is closed" not in logged
   assert len(logged.splitlines()) < 10, logged
+
+
+def test_loading_does_not_warn_about_the_read_only_manager(saved, caplog):
+  """Orbax warns "Given directory is read only" for every read-only manager: that is how
+  evaluation and init_from read, not a problem, so the line is dropped."""
+  _, _, directory = saved
+  with caplog.at_level(logging.WARNING):
+    ckpt.load_params_checkpoint(directory)
+    ckpt.load_latest_params_checkpoint(directory)
+  assert not [r for r in caplog.records if "read only" in r.getMessage()]

@@ -146,6 +146,13 @@ class _Manager(ocp.CheckpointManager):
     self._join_recorder()
 
 
+def wait_for_checksums(manager: ocp.CheckpointManager) -> None:
+  """Wait until every started save is final and its checksums are written."""
+  manager.wait_until_finished()
+  if isinstance(manager, _Manager):
+    manager._join_recorder()  # pylint: disable=protected-access
+
+
 def make_manager(directory: str, *, keep_last: Optional[int] = None, keep_every: int = 0,
                  save_every: int = 1, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:

@@ -201,13 +201,14 @@ def params_are_finite(params) -> jax.Array:
 def last_good_checkpoint(manager) -> str:
   """Where training can resume from: the latest step whose files match their checksums
   (every saved step's params were checked finite before the save)."""
-  manager.wait_until_finished()
+  ckpt_lib.wait_for_checksums(manager)
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      ckpt_lib.verify_step(manager, step, ckpt_lib.ITEM_NAMES)
+      verified = ckpt_lib.checksums.verify(ckpt_lib.step_dir(manager, step))
     except ckpt_lib.checksums.CorruptCheckpointError:
       continue
-    return f"the last good checkpoint is step {step} in {manager.directory}"
+    return (f"the last good checkpoint is step {step} in {manager.directory}"
+            + ("" if verified else f" (unverified: no {ckpt_lib.checksums.MANIFEST_FILENAME})"))
   return "no good checkpoint was saved yet"
 
 
