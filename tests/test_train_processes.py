@@ -8,6 +8,7 @@ fast (-O0) XLA compiles. Subprocesses run the real CLI, `python -m uwm_jax.train
 
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -29,6 +30,9 @@ FAST = "--xla_backend_optimization_level=0"
 # Tolerance between one process and two: the gradient all-reduce crosses processes (gloo),
 # which may sum in another order; anything wrong (data, rng, sharding) moves the loss by > 1e-2.
 MULTIPROCESS_RTOL = 1e-5
+# Params after 4 AdamW steps: gradients summed in another order moved params by at most
+# 1.4e-7 (measured); a wrong batch, rng or sharding moves them by ~lr (1e-3).
+PARAMS_RTOL, PARAMS_ATOL = 1e-5, 1e-6
 
 OVERRIDES = {
     "num_steps": NUM_STEPS,
@@ -70,12 +74,18 @@ def _losses(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  """An uninterrupted single-process run."""
+def reference_workdir(tmp_path_factory):
+  """An uninterrupted single-process run (keeping every 4th checkpoint for comparisons)."""
   workdir = str(tmp_path_factory.mktemp("reference"))
-  result = loop.train(_config(), workdir)
+  result = loop.train(_config(**{"train.keep_every": 4}), workdir)
   assert result.step == NUM_STEPS
-  losses = _losses(workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def reference(reference_workdir):
+  """step -> loss of the reference run."""
+  losses = _losses(reference_workdir)
   assert sorted(losses) == list(range(1, NUM_STEPS + 1))
   return {s: v[0] for s, v in losses.items()}
 
@@ -132,7 +142,16 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_agree_with_one(reference, tmp_path):
+def _closing_loss(output: str, process: int) -> float:
+  """The final loss in a process's closing line ("Training finished at step N (process i of
+  n): loss X, ...")."""
+  match = re.search(rf"Training finished at step \d+ \(process {process} of 2\): loss ([^,;]+)",
+                    output)
+  assert match, output[-3000:]
+  return float(match.group(1))
+
+
+def test_two_processes_agree_with_one(reference, reference_workdir, tmp_path):
   workdir = str(tmp_path / "two")
   steps = 6
   address = f"127.0.0.1:{_free_port()}"
@@ -154,9 +173,18 @@ def test_two_processes_agree_with_one(reference, tmp_path):
   assert sorted(losses) == list(range(1, steps + 1))
   for step, values in losses.items():
     np.testing.assert_allclose(values, [reference[step]], rtol=MULTIPROCESS_RTOL, err_msg=step)
-  # Both processes took part in the checkpoints (steps 1, 4 and the final 6).
-  params, _, _, _ = ckpt.load_params_checkpoint(ckpt.checkpoint_dir(workdir))
-  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+  # Process 1 computed the same global loss as process 0 (and the one-process run).
+  for process, output in enumerate(outputs):
+    np.testing.assert_allclose(_closing_loss(output, process), reference[steps],
+                               rtol=MULTIPROCESS_RTOL, err_msg=f"process {process}")
+  # Both processes took part in the checkpoints; the params they wrote at step 4 are the
+  # one-process run's.
+  params, _, _, _ = ckpt.load_params_checkpoint(ckpt.checkpoint_dir(workdir), step=4)
+  expected, _, _, _ = ckpt.load_params_checkpoint(ckpt.checkpoint_dir(reference_workdir), step=4)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                          jax.tree.leaves(expected)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=PARAMS_RTOL, atol=PARAMS_ATOL,
+                               err_msg=jax.tree_util.keystr(path))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
