@@ -2,6 +2,10 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -148,10 +152,20 @@ def test_conversion_filters_max_episodes_and_resumes_per_shard(droid_dir, raw_ep
   with pytest.raises(ValueError, match=r"unfinished.*\[1\]"):
     ConvertedSource("droid", out, prof.camera_keys, IMAGE, 10)
   stamp = os.path.getmtime(os.path.join(out, "shard-00000-of-00003", fmt.FRAMES))
-  # A leftover temporary folder of a killed run does not matter.
-  os.makedirs(os.path.join(out, "shard-00001-of-00003.tmp-999"))
-  assert convert.convert_rlds(droid_dir, out, prof, episode_filter=filt, process_index=1,
-                              process_count=2, progress=False)
+  # A killed writer's temporary folder is deleted by the rerun; a live writer's is kept.
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  os.makedirs(os.path.join(out, f"shard-00001-of-00003.tmp-{dead.pid}"))
+  live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    os.makedirs(os.path.join(out, f"shard-00001-of-00003.tmp-{live.pid}"))
+    assert convert.convert_rlds(droid_dir, out, prof, episode_filter=filt, process_index=1,
+                                process_count=2, progress=False)
+    assert [d for d in os.listdir(out) if ".tmp-" in d] == [
+        f"shard-00001-of-00003.tmp-{live.pid}"]
+  finally:
+    live.kill()
+    live.wait()
   assert convert.convert_rlds(droid_dir, out, prof, episode_filter=filt, progress=False)
   assert os.path.getmtime(os.path.join(out, "shard-00000-of-00003", fmt.FRAMES)) == stamp
   src = ConvertedSource("droid", out, prof.camera_keys, IMAGE, 10)
@@ -226,3 +240,121 @@ def test_camera_and_shape_mismatch_errors(converted):
   c.model.action_dim = 7
   with pytest.raises(ValueError, match="'droid'.*10 dimensions.*action_dim is 7"):
     loader.make_train_loader(c, process_index=0, process_count=1)
+
+
+# ------------------------------------------------------------------ tfds.load order, robustness
+ORDER_SHARDS = 17  # > tfds' 16 files read at once, so a file's slot is handed to the next one
+
+
+@pytest.fixture(scope="module")
+def shuffled_droid_dir(tmp_path_factory):
+  """A dataset written the usual way (tfds spreads episodes over 17 files by key hash;
+  `tfds.load` interleaves the files), ~20 episodes per file (> the 16-episode blocks)."""
+  root = tmp_path_factory.mktemp("droid_shuffled")
+  return fixtures.write_droid_fixture(str(root / "tfds"), 20 * ORDER_SHARDS, image_shape=(8, 8),
+                                      lengths=(2,), num_shards=ORDER_SHARDS,
+                                      disable_shuffling=False)
+
+
+def _file_paths(episodes):
+  return [rlds_read.as_text(e["episode_metadata"]["file_path"]) for e in episodes]
+
+
+def test_interleave_order_is_tf_datas():
+  import tensorflow as tf
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    lengths = [int(n) for n in rng.integers(0, 30, int(rng.integers(1, 25)))]
+    cycle, block = int(rng.integers(1, 18)), int(rng.integers(1, 18))
+    table = tf.constant(lengths, tf.int64)
+    ds = tf.data.Dataset.range(len(lengths)).interleave(
+        lambda f: tf.data.Dataset.range(table[f]).map(lambda i: (f, i)), cycle_length=cycle,
+        block_length=block, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    assert [(int(f), int(i)) for f, i in ds.as_numpy_iterator()] == \
+        rlds_read.interleave_order(lengths, cycle, block), (lengths, cycle, block)
+
+
+def test_max_episodes_takes_the_episodes_tfds_load_yields_first(shuffled_droid_dir, tmp_path):
+  import tensorflow_datasets as tfds
+  data_dir = os.path.dirname(os.path.dirname(shuffled_droid_dir))
+  builder = rlds_read.open_builder(shuffled_droid_dir)
+  assert not builder.info.disable_shuffling
+  loaded = _file_paths(tfds.as_numpy(tfds.load("droid", data_dir=data_dir, split="train")))
+  per_file = [_file_paths(rlds_read.iter_shard_episodes(builder, "train", k))
+              for k in range(ORDER_SHARDS)]
+  order = rlds_read.tfds_load_order(rlds_read.shard_lengths(builder, "train"), False)
+  assert [per_file[f][i] for f, i in order] == loaded
+  assert loaded != [p for paths in per_file for p in paths]  # not file after file
+  # The reference: the first 12 WEIRD episodes tfds.load yields, in that order.
+  out = str(tmp_path / "weird12")
+  convert.main(["droid", f"--builder_dir={shuffled_droid_dir}", f"--out={out}",
+                "--include=WEIRD", "--max_episodes=12"])
+  src = ConvertedSource("droid", out, profiles.droid_profile().camera_keys, (8, 8), 10)
+  assert [m["file_path"] for m in src.metadata] == [p for p in loaded if "/WEIRD/" in p][:12]
+  converted = [d for d in os.listdir(out) if d.startswith("shard-")]
+  assert 0 < len(converted) < ORDER_SHARDS  # files the selection never reaches are skipped
+
+
+def test_corrupt_input_file_is_named(droid_dir, tmp_path):
+  import shutil
+  copy = str(tmp_path / "droid" / "1.0.0")
+  shutil.copytree(droid_dir, copy)
+  victim = sorted(f for f in os.listdir(copy) if ".tfrecord-" in f)[1]
+  path = os.path.join(copy, victim)
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+  with pytest.raises(ValueError) as err:
+    convert.convert_rlds(copy, str(tmp_path / "out"), profiles.droid_profile(),
+                         dataset="droid", progress=False)
+  msg = str(err.value)
+  assert "input shard 1 of 3" in msg and victim in msg and len(msg.splitlines()) == 1, msg
+
+
+def _children(pid):
+  try:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+      return [int(p) for p in f.read().split()]
+  except FileNotFoundError:
+    return []
+
+
+def _alive(pid):
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().split(")")[-1].split()[0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_log_their_shards_and_die_with_the_parent(droid_dir, tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL="2")
+  cmd = [sys.executable, "-m", "uwm_jax.data.convert_rlds", "droid",
+         f"--builder_dir={droid_dir}", "--num_processes=2"]
+  # A whole run: every shard's line from the workers, then the summary line.
+  done = subprocess.run(cmd + [f"--out={tmp_path / 'all'}"], env=env, cwd=repo,
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  for k in range(3):
+    assert f"droid shard {k}/3" in done.stderr, done.stderr[-3000:]
+  last = done.stdout.strip().splitlines()[-1]
+  assert (f"episodes read {NUM_EPISODES}, kept {NUM_EPISODES}, skipped 0 (filters) + 0 (empty)"
+          in last and "dataset.json: 7 episodes" in last), last
+  # SIGKILL of the parent takes its workers with it.
+  parent = subprocess.Popen(cmd + [f"--out={tmp_path / 'killed'}"], env=env, cwd=repo,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while len(_children(parent.pid)) < 2 and time.time() < deadline and parent.poll() is None:
+    time.sleep(0.05)
+  workers = _children(parent.pid)
+  assert len(workers) >= 2, "the workers never started"
+  os.kill(parent.pid, signal.SIGKILL)
+  parent.wait()
+  deadline = time.time() + 30
+  while any(_alive(w) for w in workers) and time.time() < deadline:
+    time.sleep(0.1)
+  survivors = [w for w in workers if _alive(w)]
+  for w in survivors:
+    os.kill(w, signal.SIGKILL)
+  assert not survivors, "workers outlived the killed parent"

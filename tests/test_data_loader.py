@@ -236,5 +236,26 @@ def test_nan_in_actions_names_dataset_episode_and_field():
   with pytest.raises(ValueError, match=r"poisoned/episode 2: field 'action'.*NaN/inf.*step 5"):
     stats_lib.dataset_stats(c.data, c.model, [src])
   stats = {"action": normalization.identity_entry(c.model.action_dim)}
-  with pytest.raises(ValueError, match=r"poisoned/episode 2: field 'action'"):
-    WindowReader([src], c.model, stats)((0, 2, 2))  # action steps 3..6
+  reader = WindowReader([src], c.model, stats)
+  start = 5 - reader.slices.action.start - 1  # a window whose action chunk covers step 5
+  # The episode step is reported, not the position inside the window's action chunk.
+  with pytest.raises(ValueError, match=r"poisoned/episode 2: field 'action'.*\(first at step "
+                     r"5\)"):
+    reader((0, 2, start))
+
+
+def test_validation_split_holds_out_the_reference_episodes():
+  """The reference holds out default_rng(0).choice(N, round(0.05 N), replace=False) episodes of
+  a dataset (docs/data.md, "Validation split"); a permutation prefix picks other episodes."""
+  from uwm_jax.data.episodes import split_episodes
+  n = 2000
+  train, val = split_episodes(np.zeros(n, bool), 0.05, 0)
+  reference = np.sort(np.random.default_rng(0).choice(n, 100, replace=False))
+  np.testing.assert_array_equal(val, reference)
+  assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == n
+  # Action-free episodes always train; the robot episodes are chosen among themselves.
+  action_free = np.arange(40) % 4 == 0
+  train, val = split_episodes(action_free, 0.1, 0)
+  robot = np.flatnonzero(~action_free)
+  np.testing.assert_array_equal(val, np.sort(robot[np.random.default_rng(0).choice(30, 3,
+                                                                                     replace=False)]))

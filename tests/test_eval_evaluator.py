@@ -29,9 +29,11 @@ def tiny_checkpoint(tmp_path_factory):
   return directory, config
 
 
-def test_evaluator_writes_metrics_videos_tensorboard_and_summary(tiny_checkpoint):
+def test_evaluator_writes_metrics_videos_tensorboard_and_summary(tiny_checkpoint, recwarn):
   directory, config = tiny_checkpoint
   result = evaluator.evaluate_checkpoint(directory, progress=False)
+  # No process is forked from the multithreaded JAX process (video writing included).
+  assert not [w for w in recwarn if "os.fork()" in str(w.message)]
   assert result.step == 7
   m = result.metrics
   assert m["rollout/num_episodes"] == 3
@@ -116,3 +118,19 @@ def test_cli_prints_one_error_line_without_traceback(tmp_path):
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1].startswith("error: Checkpoint folder")
   assert "Traceback" not in out.stderr
+
+
+def test_prediction_video_columns_and_rows_are_labelled():
+  import numpy as np
+  from uwm_jax.evaluation import prediction_videos, videos
+  cells = [[np.zeros((32, 32, 3), np.uint8)] * 6] * 2  # 2 samples x (now, real, pred) x 2 views
+  frame = videos.label_columns(videos.grid(cells), prediction_videos.SINGLE_COLUMNS)
+  strip = frame[:videos.LABEL_HEIGHT]
+  assert frame.shape[0] == videos.grid(cells).shape[0] + videos.LABEL_HEIGHT
+  group = (frame.shape[1] + 1) // 3
+  for g in range(3):  # every group of columns has its label
+    assert (strip[:, g * group:(g + 1) * group] < 128).any(), g
+  rows = videos.label_rows(videos.grid([[np.zeros((32, 32, 3), np.uint8)]] * 2),
+                           prediction_videos.TRAJECTORY_ROWS)
+  for r in range(2):  # every row has its label on the left
+    assert (rows[r * 33:(r + 1) * 33, :30] < 128).any(), r

@@ -12,6 +12,7 @@ from configs import tiny
 from tests.helpers import FAST_COMPILE
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint as ckpt
+from uwm_jax.runs import checksums
 from uwm_jax.training import loop
 from uwm_jax.training import mesh as mesh_lib
 from uwm_jax.training import optimizer as optim_lib
@@ -187,3 +188,139 @@ def test_init_from_loads_params_and_keeps_pretraining_stats(saved, tmp_path):
   _, _, _, stats, _ = loop.build_state(cfg, model, tx, mesh, manager, workdir)
   manager.close()
   assert stats is None  # the loader computes its own
+
+
+# ------------------------------------------------------------------------------ integrity
+def _copy(directory, tmp_path):
+  import shutil
+  copy = str(tmp_path / "checkpoints")
+  shutil.copytree(directory, copy)
+  return copy
+
+
+def _largest_file(folder):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(folder) for f in fs]
+  return max(files, key=os.path.getsize)
+
+
+def _scribble(path, seed=0):
+  """Overwrite 64 bytes in the middle of a file with random bytes (same size)."""
+  size = os.path.getsize(path)
+  with open(path, "r+b") as f:
+    f.seek(size // 2)
+    f.write(np.random.default_rng(seed).integers(0, 256, 64, dtype=np.uint8).tobytes())
+
+
+def test_every_saved_step_has_a_checksum_manifest(saved):
+  _, _, directory = saved
+  for step in ("1", "2"):
+    assert checksums.verify(os.path.join(directory, step)) is True
+
+
+@pytest.mark.parametrize("item", ["params", "state"])
+def test_random_bytes_in_a_data_file_fall_back_to_the_previous_step(saved, tmp_path, caplog,
+                                                                    item):
+  cfg, host_state, directory = saved
+  copy = _copy(directory, tmp_path)
+  _scribble(_largest_file(os.path.join(copy, "2", item)))
+  _, _, abstract, shardings = _setup(cfg, (8, 1, 1), ema=True)
+  manager = ckpt.make_manager(copy)
+  with caplog.at_level(logging.INFO):
+    step, state, _, _ = ckpt.restore_train_checkpoint(manager, abstract, shardings)
+  manager.close()
+  assert step == 1
+  _assert_trees_equal(host_state, jax.device_get(state))
+  warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+              and "step 2" in r.getMessage()]
+  assert len(warnings) == 1 and "checksum" in warnings[0] and item in warnings[0], warnings
+
+
+def test_params_only_load_verifies_checksums(saved, tmp_path):
+  _, _, directory = saved
+  copy = _copy(directory, tmp_path)
+  _scribble(_largest_file(os.path.join(copy, "2", "params")))
+  with pytest.raises(checksums.CorruptCheckpointError, match="params/.*checksum"):
+    ckpt.load_params_checkpoint(copy, step=2)
+  ckpt.load_params_checkpoint(copy, step=1)
+
+
+def test_latest_params_skip_a_truncated_step_with_one_warning(saved, tmp_path, caplog):
+  """What the evaluator loads without --step: the latest step that loads."""
+  _, host_state, directory = saved
+  copy = _copy(directory, tmp_path)
+  os.remove(os.path.join(copy, "2", checksums.MANIFEST_FILENAME))  # no checksum to catch it
+  open(_largest_file(os.path.join(copy, "2", "params")), "wb").close()
+  with pytest.raises(ckpt.UnreadableCheckpointError) as err:
+    ckpt.load_params_checkpoint(copy, step=2)
+  assert len(str(err.value).splitlines()) == 1 and os.path.join(copy, "2") in str(err.value)
+  with caplog.at_level(logging.WARNING):
+    step, params, _, _, _ = ckpt.load_latest_params_checkpoint(copy)
+  assert step == 1
+  _assert_trees_equal(host_state.ema_params, params)
+  assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING][0].startswith(
+      "Checkpoint step 2 cannot be loaded")
+
+
+def test_checkpoint_without_manifest_loads_with_one_info_line(saved, tmp_path, caplog):
+  cfg, host_state, directory = saved
+  copy = _copy(directory, tmp_path)
+  os.remove(os.path.join(copy, "2", checksums.MANIFEST_FILENAME))
+  _, _, abstract, shardings = _setup(cfg, (8, 1, 1), ema=True)
+  manager = ckpt.make_manager(copy)
+  with caplog.at_level(logging.INFO):
+    step, state, _, _ = ckpt.restore_train_checkpoint(manager, abstract, shardings)
+  manager.close()
+  assert step == 2
+  _assert_trees_equal(host_state, jax.device_get(state))
+  lines = [r.getMessage() for r in caplog.records if "without verification" in r.getMessage()]
+  assert len(lines) == 1 and os.path.join(copy, "2") in lines[0]
+
+
+def test_deleted_metadata_file_is_named(saved, tmp_path, caplog):
+  cfg, _, directory = saved
+  copy = _copy(directory, tmp_path)
+  for step in ("1", "2"):
+    os.remove(os.path.join(copy, step, checksums.MANIFEST_FILENAME))  # the old layout
+  os.remove(os.path.join(copy, "2", "state", "_METADATA"))
+  _, _, abstract, shardings = _setup(cfg, (8, 1, 1), ema=True)
+  manager = ckpt.make_manager(copy)
+  with caplog.at_level(logging.WARNING):
+    step, _, _, _ = ckpt.restore_train_checkpoint(manager, abstract, shardings)
+  manager.close()
+  assert step == 1
+  warning = [r.getMessage() for r in caplog.records if "step 2" in r.getMessage()][0]
+  assert "state/_METADATA" in warning and "missing" in warning, warning
+
+
+def test_every_step_corrupt_is_one_line_per_step(saved, tmp_path, caplog, capfd):
+  cfg, _, directory = saved
+  copy = _copy(directory, tmp_path)
+  _scribble(_largest_file(os.path.join(copy, "2", "state")))
+  os.remove(os.path.join(copy, "1", checksums.MANIFEST_FILENAME))  # unverified, unreadable
+  for root, _, files in os.walk(os.path.join(copy, "1", "state")):
+    for f in files:
+      if f != "_METADATA":
+        open(os.path.join(root, f), "wb").close()
+  _, _, abstract, shardings = _setup(cfg, (8, 1, 1), ema=True)
+  manager = ckpt.make_manager(copy)
+  with caplog.at_level(logging.INFO), pytest.raises(ckpt.NoUsableCheckpointError) as err:
+    ckpt.restore_train_checkpoint(manager, abstract, shardings)
+  manager.close()
+  lines = str(err.value).splitlines()
+  assert len(lines) == 3, lines  # the headline, then one line per step
+  assert os.path.join(copy, "2") in lines[1] and "checksum" in lines[1]
+  assert os.path.join(copy, "1") in lines[2]
+  assert all(len(line) < 400 for line in lines)
+  logged = "\n".join(r.getMessage() for r in caplog.records) + "".join(capfd.readouterr())
+  assert "Traceback" not in logged and "Event loop is closed" not in logged
+  assert len(logged.splitlines()) < 10, logged
+
+
+def test_loading_does_not_warn_about_the_read_only_manager(saved, caplog):
+  """Orbax warns "Given directory is read only" for every read-only manager: that is how
+  evaluation and init_from read, not a problem, so the line is dropped."""
+  _, _, directory = saved
+  with caplog.at_level(logging.WARNING):
+    ckpt.load_params_checkpoint(directory)
+    ckpt.load_latest_params_checkpoint(directory)
+  assert not [r for r in caplog.records if "read only" in r.getMessage()]

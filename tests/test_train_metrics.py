@@ -119,6 +119,12 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path):
   assert metrics_writer.read_metrics(str(tmp_path), "eval")[0]["action_mse_marginal"] == 0.25
   events = os.listdir(tmp_path / metrics_writer.TENSORBOARD_DIRNAME)
   assert any(e.startswith("events.out.tfevents") for e in events)
+  # `tensorboard --logdir` (installed by requirements.txt) reads what was written.
+  from tensorboard.backend.event_processing import event_accumulator
+  acc = event_accumulator.EventAccumulator(str(tmp_path / metrics_writer.TENSORBOARD_DIRNAME))
+  acc.Reload()
+  assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(10, 0.5)]
+  assert acc.Scalars("eval/action_mse_marginal")[0].value == 0.25
 
 
 def test_cluster_detection():

@@ -131,3 +131,23 @@ def test_sharded_step_matches_single_device(reference, mesh_shape):
   kernel = state.params["noise_net"]["dit"]["blocks"]["adaLN_modulation"]["kernel"]
   shard_shape = kernel.addressable_shards[0].data.shape
   assert shard_shape[-1] == kernel.shape[-1] // mesh_shape[1]
+
+
+def test_sharding_log_is_one_table_at_info_and_details_at_debug(caplog):
+  import logging
+  cfg = tiny.get_config()
+  model = UnifiedWorldModel(cfg.model)
+  tx = optim_lib.make_optimizer(cfg.optim, cfg.num_steps)
+  abstract = sharded_state.abstract_train_state(model, tx, False)
+  mesh = mesh_lib.make_mesh((2, 4, 1))
+  with caplog.at_level(logging.INFO, logger="uwm_jax.training.sharding"):
+    sharding.state_partition_specs(abstract, mesh, cfg.train.partition_rules, FSDP_MIN)
+  info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+  assert len(info) == 1 and info[0].startswith("Parameter sharding by rule"), info
+  num_arrays = len(jax.tree.leaves(abstract.params)) + len(jax.tree.leaves(abstract.frozen))
+  assert sum(int(line.split()[-3]) for line in info[0].splitlines()[2:]) == num_arrays
+  caplog.clear()
+  with caplog.at_level(logging.DEBUG, logger="uwm_jax.training.sharding"):
+    sharding.state_partition_specs(abstract, mesh, cfg.train.partition_rules, FSDP_MIN)
+  assert sum(r.getMessage().startswith("sharding params/") for r in caplog.records) == len(
+      jax.tree.leaves(abstract.params))

@@ -20,6 +20,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from uwm_jax import cli_errors
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELP_ARGS = ("--help", "-h", "-?", "--helpshort")
 
@@ -72,7 +74,8 @@ def default_workdir(config_spec: str) -> str:
 
 def run(main: Callable) -> None:
   """`app.run(main)` for every entry point. `--help` prints the entry point's docstring (which
-  opens with a worked example) and its flags, and exits 0 (absl's own --help exits 1)."""
+  opens with a worked example) and its flags, and exits 0 (absl's own --help exits 1); an
+  error is one `error:` line and exit status 2 (`cli_errors.run`; `--traceback` shows it all)."""
   if any(arg in HELP_ARGS for arg in sys.argv[1:]):
     app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
-  app.run(main)
+  cli_errors.run(main)

@@ -10,15 +10,15 @@
 
 Writes `<workdir>/eval/step_<N>/{metrics.json,videos/}`, appends to `<workdir>/eval/
 metrics.jsonl` and TensorBoard (`<workdir>/eval/tensorboard`), and prints one summary line per
-evaluated checkpoint. Errors (missing checkpoint, another config, unknown task) are one line.
+evaluated checkpoint. Errors (missing or corrupt checkpoint, another config, unknown task) are
+one `error:` line with exit status 2 (`uwm_jax.cli_errors`; --traceback for the traceback).
 """
 
 import logging
-import sys
 
-from absl import app, flags
+from absl import flags
 
-from uwm_jax import cli_config
+from uwm_jax import cli_config, cli_errors
 from uwm_jax.evaluation import evaluator
 
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Checkpoints folder or workdir.")
@@ -44,17 +44,14 @@ def _overrides() -> dict:
 def main(argv):
   del argv
   logging.getLogger("absl").setLevel(logging.WARNING)
-  try:
-    if _WATCH.value:
-      interval = (_CONFIG.value.eval.watch_interval_s if _CONFIG.value is not None else 60.0)
-      evaluator.watch(_CHECKPOINT_DIR.value, config=_CONFIG.value, eval_overrides=_overrides(),
-                      interval_s=interval)
-      return
-    result = evaluator.evaluate_checkpoint(_CHECKPOINT_DIR.value, _STEP.value,
-                                           config=_CONFIG.value, eval_overrides=_overrides())
-  except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  config = cli_errors.config_value(_CONFIG) if _CONFIG.present else None
+  if _WATCH.value:
+    interval = config.eval.watch_interval_s if config is not None else 60.0
+    evaluator.watch(_CHECKPOINT_DIR.value, config=config, eval_overrides=_overrides(),
+                    interval_s=interval)
+    return
+  result = evaluator.evaluate_checkpoint(_CHECKPOINT_DIR.value, _STEP.value, config=config,
+                                         eval_overrides=_overrides())
   print(evaluator.summary_line(result, evaluator.result_env(result)))
 
 

@@ -16,13 +16,17 @@ embedded task's datasets are generated first when the config asks for them
 (`config.data.demo_episodes`, `uwm_jax.data.demo_generation`), the loop receives the offline
 evaluation as its callback (`uwm_jax.evaluation.offline_metrics.make_validation_evaluate`), and
 with `config.eval.after_training` the final checkpoint is evaluated and summarised in one line.
+
+Bad input (a missing config file, an unknown --config. field, a mesh that does not fit, a
+missing dataset or init_from, a workdir that is a file or held by another run) ends in one
+`error:` line and exit status 2, before anything expensive; --traceback shows the traceback.
 """
 
 import logging
 
-from absl import app, flags
+from absl import flags
 
-from uwm_jax import cli_config
+from uwm_jax import cli_config, cli_errors
 
 _CONFIG = cli_config.define_config_flag("Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Working directory (checkpoints, metrics); "
@@ -36,6 +40,7 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
   del argv
+  config = cli_errors.config_value(_CONFIG)  # a bad config file or field fails first
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
   # jax.distributed must start before anything touches a device (some modules create arrays
@@ -50,7 +55,6 @@ def main(argv):
   from uwm_jax.runs import checkpoint
   from uwm_jax.training import loop
   # pylint: enable=import-outside-toplevel
-  config = _CONFIG.value
   workdir = _WORKDIR.value or cli_config.default_workdir(cli_config.config_arg())
   if jax.process_index() == 0:
     demo_generation.prepare(config)  # the embedded task's datasets, on first use

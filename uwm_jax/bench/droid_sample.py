@@ -73,8 +73,8 @@ def write_droid_fixture(data_dir: str, num_episodes: int = 6, *, builder: str = 
                         image_shape: Tuple[int, int] = (180, 320),
                         lengths: Sequence[int] = (30, 41, 25), labs: Sequence[str] = DROID_LABS,
                         failure_every: int = 3, num_shards: int = 2, seed: int = 0,
-                        nan_episode: Optional[int] = None, file_format: str = "tfrecord"
-                        ) -> str:
+                        nan_episode: Optional[int] = None, file_format: str = "tfrecord",
+                        disable_shuffling: bool = True) -> str:
   """A DROID-schema RLDS dataset; returns `<data_dir>/<builder>/1.0.0`.
 
   Episode i has length lengths[i % len(lengths)], lab labs[i % len(labs)], is a failure when
@@ -89,4 +89,5 @@ def write_droid_fixture(data_dir: str, num_episodes: int = 6, *, builder: str = 
           nan_field="cartesian_velocity" if i == nan_episode else None)
   return write_rlds_dataset(data_dir, builder, episodes(), image_format="jpeg",
                             num_shards=num_shards, file_format=file_format,
-                            description="DROID-schema fixture written by uwm_jax.")
+                            description="DROID-schema fixture written by uwm_jax.",
+                            disable_shuffling=disable_shuffling)

@@ -87,12 +87,15 @@ class ShardWriter:
                                                          WRITER_OPTIONS)
     self._actions: List[np.ndarray] = []
     self._low_dim: List[np.ndarray] = []
-    self.episodes: Dict[str, list] = {"length": [], "offset": [], "metadata": []}
+    self.episodes: Dict[str, list] = {"length": [], "offset": [], "metadata": [],
+                                      "input_index": []}
     self.num_steps = 0
 
   def add_episode(self, images: Mapping[str, Sequence[bytes]], actions: Optional[np.ndarray],
-                  low_dim: Optional[np.ndarray], metadata: Mapping[str, str]) -> None:
-    """images: camera -> L encoded frames; actions (L, A) / low_dim (L, D) or None."""
+                  low_dim: Optional[np.ndarray], metadata: Mapping[str, str],
+                  input_index: int = -1) -> None:
+    """images: camera -> L encoded frames; actions (L, A) / low_dim (L, D) or None;
+    input_index: the episode's position in its input file (for the read order)."""
     length = len(images[self.camera_keys[0]])
     for k in self.camera_keys:
       if len(images[k]) != length:
@@ -107,16 +110,19 @@ class ShardWriter:
     self.episodes["length"].append(int(length))
     self.episodes["offset"].append(int(self.num_steps))
     self.episodes["metadata"].append({k: str(v) for k, v in metadata.items()})
+    self.episodes["input_index"].append(int(input_index))
     self.num_steps += length
 
-  def close(self) -> dict:
-    """Finish the files and rename the folder into place; returns the shard's summary."""
+  def close(self, **counts) -> dict:
+    """Finish the files and rename the folder into place; returns the shard's summary
+    (episodes and steps written, plus `counts`, e.g. episodes read and skipped)."""
     self._writer.close()
     if self._actions:
       np.save(os.path.join(self.tmp, ACTIONS), np.concatenate(self._actions))
     if self._low_dim:
       np.save(os.path.join(self.tmp, LOW_DIM), np.concatenate(self._low_dim))
-    summary = {"num_episodes": len(self.episodes["length"]), "num_steps": self.num_steps}
+    summary = {"num_episodes": len(self.episodes["length"]), "num_steps": self.num_steps,
+               **counts}
     with open(os.path.join(self.tmp, EPISODES), "w") as f:
       json.dump({**self.episodes, **summary}, f)
     shutil.rmtree(self.final, ignore_errors=True)

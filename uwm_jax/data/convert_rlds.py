@@ -10,19 +10,30 @@
   python -m uwm_jax.data.convert_rlds rlds --data_dir=/data/tfds --builder=libero_90 \\
       --out=/data/uwm/libero_90 --camera_keys=agentview_rgb,eye_in_hand_rgb --action_key=action
 
-Each input file (tfds shard) becomes one output shard, written to a temporary folder and renamed
-when complete. Work is split by input shard over `--num_processes` local processes and over
-hosts (`--process_index/--process_count`, each host running the same command); a rerun skips
-finished shards. Episodes are kept in TFDS order; the filters (`uwm_jax.data.filters`) and
-`--max_episodes` (the first N matches, as the reference) are applied here and recorded, and
-`dataset.json` is written by whichever process finds the needed shards complete.
+Each input file (tfds shard) becomes one output shard, written to a temporary folder
+(`<shard>.tmp-<PID>`) and renamed when complete. Work is split by input shard over
+`--num_processes` local processes (spawned; they log to stderr and stop when the parent dies,
+even on SIGKILL) and over hosts (`--process_index/--process_count`, each host running the same
+command); a rerun skips finished shards and deletes the temporary folders of killed writers.
+Episodes are taken in the order `tfds.load(split=...)` yields them (files interleaved 16 at a
+time, docs/data.md "Episode order"); the filters (`uwm_jax.data.filters`) and
+`--max_episodes` (the first N matches in that order, as the reference) are applied here and
+recorded, and `dataset.json` is written by whichever process finds the needed shards
+complete. A truncated or corrupt input file is named (file and shard index) in the error. The
+last line summarises episodes read, kept, skipped (and why) and steps written.
 """
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import shutil
+import signal
+import sys
+import threading
+import time
 import types
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tqdm
@@ -33,6 +44,9 @@ from uwm_jax.data import array_record_format as fmt
 from uwm_jax.data import filters as filters_lib
 from uwm_jax.data import profiles as profiles_lib
 from uwm_jax.data import rlds_read
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _episode_id(meta: dict, dataset: str, shard: int, index: int) -> str:
@@ -57,21 +71,51 @@ def _checked(ep: dict, path: str, ident: str) -> np.ndarray:
   return value
 
 
+def input_file(builder, split: str, shard: int) -> str:
+  """The file name of input shard `shard` (for error messages)."""
+  try:
+    return os.fspath(builder.info.splits[split].filepaths[shard])
+  except Exception:  # pylint: disable=broad-except
+    return f"{builder.data_dir} ({split} shard {shard})"
+
+
+def _episodes_of_input_file(builder, split: str, shard: int, num_shards: int, dataset: str):
+  """The episodes of one input file; a read error (truncated or corrupt file: TensorFlow's
+  DataLossError, ...) names the file and shard instead of TensorFlow's bare message."""
+  it = iter(rlds_read.iter_shard_episodes(builder, split, shard))
+  while True:
+    try:
+      ep = next(it)
+    except StopIteration:
+      return
+    except Exception as e:  # pylint: disable=broad-except
+      first = (str(e).strip().splitlines() or [""])[0][:300]
+      raise ValueError(f"Dataset {dataset!r}: input shard {shard} of {num_shards} "
+                       f"({input_file(builder, split, shard)}) is unreadable (truncated or "
+                       f"corrupt?): {type(e).__name__}: {first}") from None
+    yield ep
+
+
 def convert_shard(builder, split: str, shard: int, num_shards: int, out_dir: str,
                   profile: profiles_lib.RldsProfile, filt: filters_lib.EpisodeFilter,
                   dataset: str, image_format: str = "png") -> dict:
-  """Convert input file `shard`; returns its summary (episodes kept, steps)."""
+  """Convert input file `shard`; returns its summary: episodes written (`num_episodes`) and
+  steps, and `num_read`, `skipped_filter`, `skipped_empty`."""
   writer = fmt.ShardWriter(out_dir, shard, num_shards, profile.camera_keys)
+  counts = {"num_read": 0, "skipped_filter": 0, "skipped_empty": 0}
   try:
-    for i, ep in enumerate(rlds_read.iter_shard_episodes(builder, split, shard)):
+    for i, ep in enumerate(_episodes_of_input_file(builder, split, shard, num_shards, dataset)):
+      counts["num_read"] += 1
       meta = profile.metadata(ep)
       if not filt.matches(meta):
+        counts["skipped_filter"] += 1
         continue
       ident = _episode_id(meta, dataset, shard, i)
       obs = ep["steps"]["observation"]
       images = {k: _encoded_frames(obs[k], image_format) for k in profile.camera_keys}
       if not len(images[profile.camera_keys[0]]):
         logging.info("%s: empty episode skipped.", ident)
+        counts["skipped_empty"] += 1
         continue
       actions = low_dim = None
       if not profile.action_free:
@@ -79,55 +123,70 @@ def convert_shard(builder, split: str, shard: int, num_shards: int, out_dir: str
       if profile.low_dim_fields:
         low_dim = profiles_lib.concat_fields(*(_checked(ep, p, ident)
                                                for p in profile.low_dim_fields))
-      writer.add_episode(images, actions, low_dim, meta)
-    summary = writer.close()
+      writer.add_episode(images, actions, low_dim, meta, input_index=i)
+    summary = writer.close(**counts)
   except BaseException:
     writer.abort()
     raise
   return summary
 
 
-def _needed_shards(out_dir: str, num_shards: int, max_episodes: int) -> Optional[int]:
-  """How many leading shards the dataset consists of, or None while that is unknown."""
-  total = 0
-  for k in range(num_shards):
-    if max_episodes and total >= max_episodes:
-      return k
-    if not fmt.shard_done(out_dir, k, num_shards):
-      return None
-    total += fmt.read_json(os.path.join(out_dir, fmt.shard_dirname(k, num_shards),
-                                        fmt.EPISODES))["num_episodes"]
-  return num_shards
+# ------------------------------------------------------------------------- episode selection
+def _read_order(params: dict) -> List[Tuple[int, int]]:
+  return rlds_read.tfds_load_order(params["shard_lengths"], params["disable_shuffling"])
 
 
-def _prefix_covers(out_dir: str, num_shards: int, k: int, max_episodes: int) -> bool:
-  """True when shards 0..k-1 are finished and hold at least max_episodes matches."""
-  total = 0
-  for j in range(k):
-    if not fmt.shard_done(out_dir, j, num_shards):
-      return False
-    total += fmt.read_json(os.path.join(out_dir, fmt.shard_dirname(j, num_shards),
-                                        fmt.EPISODES))["num_episodes"]
-    if total >= max_episodes:
-      return True
-  return False
+def select_episodes(out_dir: str, params: dict) -> Tuple[Optional[List[Tuple[int, int]]], set]:
+  """The dataset's episodes, as the reference takes them: walk the input episodes in
+  `tfds.load` order (`rlds_read.tfds_load_order`), keep the converted ones (those passing the
+  filters) up to `max_episodes`. Returns ([(input shard, episode index in its output shard)],
+  the input shards the walk visited), or (None, visited) while a shard it needs is unfinished.
+  """
+  n, limit = params["num_input_shards"], params["max_episodes"]
+  kept: Dict[int, Dict[int, int]] = {}
+  selected, visited = [], set()
+  for shard, index in _read_order(params):
+    visited.add(shard)
+    if shard not in kept:
+      if not fmt.shard_done(out_dir, shard, n):
+        return None, visited
+      info = fmt.read_json(os.path.join(out_dir, fmt.shard_dirname(shard, n), fmt.EPISODES))
+      kept[shard] = {int(i): pos for pos, i in enumerate(info.get("input_index", []))}
+    if index in kept[shard]:
+      selected.append((shard, kept[shard][index]))
+      if limit and len(selected) >= limit:
+        break
+  return selected, visited
+
+
+def _shard_needed(out_dir: str, params: dict, shard: int) -> bool:
+  """False once the finished shards already hold every selected episode and `shard` is not
+  among those the selection visits."""
+  if not params["max_episodes"]:
+    return True
+  selected, visited = select_episodes(out_dir, params)
+  return selected is None or shard in visited
 
 
 def finalize(out_dir: str) -> bool:
-  """Write dataset.json when the needed shards are complete; True when the dataset is ready."""
+  """Write dataset.json when the needed shards are complete; True when the dataset is ready.
+
+  dataset.json lists the output shards holding selected episodes and `episode_order`: the
+  selected episodes as [position in `shards`, episode index in that shard], in `tfds.load`
+  order (the order the reference's buffer holds them in)."""
   params = fmt.read_json(os.path.join(out_dir, fmt.CONVERSION_JSON))
   n = params["num_input_shards"]
-  needed = _needed_shards(out_dir, n, params["max_episodes"])
-  if needed is None:
+  selected, _ = select_episodes(out_dir, params)
+  if selected is None:
     return False
-  shards, episodes, steps, action_dim, low_dim_dim = [], 0, 0, 0, 0
-  for k in range(needed):
+  needed = sorted({shard for shard, _ in selected})
+  position = {shard: p for p, shard in enumerate(needed)}
+  shards, action_dim, low_dim_dim = [], 0, 0
+  for k in needed:
     name = fmt.shard_dirname(k, n)
     info = fmt.read_json(os.path.join(out_dir, name, fmt.EPISODES))
     shards.append({"name": name, "num_episodes": info["num_episodes"],
                    "num_steps": info["num_steps"]})
-    episodes += info["num_episodes"]
-    steps += info["num_steps"]
     for npy, attr in ((fmt.ACTIONS, "a"), (fmt.LOW_DIM, "l")):
       path = os.path.join(out_dir, name, npy)
       if os.path.exists(path):
@@ -136,14 +195,48 @@ def finalize(out_dir: str) -> bool:
           action_dim = width
         else:
           low_dim_dim = width
-  if params["max_episodes"]:
-    episodes = min(episodes, params["max_episodes"])
+  order = [[position[shard], local] for shard, local in selected]
+  steps = 0
+  lengths = {k: fmt.read_json(os.path.join(out_dir, fmt.shard_dirname(k, n), fmt.EPISODES))[
+      "length"] for k in needed}
+  for shard, local in selected:
+    steps += int(lengths[shard][local])
   fmt.write_json_atomic(os.path.join(out_dir, fmt.DATASET_JSON), {
       "format": fmt.FORMAT, "conversion": params, "camera_keys": params["camera_keys"],
       "image_shapes": params["image_shapes"], "action_dim": action_dim,
       "low_dim_dim": low_dim_dim, "action_free": params["action_free"], "shards": shards,
-      "num_episodes": episodes, "num_steps": steps, "max_episodes": params["max_episodes"]})
+      "episode_order": order, "num_episodes": len(order), "num_steps": steps,
+      "max_episodes": params["max_episodes"]})
   return True
+
+
+def conversion_summary(out_dir: str) -> str:
+  """One line over the finished shards: episodes read, kept, skipped (why), steps written,
+  and what dataset.json selected."""
+  params = fmt.read_json(os.path.join(out_dir, fmt.CONVERSION_JSON))
+  n = params["num_input_shards"]
+  total = {"shards": 0, "num_read": 0, "num_episodes": 0, "skipped_filter": 0,
+           "skipped_empty": 0, "num_steps": 0}
+  for k in range(n):
+    if fmt.shard_done(out_dir, k, n):
+      info = fmt.read_json(os.path.join(out_dir, fmt.shard_dirname(k, n), fmt.EPISODES))
+      total["shards"] += 1
+      for key in total:
+        if key != "shards":
+          total[key] += int(info.get(key, 0))
+  line = (f"{out_dir}: {total['shards']} of {n} input shards converted; episodes read "
+          f"{total['num_read']}, kept {total['num_episodes']}, skipped "
+          f"{total['skipped_filter']} (filters) + {total['skipped_empty']} (empty); steps "
+          f"written {total['num_steps']}")
+  meta_path = os.path.join(out_dir, fmt.DATASET_JSON)
+  if os.path.exists(meta_path):
+    meta = fmt.read_json(meta_path)
+    line += (f"; dataset.json: {meta['num_episodes']} episodes, {meta['num_steps']} steps"
+             + (f" (max_episodes {meta['max_episodes']}, tfds.load order)"
+                if meta.get("max_episodes") else ""))
+  else:
+    line += "; dataset.json not written yet (other processes or hosts are still converting)"
+  return line + "."
 
 
 def _conversion_params(builder, builder_path: str, split: str, profile, filt,
@@ -155,6 +248,8 @@ def _conversion_params(builder, builder_path: str, split: str, profile, filt,
     shapes[k] = [int(s) for s in shape[:2]] if shape is not None else None
   return {"dataset": dataset, "builder_dir": os.path.abspath(builder_path), "split": split,
           "num_input_shards": rlds_read.num_input_shards(builder, split),
+          "shard_lengths": rlds_read.shard_lengths(builder, split),
+          "disable_shuffling": bool(getattr(builder.info, "disable_shuffling", False)),
           **profile.describe(), "action_free": profile.action_free,
           "include": list(filt.include), "exclude": list(filt.exclude),
           "success_only": filt.success_only, "max_episodes": int(max_episodes),
@@ -183,16 +278,82 @@ def convert_rlds(builder_path: str, out_dir: str, profile: profiles_lib.RldsProf
     fmt.write_json_atomic(conv_path, params)
   n = params["num_input_shards"]
   mine = list(range(process_index, n, process_count))
+  remove_dead_writers_tmp(out_dir, [fmt.shard_dirname(k, n) for k in mine])
   for k in tqdm.tqdm(mine, desc=f"convert {dataset} [{process_index}/{process_count}]",
                      disable=not progress):
-    if max_episodes and _prefix_covers(out_dir, n, k, max_episodes):
-      break  # the first max_episodes matches lie in earlier, finished shards
     if fmt.shard_done(out_dir, k, n):
       continue
+    if not _shard_needed(out_dir, params, k):
+      continue  # the first max_episodes matches lie in other, finished shards
     summary = convert_shard(builder, split, k, n, out_dir, profile, episode_filter, dataset,
                             image_format)
     logging.info("%s shard %d/%d: %s", dataset, k, n, summary)
   return finalize(out_dir)
+
+
+def _pid_running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_dead_writers_tmp(out_dir: str, shard_names: Sequence[str]) -> List[str]:
+  """Delete `<shard>.tmp-<PID>` folders of these shards whose writer process is gone (a
+  killed conversion's partial shards); a live writer's folder is left alone. Only this
+  process's shards are passed, so a folder of another host's writer is never judged by a
+  PID of this host."""
+  removed = []
+  names = set(shard_names)
+  for entry in os.listdir(out_dir):
+    base, sep, pid = entry.rpartition(".tmp-")
+    if not sep or base not in names or not pid.isdigit():
+      continue
+    if int(pid) != os.getpid() and _pid_running(int(pid)):
+      continue
+    shutil.rmtree(os.path.join(out_dir, entry), ignore_errors=True)
+    removed.append(entry)
+  if removed:
+    logging.info("Removed %d partial shard folders of killed writers: %s", len(removed),
+                 removed[:5])
+  return removed
+
+
+# ------------------------------------------------------------------------- worker processes
+def die_with_parent(parent_pid: int) -> None:
+  """Make this (worker) process end when its parent does, even on SIGKILL of the parent:
+  Linux's PR_SET_PDEATHSIG, elsewhere a thread polling the parent's PID."""
+  if sys.platform.startswith("linux"):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+  else:
+    def poll():
+      while os.getppid() == parent_pid:
+        time.sleep(1.0)
+      os._exit(1)  # pylint: disable=protected-access
+    threading.Thread(target=poll, name="parent_watch", daemon=True).start()
+  if os.getppid() != parent_pid:  # the parent was gone before the above took effect
+    os._exit(1)  # pylint: disable=protected-access
+
+
+def _init_worker(parent_pid: int, level: int) -> None:
+  die_with_parent(parent_pid)
+  # Spawned workers start without the parent's logging setup: without this their per-shard
+  # lines are dropped. They write to the parent's stderr.
+  logging.basicConfig(level=level, format="%(levelname)s [worker %(process)d] %(message)s")
+
+
+def run_in_workers(fn, jobs: Sequence) -> list:
+  """[fn(job) for job in jobs] in one spawned process per job; the workers log to stderr and
+  stop with this process (also when it is killed)."""
+  context = multiprocessing.get_context("spawn")
+  level = logging.getLogger().getEffectiveLevel()
+  with context.Pool(len(jobs), initializer=_init_worker,
+                    initargs=(os.getpid(), level)) as pool:
+    return pool.map(fn, jobs)
 
 
 def _worker(args_and_index):
@@ -273,11 +434,10 @@ def main(argv: Sequence[str]) -> None:
   if local == 1:
     results = [_worker(jobs[0])]
   else:
-    with multiprocessing.get_context("spawn").Pool(local) as pool:
-      results = pool.map(_worker, jobs)
-  ready = any(results) or finalize(args.out)
-  print(f"{args.out}: " + ("complete (dataset.json written)." if ready else
-                           "this host's shards are done; other hosts are still converting."))
+    results = run_in_workers(_worker, jobs)
+  if not any(results):
+    finalize(args.out)
+  print(conversion_summary(args.out))
 
 
 if __name__ == "__main__":

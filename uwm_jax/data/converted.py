@@ -78,12 +78,15 @@ class ConvertedSource(EpisodeSource):
     self._filter_desc = [list(episode_filter.include), list(episode_filter.exclude),
                          episode_filter.success_only, int(max_episodes)]
 
-    # Episode table over the shards, in stored (= TFDS) order.
+    # Episode table over the shards, in `tfds.load` order (dataset.json's episode_order;
+    # datasets converted before it existed: shard by shard).
     shard_of, offset, record, length, metadata = [], [], [], [], []
     records_before = 0
+    first_episode = []
     self._shard_names = [s["name"] for s in meta["shards"]]
     for s, name_s in enumerate(self._shard_names):
       info = fmt.read_json(os.path.join(self.path, name_s, fmt.EPISODES))
+      first_episode.append(len(shard_of))
       for off, L, m in zip(info["offset"], info["length"], info["metadata"]):
         shard_of.append(s)
         offset.append(off)
@@ -91,6 +94,11 @@ class ConvertedSource(EpisodeSource):
         length.append(L)
         metadata.append(m)
       records_before += info["num_steps"]
+    if meta.get("episode_order") is not None:
+      order = [first_episode[p] + local for p, local in meta["episode_order"]]
+      shard_of, offset, record, length = ([x[i] for i in order]
+                                          for x in (shard_of, offset, record, length))
+      metadata = [metadata[i] for i in order]
     limit = int(max_episodes or 0)
     if meta.get("max_episodes"):
       limit = min(limit, meta["max_episodes"]) if limit else meta["max_episodes"]

@@ -95,9 +95,11 @@ def split_episodes(action_free: np.ndarray, val_fraction: float,
                    seed: int) -> tuple:
   """(train_episodes, val_episodes) int64 arrays; validation holds robot episodes only.
 
-  Like the reference (docs/data.md, "Windows and the validation split"): round(val_fraction * N)
-  robot episodes, clamped to [1, N - 1] when val_fraction > 0 and N >= 2, chosen by `np.random.default_rng(seed)`.
-  Action-free episodes always train.
+  The reference's rule (docs/data.md, "Validation split"): round(val_fraction * N) of the N
+  robot episodes, clamped to [1, N - 1] when val_fraction > 0 and N >= 2, chosen by
+  `np.random.default_rng(seed).choice(N, k, replace=False)` (seed 0 by default, as the
+  reference), so the same data gives the same validation episodes. Action-free episodes
+  always train.
   """
   action_free = np.asarray(action_free, bool)
   robot = np.flatnonzero(~action_free)
@@ -105,8 +107,8 @@ def split_episodes(action_free: np.ndarray, val_fraction: float,
   n_val = 0
   if val_fraction > 0 and n >= 2:
     n_val = int(min(max(round(val_fraction * n), 1), n - 1))
-  perm = np.random.default_rng(seed).permutation(n)
-  val = np.sort(robot[perm[:n_val]])
+  chosen = np.random.default_rng(seed).choice(n, n_val, replace=False) if n_val else []
+  val = np.sort(robot[np.asarray(chosen, np.int64)])
   train = np.setdiff1d(np.arange(len(action_free)), val)
   return train.astype(np.int64), val.astype(np.int64)
 
@@ -116,11 +118,15 @@ def robot_episodes(source: EpisodeSource) -> np.ndarray:
   return np.flatnonzero(~np.asarray(source.action_free, bool))
 
 
-def check_finite(values: np.ndarray, source: EpisodeSource, episode: int, field: str) -> None:
-  """Raise ValueError naming dataset, episode and field when `values` hold NaN or inf."""
+def check_finite(values: np.ndarray, source: EpisodeSource, episode: int, field: str,
+                 steps: Optional[Sequence[int]] = None) -> None:
+  """Raise ValueError naming dataset, episode, field and episode step when `values` hold NaN
+  or inf. values: (N, ...) rows of the episode; steps: the episode step of each row (default:
+  row i is step i, i.e. `values` is the whole episode)."""
   bad = ~np.isfinite(values)
   if bad.any():
-    step = int(np.argwhere(bad)[0][0])
+    row = int(np.argwhere(bad)[0][0])
+    step = int(steps[row]) if steps is not None else row
     raise ValueError(f"{source.episode_name(episode)}: field {field!r} holds NaN/inf "
                      f"(first at step {step}).")
 

@@ -8,7 +8,7 @@ JPEG/PNG bytes (tfds `SkipDecoding`), so the conversion never decodes or re-enco
 
 import os
 import re
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -94,6 +94,67 @@ def num_input_shards(builder, split: str) -> int:
     raise ValueError(f"Dataset {builder.name!r} has no split {split!r}; it has "
                      f"{sorted(builder.info.splits)}.")
   return int(builder.info.splits[split].num_shards)
+
+
+# tfds.load's defaults for reading a split's files (tensorflow_datasets/core/reader.py,
+# ReadConfig): files in order, interleaved 16 at a time in blocks of 16 examples, unless the
+# dataset was written with disable_shuffling (then one file after the other).
+TFDS_INTERLEAVE_CYCLE_LENGTH = 16
+TFDS_INTERLEAVE_BLOCK_LENGTH = 16
+
+
+def interleave_order(lengths: Sequence[int], cycle_length: int,
+                     block_length: int) -> List[Tuple[int, int]]:
+  """(file, index in file) in the order `tf.data.Dataset.interleave(cycle_length,
+  block_length, deterministic=True)` yields the examples of files with these lengths: up to
+  `cycle_length` files open, `block_length` examples from each in turn; an exhausted file's
+  slot takes the next file when the cycle comes back to it."""
+  slots: List[Optional[List[int]]] = [None] * cycle_length
+  out, next_file, cycle, block, num_open, end_of_input = [], 0, 0, 0, 0, False
+
+  def advance():
+    nonlocal cycle, block
+    cycle, block = (cycle + 1) % cycle_length, 0
+
+  while not end_of_input or num_open:
+    slot = slots[cycle]
+    if slot is not None:
+      if slot[1] < lengths[slot[0]]:
+        out.append((slot[0], slot[1]))
+        slot[1] += 1
+        block += 1
+        if block == block_length:
+          advance()
+      else:
+        slots[cycle] = None
+        num_open -= 1
+        advance()
+    elif not end_of_input:
+      if next_file < len(lengths):
+        slots[cycle] = [next_file, 0]
+        next_file += 1
+        num_open += 1
+      else:
+        end_of_input = True
+    else:
+      advance()
+  return out
+
+
+def tfds_load_order(shard_lengths: Sequence[int], disable_shuffling: bool
+                    ) -> List[Tuple[int, int]]:
+  """(input shard, episode index in it) in the order `tfds.load(name, split=...)` yields
+  the split's episodes with default arguments (docs/data.md, "Episode order")."""
+  if disable_shuffling:
+    return [(s, i) for s, n in enumerate(shard_lengths) for i in range(int(n))]
+  return interleave_order([int(n) for n in shard_lengths], TFDS_INTERLEAVE_CYCLE_LENGTH,
+                          TFDS_INTERLEAVE_BLOCK_LENGTH)
+
+
+def shard_lengths(builder, split: str) -> List[int]:
+  """Episodes per input file of `split`."""
+  num_input_shards(builder, split)  # a clear error for an unknown split
+  return [int(n) for n in builder.info.splits[split].shard_lengths]
 
 
 def _skip_decoding_tree(features):

@@ -138,10 +138,12 @@ def rlds_features(episode: Mapping, image_format: str = "jpeg"):
 def write_rlds_dataset(data_dir: str, name: str, episodes: Iterable[Mapping], *,
                        version: str = "1.0.0", image_format: str = "jpeg", num_shards: int = 1,
                        file_format: str = "tfrecord", split: str = "train",
-                       description: str = "") -> str:
+                       description: str = "", disable_shuffling: bool = True) -> str:
   """Write `episodes` as split `split` of TFDS dataset `name` under `data_dir`.
 
-  Episodes keep their order (no shuffling). `num_shards` input files are written (the
+  Episodes keep their order (no shuffling) unless `disable_shuffling` is False: then tfds
+  spreads them over the files by key hash and `tfds.load` interleaves the files, like a
+  dataset built the usual way (published DROID). `num_shards` input files are written (the
   conversion to array_record parallelises over them); `file_format` "tfrecord" (like published
   DROID) or "array_record". Returns the builder directory `<data_dir>/<name>/<version>`.
   """
@@ -159,7 +161,7 @@ def write_rlds_dataset(data_dir: str, name: str, episodes: Iterable[Mapping], *,
 
   tfds.dataset_builders.store_as_tfds_dataset(
       name=name, version=version, features=features, split_datasets={split: examples()},
-      data_dir=data_dir, file_format=file_format, disable_shuffling=True,
+      data_dir=data_dir, file_format=file_format, disable_shuffling=disable_shuffling,
       description=description or f"{name}: RLDS episodes written by uwm_jax.",
       download_config=tfds.download.DownloadConfig(num_shards=num_shards))
   return os.path.join(data_dir, name, version)

@@ -1,5 +1,6 @@
 """Build the `EpisodeSource`s a config names (`config.data.sources`), in sorted-name order."""
 
+import os
 from typing import List, Tuple
 
 from uwm_jax.data import source_configs
@@ -30,6 +31,26 @@ def build_source(name: str, src_cfg, model_cfg) -> EpisodeSource:
   if kind == "array_record":
     return ConvertedSource.from_config(name, src_cfg, model_cfg)
   return VideoFolderSource.from_config(name, src_cfg, model_cfg)
+
+
+def check_sources(config) -> None:
+  """Cheap checks of `config.data.sources` before anything expensive is built: every dataset
+  has a known kind and a positive weight, and its folder exists (a converted dataset: its
+  dataset.json; the episode index is read later, by the loader)."""
+  names = source_names(config.data)
+  if not names:
+    build_sources(config)  # raises the "sources is empty" error
+  for name in names:
+    src_cfg = config.data.sources[name]
+    kind = src_cfg.get("kind", None)
+    if kind not in source_configs.KINDS:
+      raise ValueError(f"Dataset {name!r}: unknown kind {kind!r}; known: {source_configs.KINDS}.")
+    if kind == "array_record":
+      from uwm_jax.data.converted import load_dataset_json  # pylint: disable=import-outside-toplevel
+      load_dataset_json(src_cfg.path, name)
+    elif kind != "synthetic" and not os.path.isdir(src_cfg.get("path", "") or ""):
+      raise FileNotFoundError(f"Dataset {name!r}: folder {src_cfg.get('path')!r} does not "
+                              f"exist (config.data.sources.{name}.path).")
 
 
 def build_sources(config) -> Tuple[Tuple[str, ...], List[EpisodeSource], List[float]]:

@@ -80,7 +80,8 @@ class WindowReader:
       if acts.shape != (self.action_len, self.action_dim):
         raise ValueError(f"{src.episode_name(ep)}: action chunk has shape {acts.shape}, the "
                          f"config expects {(self.action_len, self.action_dim)}.")
-      check_finite(acts, src, ep, "action")
+      check_finite(acts, src, ep, "action",
+                   np.arange(start + sl.action.start, start + sl.action.stop))
       sample[batch_lib.ACTION] = self._norm(acts, normalization.ACTION)
     if self.low_dim_dim:
       sample[batch_lib.LOW_DIM] = self._low_dim(src, ep, obs_idx, action_free)
@@ -95,5 +96,5 @@ class WindowReader:
     if low.shape[1] != self.low_dim_dim:
       raise ValueError(f"{src.episode_name(ep)}: low_dim has width {low.shape[1]}, the config "
                        f"expects model.low_dim_dim = {self.low_dim_dim}.")
-    check_finite(low, src, ep, "low_dim")
+    check_finite(low, src, ep, "low_dim", np.asarray(obs_idx))
     return self._norm(low, normalization.LOW_DIM)

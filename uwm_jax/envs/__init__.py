@@ -37,10 +37,15 @@ def check_no_tensorflow() -> None:
 
 
 def check_env_name(name: str) -> None:
-  """Raise ValueError for an unknown env name (before anything heavy is imported)."""
+  """Raise ValueError for an unknown env name, ImportError when LIBERO is needed but not
+  installed (reads only LIBERO's task file names: nothing heavy is imported)."""
   if name in EMBEDDED_TASKS:
     return
   if name.startswith(LIBERO_PREFIX) and len(name) > len(LIBERO_PREFIX):
+    from uwm_jax.envs import libero_env  # pylint: disable=import-outside-toplevel
+    if not libero_env.libero_available():
+      raise ImportError(f"Evaluation task {name!r} needs LIBERO. {libero_env.INSTALL_HINT}")
+    libero_env.resolve_task(name[len(LIBERO_PREFIX):])
     return
   raise ValueError(f"Unknown evaluation task {name!r}: expected {known_env_names()}.")
 

@@ -290,8 +290,10 @@ def evaluate_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, conf
     raise FileNotFoundError(f"No checkpoint in {directory} (expected <step>/params folders).")
   if step is not None and step not in steps:
     raise FileNotFoundError(f"No checkpoint step {step} in {directory}; it has {steps}.")
-  step = steps[-1] if step is None else step
-  params, frozen, ckpt_config, stats = ckpt.load_params_checkpoint(directory, step)
+  if step is None:  # the latest step that loads (a corrupt one is skipped with a warning)
+    step, params, frozen, ckpt_config, stats = ckpt.load_latest_params_checkpoint(directory)
+  else:
+    params, frozen, ckpt_config, stats = ckpt.load_params_checkpoint(directory, step)
   if config is not None:
     check_same_config(ckpt_config, config, os.path.join(directory, str(step)))
   full = merged_config(ckpt_config, config, eval_overrides)
@@ -329,14 +331,26 @@ def summary_line(result: EvalResult, env: str = "") -> str:
 
 def watch(checkpoint_dir: str, *, config=None, eval_overrides=None, interval_s: float = 60.0,
           progress: bool = True, max_evaluations: int = 0, printer=print) -> None:
-  """Evaluate every checkpoint step not evaluated yet, then keep looking for new ones."""
-  done = 0
+  """Evaluate every checkpoint step not evaluated yet, then keep looking for new ones (a
+  corrupt step is skipped with one warning line)."""
+  done, unreadable = 0, set()
   while True:
     directory = resolve_checkpoints_dir(checkpoint_dir)
     todo = [s for s in list_steps(directory) if s not in evaluated_steps(directory)]
     for step in todo:
-      result = evaluate_checkpoint(directory, step, config=config, eval_overrides=eval_overrides,
-                                   progress=progress)
+      if step in unreadable:
+        continue
+      try:
+        result = evaluate_checkpoint(directory, step, config=config,
+                                     eval_overrides=eval_overrides, progress=progress)
+      except ValueError as e:  # corrupt or unreadable (checksums, truncated files)
+        from uwm_jax.runs import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+        if not isinstance(e, (ckpt.checksums.CorruptCheckpointError,
+                              ckpt.UnreadableCheckpointError)):
+          raise
+        log.warning("Skipping checkpoint step %d: %s", step, e)
+        unreadable.add(step)
+        continue
       printer(summary_line(result, result_env(result)))
       done += 1
       if max_evaluations and done >= max_evaluations:

@@ -1,10 +1,12 @@
 """Forward-dynamics predictions decoded next to the real frames (paper Fig. 8 style).
 
   single_prediction_frames: a batch of windows (current obs + true actions) -> for each of the
-    T_o next frames, a grid with one row per sample: [current | real next | predicted] views.
+    T_o next frames, a grid with one row per sample: [current | real next | predicted] views,
+    under the labels "now | real | pred".
   trajectory_prediction_frames: a held-out trajectory, querying the model after every action
     chunk with the real current frames and the chunk of true actions; each query yields T_o
-    frames [real | predicted] per view, so the video runs along the whole trajectory.
+    frames: a row of real views (labelled "real") over a row of predicted ones ("pred"), so
+    the video runs along the whole trajectory.
 
 Real frames go through the model's eval transform (centre crop) so both sides have the same
 size; predictions are decoded with `UnifiedWorldModel.decode_latent`.
@@ -16,7 +18,11 @@ import jax
 import numpy as np
 
 from uwm_jax import batch as B_
-from uwm_jax.evaluation.videos import grid, to_uint8
+from uwm_jax.evaluation.videos import grid, label_columns, label_rows
+
+# Labels drawn on the videos (short: the embedded task's views are 32 px wide).
+SINGLE_COLUMNS = ("now", "real", "pred")  # current frame | real next frame | predicted
+TRAJECTORY_ROWS = ("real", "pred")
 
 
 def _predict(model, fd_sampler, params, frozen, obs, actions, next_obs, rng, low_dim=None):
@@ -49,7 +55,7 @@ def single_prediction_frames(model, fd_sampler, params, frozen, batch: dict, rng
   for t in range(real.shape[2]):
     rows = [_views(current[i, :, -1]) + _views(real[i, :, t]) + _views(pred[i, :, t])
             for i in range(n)]
-    frames.append(grid(rows))
+    frames.append(label_columns(grid(rows), SINGLE_COLUMNS))
   return frames
 
 
@@ -79,5 +85,6 @@ def trajectory_prediction_frames(model, fd_sampler, params, frozen, frames: np.n
   out = []
   for q in range(len(queries)):
     for t in range(T_o):
-      out.append(grid([_views(real[q, :, t]), _views(pred[q, :, t])]))
-  return [to_uint8(f) for f in out]
+      out.append(label_rows(grid([_views(real[q, :, t]), _views(pred[q, :, t])]),
+                            TRAJECTORY_ROWS))
+  return out

@@ -58,6 +58,48 @@ def grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 1) -> np.ndarray:
   return np.concatenate(out, axis=0)
 
 
+LABEL_HEIGHT = 12  # px: PIL's default bitmap font is 11 px tall
+
+
+def label_strip(labels: Sequence[str], widths: Sequence[int], height: int = LABEL_HEIGHT
+                ) -> np.ndarray:
+  """(height, sum(widths), 3) uint8: black labels on white, each centred in its width."""
+  from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+  image = Image.new("RGB", (int(sum(widths)), height), "white")
+  draw = ImageDraw.Draw(image)
+  x = 0
+  for text, w in zip(labels, widths):
+    draw.text((x + max(0.0, (w - draw.textlength(text)) / 2), 0), text, fill="black")
+    x += w
+  return np.asarray(image)
+
+
+def label_columns(frame: np.ndarray, labels: Sequence[str], gap: int = 1) -> np.ndarray:
+  """A `grid` frame whose columns fall into len(labels) equal groups -> the frame with a label
+  strip on top naming each group (e.g. "now | real | pred")."""
+  frame = to_uint8(frame)
+  width = frame.shape[1] + gap  # every group ends with one gap column (the last one virtually)
+  group = width // len(labels)
+  strip = label_strip(labels, [group] * len(labels))[:, :frame.shape[1]]
+  if strip.shape[1] < frame.shape[1]:
+    strip = np.pad(strip, ((0, 0), (0, frame.shape[1] - strip.shape[1]), (0, 0)),
+                   constant_values=255)
+  return np.concatenate([strip, frame], axis=0)
+
+
+def label_rows(frame: np.ndarray, labels: Sequence[str], gap: int = 1,
+               width: int = 30) -> np.ndarray:
+  """A `grid` frame of len(labels) equal rows -> the frame with each row's label on its left."""
+  frame = to_uint8(frame)
+  group = (frame.shape[0] + gap) // len(labels)
+  column = np.full((frame.shape[0], width, 3), 255, np.uint8)
+  for i, text in enumerate(labels):
+    top = i * group + max(0, (group - gap - LABEL_HEIGHT) // 2)
+    cell = label_strip([text], [width])[:max(0, min(LABEL_HEIGHT, frame.shape[0] - top))]
+    column[top:top + len(cell)] = cell
+  return np.concatenate([column, frame], axis=1)
+
+
 def write_video(path: str, frames: Sequence[np.ndarray], fps: float = 10.0,
                 min_height: int = 128) -> str:
   """Write frames to `path` (.mp4 or .gif, chosen by the extension); returns the path."""
@@ -73,6 +115,10 @@ def write_video(path: str, frames: Sequence[np.ndarray], fps: float = 10.0,
     images[0].save(path, save_all=True, append_images=images[1:], loop=0,
                    duration=max(1, int(round(1000 / fps))))
     return path
+  # imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp: Python code run in a child forked
+  # from this multithreaded (JAX) process, which can deadlock (JAX warns "os.fork() was
+  # called"). Without it ffmpeg is exec'ed directly; it then shares our Ctrl-C, which is fine. (Read by imageio-ffmpeg at each call.)
+  os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
   with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1,
                           pixelformat="yuv420p") as writer:
     for f in frames:

@@ -9,13 +9,18 @@
 
 Saves are asynchronous and atomic (Orbax writes a temporary folder and renames it when every
 process has finished), keep the last K plus every M-th step, and every process takes part in
-every save and restore. A params-only checkpoint (`save_params_checkpoint`) holds `params`,
+every save and restore. Each final step folder also holds `checksums.json`
+(`uwm_jax.runs.checksums`: size and crc32 of every file, written by process 0 once the step is
+final), verified before the step is restored; a step whose files do not match is corrupt and
+the restore falls back to the previous one. A params-only checkpoint (`save_params_checkpoint`) holds `params`,
 `dataset_stats` and `config`: what `uwm_jax.evaluate` and finetuning (`init_from`) read.
 """
 
+import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -28,6 +33,8 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import type_handlers
 
 from uwm_jax.tree_paths import path_name
+
+from uwm_jax.runs import checksums
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +98,64 @@ def _restore(abstract_tree) -> ocp.args.PyTreeRestore:
       restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_tree))
 
 
+class _Manager(ocp.CheckpointManager):
+  """A CheckpointManager that writes each step's checksum manifest once the step is final.
+
+  Orbax finalises an asynchronous save in a background thread (every host's data is written,
+  then process 0 renames the temporary folder); `wait_until_finished` (called by every save,
+  by `close` and by the training loop) returns after that, so the steps saved since are final
+  there. Process 0 then checksums them in a background thread (reading a large state costs
+  seconds), which the next `wait_until_finished` and `close` join.
+  """
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._unrecorded: List[int] = []
+    self._recorder: Optional[threading.Thread] = None
+    self._record = jax.process_index() == 0 and not self._options.read_only
+
+  def save(self, step, *args, **kwargs):
+    started = super().save(step, *args, **kwargs)
+    if started and self._record:
+      self._unrecorded.append(int(step))
+    return started
+
+  def _join_recorder(self):
+    if self._recorder is not None:
+      self._recorder.join()
+      self._recorder = None
+
+  def wait_until_finished(self):
+    self._join_recorder()
+    super().wait_until_finished()
+    steps, self._unrecorded = self._unrecorded, []
+    if steps:
+      self._recorder = threading.Thread(target=self._write_manifests, args=(steps,),
+                                        name="checkpoint_checksums", daemon=True)
+      self._recorder.start()
+
+  def _write_manifests(self, steps: List[int]):
+    for step in steps:
+      folder = epath.Path(self.directory) / str(step)
+      try:
+        if folder.exists():  # not deleted by the preservation policy meanwhile
+          checksums.write_manifest(folder)
+      except Exception as e:  # pylint: disable=broad-except
+        log.warning("Could not write the checksums of checkpoint %s (%s: %s); it will be "
+                    "restored unverified.", folder, type(e).__name__, e)
+
+  def close(self):
+    super().close()
+    self._join_recorder()
+
+
+def wait_for_checksums(manager: ocp.CheckpointManager) -> None:
+  """Wait until every started save is final and its checksums are written."""
+  manager.wait_until_finished()
+  if isinstance(manager, _Manager):
+    manager._join_recorder()  # pylint: disable=protected-access
+
+
 def make_manager(directory: str, *, keep_last: Optional[int] = None, keep_every: int = 0,
                  save_every: int = 1, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
@@ -116,7 +181,10 @@ def make_manager(directory: str, *, keep_last: Optional[int] = None, keep_every:
   if "://" not in os.fspath(directory):
     # Orbax's array writer rejects relative paths (`--workdir` defaults to workdirs/<config>).
     directory = os.path.abspath(os.fspath(directory))
-  return ocp.CheckpointManager(epath.Path(directory), options=options, item_handlers=handlers)
+  # A read-only manager (evaluation, init_from) makes Orbax warn "Given directory is read only"
+  # on every load: that is the intended mode, not a problem, so the line is dropped.
+  with _quiet_loggers(("absl",)) if read_only else contextlib.nullcontext():
+    return _Manager(epath.Path(directory), options=options, item_handlers=handlers)
 
 
 # ------------------------------------------------------------------------------------ data iter
@@ -187,11 +255,73 @@ def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:
                       abstract_tree, shardings)
 
 
+class UnreadableCheckpointError(ValueError):
+  """A checkpoint step's files cannot be read back (truncated, missing, wrong format)."""
+
+
+class NoUsableCheckpointError(RuntimeError):
+  """Every checkpoint step of a folder is corrupt or unreadable (one line per step)."""
+
+
+def step_dir(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+  return epath.Path(manager.directory) / str(step)
+
+
+def _missing_item_files(folder: epath.Path, item: str) -> str:
+  """What is missing of an item Orbax cannot describe (its folder, or its `_METADATA`)."""
+  if not (folder / item).exists():
+    return f"its {item!r} folder is missing"
+  if not (folder / item / "_METADATA").exists():
+    return f"its {item}/_METADATA file is missing (the item's tree structure)"
+  return f"its {item!r} item has no readable metadata"
+
+
 def _metadata_tree(manager: ocp.CheckpointManager, step: int, item: str):
   md = manager.item_metadata(step)[item]
   if md is None:
-    raise FileNotFoundError(f"Checkpoint step {step} in {manager.directory} has no {item!r} item.")
+    folder = step_dir(manager, step)
+    raise FileNotFoundError(f"Checkpoint {folder}: {_missing_item_files(folder, item)}.")
   return getattr(md, "tree", md)
+
+
+def verify_step(manager: ocp.CheckpointManager, step: int, items: Sequence[str]) -> None:
+  """Check `items` of a step against its checksums (`uwm_jax.runs.checksums`): raises
+  CorruptCheckpointError on a mismatch; one info line when the step has no manifest."""
+  folder = step_dir(manager, step)
+  try:
+    verified = checksums.verify(folder, items)
+  except checksums.CorruptCheckpointError as e:
+    raise checksums.CorruptCheckpointError(f"Checkpoint {folder} is corrupt: {e}.") from None
+  if not verified:
+    log.info("Checkpoint %s has no %s (saved by an older version): restored without "
+             "verification.", folder, checksums.MANIFEST_FILENAME)
+
+
+def short_reason(error: BaseException, limit: int = 300) -> str:
+  """One line for an exception: its type and the first line of its message, shortened
+  (TensorStore errors carry multi-kilobyte JSON specs)."""
+  text = (str(error).strip().splitlines() or [""])[0]
+  if len(text) > limit:
+    text = text[:limit] + " ..."
+  if isinstance(error, checksums.CorruptCheckpointError):
+    return text
+  return f"{type(error).__name__}: {text}"
+
+
+@contextlib.contextmanager
+def _quiet_loggers(names: Sequence[str] = ("absl", "asyncio", "orbax")):
+  """Silence Orbax's and asyncio's logging while a step that may be unreadable is restored:
+  a failed TensorStore read logs tracebacks (and "Event loop is closed") per array; the caller
+  reports the failure in one line instead."""
+  loggers = [logging.getLogger(name) for name in names]
+  levels = [lg.level for lg in loggers]
+  for lg in loggers:
+    lg.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    for lg, level in zip(loggers, levels):
+      lg.setLevel(level)
 
 
 def _on_device(metadata_tree: Any, device) -> Any:
@@ -221,15 +351,47 @@ def load_params_checkpoint(directory: str, step: Optional[int] = None, *, device
   manager = make_manager(directory, read_only=True)
   step = _resolve_step(manager, step)
   device = device or jax.local_devices()[0]
+  verify_step(manager, step, (PARAMS, CONFIG, DATASET_STATS))
   target = _on_device(_metadata_tree(manager, step, PARAMS), device)
-  out = manager.restore(step, args=ocp.args.Composite(**{
-      PARAMS: _restore(target),
-      CONFIG: ocp.args.JsonRestore(),
-      DATASET_STATS: ocp.args.JsonRestore(),
-  }))
-  manager.close()
+  try:
+    with _quiet_loggers():
+      out = manager.restore(step, args=ocp.args.Composite(**{
+          PARAMS: _restore(target),
+          CONFIG: ocp.args.JsonRestore(),
+          DATASET_STATS: ocp.args.JsonRestore(),
+      }))
+  except Exception as e:  # pylint: disable=broad-except
+    raise UnreadableCheckpointError(
+        f"Checkpoint {step_dir(manager, step)} cannot be read: {short_reason(e)}") from e
+  finally:
+    manager.close()
   return (out[PARAMS]["params"], out[PARAMS]["frozen"], config_from_json(out[CONFIG]),
           out[DATASET_STATS])
+
+
+def load_latest_params_checkpoint(directory: str, *, device=None
+                                  ) -> Tuple[int, Any, Any, ml_collections.ConfigDict, dict]:
+  """(step, params, frozen, config, dataset_stats) of the latest step that loads: a corrupt or
+  unreadable step is skipped with one warning line. Raises NoUsableCheckpointError (one line
+  per step) when none loads."""
+  if not os.path.isdir(os.fspath(directory)):
+    raise FileNotFoundError(f"Checkpoint folder {directory} does not exist.")
+  with _quiet_loggers(("absl",)):
+    steps = sorted(make_manager(directory, read_only=True).all_steps(), reverse=True)
+  if not steps:
+    raise FileNotFoundError(f"No checkpoint in {directory}.")
+  errors = []
+  for step in steps:
+    try:
+      with _quiet_loggers():
+        return (step, *load_params_checkpoint(directory, step, device=device))
+    except Exception as e:  # pylint: disable=broad-except
+      reason = short_reason(e)
+      errors.append(f"  {os.path.join(os.fspath(directory), str(step))}: {reason}")
+      log.warning("Checkpoint step %d cannot be loaded (%s); trying the previous one.", step,
+                  reason)
+  raise NoUsableCheckpointError(f"No checkpoint in {directory} can be loaded:\n" +
+                                "\n".join(errors))
 
 
 def _flat_shapes(tree: Any) -> Dict[str, tuple]:
@@ -250,24 +412,39 @@ def shape_mismatches(expected: Any, found: Any) -> List[str]:
   return lines
 
 
+def check_init_params(directory: str, abstract: Dict[str, Any], step: Optional[int] = None
+                      ) -> int:
+  """Check that a finetuning checkpoint (`init_from`) exists, verifies and fits the model,
+  reading only its metadata (cheap: call it before building anything). `abstract`:
+  {"params", "frozen"} of the model being trained. Returns the step to load; raises
+  FileNotFoundError, CorruptCheckpointError, or ValueError listing every mismatched, missing
+  or unexpected array."""
+  if not os.path.isdir(os.fspath(directory)):
+    raise FileNotFoundError(f"init_from: checkpoint folder {directory} does not exist.")
+  manager = make_manager(directory, read_only=True)
+  try:
+    step = _resolve_step(manager, step)
+    verify_step(manager, step, (PARAMS, DATASET_STATS))
+    problems = shape_mismatches(abstract, _metadata_tree(manager, step, PARAMS))
+  finally:
+    manager.close()
+  if problems:
+    raise ValueError(
+        f"init_from={directory} (step {step}) does not fit this model config (another "
+        f"architecture?); {len(problems)} arrays differ:\n" + "\n".join(problems))
+  return step
+
+
 def load_init_params(directory: str, abstract: Dict[str, Any], shardings: Dict[str, Any],
                      step: Optional[int] = None) -> Tuple[Dict[str, Any], dict, int]:
   """Params for finetuning (`init_from`), restored straight into `shardings`.
 
   abstract/shardings: {"params": ..., "frozen": ...} trees of the model being trained.
-  Returns ({"params", "frozen"}, the checkpoint's dataset_stats, its step). Raises ValueError
-  listing every mismatched, missing or unexpected array when the checkpoint does not fit.
+  Returns ({"params", "frozen"}, the checkpoint's dataset_stats, its step). Raises as
+  `check_init_params` when the checkpoint does not fit.
   """
-  if not os.path.isdir(os.fspath(directory)):
-    raise FileNotFoundError(f"init_from: checkpoint folder {directory} does not exist.")
+  step = check_init_params(directory, abstract, step)
   manager = make_manager(directory, read_only=True)
-  step = _resolve_step(manager, step)
-  found = _metadata_tree(manager, step, PARAMS)
-  problems = shape_mismatches(abstract, found)
-  if problems:
-    raise ValueError(
-        f"init_from={directory} (step {step}) does not fit this model config; "
-        f"{len(problems)} arrays differ:\n" + "\n".join(problems))
   out = manager.restore(step, args=ocp.args.Composite(**{
       PARAMS: _restore(abstract_with_shardings(abstract, shardings)),
       DATASET_STATS: ocp.args.JsonRestore(),
@@ -296,9 +473,11 @@ def restore_train_checkpoint(manager: ocp.CheckpointManager, abstract_state: Any
                              state_shardings: Any, step: Optional[int] = None):
   """Restore the latest (or the given) complete checkpoint into `state_shardings` (any mesh).
 
-  When the latest step cannot be read (partial or corrupt), warn, set it aside and fall back to
-  the previous one. Returns (step, state, dataset_stats, data_iter item) or None when the
-  folder holds no checkpoint.
+  A step whose files do not match its checksums, or that cannot be read (partial, truncated,
+  missing files), is corrupt: one warning line, the step is set aside (`corrupt_checkpoints/`)
+  and the previous one is tried. Returns (step, state, dataset_stats, data_iter item), None
+  when the folder holds no checkpoint; raises NoUsableCheckpointError (one line per step) when
+  none can be restored, ValueError when a step was written by another model config.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if step is not None:
@@ -310,6 +489,7 @@ def restore_train_checkpoint(manager: ocp.CheckpointManager, abstract_state: Any
   errors, unreadable = [], []
   for s in steps:
     try:
+      verify_step(manager, s, (STATE, PARAMS, DATASET_STATS, DATA_ITER))
       found = _metadata_tree(manager, s, STATE)
     except Exception as e:  # pylint: disable=broad-except
       found, error = None, e
@@ -321,23 +501,26 @@ def restore_train_checkpoint(manager: ocp.CheckpointManager, abstract_state: Any
             f"training config ({len(problems)} arrays differ); use a new workdir or the matching "
             "config:\n" + "\n".join(problems))
       try:
-        out = manager.restore(s, args=ocp.args.Composite(**{
-            STATE: _restore(saved_state),
-            PARAMS: _restore({"params": target.params, "frozen": target.frozen}),
-            DATASET_STATS: ocp.args.JsonRestore(),
-            DATA_ITER: ocp.args.JsonRestore(),
-        }))
+        with _quiet_loggers():
+          out = manager.restore(s, args=ocp.args.Composite(**{
+              STATE: _restore(saved_state),
+              PARAMS: _restore({"params": target.params, "frozen": target.frozen}),
+              DATASET_STATS: ocp.args.JsonRestore(),
+              DATA_ITER: ocp.args.JsonRestore(),
+          }))
       except Exception as e:  # pylint: disable=broad-except
         out, error = None, e
     if found is None or out is None:
-      errors.append(f"step {s}: {type(error).__name__}: {error}")
+      reason = short_reason(error)
+      errors.append(f"  {step_dir(manager, s)}: {reason}")
       unreadable.append(s)
-      log.warning("Checkpoint step %d in %s cannot be restored (%s: %s); falling back to the "
-                  "previous one.", s, manager.directory, type(error).__name__, str(error)[:500])
+      log.warning("Checkpoint step %d cannot be restored (%s); falling back to the previous "
+                  "one.", s, reason)
       continue
     for bad in unreadable:
       _set_aside(manager, bad)
     state = out[STATE].replace(frozen=out[PARAMS]["frozen"])
     return s, state, out[DATASET_STATS], out[DATA_ITER]
-  raise RuntimeError(f"No checkpoint in {manager.directory} could be restored:\n" +
-                     "\n".join(errors))
+  raise NoUsableCheckpointError(
+      f"No checkpoint in {manager.directory} can be restored (move the folder away to start "
+      "afresh):\n" + "\n".join(errors))

@@ -65,13 +65,18 @@ class MetricWriter:
   """write(step, metrics, split) appends to metrics.jsonl and TensorBoard (process 0 only)."""
 
   def __init__(self, workdir: str, *, tensorboard: bool = True, wandb_project: str = "",
-               config: Optional[Any] = None, enabled: Optional[bool] = None):
+               config: Optional[Any] = None, enabled: Optional[bool] = None,
+               resume_step: Optional[int] = None):
+    """resume_step: the step training restarts from; rows of later steps (written by a killed
+    run, which the resumed run replays) are dropped first, so each step has one row."""
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._tb = self._wandb = self._file = None
     if not self.enabled:
       return
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, METRICS_FILENAME)
+    if resume_step is not None:
+      drop_rows_after(self.path, resume_step)
     self._file = open(self.path, "a", encoding="utf-8")
     if tensorboard:
       self._tb = _TensorBoard(os.path.join(workdir, TENSORBOARD_DIRNAME))
@@ -107,6 +112,31 @@ class MetricWriter:
       self._tb.close()
     if self._wandb is not None:
       self._wandb.finish()
+
+
+def drop_rows_after(path: str, step: int) -> int:
+  """Rewrite a metrics.jsonl without the rows of steps > `step` (and without a half-written
+  last line); returns how many lines were dropped."""
+  if not os.path.exists(path):
+    return 0
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    except (ValueError, KeyError, TypeError):
+      pass
+  if len(kept) == len(lines):
+    return 0
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+  log.info("%s: dropped %d rows after step %d (the interrupted run's; they are replayed).",
+           path, len(lines) - len(kept), step)
+  return len(lines) - len(kept)
 
 
 def read_metrics(workdir: str, split: Optional[str] = "train") -> List[dict]:

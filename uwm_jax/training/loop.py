@@ -12,8 +12,10 @@
    the callback the caller passes (`make_evaluate`, see `EvalContext`: `python -m uwm_jax.train`
    passes the offline metrics of `uwm_jax.evaluation.offline_metrics`; training imports no
    evaluation code).
-4. A non-finite loss or gradient stops training with FloatingPointError; the step is not
-   applied and nothing after the last good checkpoint is saved.
+4. A non-finite loss or gradient norm stops training with FloatingPointError (with or without
+   `train.nan_guard`, which also keeps the bad step from being applied); params are checked
+   finite before every save, so no checkpoint holds non-finite params, and the error names
+   the latest step whose checksums verify.
 5. Preemption (SIGTERM to a process of a job joined through jax.distributed, e.g. SLURM or a
    Cloud TPU slice): every process saves a checkpoint at the same step, waits for it to be
    written, and `Preempted` (exit status 143) ends the program; rerunning resumes from it.
@@ -28,15 +30,18 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
 
 from uwm_jax.data import loader as loader_lib
+from uwm_jax.data import sources as sources_lib
 from uwm_jax.diffusion import make_schedule
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint as ckpt_lib
 from uwm_jax.runs import metrics_writer as writer_lib
+from uwm_jax.runs import workdir_lock
 from uwm_jax.training import flops as flops_lib
 from uwm_jax.training import global_batch as global_batch_lib
 from uwm_jax.training import mesh as mesh_lib
@@ -181,6 +186,10 @@ def build_state(config, model, optimizer, mesh, manager, workdir):
     step, state, stats, data_iter = restored
     log.info("Resumed from %s at step %d.", manager.directory, step)
     return step, state, shardings, stats or None, data_iter
+  if config.init_from:  # a checkpoint of another architecture fails before any compilation
+    directory, step = _init_from_dir(config.init_from)
+    ckpt_lib.check_init_params(directory, {"params": abstract.params, "frozen": abstract.frozen},
+                               config.init_from_step if config.init_from_step >= 0 else step)
   state = sharded_state.init_train_state(model, optimizer, jax.random.key(config.seed),
                                          shardings, ema, tc.compiler_options)
   stats = None
@@ -217,15 +226,108 @@ def make_train_loader(config, stats: Optional[dict], workdir: str, frozen=None):
   return loader_lib.make_train_loader(loader_config, frozen=frozen), loader_config
 
 
+def metrics_are_finite(row: Dict[str, float]) -> bool:
+  """Whether a step's host metrics are usable: the step's own guard flag (nan_guard) and a
+  finite loss and gradient norm (checked with or without the guard)."""
+  return bool(row.get("finite", 1.0)) and all(
+      math.isfinite(row[k]) for k in ("loss", "grad_norm") if k in row)
+
+
+@jax.jit
+def params_are_finite(params) -> jax.Array:
+  """One boolean: every float leaf of `params` is finite (checked before every save)."""
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(params)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def last_good_checkpoint(manager) -> str:
+  """Where training can resume from: the latest step whose files match their checksums
+  (every saved step's params were checked finite before the save)."""
+  ckpt_lib.wait_for_checksums(manager)
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      verified = ckpt_lib.checksums.verify(ckpt_lib.step_dir(manager, step))
+    except ckpt_lib.checksums.CorruptCheckpointError:
+      continue
+    return (f"the last good checkpoint is step {step} in {manager.directory}"
+            + ("" if verified else f" (unverified: no {ckpt_lib.checksums.MANIFEST_FILENAME})"))
+  return "no good checkpoint was saved yet"
+
+
 def _non_finite_error(step: int, row: Dict[str, float], manager) -> FloatingPointError:
-  last = manager.latest_step()
-  where = (f"the last good checkpoint is step {last} in {manager.directory}" if last is not None
-           else "no checkpoint was saved yet")
   return FloatingPointError(
       f"Non-finite training metrics at step {step}: loss={row.get('loss')}, "
       f"action_loss={row.get('action_loss')}, dynamics_loss={row.get('dynamics_loss')}, "
-      f"grad_norm={row.get('grad_norm')}. Training stopped; {where}. Lower the learning rate, "
-      "enable gradient clipping (optim.grad_clip_norm) or check the data.")
+      f"grad_norm={row.get('grad_norm')}. Training stopped; {last_good_checkpoint(manager)}. "
+      "Lower the learning rate, enable gradient clipping (optim.grad_clip_norm) or check the "
+      "data.")
+
+
+def _non_finite_params_error(step: int, manager) -> FloatingPointError:
+  return FloatingPointError(
+      f"The params after step {step} are not finite (although its loss and gradient norm "
+      f"were); step {step} is not saved. Training stopped; {last_good_checkpoint(manager)}. "
+      "Lower the learning rate or enable gradient clipping (optim.grad_clip_norm).")
+
+
+def prepare_workdir(workdir: str) -> None:
+  """Create the workdir; errors say plainly when it is a URL, a file or not writable."""
+  if "://" in os.fspath(workdir):
+    raise ValueError(f"--workdir={workdir}: use a filesystem path that every host sees (NFS, "
+                     "Filestore, or a bucket mounted with gcsfuse), not a URL.")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f"--workdir={workdir} is a file, not a folder.")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise PermissionError(f"--workdir={workdir} cannot be created ({e.strerror}).") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise PermissionError(f"--workdir={workdir} is not writable.")
+
+
+def check_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Cheap checks of everything a run needs, before anything expensive (train state,
+  compilation, dataset statistics) is built: the mesh fits the devices, the datasets exist,
+  and `init_from` exists when the run starts from scratch."""
+  mesh_lib.resolve_mesh_shape(config.train.mesh_shape, jax.device_count())
+  sources_lib.check_sources(config)
+  resuming = any(name.isdigit() for name in _listdir(ckpt_lib.checkpoint_dir(workdir)))
+  if config.init_from and not resuming:
+    directory, _ = _init_from_dir(config.init_from)
+    if not os.path.isdir(directory):
+      raise FileNotFoundError(f"init_from: checkpoint folder {directory} does not exist.")
+
+
+def _listdir(path: str) -> List[str]:
+  return os.listdir(path) if os.path.isdir(path) else []
+
+
+def progress_fields(summary: Dict[str, float]) -> Dict[str, str]:
+  """The progress bar's postfix: loss, samples/s and MFU (TFLOP/s per device when the
+  device's peak is unknown)."""
+  fields = {"loss": f"{summary['loss']:.4f}"}
+  if "samples_per_s" in summary:
+    fields["samples/s"] = f"{summary['samples_per_s']:.3g}"
+  if "mfu" in summary:
+    fields["MFU"] = f"{summary['mfu']:.1%}"
+  elif "tflops_per_s_per_device" in summary:
+    fields["TFLOP/s/dev"] = f"{summary['tflops_per_s_per_device']:.3g}"
+  return fields
+
+
+def closing_line(step: int, last_train: Dict[str, float], last_eval: Dict[str, float],
+                 workdir: str, tensorboard: bool) -> str:
+  """The last line of a run: final numbers and where its outputs are."""
+  numbers = [f"loss {last_train['loss']:.7g}"] if "loss" in last_train else []
+  numbers += [f"{k} {v:.3g}" for k, v in last_train.items() if k in ("samples_per_s", "mfu")]
+  numbers += [f"eval {k} {v:.4g}" for k, v in last_eval.items() if k.endswith("mse")][:2]
+  where = (f"checkpoints in {ckpt_lib.checkpoint_dir(workdir)}, metrics in "
+           f"{os.path.join(workdir, writer_lib.METRICS_FILENAME)}")
+  if tensorboard:
+    where += f" (tensorboard --logdir {os.path.join(workdir, writer_lib.TENSORBOARD_DIRNAME)})"
+  return (f"Training finished at step {step} (process {jax.process_index()} of "
+          f"{jax.process_count()}): {', '.join(numbers) or 'no new step'}; {where}.")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -233,12 +335,24 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   """Train (or resume training) `config` in `workdir`; returns the final state and metrics.
 
   make_evaluate: builds the evaluation callback (see `EvalContext`); None = no evaluation.
+  Raises WorkdirLockedError when another live run holds the workdir.
   """
+  prepare_workdir(workdir)
+  check_inputs(config, workdir)
+  # One writer per workdir (process 0 holds the lock for the whole multi-process run).
+  lock = workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  if lock is not None:
+    lock.acquire()
+  try:
+    return _train(config, workdir, make_evaluate)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           make_evaluate: Optional[MakeEvaluate]) -> TrainResult:
   tc = config.train
-  if "://" in os.fspath(workdir):
-    raise ValueError(f"--workdir={workdir}: use a filesystem path that every host sees (NFS, "
-                     "Filestore, or a bucket mounted with gcsfuse), not a URL.")
-  os.makedirs(workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh(tc.mesh_shape)
   _check_batch_size(config, mesh)
   model = UnifiedWorldModel(config.model)
@@ -276,11 +390,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
            jax.devices()[0].device_kind)
 
   writer = writer_lib.MetricWriter(workdir, tensorboard=tc.tensorboard,
-                                   wandb_project=tc.wandb_project, config=config)
+                                   wandb_project=tc.wandb_project, config=config,
+                                   resume_step=start)
   saved_config = loader_config
   to_global = global_batch_lib.batch_placer(mesh)
-  bar = tqdm.tqdm(total=config.num_steps, initial=start, desc="train", unit="step",
-                  disable=not tc.progress_bar or jax.process_index() != 0, dynamic_ncols=True)
+  bar = None  # created once the first step is compiled, so that its ETA excludes compilation
   metrics, clock = _Metrics(), _Throughput()
   last_train: Dict[str, float] = {}
   last_eval: Dict[str, float] = {}
@@ -289,10 +403,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     """Fetch one step's metrics, stop on non-finite values, log every `log_every` steps."""
     nonlocal last_train
     row = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-    finite = row.pop("finite", 1.0) and math.isfinite(row["loss"])
-    if not finite:
-      manager.wait_until_finished()
+    if not metrics_are_finite(row):
       raise _non_finite_error(step, row, manager)
+    row.pop("finite", None)
     metrics.add(row)
     clock.steps += 1
     if step == start + 1:
@@ -307,7 +420,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         if peak:
           summary["mfu"] = flops_lib.mfu(step_flops, rate, jax.device_count(), peak)
       writer.write(step, summary, "train")
-      bar.set_postfix(loss=f"{summary['loss']:.4f}", refresh=False)
+      bar.set_postfix(progress_fields(summary), refresh=False)
       last_train = summary
 
   behind = _OneStepBehind(record)  # metrics are read a step behind the device
@@ -317,12 +430,23 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     for step in range(start + 1, config.num_steps + 1):
       batch = to_global(next(loader))
       data_iter_state = loader.get_state()
+      if bar is None:
+        log.info("Compiling the train step (the first step waits for it; minutes for large "
+                 "models) ...")
+        t_compile = time.perf_counter()
       state, device_metrics = step_fn(state, batch, train_rng)
+      if bar is None:
+        log.info("Train step compiled in %.1f s.", time.perf_counter() - t_compile)
+        bar = tqdm.tqdm(total=config.num_steps, initial=step - 1, desc="train", unit="step",
+                        disable=not tc.progress_bar or jax.process_index() != 0,
+                        dynamic_ncols=True)
       behind.push(step, device_metrics)
       bar.update(1)
       last = step == config.num_steps
       if manager.should_save(step) or last:
         behind.catch_up()  # every step up to the checkpoint is recorded (and checked) first
+        if not params_are_finite(state.params):  # never save non-finite params
+          raise _non_finite_params_error(step, manager)
         ckpt_lib.save_train_checkpoint(
             manager, step, state=state, inference_params=state.inference_params,
             dataset_stats=stats, config=saved_config, data_iter_state=data_iter_state,
@@ -342,7 +466,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         clock.start()
     behind.catch_up()
   finally:
-    bar.close()
+    if bar is not None:
+      bar.close()
     manager.wait_until_finished()
     manager.close()
     writer.close()
@@ -351,5 +476,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     log.warning("Preempted: stopped after saving the checkpoint of step %d; rerun the same "
                 "command to resume.", preempted_at)
     raise Preempted(preempted_at)
+  log.info("%s", closing_line(config.num_steps, last_train, last_eval, workdir, tc.tensorboard))
   return TrainResult(state=state, step=int(jax.device_get(state.step)), dataset_stats=stats,
                      last_train_metrics=last_train, last_eval_metrics=last_eval)

@@ -20,7 +20,7 @@ params follow the parameter they belong to (matched by path suffix and shape); e
 
 import logging
 import re
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -98,8 +98,10 @@ def match_rule(name: str, rules: Sequence[Tuple[str, str]]) -> Tuple[str, str]:
 
 def tree_partition_specs(tree: Any, mesh: Mesh, rules: Sequence[Tuple[str, str]],
                          fsdp_min_size: int, prefix: str = "",
-                         log_decisions: bool = True) -> Any:
-  """A tree of PartitionSpecs for a tree of arrays (or ShapeDtypeStructs) under `rules`."""
+                         log_decisions: bool = True, decisions: Optional[list] = None) -> Any:
+  """A tree of PartitionSpecs for a tree of arrays (or ShapeDtypeStructs) under `rules`.
+  Each decision is logged at DEBUG; `decisions` (when given) collects (rule, tactic, bytes,
+  sharded) per array for `rule_table`."""
   mesh_shape = dict(mesh.shape)
 
   def decide(path, x):
@@ -108,8 +110,11 @@ def tree_partition_specs(tree: Any, mesh: Mesh, rules: Sequence[Tuple[str, str]]
     stacked = re.search(STACKED_PATTERN, "/" + name) is not None
     spec, reason = partition_spec(tuple(x.shape), tactic, mesh_shape, fsdp_min_size, stacked)
     if log_decisions:
-      log.info("sharding %s%s %s: rule %r -> %s: %s (%s)", prefix, name, tuple(x.shape), pattern,
-               tactic, spec, reason)
+      log.debug("sharding %s%s %s: rule %r -> %s: %s (%s)", prefix, name, tuple(x.shape),
+                pattern, tactic, spec, reason)
+    if decisions is not None:
+      nbytes = int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+      decisions.append((pattern, tactic, nbytes, any(a is not None for a in spec)))
     return spec
 
   return jax.tree_util.tree_map_with_path(decide, tree)
@@ -144,13 +149,33 @@ def state_partition_specs(abstract_state: Any, mesh: Mesh, rules: Sequence[Tuple
                           log_decisions: bool = True) -> Any:
   """PartitionSpecs for a whole TrainState: rules decide `params` and `frozen`; optimizer state
   and EMA params follow their parameter; scalars are replicated."""
+  decisions = []
   param_specs = tree_partition_specs(abstract_state.params, mesh, rules, fsdp_min_size,
-                                     "params/", log_decisions)
+                                     "params/", log_decisions, decisions)
   frozen_specs = tree_partition_specs(abstract_state.frozen, mesh, rules, fsdp_min_size,
-                                      "frozen/", log_decisions)
+                                      "frozen/", log_decisions, decisions)
+  if log_decisions:
+    log.info("%s", rule_table(decisions))
   table = _suffix_table(abstract_state.params, param_specs)
   specs = follow_specs(abstract_state, table)
   return specs.replace(params=param_specs, frozen=frozen_specs)
+
+
+def rule_table(decisions: Sequence[Tuple[str, str, int, bool]]) -> str:
+  """One table of the sharding decisions, per (rule, tactic): arrays, MiB, arrays sharded."""
+  rows: Dict[Tuple[str, str], List[int]] = {}
+  for pattern, tactic, nbytes, sharded in decisions:
+    row = rows.setdefault((pattern, tactic), [0, 0, 0])
+    row[0] += 1
+    row[1] += nbytes
+    row[2] += int(sharded)
+  width = max([len(repr(p)) for p, _ in rows] + [4])
+  lines = ["Parameter sharding by rule (per-array decisions at DEBUG level):",
+           f"  {'rule':<{width}}  {'tactic':<10} {'arrays':>6} {'MiB':>9} {'sharded':>7}"]
+  for (pattern, tactic), (n, nbytes, sharded) in rows.items():
+    lines.append(f"  {pattern!r:<{width}}  {tactic:<10} {n:>6} {nbytes / 2**20:>9.1f} "
+                 f"{sharded:>7}")
+  return "\n".join(lines)
 
 
 def to_shardings(specs: Any, mesh: Mesh) -> Any:

@@ -1,0 +1,96 @@
+"""Errors of the command-line entry points: one readable line and exit status 2.
+
+  from uwm_jax import cli_errors
+  if __name__ == "__main__":
+    cli_errors.run(main)            # instead of absl.app.run(main)
+
+Any exception raised by `main` (a missing file, a bad config field, a mesh that does not fit,
+a corrupt checkpoint, ...) prints `error: <message>` on stderr and exits with status 2; the
+full traceback is printed instead with `--traceback`. Messages written for a person on several
+lines (a list of mismatched arrays, one line per unreadable checkpoint) keep their lines.
+`config_value(flag)` reads an ml_collections config flag and says plainly when its file is
+missing.
+"""
+
+import ast
+import os
+import sys
+from typing import Callable
+
+from absl import app, flags
+
+_TRACEBACK = flags.DEFINE_bool("traceback", False,
+                               "On an error, print the full Python traceback instead of one line.")
+
+EXIT_STATUS = 2
+_MAX_LINES = 40
+
+
+def _unescape(text: str) -> str:
+  """`'\\'sav_every\\'\\nDid you mean ...'` (a repr, as ml_collections' AttributeError and every
+  KeyError print) -> the text it stands for."""
+  text = text.strip()
+  if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return text
+    if isinstance(value, str):
+      return value
+  return text
+
+
+def readable_message(error: BaseException) -> str:
+  """The message of `error` for a person: unescaped, blank lines dropped, at most 40 lines;
+  an unknown config field reads `unknown config field 'sav_every' (did you mean ...)`."""
+  lines = [line.rstrip() for line in _unescape(str(error)).splitlines() if line.strip()]
+  if not lines:
+    return type(error).__name__
+  if isinstance(error, AttributeError) and len(lines) == 2 and lines[1].startswith("Did you mean"):
+    return f"unknown config field {lines[0]} ({lines[1][0].lower()}{lines[1][1:]})"
+  if isinstance(error, (AttributeError, KeyError)) and len(lines) == 1 and " " not in lines[0]:
+    return f"unknown config field or key {lines[0]}"
+  if len(lines) > _MAX_LINES:
+    lines = lines[:_MAX_LINES] + [f"... ({len(lines) - _MAX_LINES} more lines)"]
+  return "\n".join(lines)
+
+
+def config_value(flag_holder, flag_name: str = "config"):
+  """The value of a `config_flags.DEFINE_config_file` flag; a missing file is one clear error
+  (ml_collections reports it as "Configuration is not available because of an earlier
+  failure" with the load attempts)."""
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  path = config_flags.get_config_filename(flags.FLAGS[flag_name])
+  if path and not os.path.isfile(path):
+    raise FileNotFoundError(f"--{flag_name}: config file {path} does not exist.")
+  return flag_holder.value
+
+
+def _show_traceback() -> bool:
+  if flags.FLAGS.is_parsed():
+    return _TRACEBACK.value
+  return any(a in ("--traceback", "--traceback=true", "--traceback=True") for a in sys.argv)
+
+
+def _fail(error: Exception) -> None:
+  if _show_traceback():
+    raise error
+  print(f"error: {readable_message(error)}", file=sys.stderr)
+  sys.exit(EXIT_STATUS)
+
+
+def run(main: Callable) -> None:
+  """absl.app.run(main), with every exception of `main` or of flag parsing (ml_collections
+  applies `--config.FIELD=VALUE` overrides while absl parses the flags) reported as one
+  `error:` line."""
+
+  def guarded(argv):
+    try:
+      return main(argv)
+    except Exception as e:  # pylint: disable=broad-except
+      _fail(e)
+
+  try:
+    app.run(guarded)
+  except Exception as e:  # pylint: disable=broad-except
+    _fail(e)
