@@ -16,7 +16,7 @@ evaluated checkpoint. Errors (missing checkpoint, another config, unknown task) 
 import logging
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from uwm_jax import cli_config
 from uwm_jax.evaluation import evaluator

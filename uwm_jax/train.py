@@ -20,7 +20,7 @@ with `config.eval.after_training` the final checkpoint is evaluated and summaris
 
 import logging
 
-from absl import app, flags
+from absl import flags
 
 from uwm_jax import cli_config
 
