@@ -6,7 +6,7 @@ Example:
   python -m uwm_jax.summarize --config=configs/libero.py --config.model.num_registers=8
 """
 
-from absl import app, flags
+from absl import flags
 
 from uwm_jax import cli_config
 from uwm_jax.model.summary import describe

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 
-from absl import app, flags
+from absl import flags
 
 from uwm_jax import cli_config
 from uwm_jax.data import loader as loader_lib

@@ -18,7 +18,7 @@ leaves the codec out), and prints a comparison table.
 import json
 import time
 
-from absl import app, flags
+from absl import flags
 
 from uwm_jax import cli_config
 
