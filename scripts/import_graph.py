@@ -22,8 +22,8 @@ PACKAGE = "uwm_jax"
 
 # (layer, rank, module prefixes). Neutral layers import no pipeline stage (rank 0).
 LAYERS = (
-    ("neutral", 0, ("uwm_jax.config_base", "uwm_jax.cli_config", "uwm_jax.batch", "uwm_jax.dims",
-                    "uwm_jax.diffusion", "uwm_jax.tree_paths", "uwm_jax.runs", "uwm_jax.envs")),
+    ("neutral", 0, ("uwm_jax.config_base", "uwm_jax.cli_config", "uwm_jax.cli_errors",
+                    "uwm_jax.batch", "uwm_jax.dims", "uwm_jax.diffusion", "uwm_jax.tree_paths", "uwm_jax.runs", "uwm_jax.envs")),
     ("data", 1, ("uwm_jax.data",)),
     ("model", 2, ("uwm_jax.model", "uwm_jax.sampling", "uwm_jax.weights")),
     ("train", 3, ("uwm_jax.training",)),
