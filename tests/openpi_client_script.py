@@ -90,12 +90,11 @@ def bad_inputs(port, key):
   # The bad client still works after its errors.
   out["bad_client_recovers"] = len(bad.infer(ok)["actions"]) > 0
   # A client that disconnects with a request in flight.
-  conn = websockets.sync.client.connect(f"ws://127.0.0.1:{port}", compression=None,
-                                        max_size=None, additional_headers=(
-                                            {"Authorization": f"Api-Key {key}"} if key else None))
-  conn.recv(timeout=60)
-  conn.send(msgpack_numpy.packb(ok))
-  conn.close()
+  headers = {"Authorization": f"Api-Key {key}"} if key else None
+  with websockets.sync.client.connect(f"ws://127.0.0.1:{port}", compression=None,
+                                      max_size=None, additional_headers=headers) as conn:
+    conn.recv(timeout=60)
+    conn.send(msgpack_numpy.packb(ok))
   out["after_disconnect/other_client_ok"] = len(good.infer(ok)["actions"]) > 0
   return out
 

@@ -46,6 +46,7 @@ flags.mark_flags_as_required(["checkpoint_dir"])
 def main(argv):
   del argv
   logging.getLogger("absl").setLevel(logging.WARNING)
+  logging.getLogger("websockets").setLevel(logging.WARNING)  # one ready line, no INFO lines
   from uwm_jax.serving import server as server_lib  # pylint: disable=import-outside-toplevel
   try:
     server = server_lib.server_from_checkpoint(

@@ -34,11 +34,19 @@ class PolicyClient:
   """One websocket connection; `metadata` is the server's first message."""
 
   def __init__(self, address: str, api_key: Optional[str] = None, timeout: float = 300.0):
-    from websockets.sync.client import connect  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
     host, port = split_address(address)
     headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
-    self._ws = connect(f"ws://{host}:{port}", compression=None, max_size=None,
-                       additional_headers=headers, open_timeout=timeout)
+    try:
+      self._ws = connect(f"ws://{host}:{port}", compression=None, max_size=None,
+                         additional_headers=headers, open_timeout=timeout)
+    except InvalidStatus as e:
+      raise ConnectionError(f"Policy server {address} refused the connection (HTTP "
+                            f"{e.response.status_code}: wrong or missing --api_key?).") from None
+    except OSError as e:
+      raise ConnectionError(f"No policy server at {address} ({e.strerror or e}).") from None
     self.timeout = timeout
     self.metadata = protocol.unpack(self._ws.recv(timeout=timeout))
 
