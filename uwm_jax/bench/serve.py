@@ -15,6 +15,7 @@ closes the output.
 """
 
 import json
+import sys
 import threading
 import time
 
@@ -160,5 +161,14 @@ def main(argv):
   print(json.dumps(out))
 
 
+def _help_and_exit() -> None:
+  """`--help`: the docstring (worked examples) and the flags, exit 0 (absl's exits 1)."""
+  print(__doc__)
+  print(flags.FLAGS.main_module_help())
+  sys.exit(0)
+
+
 if __name__ == "__main__":
+  if any(a in ("-h", "--help", "--helpshort") for a in sys.argv[1:]):
+    _help_and_exit()
   app.run(main)

@@ -222,6 +222,7 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
   video_dir = os.path.join(out_dir, "videos")
   metrics: Dict[str, float] = {}
   paths: List[str] = []
+  episode_outcomes: List[dict] = []  # per rollout episode, in metrics.json
   t0 = time.time()
   videos_on = e.prediction_videos and model.predicts_next_obs
   eval_loader = None  # the validation split, built once for metrics and videos
@@ -259,6 +260,8 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
       finally:
         getattr(policy, "close", lambda: None)()
       metrics.update(result.metrics())
+      episode_outcomes = [{"seed": ep.seed, "success": e.success, "length": e.length}
+                          for ep, e in zip(episodes, result.episodes)]
       if e.random_baseline:
         chance = rollout.run_rollouts(
             env_list, RandomPolicy(env_list[0].action_dim, model.dims.action_len, seed=e.seed),
@@ -284,7 +287,8 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
   metrics["eval_seconds"] = time.time() - t0
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-    json.dump({"step": step, "env": e.env, "metrics": metrics, "videos": paths}, f, indent=2)
+    json.dump({"step": step, "env": e.env, "metrics": metrics, "videos": paths,
+               "rollout_episodes": episode_outcomes}, f, indent=2)
   return EvalResult(step, metrics, out_dir, paths)
 
 
