@@ -62,18 +62,16 @@ def sampler_time(server, calls: int = 20) -> float:
   return float(np.median(times))
 
 
-def round_trips(port: int, transforms, clients: int, requests: int):
-  """-> (latencies in s, wall seconds) of `clients` concurrent clients."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
+def _clients_main(port: int, obs: dict, clients: int, requests: int, conn) -> None:
+  """Child process: `clients` threads, each its own connection, `requests` timed round trips
+  each after one untimed warm-up; sends (latencies in s, wall seconds) back on `conn`."""
   from uwm_jax.serving.client import PolicyClient  # pylint: disable=import-outside-toplevel
   conns = [PolicyClient(f"127.0.0.1:{port}") for _ in range(clients)]
   latencies = [[] for _ in range(clients)]
-  barrier = threading.Barrier(clients)
+  barrier = threading.Barrier(clients + 1)
 
   def run(i):
-    rng = np.random.default_rng(i)
-    obs = random_observation(transforms, rng)
-    conns[i].infer(dict(obs, reset=True, seed=i))  # warm-up (not timed)
+    conns[i].infer(dict(obs, reset=True, seed=i))
     barrier.wait()
     for _ in range(requests):
       t0 = time.perf_counter()
@@ -81,15 +79,32 @@ def round_trips(port: int, transforms, clients: int, requests: int):
       latencies[i].append(time.perf_counter() - t0)
 
   threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-  t0 = time.perf_counter()
   for t in threads:
     t.start()
+  barrier.wait()
+  t0 = time.perf_counter()
   for t in threads:
     t.join()
   wall = time.perf_counter() - t0
   for c in conns:
     c.close()
-  return [x for lat in latencies for x in lat], wall
+  conn.send(([x for lat in latencies for x in lat], wall))
+
+
+def round_trips(port: int, transforms, clients: int, requests: int):
+  """-> (latencies in s, wall seconds) of `clients` concurrent clients, run in another
+  process (as robots are) so client and server do not share an interpreter."""
+  import multiprocessing  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  obs = random_observation(transforms, np.random.default_rng(0))
+  ctx = multiprocessing.get_context("spawn")
+  parent, child = ctx.Pipe()
+  proc = ctx.Process(target=_clients_main, args=(port, obs, clients, requests, child))
+  proc.start()
+  try:
+    return parent.recv()
+  finally:
+    proc.join(60)
 
 
 def droid_latency(calls: int) -> float:

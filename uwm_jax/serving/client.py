@@ -13,9 +13,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from uwm_jax.evaluation.policies import episode_seed
-from uwm_jax.evaluation.rollout import RolloutContext
 from uwm_jax.serving import protocol
+
+# PolicyClient needs only numpy, msgpack and websockets (no JAX): RemotePolicy imports the
+# evaluation helpers it shares with LocalPolicy when it is used.
 
 
 class ServerError(RuntimeError):
@@ -41,7 +42,7 @@ class PolicyClient:
     headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
     try:
       self._ws = connect(f"ws://{host}:{port}", compression=None, max_size=None,
-                         additional_headers=headers, open_timeout=timeout)
+                         additional_headers=headers, open_timeout=timeout, legacy=True)
     except InvalidStatus as e:
       raise ConnectionError(f"Policy server {address} refused the connection (HTTP "
                             f"{e.response.status_code}: wrong or missing --api_key?).") from None
@@ -82,8 +83,9 @@ class RemotePolicy:
       raise
     self.metadata = self.clients[0].metadata
 
-  def __call__(self, observations: Sequence[Sequence[dict]],
-               context: RolloutContext) -> np.ndarray:
+  def __call__(self, observations: Sequence[Sequence[dict]], context) -> np.ndarray:
+    """`context`: the rollout loop's `RolloutContext`."""
+    from uwm_jax.evaluation.policies import episode_seed  # pylint: disable=import-outside-toplevel
     active = [b for b in range(len(observations)) if context.active[b]]
     for b in active:
       client, pending = self.clients[b], list(observations[b])
