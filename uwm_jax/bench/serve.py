@@ -138,6 +138,9 @@ def droid_latency(calls: int) -> float:
 
 def main(argv):
   del argv
+  import logging  # pylint: disable=import-outside-toplevel
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  logging.getLogger("websockets").setLevel(logging.WARNING)
   from uwm_jax.serving import server as server_lib  # pylint: disable=import-outside-toplevel
   counts = [int(c) for c in _CLIENTS.value]
   max_batch = _MAX_BATCH.value or max(counts)
