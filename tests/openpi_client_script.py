@@ -50,7 +50,7 @@ def two_clients(port, key):
                         ["actions"]) for i, s in enumerate(seeds)]
 
   threads = [threading.Thread(target=run, args=("a", [1, 1, 1, 1], 11)),
-             threading.Thread(target=run, args=("b", [2, 3, 4, 5], 11))]
+             threading.Thread(target=run, args=("b", [2, 3, 4, 5], 12))]
   for t in threads:
     t.start()
   for t in threads:
