@@ -23,13 +23,17 @@ PACKAGE = "uwm_jax"
 # (layer, rank, module prefixes). Neutral layers import no pipeline stage (rank 0).
 LAYERS = (
     ("neutral", 0, ("uwm_jax.config_base", "uwm_jax.cli_config", "uwm_jax.cli_errors",
-                    "uwm_jax.batch", "uwm_jax.dims", "uwm_jax.diffusion", "uwm_jax.tree_paths", "uwm_jax.runs", "uwm_jax.envs")),
+                    "uwm_jax.batch", "uwm_jax.dims", "uwm_jax.diffusion", "uwm_jax.tree_paths",
+                    "uwm_jax.runs", "uwm_jax.envs")),
     ("data", 1, ("uwm_jax.data",)),
     ("model", 2, ("uwm_jax.model", "uwm_jax.sampling", "uwm_jax.weights")),
     ("train", 3, ("uwm_jax.training",)),
-    ("evaluate", 4, ("uwm_jax.evaluation",)),
-    ("serve", 5, ("uwm_jax.serving", "uwm_jax.policies")),
-    ("entry", 6, ("uwm_jax.train", "uwm_jax.evaluate", "uwm_jax.summarize",
+    # A checkpoint as a policy: per-robot transforms, observation history, batched sampler;
+    # what the evaluator's rollouts and the policy server both run.
+    ("policy", 4, ("uwm_jax.policies",)),
+    ("evaluate", 5, ("uwm_jax.evaluation",)),
+    ("serve", 6, ("uwm_jax.serving",)),
+    ("entry", 7, ("uwm_jax.train", "uwm_jax.evaluate", "uwm_jax.summarize",
                   "uwm_jax.import_weights", "uwm_jax.serve", "uwm_jax.bench", "uwm_jax.__init__")),
 )
 

@@ -84,8 +84,8 @@ def test_libero_env_creation_reset_mapping_and_short_rollout():
     assert obs["robot0_eef_pos"].shape == (3,)
     result = rollout.run_rollouts(
         envs, RandomPolicy(7, 4, low=-0.1, high=0.1), [rollout.Episode(seed=0)],
-        camera_keys=config_base.LIBERO_CAMERA_KEYS, num_obs_frames=2, exec_steps=4,
-        max_steps=4, num_videos=1, progress=False)
+        camera_keys=config_base.LIBERO_CAMERA_KEYS, exec_steps=4, max_steps=4, num_videos=1,
+        progress=False)
     episode = result.episodes[0]
     assert episode.length == 4 and not episode.success
     assert episode.frames[0].shape == (64, 128, 3)

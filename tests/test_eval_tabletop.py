@@ -84,8 +84,8 @@ def test_replayed_expert_actions_succeed_through_the_rollout_loop():
   envs, close = envs_lib.make_envs("tabletop_push", 3, _Config)
   try:
     episodes = [rollout.Episode(seed=s) for s in seeds]
-    common = dict(camera_keys=_Config.model.camera_keys, num_obs_frames=2, exec_steps=8,
-                  max_steps=100, progress=False)
+    common = dict(camera_keys=_Config.model.camera_keys, exec_steps=8, max_steps=100,
+                  progress=False)
     result = rollout.run_rollouts(envs, ReplayPolicy(actions, horizon=16), episodes,
                                   num_videos=1, **common)
     assert result.success_rate == 1.0

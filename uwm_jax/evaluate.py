@@ -7,6 +7,15 @@
                          (model/diffusion fields are checked); its `eval` section is used
   --env=NAME, --num_episodes=N, --exec_steps=N, --max_steps=N
                          override config.eval fields (e.g. --env=libero/book_caddy)
+  --policy_server=HOST:PORT
+                         roll out through a running policy server (`python -m uwm_jax.serve`)
+                         as its client: this process runs only the environments (rollouts
+                         only; results in eval/step_<N>_policy_server/metrics.json)
+  --api_key=KEY          the server's API key
+
+Example, the embedded demo served and evaluated from another process:
+  python -m uwm_jax.serve --checkpoint_dir=workdirs/demo &
+  python -m uwm_jax.evaluate --checkpoint_dir=workdirs/demo --policy_server=127.0.0.1:8000
 
 Writes `<workdir>/eval/step_<N>/{metrics.json,videos/}`, appends to `<workdir>/eval/
 metrics.jsonl` and TensorBoard (`<workdir>/eval/tensorboard`), and prints one summary line per
@@ -20,6 +29,7 @@ from absl import flags
 
 from uwm_jax import cli_config, cli_errors
 from uwm_jax.evaluation import evaluator
+from uwm_jax.serving import client as serving_client
 
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Checkpoints folder or workdir.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -31,14 +41,31 @@ _EXEC_STEPS = flags.DEFINE_integer("exec_steps", None, "Override config.eval.exe
 _MAX_STEPS = flags.DEFINE_integer("max_steps", None, "Override config.eval.max_steps.")
 _TEMPORAL_ENSEMBLE = flags.DEFINE_bool("temporal_ensemble", None,
                                        "Override config.eval.temporal_ensemble.")
+_POLICY_SERVER = flags.DEFINE_string("policy_server", None,
+                                     "HOST:PORT of a policy server to roll out through.")
+_API_KEY = flags.DEFINE_string("api_key", None, "API key of the policy server.")
 flags.mark_flags_as_required(["checkpoint_dir"])
+
+# Only rollouts run through a policy server (the rest needs the model in this process).
+SERVED_OVERRIDES = {"offline_metrics": False, "prediction_videos": False,
+                    "tracking_episodes": 0, "random_baseline": False}
 
 
 def _overrides() -> dict:
-  values = {"env": _ENV.value, "num_episodes": _NUM_EPISODES.value,
+  values = dict(SERVED_OVERRIDES) if _POLICY_SERVER.value else {}
+  values.update({"env": _ENV.value, "num_episodes": _NUM_EPISODES.value,
             "exec_steps": _EXEC_STEPS.value, "max_steps": _MAX_STEPS.value,
-            "temporal_ensemble": _TEMPORAL_ENSEMBLE.value}
+            "temporal_ensemble": _TEMPORAL_ENSEMBLE.value})
   return {k: v for k, v in values.items() if v is not None}
+
+
+def _policy_factory():
+  """Rollouts through --policy_server: one client connection per environment."""
+  if not _POLICY_SERVER.value:
+    return None
+  serving_client.split_address(_POLICY_SERVER.value)  # a malformed address fails before loading
+  return lambda num_envs, config: serving_client.RemotePolicy(
+      _POLICY_SERVER.value, num_slots=num_envs, seed=config.eval.seed, api_key=_API_KEY.value)
 
 
 def main(argv):
@@ -51,7 +78,8 @@ def main(argv):
                     interval_s=interval)
     return
   result = evaluator.evaluate_checkpoint(_CHECKPOINT_DIR.value, _STEP.value, config=config,
-                                         eval_overrides=_overrides())
+                                         eval_overrides=_overrides(),
+                                         policy_factory=_policy_factory())
   print(evaluator.summary_line(result, evaluator.result_env(result)))
 
 

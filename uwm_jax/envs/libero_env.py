@@ -239,6 +239,11 @@ def ood_bddl(text: str, margin: float = OOD_RANGE_MARGIN) -> str:
 
 
 # ----------------------------------------------------------------------------- env
+def to_training_orientation(image: np.ndarray) -> np.ndarray:
+  """A robosuite render (upside down) -> the training data's orientation: flipped vertically."""
+  return np.ascontiguousarray(np.asarray(image)[::-1])
+
+
 class LiberoEnv:
   """One LIBERO task with the dataset's camera keys; the rollout loop's env protocol."""
 
@@ -298,7 +303,7 @@ class LiberoEnv:
     obs = {}
     for key, libero_key in zip(self.camera_keys, self._libero_keys):
       image = np.asarray(raw[libero_key], np.uint8)
-      obs[key] = np.ascontiguousarray(image[::-1]) if self.flip else image
+      obs[key] = to_training_orientation(image) if self.flip else image
     for key in LOW_DIM_KEYS:
       if key in raw:
         obs[key] = np.asarray(raw[key], np.float32)

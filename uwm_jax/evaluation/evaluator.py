@@ -27,10 +27,11 @@ import numpy as np
 
 from uwm_jax import config_base, sampling
 from uwm_jax import envs as envs_lib
+from uwm_jax import policies as policies_lib
 from uwm_jax.data import loader as loader_lib
 from uwm_jax.data import normalization
 from uwm_jax.evaluation import offline_metrics, prediction_videos, rollout, tracking, videos
-from uwm_jax.evaluation.policies import DiffusionPolicy, RandomPolicy, TemporalEnsemble
+from uwm_jax.evaluation.policies import LocalPolicy, RandomPolicy
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint as ckpt
 from uwm_jax.runs.metrics_writer import MetricWriter
@@ -38,6 +39,7 @@ from uwm_jax.runs.metrics_writer import MetricWriter
 log = logging.getLogger(__name__)
 
 EVAL_DIRNAME = "eval"
+SERVED_SUFFIX = "_policy_server"  # eval/step_<N>_policy_server: rollouts through a server
 # Config sections that must agree between a checkpoint and a config given beside it.
 MATCHING_SECTIONS = ("model", "diffusion")
 
@@ -205,9 +207,11 @@ def _tracking_demos(config) -> List[tracking.Demo]:
 
 # ----------------------------------------------------------------------------- main entry
 def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
-                    progress: bool = True) -> EvalResult:
+                    progress: bool = True, policy_factory=None) -> EvalResult:
   """Every evaluation `config.eval` asks for, on already loaded params; writes
-  `out_dir/metrics.json` and videos. Returns the metrics."""
+  `out_dir/metrics.json` and videos. Returns the metrics. `policy_factory(num_envs, config)`:
+  the rollouts' policy instead of the checkpoint in this process (a policy server's client,
+  `uwm_jax.serving.client.RemotePolicy`)."""
   e = config.eval
   if e.env:
     envs_lib.check_env_name(e.env)
@@ -217,6 +221,7 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
   video_dir = os.path.join(out_dir, "videos")
   metrics: Dict[str, float] = {}
   paths: List[str] = []
+  episode_outcomes: List[dict] = []  # per rollout episode, in metrics.json
   t0 = time.time()
   videos_on = e.prediction_videos and model.predicts_next_obs
   eval_loader = None  # the validation split, built once for metrics and videos
@@ -235,22 +240,31 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
         raise ValueError(f"Env {e.env!r} has cameras {tuple(env_list[0].camera_keys)}; the "
                          f"checkpoint's model.camera_keys asks for {missing}.")
       max_steps = e.max_steps or envs_lib.default_max_steps(e.env, config)
-      low_dim_keys = envs_lib.low_dim_keys(e.env, config)
-      policy = DiffusionPolicy(model, config.diffusion, params, frozen, stats, seed=e.seed)
-      if e.temporal_ensemble:
-        policy = TemporalEnsemble(policy, e.ensemble_decay)
-      result = rollout.run_rollouts(
-          env_list, policy, rollout.seeded_episodes(e.num_episodes, e.first_seed),
-          camera_keys=keys, num_obs_frames=model.dims.num_obs_frames,
-          exec_steps=e.exec_steps, max_steps=max_steps, low_dim_keys=low_dim_keys,
-          num_videos=e.num_videos, progress=progress, desc=f"rollouts {e.env}")
+      transforms = policies_lib.make_transforms(policies_lib.robot_for_config(config), config,
+                                                stats)
+      episodes = rollout.seeded_episodes(e.num_episodes, e.first_seed)
+      if policy_factory is not None:  # e.g. a policy server's client (evaluate --policy_server)
+        policy = policy_factory(len(env_list), config)
+      else:
+        policy = LocalPolicy(model, config.diffusion, params, frozen, transforms,
+                             num_slots=len(env_list), seed=e.seed,
+                             temporal_ensemble=e.temporal_ensemble,
+                             ensemble_decay=e.ensemble_decay, exec_steps=e.exec_steps)
+      try:
+        result = rollout.run_rollouts(
+            env_list, policy, episodes, camera_keys=keys, exec_steps=e.exec_steps,
+            max_steps=max_steps, num_videos=e.num_videos, progress=progress,
+            desc=f"rollouts {e.env}")
+      finally:
+        getattr(policy, "close", lambda: None)()
       metrics.update(result.metrics())
+      episode_outcomes = [{"seed": ep.seed, "success": e.success, "length": e.length}
+                          for ep, e in zip(episodes, result.episodes)]
       if e.random_baseline:
         chance = rollout.run_rollouts(
             env_list, RandomPolicy(env_list[0].action_dim, model.dims.action_len, seed=e.seed),
-            rollout.seeded_episodes(e.num_episodes, e.first_seed), camera_keys=keys,
-            num_obs_frames=model.dims.num_obs_frames, exec_steps=e.exec_steps,
-            max_steps=max_steps, progress=progress, desc="rollouts random policy")
+            episodes, camera_keys=keys, exec_steps=e.exec_steps, max_steps=max_steps,
+            progress=progress, desc="rollouts random policy")
         metrics["rollout/random_policy_success_rate"] = chance.success_rate
       for ep in result.episodes:
         if ep.frames:
@@ -260,8 +274,8 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
               ep.frames, fps=e.video_fps))
       if e.tracking_episodes and model.predicts_next_obs:
         metrics.update(tracking.run_tracking(
-            env_list, model, config.diffusion, params, frozen, stats, _tracking_demos(config),
-            camera_keys=keys, exec_steps=e.exec_steps, low_dim_keys=low_dim_keys, seed=e.seed,
+            env_list, model, config.diffusion, params, frozen, transforms,
+            _tracking_demos(config), camera_keys=keys, exec_steps=e.exec_steps, seed=e.seed,
             progress=progress))
     finally:
       close()
@@ -271,19 +285,27 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
   metrics["eval_seconds"] = time.time() - t0
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-    json.dump({"step": step, "env": e.env, "metrics": metrics, "videos": paths}, f, indent=2)
+    json.dump({"step": step, "env": e.env, "metrics": metrics, "videos": paths,
+               "rollout_episodes": episode_outcomes}, f, indent=2)
   return EvalResult(step, metrics, out_dir, paths)
 
 
-def evaluate_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, config=None,
-                        eval_overrides: Optional[dict] = None,
-                        progress: bool = True) -> EvalResult:
-  """Load a checkpoint (latest step when None) and evaluate it; also appends the metrics to
-  `<workdir>/eval/metrics.jsonl` and TensorBoard. `config`: a config the checkpoint must
-  match (model and diffusion), whose `eval` section is used instead of the checkpoint's."""
-  eval_env = (eval_overrides or {}).get("env") or (config.eval.env if config is not None else "")
-  if eval_env:
-    envs_lib.check_env_name(eval_env)  # fail before loading anything
+@dataclasses.dataclass
+class LoadedCheckpoint:
+  """What inference needs from a checkpoint (`load_checkpoint`)."""
+  directory: str  # the `checkpoints` folder
+  step: int
+  params: dict
+  frozen: dict
+  config: ml_collections.ConfigDict  # the checkpoint's config with a complete `eval` section
+  stats: dict  # dataset statistics
+
+
+def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, config=None,
+                    eval_overrides: Optional[dict] = None) -> LoadedCheckpoint:
+  """The inference params, frozen codec, config (`merged_config`) and dataset statistics of a
+  checkpoint (latest step when None): what the evaluator and the policy server
+  (`uwm_jax.serve`) load. `config`: a config the checkpoint must match (model, diffusion)."""
   directory = resolve_checkpoints_dir(checkpoint_dir)
   steps = list_steps(directory)
   if not steps:
@@ -296,10 +318,31 @@ def evaluate_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, conf
     params, frozen, ckpt_config, stats = ckpt.load_params_checkpoint(directory, step)
   if config is not None:
     check_same_config(ckpt_config, config, os.path.join(directory, str(step)))
-  full = merged_config(ckpt_config, config, eval_overrides)
+  return LoadedCheckpoint(directory, step, params, frozen,
+                          merged_config(ckpt_config, config, eval_overrides), stats)
+
+
+def evaluate_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, config=None,
+                        eval_overrides: Optional[dict] = None, progress: bool = True,
+                        policy_factory=None) -> EvalResult:
+  """Load a checkpoint (latest step when None) and evaluate it; also appends the metrics to
+  `<workdir>/eval/metrics.jsonl` and TensorBoard (not with `policy_factory`, whose results go
+  to eval/step_<N>_policy_server/ only). `config`: a config the checkpoint must
+  match (model and diffusion), whose `eval` section is used instead of the checkpoint's."""
+  eval_env = (eval_overrides or {}).get("env") or (config.eval.env if config is not None else "")
+  if eval_env:
+    envs_lib.check_env_name(eval_env)  # fail before loading anything
+  loaded = load_checkpoint(checkpoint_dir, step, config=config, eval_overrides=eval_overrides)
+  directory, step = loaded.directory, loaded.step
+  params, frozen, full, stats = loaded.params, loaded.frozen, loaded.config, loaded.stats
   root = eval_dir(directory)
+  # Rollouts through a policy server go beside the in-process results, not over them.
+  name = f"step_{step}" + (SERVED_SUFFIX if policy_factory is not None else "")
   result = evaluate_loaded(params, frozen, full, stats, step=step,
-                           out_dir=os.path.join(root, f"step_{step}"), progress=progress)
+                           out_dir=os.path.join(root, name), progress=progress,
+                           policy_factory=policy_factory)
+  if policy_factory is not None:
+    return result
   writer = MetricWriter(root, tensorboard=True, enabled=True)
   try:
     writer.write(step, result.metrics, "eval")
@@ -344,7 +387,6 @@ def watch(checkpoint_dir: str, *, config=None, eval_overrides=None, interval_s: 
         result = evaluate_checkpoint(directory, step, config=config,
                                      eval_overrides=eval_overrides, progress=progress)
       except ValueError as e:  # corrupt or unreadable (checksums, truncated files)
-        from uwm_jax.runs import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
         if not isinstance(e, (ckpt.checksums.CorruptCheckpointError,
                               ckpt.UnreadableCheckpointError)):
           raise

@@ -1,74 +1,82 @@
 """Policies for the rollout loop (`uwm_jax.evaluation.rollout`).
 
-Each is a callable `policy(obs_batch, context) -> (B, H_a, A)` numpy actions in environment
-units (de-normalised).
+Each is a callable `policy(observations, context) -> (B, n, A)` numpy actions in environment
+units; `observations[b]` lists slot b's env observations since the previous call.
 
-  DiffusionPolicy   a UWM checkpoint through `uwm_jax.sampling.make_sampler`: the marginal
-                    policy, or inverse dynamics towards goal frames given by `goal_fn`
+  LocalPolicy       a UWM checkpoint in this process: one `uwm_jax.policies.PolicySession` per
+                    slot (the robot's input/output transforms, padded history, temporal
+                    ensembling, executed horizon) and one batched sampler call per step — the
+                    same path as the policy server (`uwm_jax.serving`), which runs the same
+                    sessions per connection. Marginal policy, or inverse dynamics towards the
+                    goal frames `goal_fn` gives.
   ReplayPolicy      recorded action sequences, chunk by chunk (tests, trajectory replay)
   RandomPolicy      uniform actions in [low, high] (the chance-level baseline)
-  TemporalEnsemble  wraps a chunk policy: each executed action is the weighted mean of every
-                    chunk's prediction for that step (ACT's temporal ensembling)
 """
 
 from typing import Callable, Optional, Sequence
 
-import jax
 import numpy as np
 
-from uwm_jax import batch as B_
 from uwm_jax import sampling
 from uwm_jax.data import normalization
 from uwm_jax.evaluation.rollout import RolloutContext
+from uwm_jax.policies.sampler import BatchedSampler
+from uwm_jax.policies.session import PolicySession
 
 
-def _stats_entry(dataset_stats: Optional[dict], key: str) -> Optional[dict]:
-  if not dataset_stats:
-    return None
-  return dataset_stats.get(key)
+def episode_seed(seed: int, episode_index: int) -> int:
+  """The RNG stream of an evaluation episode (a served rollout sends it with `reset`)."""
+  return int(seed) + int(episode_index)
 
 
-class DiffusionPolicy:
-  """Samples action chunks from a UWM (or DP) model.
+class LocalPolicy:
+  """A checkpoint sampled in this process for `num_slots` env slots (see the module docstring).
 
   mode "policy": the marginal action distribution given the observation history.
   mode "inverse_dynamics": actions that lead from the history to the goal frames that
     `goal_fn(context) -> (B, V, T_o, H, W, 3) uint8` returns (trajectory tracking).
-  Low-dim observations are normalised and actions de-normalised with the checkpoint's
-  dataset statistics (`uwm_jax.data.normalization`); no statistics = identity.
+  Each episode's samples come from the RNG stream `episode_seed(seed, episode index)`.
   """
 
-  def __init__(self, model, diffusion_cfg, params, frozen, dataset_stats: Optional[dict], *,
+  def __init__(self, model, diffusion_cfg, params, frozen, transforms, *, num_slots: int,
                seed: int = 0, mode: str = sampling.POLICY,
-               goal_fn: Optional[Callable[[RolloutContext], np.ndarray]] = None):
+               goal_fn: Optional[Callable[[RolloutContext], np.ndarray]] = None,
+               temporal_ensemble: bool = False, ensemble_decay: float = 0.01,
+               exec_steps: int = 0):
     if mode not in (sampling.POLICY, sampling.INVERSE_DYNAMICS):
-      raise ValueError(f"DiffusionPolicy samples actions with mode 'policy' or "
+      raise ValueError(f"LocalPolicy samples actions with mode 'policy' or "
                        f"'inverse_dynamics', not {mode!r}.")
     if mode == sampling.INVERSE_DYNAMICS and goal_fn is None:
       raise ValueError("Inverse-dynamics control needs goal_fn (the goal frames per slot).")
-    self.model = model
-    self.mode = mode
-    self.goal_fn = goal_fn
-    self.params, self.frozen = params, frozen
-    self.action_stats = _stats_entry(dataset_stats, "action")
-    self.low_dim_stats = _stats_entry(dataset_stats, "low_dim")
-    self._sample = sampling.make_sampler(model, diffusion_cfg, mode)
-    self._rng = jax.random.PRNGKey(seed)
+    self.mode, self.goal_fn, self.seed = mode, goal_fn, int(seed)
+    self.sessions = [PolicySession(transforms, model.dims.num_obs_frames,
+                                   temporal_ensemble=temporal_ensemble,
+                                   ensemble_decay=ensemble_decay, exec_steps=exec_steps)
+                     for _ in range(num_slots)]
+    # One compiled size: the rollout loop's batch is always the number of slots.
+    self.sampler = BatchedSampler(model, diffusion_cfg, params, frozen, mode, (num_slots,))
 
-  def __call__(self, obs_batch: dict, context: Optional[RolloutContext] = None) -> np.ndarray:
-    batch = {B_.OBS: obs_batch[B_.OBS]}
-    if B_.LOW_DIM in obs_batch:
-      low_dim = obs_batch[B_.LOW_DIM]
-      if self.low_dim_stats is not None:
-        low_dim = normalization.normalize(low_dim, self.low_dim_stats)
-      batch[B_.LOW_DIM] = np.asarray(low_dim, np.float32)
-    if self.mode == sampling.INVERSE_DYNAMICS:
-      batch[B_.NEXT_OBS] = self.goal_fn(context)
-    self._rng, key = jax.random.split(self._rng)
-    actions = np.asarray(self._sample(self.params, self.frozen, batch, key)["action"])
-    if self.action_stats is not None:
-      actions = np.asarray(normalization.denormalize(actions, self.action_stats))
-    return actions
+  def __call__(self, observations: Sequence[Sequence[dict]],
+               context: RolloutContext) -> np.ndarray:
+    goals = self.goal_fn(context) if self.goal_fn is not None else None
+    active = [b for b in range(len(observations)) if context.active[b]]
+    requests, keys = [], []
+    for b in active:
+      session = self.sessions[b]
+      if context.step[b] == 0:
+        session.reset(episode_seed(self.seed, context.episode_index[b]))
+      for obs in observations[b]:
+        session.observe(obs)
+      request = session.model_inputs()
+      if goals is not None:
+        request["next_obs"] = goals[b]
+      requests.append(request)
+      keys.append(session.next_key())
+    answers = self.sampler(requests, keys)
+    chunks = {b: self.sessions[b].actions(a["action"]) for b, a in zip(active, answers)}
+    shape = next(iter(chunks.values())).shape
+    return np.stack([chunks.get(b, np.zeros(shape, np.float32))
+                     for b in range(len(observations))])
 
 
 class ReplayPolicy:
@@ -78,7 +86,7 @@ class ReplayPolicy:
     self.actions = [np.asarray(a, np.float32) for a in actions]
     self.horizon = horizon
 
-  def __call__(self, obs_batch: dict, context: RolloutContext) -> np.ndarray:
+  def __call__(self, observations, context: RolloutContext) -> np.ndarray:
     A = self.actions[0].shape[-1]
     out = np.zeros((len(context.episode_index), self.horizon, A), np.float32)
     for b, (episode, step) in enumerate(zip(context.episode_index, context.step)):
@@ -96,40 +104,6 @@ class RandomPolicy:
     self.low, self.high = low, high
     self.rng = np.random.default_rng(seed)
 
-  def __call__(self, obs_batch: dict, context: RolloutContext) -> np.ndarray:
-    B = obs_batch[B_.OBS].shape[0]
+  def __call__(self, observations, context: RolloutContext) -> np.ndarray:
+    B = len(observations)
     return self.rng.uniform(self.low, self.high, (B,) + self.shape).astype(np.float32)
-
-
-class TemporalEnsemble:
-  """Temporal ensembling of action chunks (ACT, Zhao et al. 2023) around any chunk policy.
-
-  Every call's chunk (B, H_a, A) is remembered per slot by the env step it starts at; the
-  action returned for step s + j is the weighted mean of every remembered prediction for that
-  step, weight exp(-decay * i) for the i-th oldest (so older predictions weigh a little more
-  with decay > 0). A slot's memory is dropped when it starts another episode. Use it with
-  small `exec_steps` (1: every executed action is an ensemble of up to H_a predictions).
-  """
-
-  def __init__(self, policy: Callable, decay: float = 0.01):
-    self.policy = policy
-    self.decay = float(decay)
-    self._memory = {}  # slot -> (episode index, [(start step, (H_a, A) chunk), ...])
-
-  def __call__(self, obs_batch: dict, context: RolloutContext) -> np.ndarray:
-    chunks = np.asarray(self.policy(obs_batch, context))
-    out = chunks.copy()
-    H = chunks.shape[1]
-    for b, (episode, step) in enumerate(zip(context.episode_index, context.step)):
-      if episode < 0:
-        continue
-      owner, remembered = self._memory.get(b, (None, []))
-      if owner != episode:
-        remembered = []
-      remembered = [(s, c) for s, c in remembered if s + H > step] + [(int(step), chunks[b])]
-      self._memory[b] = (episode, remembered)
-      for j in range(H):
-        preds = [c[step + j - s] for s, c in remembered if step + j - s < H]
-        weights = np.exp(-self.decay * np.arange(len(preds)))
-        out[b, j] = np.tensordot(weights / weights.sum(), np.stack(preds), axes=1)
-    return out

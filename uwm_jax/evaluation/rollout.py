@@ -5,17 +5,19 @@ Several env instances run in lockstep so that one batched policy call serves all
 batch size is always `len(envs)` (finished slots repeat their last observation), so a jitted
 policy compiles once.
 
-Per episode: reset (seeded, or to a given initial state), an observation history of the last
-T_o observations padded with the reset observation, then repeatedly: query the policy for an
-action chunk (H_a, A), execute its first `exec_steps` actions open loop, checking success
-after every env step; the episode ends on success or after `max_steps` env steps.
+Per episode: reset (seeded, or to a given initial state), then repeatedly: query the policy
+for an action sequence, execute its first `exec_steps` actions open loop, checking success after
+every env step; the episode ends on success or after `max_steps` env steps.
 
 Env protocol (duck-typed): `camera_keys`, `reset(seed=None, init_state=None) -> obs`,
 `step(action) -> (obs, info)` with `info["success"]`; obs maps each camera key to an
-(H, W, 3) uint8 image (plus optional low-dim keys).
-Policy protocol: `policy(obs_batch: dict, context: RolloutContext) -> (B, H_a, A)` actions in
-environment units, where obs_batch = {"obs": (B, V, T_o, H, W, 3) uint8 [, "low_dim":
-(B, T_o, D)]} (the `uwm_jax.batch` keys).
+(H, W, 3) uint8 image (plus optional low-dim keys) — what a robot client would send.
+Policy protocol: `policy(observations, context) -> (B, n, A)` actions in environment units,
+where `observations[b]` lists slot b's env observations since the previous call (the reset
+observation first in an episode; empty for idle slots). Observation history, input/output
+transforms and ensembling belong to the policy: `uwm_jax.evaluation.policies.LocalPolicy`
+(in-process, through `uwm_jax.policies`) or `uwm_jax.serving.client.RemotePolicy` (a policy
+server, the same transforms on the server side).
 """
 
 import collections
@@ -25,7 +27,6 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from uwm_jax import batch as B_
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,14 +75,6 @@ def seeded_episodes(num_episodes: int, first_seed: int = 0) -> List[Episode]:
   return [Episode(seed=first_seed + i) for i in range(num_episodes)]
 
 
-def stack_views(obs: dict, camera_keys: Sequence[str]) -> np.ndarray:
-  """obs dict -> (V, H, W, 3) uint8 in `camera_keys` order (names the missing key)."""
-  missing = [k for k in camera_keys if k not in obs]
-  if missing:
-    raise KeyError(f"Observation has no camera {missing}; it has {sorted(obs)}.")
-  return np.stack([np.asarray(obs[k], np.uint8) for k in camera_keys])
-
-
 def video_frame(obs: dict, camera_keys: Sequence[str]) -> np.ndarray:
   """Views side by side: (H, V*W, 3) uint8."""
   return np.concatenate([np.asarray(obs[k], np.uint8) for k in camera_keys], axis=1)
@@ -89,9 +82,9 @@ def video_frame(obs: dict, camera_keys: Sequence[str]) -> np.ndarray:
 
 class _Slot:
 
-  def __init__(self, env, num_obs_frames: int):
+  def __init__(self, env):
     self.env = env
-    self.history = collections.deque(maxlen=num_obs_frames)
+    self.pending: List[dict] = []  # observations the policy has not seen yet
     self.episode = -1
     self.steps = 0
     self.max_steps = 0
@@ -99,9 +92,7 @@ class _Slot:
 
   def start(self, index: int, episode: Episode, max_steps: int, record: bool, camera_keys):
     obs = self.env.reset(seed=episode.seed, init_state=episode.init_state)
-    self.history.clear()
-    for _ in range(self.history.maxlen):  # pad the history with the reset observation
-      self.history.append(obs)
+    self.pending = [obs]
     self.episode, self.steps = index, 0
     self.max_steps = episode.max_steps or max_steps
     self.frames = [video_frame(obs, camera_keys)] if record else None
@@ -111,35 +102,21 @@ class _Slot:
     return self.episode >= 0
 
 
-def _obs_batch(slots: Sequence[_Slot], camera_keys, low_dim_keys) -> dict:
-  """(B, V, T_o, H, W, 3) observations [+ (B, T_o, D) low-dim]; slots that never started an
-  episode repeat another slot's history (the batch size stays len(slots))."""
-  filler = next(s.history for s in slots if s.history)
-  histories = [s.history if s.history else filler for s in slots]
-  obs = np.stack([np.stack([stack_views(o, camera_keys) for o in h], axis=1)
-                  for h in histories])
-  out = {B_.OBS: obs}
-  if low_dim_keys:
-    out[B_.LOW_DIM] = np.stack([
-        np.stack([np.concatenate([np.ravel(o[k]) for k in low_dim_keys]) for o in h])
-        for h in histories]).astype(np.float32)
-  return out
-
-
 def run_rollouts(envs: Sequence[Any], policy: Callable, episodes: Sequence[Episode], *,
-                 camera_keys: Sequence[str], num_obs_frames: int, exec_steps: int,
-                 max_steps: int, low_dim_keys: Sequence[str] = (), num_videos: int = 0,
+                 camera_keys: Sequence[str], exec_steps: int, max_steps: int,
+                 num_videos: int = 0,
                  progress: bool = True, desc: str = "rollouts") -> RolloutResult:
   """Play `episodes` with `policy` on `envs` (lockstep, batched policy calls).
 
   Episodes are assigned to free env slots in order; the first `num_videos` episodes are
-  recorded as frames (views side by side). Returns per-episode success and length.
+  recorded as frames (views `camera_keys` side by side). Returns per-episode success and
+  length.
   """
   if not envs:
     raise ValueError("run_rollouts needs at least one environment.")
   if exec_steps < 1:
     raise ValueError(f"exec_steps must be >= 1, got {exec_steps}.")
-  slots = [_Slot(env, num_obs_frames) for env in envs]
+  slots = [_Slot(env) for env in envs]
   pending = collections.deque(enumerate(episodes))
   results = {}
   bar = tqdm(total=len(episodes), desc=desc, disable=not progress, leave=False)
@@ -161,7 +138,11 @@ def run_rollouts(envs: Sequence[Any], policy: Callable, episodes: Sequence[Episo
         episode_index=np.array([s.episode for s in slots]),
         step=np.array([s.steps for s in slots]),
         active=np.array([s.active for s in slots]))
-    actions = np.asarray(policy(_obs_batch(slots, camera_keys, low_dim_keys), context))
+    observations = []
+    for slot in slots:
+      observations.append(slot.pending if slot.active else [])
+      slot.pending = []
+    actions = np.asarray(policy(observations, context))
     if actions.ndim != 3 or actions.shape[0] != len(slots):
       raise ValueError(f"Policy returned actions of shape {actions.shape}; expected "
                        f"(num_envs={len(slots)}, H_a, A).")
@@ -171,7 +152,7 @@ def run_rollouts(envs: Sequence[Any], policy: Callable, episodes: Sequence[Episo
       for action in chunk[:exec_steps]:
         obs, info = slot.env.step(action)
         slot.steps += 1
-        slot.history.append(obs)
+        slot.pending.append(obs)
         if slot.frames is not None:
           slot.frames.append(video_frame(obs, camera_keys))
         if info.get("success", False):

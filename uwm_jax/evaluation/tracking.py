@@ -20,7 +20,7 @@ import numpy as np
 from uwm_jax import sampling
 from uwm_jax.data.profiles import concat_fields
 from uwm_jax.evaluation import rollout
-from uwm_jax.evaluation.policies import DiffusionPolicy
+from uwm_jax.evaluation.policies import LocalPolicy
 
 
 @dataclasses.dataclass
@@ -37,7 +37,7 @@ def num_goal_chunks(length: int, num_obs_frames: int, action_len: int) -> int:
 
 
 class GoalFrames:
-  """goal_fn for `DiffusionPolicy` in inverse-dynamics mode: the demo frames after the chunk."""
+  """goal_fn for `LocalPolicy` in inverse-dynamics mode: the demo frames after the chunk."""
 
   def __init__(self, demos: Sequence[Demo], num_obs_frames: int, action_len: int):
     self.demos = list(demos)
@@ -67,22 +67,21 @@ def tracking_episodes(demos: Sequence[Demo], num_obs_frames: int, action_len: in
   return out
 
 
-def run_tracking(envs, model, diffusion_cfg, params, frozen, dataset_stats, demos: Sequence[Demo],
-                 *, camera_keys, exec_steps: int, low_dim_keys=(), seed: int = 0,
-                 progress: bool = True) -> dict:
-  """Inverse-dynamics tracking and the policy on the same budget -> metrics dict."""
+def run_tracking(envs, model, diffusion_cfg, params, frozen, transforms, demos: Sequence[Demo],
+                 *, camera_keys, exec_steps: int, seed: int = 0, progress: bool = True) -> dict:
+  """Inverse-dynamics tracking and the policy on the same budget -> metrics dict.
+  `transforms`: the robot's `uwm_jax.policies.transforms.RobotTransforms`."""
   d = model.dims
   episodes = tracking_episodes(demos, d.num_obs_frames, d.action_len, exec_steps)
-  common = dict(camera_keys=camera_keys, num_obs_frames=d.num_obs_frames,
-                exec_steps=exec_steps, max_steps=max(e.max_steps for e in episodes),
-                low_dim_keys=low_dim_keys, progress=progress)
-  inverse = DiffusionPolicy(model, diffusion_cfg, params, frozen, dataset_stats, seed=seed,
-                            mode=sampling.INVERSE_DYNAMICS,
-                            goal_fn=GoalFrames(demos, d.num_obs_frames, d.action_len))
-  policy = DiffusionPolicy(model, diffusion_cfg, params, frozen, dataset_stats, seed=seed)
+  common = dict(camera_keys=camera_keys, exec_steps=exec_steps,
+                max_steps=max(e.max_steps for e in episodes), progress=progress)
+  make = lambda **kw: LocalPolicy(model, diffusion_cfg, params, frozen, transforms,
+                                  num_slots=len(envs), seed=seed, **kw)
+  inverse = make(mode=sampling.INVERSE_DYNAMICS,
+                 goal_fn=GoalFrames(demos, d.num_obs_frames, d.action_len))
   tracked = rollout.run_rollouts(envs, inverse, episodes, desc="tracking (inverse dynamics)",
                                  **common)
-  baseline = rollout.run_rollouts(envs, policy, episodes, desc="tracking (policy)", **common)
+  baseline = rollout.run_rollouts(envs, make(), episodes, desc="tracking (policy)", **common)
   return {"tracking/inverse_dynamics_success_rate": tracked.success_rate,
           "tracking/policy_success_rate": baseline.success_rate,
           "tracking/num_demos": len(demos)}

@@ -1,0 +1,192 @@
+"""Benchmark serving: `python -m uwm_jax.bench.serve --checkpoint_dir=workdirs/demo --clients=1,4`.
+
+Serves the checkpoint in this process (`uwm_jax.serving`, 127.0.0.1, a free port) and prints,
+side by side:
+  - the in-process sampler time of one policy request (batch 1, the compiled function alone);
+  - per client count, the round-trip latency p50 / p99 of `PolicyClient.infer` (encoding,
+    websocket, transforms, history, batching, sampling, decoding) and the requests/s, once with
+    batching (--max_batch, default the largest client count) and once one request per sampler
+    call (max_batch 1), plus the batched/one-at-a-time throughput ratio;
+  - with --droid (default on), the DROID config's policy latency at batch 1 (its 10 DDIM steps,
+    random-init params: the latency does not depend on the weights).
+Each client sends --requests sequential requests of random images at the checkpoint's camera
+size. Timings on a shared machine are noisy: run it alone for numbers to quote. One JSON line
+closes the output.
+"""
+
+import json
+import sys
+import threading
+import time
+
+from absl import app, flags
+
+_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Checkpoints folder or workdir.")
+_CLIENTS = flags.DEFINE_list("clients", ["1", "4"], "Concurrent client counts.")
+_REQUESTS = flags.DEFINE_integer("requests", 30, "Requests per client.")
+_MAX_BATCH = flags.DEFINE_integer("max_batch", 0, "Batched serving's max_batch (0 = the "
+                                  "largest client count).")
+_DROID = flags.DEFINE_bool("droid", True, "Also time the DROID config's policy at batch 1.")
+_DROID_CALLS = flags.DEFINE_integer("droid_calls", 3, "Timed DROID sampler calls.")
+flags.mark_flags_as_required(["checkpoint_dir"])
+
+
+def _percentile(values, q):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  return float(np.percentile(np.asarray(values) * 1e3, q))
+
+
+def random_observation(transforms, rng):
+  """A request with random images at the checkpoint's size and a plausible state."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  H, W = transforms.image_shape
+  obs = {transforms.camera_sources[k][0].key: rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+         for k in transforms.camera_keys}
+  for field in transforms.state_fields:
+    obs[field.sources[0].key] = rng.uniform(-0.1, 0.1, field.width).astype(np.float32)
+  return obs
+
+
+def sampler_time(server, calls: int = 20) -> float:
+  """Median seconds of the in-process policy sampler at batch 1."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from uwm_jax import sampling  # pylint: disable=import-outside-toplevel
+  sampler = server.samplers[sampling.POLICY]
+  example = server.example_inputs()[sampling.POLICY]
+  sampler([example], [(0, 0)])
+  times = []
+  for i in range(calls):
+    t0 = time.perf_counter()
+    sampler([example], [(0, i)])
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def _clients_main(port: int, obs: dict, clients: int, requests: int, conn) -> None:
+  """Child process: `clients` threads, each its own connection, `requests` timed round trips
+  each after one untimed warm-up; sends (latencies in s, wall seconds) back on `conn`."""
+  from uwm_jax.serving.client import PolicyClient  # pylint: disable=import-outside-toplevel
+  conns = [PolicyClient(f"127.0.0.1:{port}") for _ in range(clients)]
+  latencies = [[] for _ in range(clients)]
+  barrier = threading.Barrier(clients + 1)
+
+  def run(i):
+    conns[i].infer(dict(obs, reset=True, seed=i))
+    barrier.wait()
+    for _ in range(requests):
+      t0 = time.perf_counter()
+      conns[i].infer(obs)
+      latencies[i].append(time.perf_counter() - t0)
+
+  threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+  for t in threads:
+    t.start()
+  barrier.wait()
+  t0 = time.perf_counter()
+  for t in threads:
+    t.join()
+  wall = time.perf_counter() - t0
+  for c in conns:
+    c.close()
+  conn.send(([x for lat in latencies for x in lat], wall))
+
+
+def round_trips(port: int, transforms, clients: int, requests: int):
+  """-> (latencies in s, wall seconds) of `clients` concurrent clients, run in another
+  process (as robots are) so client and server do not share an interpreter."""
+  import multiprocessing  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  obs = random_observation(transforms, np.random.default_rng(0))
+  ctx = multiprocessing.get_context("spawn")
+  parent, child = ctx.Pipe()
+  proc = ctx.Process(target=_clients_main, args=(port, obs, clients, requests, child))
+  proc.start()
+  try:
+    return parent.recv()
+  finally:
+    proc.join(60)
+
+
+def droid_latency(calls: int) -> float:
+  """Median seconds of the DROID config's policy (batch 1, its DDIM steps), random params."""
+  # pylint: disable=import-outside-toplevel
+  import jax
+  import numpy as np
+  from configs import droid
+  from uwm_jax import sampling
+  from uwm_jax.model.uwm import UnifiedWorldModel
+  from uwm_jax.policies.sampler import BatchedSampler
+  config = droid.get_config()
+  model = UnifiedWorldModel(config.model)
+  params = jax.jit(model.init_params)(jax.random.PRNGKey(0))
+  sampler = BatchedSampler(model, config.diffusion, params, {}, sampling.POLICY, (1,))
+  d = model.dims
+  H, W = config.model.image_shape
+  example = {"obs": np.random.default_rng(0).integers(
+      0, 256, (len(config.model.camera_keys), d.num_obs_frames, H, W, 3), dtype=np.uint8)}
+  t0 = time.perf_counter()
+  sampler([example], [(0, 0)])
+  print(f"DROID config: compiled + first call in {time.perf_counter() - t0:.1f} s "
+        f"({config.diffusion.num_inference_steps} DDIM steps)", flush=True)
+  times = []
+  for i in range(calls):
+    t0 = time.perf_counter()
+    sampler([example], [(0, i + 1)])
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def main(argv):
+  del argv
+  import logging  # pylint: disable=import-outside-toplevel
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  logging.getLogger("websockets").setLevel(logging.WARNING)
+  from uwm_jax.serving import server as server_lib  # pylint: disable=import-outside-toplevel
+  counts = [int(c) for c in _CLIENTS.value]
+  max_batch = _MAX_BATCH.value or max(counts)
+  server = server_lib.server_from_checkpoint(_CHECKPOINT_DIR.value, port=0,
+                                             max_batch=max_batch)
+  print(f"compiling ({server.metadata['robot']}, step {server.metadata['checkpoint_step']}) ...",
+        flush=True)
+  server.compile(printer=lambda line: None)
+  inproc = sampler_time(server)
+  print(f"in-process policy sampler, batch 1: {inproc * 1e3:.2f} ms", flush=True)
+  rows = []
+  with server_lib.ServerThread(server) as port:
+    for clients in counts:
+      for label, batch in (("batched", max_batch), ("one-at-a-time", 1)):
+        server.options.max_batch = batch
+        lat, wall = round_trips(port, server.transforms, clients, _REQUESTS.value)
+        rows.append({"clients": clients, "serving": label, "max_batch": batch,
+                     "p50_ms": _percentile(lat, 50), "p99_ms": _percentile(lat, 99),
+                     "requests_per_s": len(lat) / wall})
+  print(f"\n{'clients':>7} {'serving':>14} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} "
+        f"{'p50 - sampler':>13}")
+  for r in rows:
+    print(f"{r['clients']:>7} {r['serving']:>14} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+          f"{r['requests_per_s']:>7.1f} {r['p50_ms'] - inproc * 1e3:>10.2f} ms")
+  ratios = {}
+  for clients in counts:
+    by = {r["serving"]: r for r in rows if r["clients"] == clients}
+    ratios[clients] = by["batched"]["requests_per_s"] / by["one-at-a-time"]["requests_per_s"]
+    print(f"{clients} client(s): batched / one-at-a-time throughput = {ratios[clients]:.2f}x")
+  out = {"checkpoint_dir": _CHECKPOINT_DIR.value, "in_process_sampler_ms": inproc * 1e3,
+         "rows": rows, "batched_speedup": ratios}
+  if _DROID.value:
+    droid_ms = droid_latency(_DROID_CALLS.value) * 1e3
+    print(f"DROID config policy latency, batch 1: {droid_ms:.0f} ms")
+    out["droid_policy_ms"] = droid_ms
+  print(json.dumps(out))
+
+
+def _help_and_exit() -> None:
+  """`--help`: the docstring (worked examples) and the flags, exit 0 (absl's exits 1)."""
+  print(__doc__)
+  print(flags.FLAGS.main_module_help())
+  sys.exit(0)
+
+
+if __name__ == "__main__":
+  if any(a in ("-h", "--help", "--helpshort") for a in sys.argv[1:]):
+    _help_and_exit()
+  app.run(main)

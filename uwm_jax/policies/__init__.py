@@ -1,0 +1,52 @@
+"""Per-robot input/output transforms and the policy session shared by rollouts and serving.
+
+A pipeline stage after the model and before evaluation and serving (it imports data, model and
+sampling; evaluation and serving import it):
+
+  transforms.py   RobotTransforms: observation dict -> model inputs, model actions -> robot
+  droid.py        DROID: three cameras, 10-d actions decoded to cartesian velocity + gripper
+  libero.py       LIBERO: agentview + wrist with the LIBERO flip, 7-d actions
+  tabletop.py     the embedded MuJoCo tasks
+  session.py      one stream of observations (a rollout slot, a server connection): padded
+                  history, per-request RNG keys, temporal ensembling, executed horizon
+  sampler.py      BatchedSampler: per-request keys, batches padded to compiled sizes
+
+`make_transforms(robot, config, stats)`; `robot_for_config(config)` guesses the robot.
+"""
+
+from uwm_jax import envs as envs_lib
+from uwm_jax.config_base import DROID_CAMERA_KEYS
+
+ROBOTS = ("droid", "libero", "tabletop")
+
+
+def make_transforms(robot: str, config, dataset_stats):
+  """The `RobotTransforms` of `robot` for a checkpoint's config and statistics."""
+  # pylint: disable=import-outside-toplevel
+  if robot == "droid":
+    from uwm_jax.policies import droid as module
+  elif robot == "libero":
+    from uwm_jax.policies import libero as module
+  elif robot == "tabletop":
+    from uwm_jax.policies import tabletop as module
+  else:
+    raise ValueError(f"Unknown robot {robot!r}; known: {', '.join(ROBOTS)}.")
+  return module.make(config, dataset_stats)
+
+
+def robot_for_config(config) -> str:
+  """The robot a checkpoint was trained for: from config.eval.env, else its cameras."""
+  env = config.get("eval", {}).get("env", "")
+  if env in envs_lib.EMBEDDED_TASKS:
+    return "tabletop"
+  if env.startswith(envs_lib.LIBERO_PREFIX):
+    return "libero"
+  keys = tuple(config.model.camera_keys)
+  if keys and all(k in DROID_CAMERA_KEYS for k in keys):
+    return "droid"
+  if set(keys) <= {"agentview_rgb", "eye_in_hand_rgb"}:
+    return "libero"
+  if set(keys) <= {"front_rgb", "top_rgb"}:
+    return "tabletop"
+  raise ValueError(f"Cannot tell the robot of a checkpoint with cameras {keys}: pass --robot "
+                   f"({', '.join(ROBOTS)}).")

@@ -1,0 +1,90 @@
+"""Serve a checkpoint to robots and simulators over openpi's websocket protocol.
+
+  python -m uwm_jax.serve --checkpoint_dir=workdirs/demo/checkpoints
+  python -m uwm_jax.serve --checkpoint_dir=/ckpt/uwm_droid --robot=droid --host=0.0.0.0 \\
+      --api_key=SECRET --max_batch=8
+
+Then, on the robot (openpi-client, unchanged):
+  from openpi_client import websocket_client_policy
+  policy = websocket_client_policy.WebsocketClientPolicy("ROBOT-PC", 8000, api_key="SECRET")
+  actions = policy.infer({"exterior_image_1_left": img1, ...})["actions"]   # (H, 7)
+
+or run the embedded task's rollouts as a client in another process:
+  python -m uwm_jax.evaluate --checkpoint_dir=workdirs/demo --policy_server=127.0.0.1:8000
+
+Loads the checkpoint as the evaluator does, compiles every sampler once (it says so), prints
+one `ready:` line with the address, then serves until interrupted (Ctrl-C). Binds 127.0.0.1
+unless --host says otherwise. Protocol, history rule, modes and options: docs/serving.md.
+"""
+
+import asyncio
+import logging
+import sys
+
+from absl import app, flags
+
+_CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Checkpoints folder or workdir.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+_ROBOT = flags.DEFINE_enum("robot", "", ["", "droid", "libero", "tabletop"],
+                           "Input/output transforms (default: from the checkpoint's config).")
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind (0.0.0.0 = every interface).")
+_PORT = flags.DEFINE_integer("port", 8000, "Port (websocket and GET /healthz).")
+_API_KEY = flags.DEFINE_string("api_key", "", "Require 'Authorization: Api-Key <key>'.")
+_MAX_BATCH = flags.DEFINE_integer("max_batch", 4, "Most requests per sampler call.")
+_WINDOW = flags.DEFINE_float("batch_window_ms", 2.0, "Longest wait for requests to batch.")
+_EXEC_STEPS = flags.DEFINE_integer("exec_steps", None, "Actions returned per policy request "
+                                   "(0 = the whole chunk; default: config.eval.exec_steps).")
+_ENSEMBLE = flags.DEFINE_bool("temporal_ensemble", None, "Temporal ensembling of the chunks "
+                              "(default: config.eval.temporal_ensemble).")
+_DECAY = flags.DEFINE_float("ensemble_decay", None, "Ensembling weight decay "
+                            "(default: config.eval.ensemble_decay).")
+_MAX_MB = flags.DEFINE_float("max_message_mb", 16.0, "Larger requests get an error reply.")
+_SEED = flags.DEFINE_integer("seed", None, "Base seed of the connections' RNG streams.")
+flags.mark_flags_as_required(["checkpoint_dir"])
+
+
+def main(argv):
+  del argv
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  logging.getLogger("websockets").setLevel(logging.WARNING)  # one ready line, no INFO lines
+  from uwm_jax.serving import server as server_lib  # pylint: disable=import-outside-toplevel
+  try:
+    server = server_lib.server_from_checkpoint(
+        _CHECKPOINT_DIR.value, _STEP.value, robot=_ROBOT.value, host=_HOST.value,
+        port=_PORT.value, api_key=_API_KEY.value, max_batch=max(1, _MAX_BATCH.value),
+        batch_window_ms=_WINDOW.value, exec_steps=_EXEC_STEPS.value,
+        temporal_ensemble=_ENSEMBLE.value, ensemble_decay=_DECAY.value,
+        max_message_mb=_MAX_MB.value, seed=_SEED.value)
+  except (FileNotFoundError, ValueError, KeyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  m = server.metadata
+  print(f"loaded {m['robot']} checkpoint step {m['checkpoint_step']} from "
+        f"{m['checkpoint_dir']}; compiling the samplers once ...", flush=True)
+  seconds = server.compile(lambda line: print(line, flush=True))
+
+  def ready(host, port):
+    print(f"ready: ws://{host}:{port} (compiled in {seconds:.1f} s; modes "
+          f"{', '.join(m['modes'])}; health http://{host}:{port}/healthz)", flush=True)
+
+  try:
+    asyncio.run(server.serve(ready))
+  except OSError as e:
+    print(f"error: cannot listen on {_HOST.value}:{_PORT.value}: {e.strerror or e}",
+          file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    pass
+
+
+def _help_and_exit() -> None:
+  """`--help`: the docstring (worked examples) and the flags, exit 0 (absl's exits 1)."""
+  print(__doc__)
+  print(flags.FLAGS.main_module_help())
+  sys.exit(0)
+
+
+if __name__ == "__main__":
+  if any(a in ("-h", "--help", "--helpshort") for a in sys.argv[1:]):
+    _help_and_exit()
+  app.run(main)
