@@ -26,6 +26,7 @@ Estimates, not measurements: the compiler's cost model, no input pipeline, no ho
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from typing import Dict, List, Optional, Tuple
@@ -91,6 +92,8 @@ def resolve_topology(name: str) -> Topology:
 
 def topology_devices(topology: Topology, num_slices: int = 1) -> list:
   """Compile-only jax devices of `num_slices` slices of `topology` (needs libtpu)."""
+  # Several compile-only processes at once (a sweep beside a test) need no libtpu lock.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
   try:
     import libtpu  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
