@@ -249,7 +249,7 @@ def compile_policy(config, device, batch_size: int):
   if B_.LOW_DIM in shapes:
     batch[B_.LOW_DIM] = jax.ShapeDtypeStruct(shapes[B_.LOW_DIM], B_.DTYPES[B_.LOW_DIM],
                                              sharding=rep)
-  sampler = sampling.make_sampler(model, config.diffusion, sampling.POLICY)
+  sampler = sampling.make_sampler(model, config.diffusion, sampling.POLICY, unroll=True)
   t0 = time.perf_counter()
   compiled = sampler.lower(to_abstract(params), to_abstract(frozen), batch,
                            abstract_key(rep)).compile()
