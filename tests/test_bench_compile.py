@@ -54,3 +54,15 @@ def test_tiny_config_compiles_for_a_tpu_topology():
   assert e.seconds > 0 and 0 < e.mfu < 1
   policy = compile_lib.estimate_policy(config, topology, devices[0], 2)
   assert policy.fits and policy.seconds > 0 and policy.samples == 2
+
+
+def test_presets_are_config_variants():
+  from configs import droid  # pylint: disable=import-outside-toplevel
+  c = droid.get_config("dp,v5p-8")
+  assert tuple(c.train.mesh_shape) == (4, 1, 1)
+  assert c.model.compute_dtype == "bfloat16" and c.model.scan_layers is False
+  assert c.model.predict_next_obs is False  # dp still applies
+  plain = droid.get_config()
+  assert plain.model.compute_dtype == "float32" and plain.model.scan_layers is True
+  with pytest.raises(ValueError, match="Unknown config variant 'v9-8'"):
+    droid.get_config("v9-8")
