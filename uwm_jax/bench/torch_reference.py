@@ -159,7 +159,7 @@ class TorchReference:
       self.opt.zero_grad(set_to_none=True)
       loss.backward()
       self.opt.step()
-      return float(loss)
+      return float(loss.detach())
 
     return run
 
