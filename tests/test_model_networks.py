@@ -154,3 +154,20 @@ def test_coordinate_channels_reach_the_encoder():
   model = UnifiedWorldModel(cfg.model)
   kernel = jax.eval_shape(model.init_params, jax.random.key(0))["image_encoder"]["conv1"]["kernel"]
   assert kernel.shape[2] == 5
+
+
+@pytest.mark.parametrize("kernel,stride,channels", [(7, 2, 3), (3, 1, 8), (3, 2, 8), (1, 2, 8)])
+def test_cpu_matmul_convolution_equals_xla_convolution(kernel, stride, channels):
+  """The ResNet's CPU path (im2col patches @ kernel) is XLA's convolution, values and grads."""
+  from uwm_jax.model import resnet  # pylint: disable=import-outside-toplevel
+  kx, kk = jax.random.split(jax.random.key(kernel * 10 + stride))
+  x = jax.random.normal(kx, (2, 13, 10, channels))
+  k = jax.random.normal(kk, (kernel, kernel, channels, 5))
+  pad = kernel // 2
+  got = resnet._matmul_conv(x, k, stride, pad)  # pylint: disable=protected-access
+  want = resnet._xla_conv(x, k, stride, pad)  # pylint: disable=protected-access
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  loss = lambda f: jax.grad(lambda a, b: jnp.sum(jnp.sin(f(a, b, stride, pad))), (0, 1))(x, k)
+  for g, w in zip(loss(resnet._matmul_conv), loss(resnet._xla_conv)):  # pylint: disable=protected-access
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-3)

@@ -20,7 +20,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def _norm(channels: int, kind: str) -> nn.Module:
   if kind == "bn":
     return nn.BatchNorm2d(channels)
-  return nn.GroupNorm(channels // 16, channels, eps=1e-5)
+  return nn.GroupNorm(max(1, channels // 16), channels, eps=1e-5)
 
 
 class BasicBlock(nn.Module):
@@ -258,17 +258,24 @@ def sdxl_vae(device: str = "cpu") -> nn.Module:
     return AutoencoderKL(**SDXL_VAE_CONFIG)
 
 
+def reference_noise_net(model_cfg) -> TorchNoiseNet:
+  """The reference's noise net for a uwm_jax model config (latent shape from its codec)."""
+  from uwm_jax.model.dims import latent_shape  # pylint: disable=import-outside-toplevel
+  V, chans, T, h, w = latent_shape(model_cfg)
+  return TorchNoiseNet(
+      global_cond_dim=V * T * model_cfg.image_feature_dim, views=V, chans=chans,
+      latent_thw=(T, h, w), patch=tuple(model_cfg.latent_patch_shape),
+      action_len=model_cfg.action_len, action_dim=model_cfg.action_dim,
+      embed_dim=model_cfg.embed_dim, timestep_embed_dim=model_cfg.timestep_embed_dim,
+      depth=model_cfg.depth, heads=model_cfg.num_heads, registers=model_cfg.num_registers)
+
+
+def reference_resnet(model_cfg) -> TorchResNet18:
+  """The reference's GroupNorm ResNet-18 image encoder for a uwm_jax model config."""
+  return TorchResNet18(model_cfg.resnet_width, model_cfg.image_feature_dim, norm="gn")
+
+
 def reference_uwm(model_cfg, device: str = "cpu") -> TorchUWM:
   """The reference's module tree for a uwm_jax model config (SDXL VAE, GroupNorm ResNet)."""
-  V = len(model_cfg.camera_keys)
-  T = model_cfg.num_obs_frames
-  h, w = (s // 8 for s in model_cfg.crop_shape)
   with torch.device(device):
-    noise_net = TorchNoiseNet(
-        global_cond_dim=V * T * model_cfg.image_feature_dim, views=V, chans=4,
-        latent_thw=(T, h, w), patch=tuple(model_cfg.latent_patch_shape),
-        action_len=model_cfg.action_len, action_dim=model_cfg.action_dim,
-        embed_dim=model_cfg.embed_dim, timestep_embed_dim=model_cfg.timestep_embed_dim,
-        depth=model_cfg.depth, heads=model_cfg.num_heads, registers=model_cfg.num_registers)
-    resnet = TorchResNet18(model_cfg.resnet_width, model_cfg.image_feature_dim, norm="gn")
-  return TorchUWM(noise_net, resnet, sdxl_vae(device))
+    return TorchUWM(reference_noise_net(model_cfg), reference_resnet(model_cfg), sdxl_vae(device))

@@ -55,6 +55,11 @@ def window_slices(num_obs_frames: int, action_len: int) -> WindowSlices:
   )
 
 
+# The dtype of every key of a host batch (what the loader produces).
+DTYPES = {OBS: np.uint8, NEXT_OBS: np.uint8, ACTION: np.float32, ACTION_MASK: np.bool_,
+          LOW_DIM: np.float32, NEXT_LATENT_MEAN: np.float16, NEXT_LATENT_STD: np.float16}
+
+
 def expected_shapes(model_cfg, batch_size: int, cached_latents: bool = False) -> dict:
   """The shape every key of a batch must have for this model config.
 

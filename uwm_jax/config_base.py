@@ -233,19 +233,41 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-VARIANTS = ("", "dp")
+# Accelerator presets: `--config=configs/droid.py:v5p-8` (or `:dp,v5p-8`). The settings
+# `python -m uwm_jax.bench.compile` compiled for that TPU topology (docs/training.md, "Compiled
+# for TPUs"): bf16 compute, unrolled DiT blocks (XLA then schedules across blocks, and its cost
+# analysis sees every block), the mesh. Pair them with a latent cache (data.latent_cache_dir).
+PRESETS = {
+    "v4-8": {"train.mesh_shape": (4, 1, 1)},
+    "v5e-8": {"train.mesh_shape": (8, 1, 1)},
+    "v5p-8": {"train.mesh_shape": (4, 1, 1)},
+    "v5p-64": {"train.mesh_shape": (16, 1, 2)},
+}
+PRESET_COMMON = {"model.compute_dtype": "bfloat16", "model.scan_layers": False}
+VARIANTS = ("", "dp") + tuple(PRESETS)
+
+
+def apply_preset(config: ml_collections.ConfigDict, name: str) -> None:
+  for key, value in dict(PRESET_COMMON, **PRESETS[name]).items():
+    section, field = key.split(".")
+    config[section][field] = value
 
 
 def apply_variant(config: ml_collections.ConfigDict, variant: str) -> None:
-  """Apply a named variant given after the config path (`--config=configs/droid.py:dp`).
+  """Apply named variants given after the config path, comma-separated
+  (`--config=configs/droid.py:dp`, `--config=configs/droid.py:dp,v5p-8`).
 
   dp: the diffusion-policy baseline (docs/model.md) — the same network with action tokens only,
       one timestep (sinusoidal width 256 for the reference configs), no registers, no next-obs
       prediction.
+  v4-8, v5e-8, v5p-8, v5p-64: the accelerator presets of `PRESETS`.
   """
-  if variant not in VARIANTS:
-    raise ValueError(f"Unknown config variant {variant!r}; known: {VARIANTS[1:]}.")
-  if variant == "dp":
-    config.model.predict_next_obs = False
-    config.model.num_registers = 0
-    config.model.timestep_embed_dim = config.model.timestep_embed_dim // 2
+  for part in [p for p in variant.split(",") if p] or [""]:
+    if part not in VARIANTS:
+      raise ValueError(f"Unknown config variant {part!r}; known: {VARIANTS[1:]}.")
+    if part == "dp":
+      config.model.predict_next_obs = False
+      config.model.num_registers = 0
+      config.model.timestep_embed_dim = config.model.timestep_embed_dim // 2
+    elif part in PRESETS:
+      apply_preset(config, part)

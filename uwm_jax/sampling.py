@@ -63,10 +63,11 @@ def _prev_timesteps(schedule: Schedule) -> np.ndarray:
   return schedule.timesteps - ratio
 
 
-def make_sampler(model, diffusion_cfg, mode: str) -> Callable:
+def make_sampler(model, diffusion_cfg, mode: str, unroll: bool = False) -> Callable:
   """Returns a jitted fn(params, frozen, batch, rng) -> {"action": (B, H_a, A)} and/or
   {"latent": (B, V, C, T, h, w)} for `mode`. `batch` holds `obs` (and `low_dim`), plus `action`
-  for forward dynamics and `next_obs` for inverse dynamics."""
+  for forward dynamics and `next_obs` for inverse dynamics. unroll: unroll the DDIM loop (the
+  same result; XLA's cost analysis then counts every step, `uwm_jax.bench.compile`)."""
   if mode not in MODES:
     raise ValueError(f"Unknown sampling mode {mode!r}; known: {MODES}.")
   spec = MODE_SPECS[mode]
@@ -112,7 +113,7 @@ def make_sampler(model, diffusion_cfg, mode: str) -> Callable:
       return (x_a, x_o), None
 
     xs = tuple(jnp.asarray(a) for a in (t_action_seq, t_obs_seq, schedule.timesteps, t_prev_seq))
-    (x_a, x_o), _ = jax.lax.scan(step, (x_a, x_o), xs)
+    (x_a, x_o), _ = jax.lax.scan(step, (x_a, x_o), xs, unroll=bool(unroll))
     out = {}
     if spec.denoise_action:
       out["action"] = x_a

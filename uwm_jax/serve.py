@@ -21,7 +21,10 @@ import asyncio
 import logging
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from uwm_jax import cli_config
+from uwm_jax.serving import server as server_lib
 
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Checkpoints folder or workdir.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -47,7 +50,6 @@ def main(argv):
   del argv
   logging.getLogger("absl").setLevel(logging.WARNING)
   logging.getLogger("websockets").setLevel(logging.WARNING)  # one ready line, no INFO lines
-  from uwm_jax.serving import server as server_lib  # pylint: disable=import-outside-toplevel
   try:
     server = server_lib.server_from_checkpoint(
         _CHECKPOINT_DIR.value, _STEP.value, robot=_ROBOT.value, host=_HOST.value,
@@ -77,14 +79,5 @@ def main(argv):
     pass
 
 
-def _help_and_exit() -> None:
-  """`--help`: the docstring (worked examples) and the flags, exit 0 (absl's exits 1)."""
-  print(__doc__)
-  print(flags.FLAGS.main_module_help())
-  sys.exit(0)
-
-
 if __name__ == "__main__":
-  if any(a in ("-h", "--help", "--helpshort") for a in sys.argv[1:]):
-    _help_and_exit()
-  app.run(main)
+  cli_config.run(main)

@@ -19,7 +19,12 @@ import sys
 import threading
 import time
 
-from absl import app, flags
+from absl import flags
+
+from uwm_jax import cli_config
+
+# Imports sit inside functions here on purpose: the benchmark's client processes are spawned and
+# re-import this module, and must stay light (numpy, msgpack, websockets; no JAX), as a robot's.
 
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Checkpoints folder or workdir.")
 _CLIENTS = flags.DEFINE_list("clients", ["1", "4"], "Concurrent client counts.")
@@ -112,11 +117,10 @@ def droid_latency(calls: int) -> float:
   # pylint: disable=import-outside-toplevel
   import jax
   import numpy as np
-  from configs import droid
   from uwm_jax import sampling
   from uwm_jax.model.uwm import UnifiedWorldModel
   from uwm_jax.policies.sampler import BatchedSampler
-  config = droid.get_config()
+  config = cli_config.load_config("configs/droid.py")
   model = UnifiedWorldModel(config.model)
   params = jax.jit(model.init_params)(jax.random.PRNGKey(0))
   sampler = BatchedSampler(model, config.diffusion, params, {}, sampling.POLICY, (1,))
@@ -179,14 +183,5 @@ def main(argv):
   print(json.dumps(out))
 
 
-def _help_and_exit() -> None:
-  """`--help`: the docstring (worked examples) and the flags, exit 0 (absl's exits 1)."""
-  print(__doc__)
-  print(flags.FLAGS.main_module_help())
-  sys.exit(0)
-
-
 if __name__ == "__main__":
-  if any(a in ("-h", "--help", "--helpshort") for a in sys.argv[1:]):
-    _help_and_exit()
-  app.run(main)
+  cli_config.run(main)

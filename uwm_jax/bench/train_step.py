@@ -13,14 +13,33 @@ leaves the codec out), and prints a comparison table.
 
   python -m uwm_jax.bench.train_step --config=configs/droid.py --config.batch_size=36 \\
       --config.model.compute_dtype=bfloat16 --steps=20
+
+`--torch` times the PyTorch re-implementation of the reference (uwm_jax/bench/torch_reference.py;
+needs torch and a repository checkout) beside ours in the same process, alternating, with the
+latent cache on; `--breakdown` adds the parts of the step; `--policy_batch=1` one policy call.
+Only ratios measured side by side in one run are meaningful on a shared machine:
+
+  python -m uwm_jax.bench.train_step --config=configs/droid.py --config.batch_size=4 \\
+      --torch --breakdown --policy_batch=1 --rounds=3
 """
 
 import json
 import time
 
 from absl import flags
+import numpy as np
 
+from uwm_jax import batch as B_
 from uwm_jax import cli_config
+from uwm_jax import sampling
+from uwm_jax.bench import step_components
+from uwm_jax.diffusion import make_schedule
+from uwm_jax.model.uwm import UnifiedWorldModel
+from uwm_jax.training import flops as flops_lib
+from uwm_jax.training import global_batch
+from uwm_jax.training import mesh as mesh_lib
+from uwm_jax.training import optimizer as optim_lib
+from uwm_jax.training import sharded_state
 
 _CONFIG = cli_config.define_config_flag("Training config file.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps.")
@@ -29,6 +48,17 @@ _LATENT_CACHE = flags.DEFINE_enum(
     "latent_cache", "both", ["both", "on", "off"],
     "Measure the step with next-obs latents from a latent cache (on), with the codec (off), "
     "or both.")
+_TORCH = flags.DEFINE_bool(
+    "torch", False, "Also time the PyTorch re-implementation of the reference (CPU) in the same "
+    "run, alternating with ours step by step, and print the ratios (latent cache on).")
+_BREAKDOWN = flags.DEFINE_bool(
+    "breakdown", False, "Time the parts of the step (image transforms, ResNet and noise net "
+    "forward / forward+backward, optimizer, codec) separately (with --torch: both, alternating).")
+_POLICY_BATCH = flags.DEFINE_integer(
+    "policy_batch", 0, "> 0: also time one policy call (10 DDIM steps) at this batch "
+    "(with --torch: against the reference's).")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds for --torch / --breakdown.")
+_THREADS = flags.DEFINE_integer("torch_threads", 2, "torch.set_num_threads for --torch.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -36,8 +66,6 @@ def random_batch(config, rng, latent_cache: bool = False):
   """A host batch of the config's shapes: random uint8 frames, actions in [-1, 1]; with
   latent_cache, float16 next-obs latent moments (mean ~ N(0, 1), std in [0.01, 0.1]) instead of
   next-obs frames."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from uwm_jax import batch as B_  # pylint: disable=import-outside-toplevel
   shapes = B_.expected_shapes(config.model, config.batch_size, latent_cache)
   out = {}
   for key, shape in shapes.items():
@@ -70,50 +98,56 @@ def memory_summary(compiled) -> dict:
   return out
 
 
+class PreparedStep:
+  """The run's sharded state, jitted train step and one random device batch, compiled once;
+  `__call__` runs one step and waits for it (the state is donated and carried)."""
+
+  def __init__(self, config, latent_cache: bool = False):
+    import jax  # pylint: disable=import-outside-toplevel
+
+    tc = config.train
+    self.mesh = mesh = mesh_lib.make_mesh(tc.mesh_shape)
+    model = UnifiedWorldModel(config.model)
+    tx = optim_lib.make_optimizer(config.optim, config.num_steps)
+    ema = tc.ema_decay > 0
+    abstract = sharded_state.abstract_train_state(model, tx, ema)
+    shardings = sharded_state.train_state_shardings(abstract, mesh, tc.partition_rules,
+                                                    tc.fsdp_min_size, log_decisions=False)
+    t0 = time.perf_counter()
+    self.state = sharded_state.init_train_state(model, tx, jax.random.key(config.seed),
+                                                shardings, ema, tc.compiler_options)
+    jax.block_until_ready(self.state)
+    self.init_s = time.perf_counter() - t0
+    step_fn = sharded_state.make_jitted_train_step(config, model, tx, shardings, mesh)
+    self.host_batch = random_batch(config, np.random.default_rng(0), latent_cache)
+    self.batch = global_batch.host_batch_to_global(self.host_batch, mesh,
+                                                   mesh_lib.batch_spec())
+    self.rng = sharded_state.replicate(jax.random.key(1), mesh)
+    t0 = time.perf_counter()
+    self.compiled = step_fn.lower(self.state, self.batch, self.rng).compile()
+    self.compile_s = time.perf_counter() - t0
+    self.metrics = None
+
+  def __call__(self):
+    import jax  # pylint: disable=import-outside-toplevel
+    self.state, self.metrics = self.compiled(self.state, self.batch, self.rng)
+    jax.block_until_ready((self.state, self.metrics))
+
+
 def run(config, steps: int, warmup: int, latent_cache: bool = False) -> dict:
   """Compile and time the train step of `config`; returns the measurements. latent_cache: the
   batch carries next-obs latent moments (the step skips the codec)."""
   import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from uwm_jax.training import global_batch  # pylint: disable=import-outside-toplevel
-  from uwm_jax.diffusion import make_schedule  # pylint: disable=import-outside-toplevel
-  from uwm_jax.model.uwm import UnifiedWorldModel  # pylint: disable=import-outside-toplevel
-  from uwm_jax.training import flops as flops_lib  # pylint: disable=import-outside-toplevel
-  from uwm_jax.training import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
-  from uwm_jax.training import optimizer as optim_lib  # pylint: disable=import-outside-toplevel
-  from uwm_jax.training import sharded_state  # pylint: disable=import-outside-toplevel
-  from uwm_jax.training.train_step import make_train_step  # pylint: disable=import-outside-toplevel
 
   tc = config.train
-  mesh = mesh_lib.make_mesh(tc.mesh_shape)
-  model = UnifiedWorldModel(config.model)
-  tx = optim_lib.make_optimizer(config.optim, config.num_steps)
-  ema = tc.ema_decay > 0
-  abstract = sharded_state.abstract_train_state(model, tx, ema)
-  shardings = sharded_state.train_state_shardings(abstract, mesh, tc.partition_rules,
-                                                  tc.fsdp_min_size, log_decisions=False)
-  t0 = time.perf_counter()
-  state = sharded_state.init_train_state(model, tx, jax.random.key(config.seed), shardings, ema,
-                                         tc.compiler_options)
-  jax.block_until_ready(state)
-  init_s = time.perf_counter() - t0
-  step_fn = sharded_state.jit_train_step(
-      make_train_step(model, make_schedule(config.diffusion), tx, ema_decay=tc.ema_decay,
-                      nan_guard=tc.nan_guard), shardings, mesh, tc.compiler_options)
-  batch = global_batch.host_batch_to_global(
-      random_batch(config, np.random.default_rng(0), latent_cache), mesh, mesh_lib.batch_spec())
-  rng = sharded_state.replicate(jax.random.key(1), mesh)
-  t0 = time.perf_counter()
-  compiled = step_fn.lower(state, batch, rng).compile()
-  compile_s = time.perf_counter() - t0
+  prepared = PreparedStep(config, latent_cache)
   for _ in range(warmup):
-    state, metrics = compiled(state, batch, rng)
-  jax.block_until_ready(state)
+    prepared()
   t0 = time.perf_counter()
   for _ in range(steps):
-    state, metrics = compiled(state, batch, rng)
-  jax.block_until_ready((state, metrics))
+    prepared()
   step_s = (time.perf_counter() - t0) / steps
+  compiled, metrics = prepared.compiled, prepared.metrics
 
   flops = flops_lib.train_step_flops(config.model, latent_cache)
   step_flops = flops.per_sample * config.batch_size
@@ -121,12 +155,12 @@ def run(config, steps: int, warmup: int, latent_cache: bool = False) -> dict:
   peak = flops_lib.peak_flops_per_device(device.device_kind, tc.peak_tflops_per_device)
   result = {
       "device": f"{jax.device_count()} x {device.device_kind}",
-      "mesh": dict(mesh.shape),
+      "mesh": dict(prepared.mesh.shape),
       "batch_size": config.batch_size,
       "compute_dtype": config.model.compute_dtype,
       "latent_cache": bool(latent_cache),
-      "init_s": init_s,
-      "compile_s": compile_s,
+      "init_s": prepared.init_s,
+      "compile_s": prepared.compile_s,
       "step_time_ms": step_s * 1e3,
       "samples_per_s": config.batch_size / step_s,
       "tflop_per_step": step_flops / 1e12,
@@ -186,8 +220,96 @@ def format_comparison(results) -> str:
   return "\n".join(rows)
 
 
+def _timed(fn) -> float:
+  t0 = time.perf_counter()
+  fn()
+  return time.perf_counter() - t0
+
+
+def alternate(named: dict, rounds: int) -> dict:
+  """name -> callable, each run once untimed, then `rounds` times in turn (a, b, c, a, b, c ...)
+  -> name -> median seconds. Alternating keeps load from other processes from favouring one."""
+  for fn in named.values():
+    fn()
+  times = {k: [] for k in named}
+  for _ in range(rounds):
+    for k, fn in named.items():
+      times[k].append(_timed(fn))
+  return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def format_side_by_side(rows, ours: dict, theirs: dict) -> str:
+  """One row per part: ours, the reference's, reference / ours (> 1: ours is faster)."""
+  out = [f"{'part':<22}{'ours s':>10}{'torch s':>10}{'speed-up':>10}"]
+  for name in rows:
+    a, b = ours.get(name), theirs.get(name)
+    fmt = lambda x: f"{x:>10.3f}" if x is not None else f"{'-':>10}"
+    ratio = f"{b / a:>9.2f}x" if a and b else f"{'-':>10}"
+    out.append(f"{name:<22}{fmt(a)}{fmt(b)}{ratio}")
+  return "\n".join(out)
+
+
+def compare(config) -> None:
+  """Train step (latent cache on), its parts and the policy: ours against the PyTorch
+  re-implementation of the reference, alternating in one process."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  torch_ref = None
+  if _TORCH.value:
+    from uwm_jax.bench import torch_reference  # pylint: disable=import-outside-toplevel
+    torch_reference.set_threads(_THREADS.value)
+    schedule = make_schedule(config.diffusion)
+    torch_ref = torch_reference.TorchReference(config, schedule.alphas_cumprod,
+                                               schedule.timesteps)
+  rounds = _ROUNDS.value
+  prepared = PreparedStep(config, latent_cache=True)
+  ours, theirs, order = {}, {}, ["train step"]
+  if torch_ref is not None:
+    t = alternate({"ours": prepared, "torch": torch_ref.train_step(prepared.host_batch)}, rounds)
+    ours["train step"], theirs["train step"] = t["ours"], t["torch"]
+  else:
+    ours["train step"] = alternate({"ours": prepared}, rounds)["ours"]
+  if _BREAKDOWN.value:
+    parts = step_components.jax_components(config, prepared.host_batch, config.seed)
+    ref_parts = torch_ref.components(prepared.host_batch) if torch_ref is not None else {}
+    named = {}
+    for name, fn in parts.items():
+      named[("ours", name)] = fn
+      if name in ref_parts:
+        named[("torch", name)] = ref_parts[name]
+    for (who, name), sec in alternate(named, rounds).items():
+      (ours if who == "ours" else theirs)[name] = sec
+      if name not in order:
+        order.append(name)
+  if _POLICY_BATCH.value:
+    name = f"policy B={_POLICY_BATCH.value}"
+    model = UnifiedWorldModel(config.model)
+    params, frozen = model.init(jax.random.key(config.seed))
+    obs = random_batch(config, np.random.default_rng(2))["obs"][:1].repeat(
+        _POLICY_BATCH.value, axis=0)
+    sampler = sampling.make_sampler(model, config.diffusion, sampling.POLICY)
+    key = jax.random.key(3)
+    named = {"ours": lambda: jax.block_until_ready(sampler(params, frozen, {"obs": obs}, key))}
+    if torch_ref is not None:
+      named["torch"] = torch_ref.policy(obs)
+    t = alternate(named, rounds)
+    ours[name] = t["ours"]
+    if "torch" in t:
+      theirs[name] = t["torch"]
+    order.append(name)
+  print(f"{config.batch_size} samples per step, {config.model.compute_dtype}, latent cache on; "
+        f"median of {rounds} alternating rounds; {jax.devices()[0].device_kind}"
+        + (f", torch {_THREADS.value} threads" if torch_ref is not None else ""))
+  print(format_side_by_side(order, ours, theirs))
+  print(json.dumps({"ours_s": ours, "torch_s": theirs, "batch_size": config.batch_size,
+                    "compute_dtype": config.model.compute_dtype, "rounds": rounds}))
+
+
 def main(argv):
   del argv
+  if _TORCH.value or _BREAKDOWN.value or _POLICY_BATCH.value:
+    compare(_CONFIG.value)
+    return
   modes = {"both": (False, True), "off": (False,), "on": (True,)}[_LATENT_CACHE.value]
   results = []
   for latent_cache in modes:

@@ -65,15 +65,25 @@ def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
   return jnp.stack([h, s, maxc], axis=-1)
 
 
+def _pick(i: jax.Array, options) -> jax.Array:
+  """options[i] per element, i in [0, len(options)), as a chain of selects. (`jnp.choose`
+  lowers to a gather with a full index array per element: on a v5p it made the colour jitter
+  of a DROID batch move 212 GB per chip, 90 ms, more than the rest of the step.)"""
+  out = options[-1]
+  for k in range(len(options) - 2, -1, -1):
+    out = jnp.where(i == k, options[k], out)
+  return out
+
+
 def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
   h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
   i = jnp.floor(h * 6.0)
   f = h * 6.0 - i
   p, q, t = v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f))
   i = i.astype(jnp.int32) % 6
-  r = jnp.choose(i, [v, q, p, p, t, v], mode="clip")
-  g = jnp.choose(i, [t, v, v, q, p, p], mode="clip")
-  b = jnp.choose(i, [p, p, t, v, v, q], mode="clip")
+  r = _pick(i, [v, q, p, p, t, v])
+  g = _pick(i, [t, v, v, q, p, p])
+  b = _pick(i, [p, p, t, v, v, q])
   return jnp.stack([r, g, b], axis=-1)
 
 

@@ -22,10 +22,47 @@ def group_norm(channels: int, dtype, name: str) -> nn.GroupNorm:
   return nn.GroupNorm(num_groups=max(1, channels // 16), epsilon=GN_EPS, dtype=dtype, name=name)
 
 
-def conv(features: int, kernel: int, stride: int, dtype, name: str) -> nn.Conv:
-  pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype, name=name)
+def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _matmul_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+  """The same convolution as one matmul over im2col patches: (N, H', W', kh*kw*C) @
+  (kh*kw*C, F). Patches are (i, j, c)-ordered like the HWIO kernel's reshape."""
+  kh, kw, c, f = kernel.shape
+  x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  ho, wo = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+  cols = [x[:, i:i + (ho - 1) * stride + 1:stride, j:j + (wo - 1) * stride + 1:stride]
+          for i in range(kh) for j in range(kw)]
+  cols = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+  return jnp.dot(cols, kernel.reshape(kh * kw * c, f))
+
+
+class Conv(nn.Module):
+  """A bias-free square convolution with `nn.Conv`'s parameter (`kernel` (k, k, C, F),
+  LeCun-normal init) and result. On CPU it runs as one matmul over im2col patches: XLA:CPU's
+  convolutions, their backward pass above all, are 2-3x slower than the same work as a matmul
+  (docs/training.md, "Where the time goes"); other platforms use XLA's convolution."""
+  features: int
+  kernel_size: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k = self.kernel_size
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (k, k, x.shape[-1], self.features))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    pad = k // 2
+    return jax.lax.platform_dependent(
+        x, kernel, cpu=lambda a, b: _matmul_conv(a, b, self.stride, pad),
+        default=lambda a, b: _xla_conv(a, b, self.stride, pad))
+
+
+def conv(features: int, kernel: int, stride: int, dtype, name: str) -> Conv:
+  return Conv(features, kernel, stride, dtype, name=name)
 
 
 class BasicBlock(nn.Module):

@@ -110,6 +110,13 @@ def train_step_flops(model_cfg, latent_cache: bool = False) -> StepFlops:
   return StepFlops(image_encoder=img, noise_net=noise_net_flops(model_cfg), codec_encoder=codec)
 
 
+def policy_flops(model_cfg, num_inference_steps: int) -> int:
+  """FLOPs of one policy call for one sample: the ResNet on every current frame, then the noise
+  network once per DDIM step (no codec: the marginalised latent is noise)."""
+  images = train_step_flops(model_cfg, latent_cache=True).image_encoder
+  return images + num_inference_steps * noise_net_flops(model_cfg)
+
+
 # Dense bf16 peak FLOP/s per chip (vendor figures), matched against jax's device_kind.
 PEAK_FLOPS = (
     ("TPU v6", 918e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12), ("TPU v5p", 459e12),

@@ -37,7 +37,6 @@ import tqdm
 
 from uwm_jax.data import loader as loader_lib
 from uwm_jax.data import sources as sources_lib
-from uwm_jax.diffusion import make_schedule
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint as ckpt_lib
 from uwm_jax.runs import metrics_writer as writer_lib
@@ -47,7 +46,6 @@ from uwm_jax.training import global_batch as global_batch_lib
 from uwm_jax.training import mesh as mesh_lib
 from uwm_jax.training import optimizer as optim_lib
 from uwm_jax.training import sharded_state
-from uwm_jax.training.train_step import make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +354,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   mesh = mesh_lib.make_mesh(tc.mesh_shape)
   _check_batch_size(config, mesh)
   model = UnifiedWorldModel(config.model)
-  schedule = make_schedule(config.diffusion)
   optimizer = optim_lib.make_optimizer(config.optim, config.num_steps)
   manager = ckpt_lib.make_manager(
       ckpt_lib.checkpoint_dir(workdir), keep_last=tc.keep_last or None,
@@ -371,9 +368,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   if local_iter_state is not None:
     loader.set_state(local_iter_state)
 
-  step_fn = sharded_state.jit_train_step(
-      make_train_step(model, schedule, optimizer, ema_decay=tc.ema_decay,
-                      nan_guard=tc.nan_guard), shardings, mesh, tc.compiler_options)
+  step_fn = sharded_state.make_jitted_train_step(config, model, optimizer, shardings, mesh)
   base_rng = jax.random.key(config.seed)
   train_rng = sharded_state.replicate(jax.random.fold_in(base_rng, 1), mesh)
   evaluate = None

@@ -7,9 +7,12 @@ import jax
 import optax
 from jax.sharding import Mesh
 
+from uwm_jax.diffusion import make_schedule
 from uwm_jax.training import mesh as mesh_lib
+from uwm_jax.training import optimizer as optim_lib
 from uwm_jax.training import sharding as sharding_lib
 from uwm_jax.training.train_state import TrainState, create_train_state
+from uwm_jax.training.train_step import make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,25 @@ def jit_train_step(train_step: Callable, state_shardings: TrainState, mesh: Mesh
                  in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh), replicated),
                  out_shardings=(state_shardings, replicated),
                  donate_argnums=(0,), compiler_options=dict((compiler_options or {}).items()) or None)
+
+
+def make_jitted_train_step(config, model, optimizer: optax.GradientTransformation,
+                           state_shardings: TrainState, mesh: Mesh) -> Callable:
+  """The run's train step (`make_train_step` with the config's schedule, learning rate, EMA and
+  non-finite guard), jitted with `jit_train_step`: what training runs, benchmarks time and
+  `uwm_jax.bench.compile` compiles for TPU topologies."""
+  tc = config.train
+  step = make_train_step(model, make_schedule(config.diffusion), optimizer,
+                         optim_lib.make_lr_schedule(config.optim, config.num_steps),
+                         ema_decay=tc.ema_decay, nan_guard=tc.nan_guard)
+  return jit_train_step(step, state_shardings, mesh, tc.compiler_options)
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying `shardings` (same tree): inputs for `jit(...).lower` on devices
+  that hold no data (ahead-of-time compilation for a TPU topology)."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract, shardings)
 
 
 def replicate(x: Any, mesh: Mesh) -> Any:
