@@ -6,7 +6,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from uwm_jax.data import normalization
-from uwm_jax.data.global_batch import host_batch_to_global
+from uwm_jax.training.global_batch import host_batch_to_global
 
 
 def test_normalize_maps_range_to_unit_interval_and_round_trips():

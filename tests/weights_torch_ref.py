@@ -260,7 +260,7 @@ def sdxl_vae(device: str = "cpu") -> nn.Module:
 
 def reference_noise_net(model_cfg) -> TorchNoiseNet:
   """The reference's noise net for a uwm_jax model config (latent shape from its codec)."""
-  from uwm_jax.model.dims import latent_shape  # pylint: disable=import-outside-toplevel
+  from uwm_jax.dims import latent_shape  # pylint: disable=import-outside-toplevel
   V, chans, T, h, w = latent_shape(model_cfg)
   return TorchNoiseNet(
       global_cond_dim=V * T * model_cfg.image_feature_dim, views=V, chans=chans,

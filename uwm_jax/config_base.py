@@ -184,7 +184,7 @@ def eval_config() -> ml_collections.ConfigDict:
   e.first_seed = 100_000  # episode k resets with seed first_seed + k (demos use seeds from 0)
   e.num_envs = 10  # envs stepped in lockstep; one batched policy call serves all of them
   e.exec_steps = 16  # actions executed open loop per chunk (16 in sim as the reference; 8 real)
-  # ACT-style temporal ensembling of the policy's chunks (evaluation.policies.TemporalEnsemble):
+  # ACT-style temporal ensembling of the policy's chunks (policies.session.ChunkEnsemble):
   # each executed action averages every chunk's prediction for that step (weights
   # exp(-ensemble_decay * i), i = 0 for the oldest). Pair it with a small exec_steps.
   e.temporal_ensemble = False

@@ -205,7 +205,7 @@ class TorchReference:
     """One policy call: eval transform, ResNet, DDIM over the action with the latent at noise."""
     import torch  # pylint: disable=import-outside-toplevel
     obs_t = torch.from_numpy(obs)
-    from uwm_jax.model.dims import latent_shape  # pylint: disable=import-outside-toplevel
+    from uwm_jax.dims import latent_shape  # pylint: disable=import-outside-toplevel
     latent_shape = (obs.shape[0],) + latent_shape(self.cfg)
     ratio = self.num_train_steps // len(self.timesteps)
 
