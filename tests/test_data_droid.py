@@ -287,8 +287,9 @@ def test_max_episodes_takes_the_episodes_tfds_load_yields_first(shuffled_droid_d
   assert loaded != [p for paths in per_file for p in paths]  # not file after file
   # The reference: the first 12 WEIRD episodes tfds.load yields, in that order.
   out = str(tmp_path / "weird12")
-  convert.main(["droid", f"--builder_dir={shuffled_droid_dir}", f"--out={out}",
-                "--include=WEIRD", "--max_episodes=12"])
+  run = run_cli("uwm_jax.data.convert_rlds", "droid", f"--builder_dir={shuffled_droid_dir}",
+                f"--out={out}", "--include=WEIRD", "--max_episodes=12")
+  assert run.returncode == 0, run.stderr[-3000:]
   src = ConvertedSource("droid", out, profiles.droid_profile().camera_keys, (8, 8), 10)
   assert [m["file_path"] for m in src.metadata] == [p for p in loaded if "/WEIRD/" in p][:12]
   converted = [d for d in os.listdir(out) if d.startswith("shard-")]

@@ -15,7 +15,6 @@ from uwm_jax.data.loader import make_eval_loader
 from uwm_jax.evaluation import offline_metrics
 from uwm_jax.model.resnet import ResNet18GN
 from uwm_jax.model.uwm import UnifiedWorldModel
-from uwm_jax.training import distributed
 from uwm_jax.training import flops as flops_lib
 from uwm_jax.training import mesh as mesh_lib
 from uwm_jax.training.loop import EvalContext
@@ -125,16 +124,6 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path):
   acc.Reload()
   assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(10, 0.5)]
   assert acc.Scalars("eval/action_mse_marginal")[0].value == 0.25
-
-
-def test_cluster_detection():
-  assert distributed.detect_cluster({}) is None
-  assert distributed.detect_cluster({"TPU_WORKER_HOSTNAMES": "a,b,c,d"}) == "tpu"
-  assert distributed.detect_cluster({"TPU_WORKER_HOSTNAMES": "localhost"}) is None
-  assert distributed.detect_cluster({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "4"}) == "slurm"
-  assert distributed.detect_cluster({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "1"}) is None
-  with pytest.raises(ValueError, match="--process_id"):
-    distributed.initialize_distributed("127.0.0.1:1234", 2, -1)
 
 
 def test_ema_update():

@@ -9,7 +9,6 @@ from jax.sharding import Mesh
 
 from uwm_jax.diffusion import make_schedule
 from uwm_jax.training import mesh as mesh_lib
-from uwm_jax.training import optimizer as optim_lib
 from uwm_jax.training import sharding as sharding_lib
 from uwm_jax.training.train_state import TrainState, create_train_state
 from uwm_jax.training.train_step import make_train_step
@@ -62,7 +61,6 @@ def make_jitted_train_step(config, model, optimizer: optax.GradientTransformatio
   `uwm_jax.bench.compile` compiles for TPU topologies."""
   tc = config.train
   step = make_train_step(model, make_schedule(config.diffusion), optimizer,
-                         optim_lib.make_lr_schedule(config.optim, config.num_steps),
                          ema_decay=tc.ema_decay, nan_guard=tc.nan_guard)
   return jit_train_step(step, state_shardings, mesh, tc.compiler_options)
 
