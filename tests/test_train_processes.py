@@ -23,8 +23,8 @@ from configs import tiny
 from tests.helpers import FAST_COMPILE
 from uwm_jax.dims import model_dims
 from uwm_jax.runs import checkpoint as ckpt
-from uwm_jax.training import loop
 from uwm_jax.runs import metrics_writer
+from uwm_jax.training import loop, sharded_state
 
 pytestmark = pytest.mark.slow  # whole training runs, several of them as subprocesses
 
@@ -232,7 +232,7 @@ def test_non_finite_params_are_never_saved_even_without_the_guard(tmp_path, monk
   import jax.numpy as jnp
   workdir = str(tmp_path / "nan_params")
   cfg = _config(**{"train.save_every": 1, "train.nan_guard": False, "num_steps": 5})
-  real = loop.make_train_step
+  real = sharded_state.make_train_step  # the loop builds its step through sharded_state
 
   def poisoned(*args, **kwargs):
     step_fn = real(*args, **kwargs)
@@ -244,7 +244,7 @@ def test_non_finite_params_are_never_saved_even_without_the_guard(tmp_path, monk
                                              new.params)), metrics
     return train_step
 
-  monkeypatch.setattr(loop, "make_train_step", poisoned)
+  monkeypatch.setattr(sharded_state, "make_train_step", poisoned)
   with pytest.raises(FloatingPointError, match="params after step 3 are not finite") as err:
     loop.train(cfg, workdir)
   assert "last good checkpoint is step 2" in str(err.value)
