@@ -3,7 +3,7 @@
 The modules are the parity tests' PyTorch re-implementation of the reference
 (`tests/weights_torch_ref.py`: GroupNorm ResNet-18, DualNoisePredictionNet), so this needs a
 repository checkout and torch (the CPU build). Around them, what the reference's train step
-does (uwm_spec.md 3): image transforms (bilinear antialiased resize, one random crop per
+does (docs/model.md, "Observation encoder"): image transforms (bilinear antialiased resize, one random crop per
 camera, colour jitter), ResNet features, DDPM noising at random timesteps, the two MSE losses,
 backward, AdamW. Next-obs latents come as cached moments (the latent cache; no VAE), as in the
 measurement it is compared with. The policy: eval transform, ResNet, 10 DDIM steps of the noise
