@@ -217,17 +217,23 @@ def test_every_saved_step_has_a_checksum_manifest(saved):
     assert checksums.verify(os.path.join(directory, step)) is True
 
 
+def _restore_copy(cfg, copy, caplog, level):
+  """(step, state) that a trainer restores from the checkpoints folder `copy`, logs captured."""
+  _, _, abstract, shardings = _setup(cfg, (8, 1, 1), ema=True)
+  manager = ckpt.make_manager(copy)
+  with caplog.at_level(level):
+    step, state, _, _ = ckpt.restore_train_checkpoint(manager, abstract, shardings)
+  manager.close()
+  return step, state
+
+
 @pytest.mark.parametrize("item", ["params", "state"])
 def test_random_bytes_in_a_data_file_fall_back_to_the_previous_step(saved, tmp_path, caplog,
                                                                     item):
   cfg, host_state, directory = saved
   copy = _copy(directory, tmp_path)
   _scribble(_largest_file(os.path.join(copy, "2", item)))
-  _, _, abstract, shardings = _setup(cfg, (8, 1, 1), ema=True)
-  manager = ckpt.make_manager(copy)
-  with caplog.at_level(logging.INFO):
-    step, state, _, _ = ckpt.restore_train_checkpoint(manager, abstract, shardings)
-  manager.close()
+  step, state = _restore_copy(cfg, copy, caplog, logging.INFO)
   assert step == 1
   _assert_trees_equal(host_state, jax.device_get(state))
   warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
@@ -265,11 +271,7 @@ def test_checkpoint_without_manifest_loads_with_one_info_line(saved, tmp_path, c
   cfg, host_state, directory = saved
   copy = _copy(directory, tmp_path)
   os.remove(os.path.join(copy, "2", checksums.MANIFEST_FILENAME))
-  _, _, abstract, shardings = _setup(cfg, (8, 1, 1), ema=True)
-  manager = ckpt.make_manager(copy)
-  with caplog.at_level(logging.INFO):
-    step, state, _, _ = ckpt.restore_train_checkpoint(manager, abstract, shardings)
-  manager.close()
+  step, state = _restore_copy(cfg, copy, caplog, logging.INFO)
   assert step == 2
   _assert_trees_equal(host_state, jax.device_get(state))
   lines = [r.getMessage() for r in caplog.records if "without verification" in r.getMessage()]
@@ -282,11 +284,7 @@ def test_deleted_metadata_file_is_named(saved, tmp_path, caplog):
   for step in ("1", "2"):
     os.remove(os.path.join(copy, step, checksums.MANIFEST_FILENAME))  # the old layout
   os.remove(os.path.join(copy, "2", "state", "_METADATA"))
-  _, _, abstract, shardings = _setup(cfg, (8, 1, 1), ema=True)
-  manager = ckpt.make_manager(copy)
-  with caplog.at_level(logging.WARNING):
-    step, _, _, _ = ckpt.restore_train_checkpoint(manager, abstract, shardings)
-  manager.close()
+  step, _ = _restore_copy(cfg, copy, caplog, logging.WARNING)
   assert step == 1
   warning = [r.getMessage() for r in caplog.records if "step 2" in r.getMessage()][0]
   assert "state/_METADATA" in warning and "missing" in warning, warning
