@@ -1,7 +1,7 @@
 """The reference's train step and policy in PyTorch, timed beside ours by `bench.train_step --torch`.
 
 The modules are the parity tests' PyTorch re-implementation of the reference
-(`tests/weights_torch_ref.py`: GroupNorm ResNet-18, DualNoisePredictionNet), so this needs a
+(`uwm_jax/bench/torch_modules.py`: GroupNorm ResNet-18, DualNoisePredictionNet), so this needs a
 repository checkout and torch (the CPU build). Around them, what the reference's train step
 does (docs/model.md, "Observation encoder"): image transforms (bilinear antialiased resize, one random crop per
 camera, colour jitter), ResNet features, DDPM noising at random timesteps, the two MSE losses,
@@ -10,22 +10,16 @@ measurement it is compared with. The policy: eval transform, ResNet, 10 DDIM ste
 net with the next-obs latent held at noise, under `torch.inference_mode`.
 """
 
-import importlib.util
-import os
 from typing import Callable, Dict
 
 import numpy as np
 
 
 def _reference_modules():
-  """tests/weights_torch_ref.py of this checkout, imported by path."""
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "weights_torch_ref.py")
-  if not os.path.exists(path):
-    raise RuntimeError(f"--torch needs the repository's tests/weights_torch_ref.py ({path}).")
-  spec = importlib.util.spec_from_file_location("weights_torch_ref", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  """The PyTorch modules (`uwm_jax.bench.torch_modules`), imported when --torch asks: torch is
+  optional (the weights extra)."""
+  from uwm_jax.bench import torch_modules  # pylint: disable=import-outside-toplevel
+  return torch_modules
 
 
 def _rgb_to_hsv(rgb):

@@ -1,4 +1,5 @@
-"""PyTorch counterparts of the reference's modules, written from docs/model.md for parity tests.
+"""PyTorch counterparts of the reference's modules, written from docs/model.md: the weight-import
+parity tests and `bench.train_step --torch` both use them (torch: the weights extra).
 
 Module and parameter names follow the reference's state dicts (docs/weights.md, "State-dict
 layout of `models.pt`"; torchvision's ResNet-18): `TorchResNet18` (BatchNorm as torchvision, or GroupNorm(c/16) as the reference),
