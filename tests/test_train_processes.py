@@ -92,6 +92,10 @@ def reference_workdir(tmp_path_factory):
   result = loop.train(_config(**{"train.eval_every": 10, "train.keep_every": 4}), workdir,
                       make_evaluate=make_evaluate)
   assert result.step == NUM_STEPS
+  # The phases the CLI's last line reports, and the training phase's measured rate.
+  assert list(result.phase_seconds) == ["setup", "compilation", "training"]
+  assert all(s > 0 for s in result.phase_seconds.values())
+  assert result.steps_per_s == pytest.approx((NUM_STEPS - 1) / result.phase_seconds["training"])
   assert calls == [10, 20, 30] and result.last_eval_metrics == {"num_batches": 1, "step": 30}
   assert [r["step"] for r in metrics_writer.read_metrics(workdir, "eval")] == [10, 20, 30]
   return workdir
@@ -185,6 +189,13 @@ def test_two_processes_agree_with_one(reference, reference_workdir, tmp_path):
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-4000:]
   assert "process 0 of 2" in outputs[0] and "process 1 of 2" in outputs[1]
+  # Process 0 ends with the wall time of each phase (and logs the measured ETA on the way).
+  assert re.search(r"wall time [\d.]+ (s|min): setup [\d.]+ (s|min), compilation [\d.]+ (s|min), "
+                   r"training [\d.]+ (s|min) \(6 steps, [\d.]+ steps/s\)\n", outputs[0]), \
+      outputs[0][-2000:]
+  assert "wall time" not in outputs[1]
+  assert re.search(r"Measured [\d.]+ steps/s after compilation: the remaining \d+ steps take",
+                   outputs[0])
   losses = _losses(workdir)  # written by process 0 only
   assert sorted(losses) == list(range(1, steps + 1))
   for step, values in losses.items():

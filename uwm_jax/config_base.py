@@ -167,6 +167,9 @@ def train_config() -> ml_collections.ConfigDict:
   # XLA options for the init, train-step and eval executables, e.g.
   # {"xla_backend_optimization_level": 0} (CPU tests: 3x faster compiles, slower steps).
   t.compiler_options = ml_collections.ConfigDict()
+  # JAX's persistent compilation cache (a folder; "" = off): a rerun loads the compiled train
+  # step and evaluation executables instead of compiling them again.
+  t.compilation_cache_dir = ""
   return t
 
 

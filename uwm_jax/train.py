@@ -16,6 +16,8 @@ embedded task's datasets are generated first when the config asks for them
 (`config.data.demo_episodes`, `uwm_jax.data.demo_generation`), the loop receives the offline
 evaluation as its callback (`uwm_jax.evaluation.offline_metrics.make_validation_evaluate`), and
 with `config.eval.after_training` the final checkpoint is evaluated and summarised in one line.
+The last line gives the wall time of each phase (data generation, setup, compilation,
+training, evaluation); the log names the measured step rate and an ETA once it is known.
 
 Bad input (a missing config file, an unknown --config. field, a mesh that does not fit, a
 missing dataset or init_from, a workdir that is a file or held by another run) ends in one
@@ -52,16 +54,28 @@ def main(argv):
   import jax
   from uwm_jax.data import demo_generation
   from uwm_jax.evaluation import evaluator, offline_metrics
-  from uwm_jax.runs import checkpoint
+  from uwm_jax.runs import checkpoint, phases
   from uwm_jax.training import loop
   # pylint: enable=import-outside-toplevel
   workdir = _WORKDIR.value or cli_config.default_workdir(cli_config.config_arg())
+  if config.train.compilation_cache_dir:  # reruns load their executables instead of compiling
+    jax.config.update("jax_compilation_cache_dir", config.train.compilation_cache_dir)
+  clock = phases.PhaseClock()
   if jax.process_index() == 0:
-    demo_generation.prepare(config)  # the embedded task's datasets, on first use
-  loop.train(config, workdir, make_evaluate=offline_metrics.make_validation_evaluate)
+    with clock.phase("data generation"):
+      made = demo_generation.prepare(config)  # the embedded task's datasets, on first use
+    if not made:
+      clock.seconds.pop("data generation")
+  result = loop.train(config, workdir, make_evaluate=offline_metrics.make_validation_evaluate)
+  clock.update(result.phase_seconds, {"training": f"{config.num_steps} steps, "
+                                      f"{result.steps_per_s:.3g} steps/s"}
+               if result.steps_per_s else None)
   if config.eval.after_training and jax.process_index() == 0:  # rollouts + one summary line
-    result = evaluator.evaluate_checkpoint(checkpoint.checkpoint_dir(workdir))
-    print(evaluator.summary_line(result, config.eval.env))
+    with clock.phase("evaluation"):
+      evaluated = evaluator.evaluate_checkpoint(checkpoint.checkpoint_dir(workdir))
+    print(evaluator.summary_line(evaluated, config.eval.env))
+  if jax.process_index() == 0:
+    print(clock.line())
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ def jax_components(config, host_batch: Dict[str, np.ndarray],
   key = jax.random.key(seed + 1)
   cached = B_.has_cached_latents(host_batch)
   obs_img = jax.jit(lambda o, k: model.transform(o, None, k, True)[0])(batch[B_.OBS], key)
-  cond = jax.jit(model.global_cond)(params, obs_img)
+  low_dim = batch.get(B_.LOW_DIM)  # (B, T_o, D_low) when model.low_dim_dim > 0
+  cond = jax.jit(model.global_cond)(params, obs_img, low_dim)
   B = obs_img.shape[0]
   t = jnp.zeros((B,), jnp.int32) + 50
   action = batch[B_.ACTION]
@@ -39,7 +40,7 @@ def jax_components(config, host_batch: Dict[str, np.ndarray],
             jnp.zeros((B,) + model.dims.latent_shape, jnp.float32))
 
   def resnet(p, images):
-    return model.global_cond({"image_encoder": cast_floats(p, dtype)}, images)
+    return model.global_cond({"image_encoder": cast_floats(p, dtype)}, images, low_dim)
 
   def noise_net(p, c):
     return model.predict_noise({"noise_net": cast_floats(p, dtype)}, c, action, t, latent, t)

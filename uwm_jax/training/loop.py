@@ -40,6 +40,7 @@ from uwm_jax.data import sources as sources_lib
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint as ckpt_lib
 from uwm_jax.runs import metrics_writer as writer_lib
+from uwm_jax.runs import phases
 from uwm_jax.runs import workdir_lock
 from uwm_jax.training import flops as flops_lib
 from uwm_jax.training import global_batch as global_batch_lib
@@ -48,6 +49,8 @@ from uwm_jax.training import optimizer as optim_lib
 from uwm_jax.training import sharded_state
 
 log = logging.getLogger(__name__)
+
+_ETA_AFTER_STEPS = 50  # steps timed after compilation before the ETA is logged
 
 STATS_FILENAME = "dataset_stats.json"
 AVERAGED = ("loss", "action_loss", "dynamics_loss", "grad_norm")
@@ -87,6 +90,10 @@ class TrainResult:
   dataset_stats: dict
   last_train_metrics: Dict[str, float]
   last_eval_metrics: Dict[str, float]
+  # Wall seconds of this call's phases: setup (state, data, evaluation callback), compilation
+  # (the first step), training (every later step, checkpoints and evaluations included).
+  phase_seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
+  steps_per_s: Optional[float] = None  # the training phase's rate (None: no step after the first)
 
 
 def _check_batch_size(config, mesh) -> None:
@@ -348,8 +355,17 @@ def train(config: ml_collections.ConfigDict, workdir: str,
       lock.release()
 
 
+def eta_line(rate: float, remaining: int, now: Optional[float] = None) -> str:
+  """The honest ETA, from the step rate measured after compilation."""
+  seconds = remaining / max(rate, 1e-9)
+  end = time.strftime("%H:%M", time.localtime((now or time.time()) + seconds))
+  return (f"Measured {rate:.3g} steps/s after compilation: the remaining {remaining} steps take "
+          f"~{phases.format_seconds(seconds)} (until ~{end}).")
+
+
 def _train(config: ml_collections.ConfigDict, workdir: str,
            make_evaluate: Optional[MakeEvaluate]) -> TrainResult:
+  t_setup = time.perf_counter()
   tc = config.train
   mesh = mesh_lib.make_mesh(tc.mesh_shape)
   _check_batch_size(config, mesh)
@@ -421,6 +437,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   behind = _OneStepBehind(record)  # metrics are read a step behind the device
   data_iter_state = loader.get_state()
   preempted_at = None
+  seconds = {"setup": time.perf_counter() - t_setup}
+  t_train = None  # after the first (compiling) step
+  eta_at = None  # the step after which the ETA is logged
   try:
     for step in range(start + 1, config.num_steps + 1):
       batch = to_global(next(loader))
@@ -431,12 +450,20 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         t_compile = time.perf_counter()
       state, device_metrics = step_fn(state, batch, train_rng)
       if bar is None:
-        log.info("Train step compiled in %.1f s.", time.perf_counter() - t_compile)
+        jax.block_until_ready(device_metrics)
+        seconds["compilation"] = time.perf_counter() - t_compile
+        log.info("Train step compiled in %.1f s.", seconds["compilation"])
+        t_train = time.perf_counter()
+        eta_at = step + min(_ETA_AFTER_STEPS, max(1, (config.num_steps - step) // 10))
         bar = tqdm.tqdm(total=config.num_steps, initial=step - 1, desc="train", unit="step",
                         disable=not tc.progress_bar or jax.process_index() != 0,
                         dynamic_ncols=True)
       behind.push(step, device_metrics)
       bar.update(1)
+      if step == eta_at and step < config.num_steps:
+        jax.block_until_ready(device_metrics)
+        log.info("%s", eta_line((step - start - 1) / (time.perf_counter() - t_train),
+                                config.num_steps - step))
       last = step == config.num_steps
       if manager.should_save(step) or last:
         behind.catch_up()  # every step up to the checkpoint is recorded (and checked) first
@@ -472,5 +499,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                 "command to resume.", preempted_at)
     raise Preempted(preempted_at)
   log.info("%s", closing_line(config.num_steps, last_train, last_eval, workdir, tc.tensorboard))
+  rate = None
+  if t_train is not None:
+    seconds["training"] = time.perf_counter() - t_train
+    trained = config.num_steps - start - 1  # after the compiling step
+    rate = trained / seconds["training"] if trained > 0 else None
   return TrainResult(state=state, step=int(jax.device_get(state.step)), dataset_stats=stats,
-                     last_train_metrics=last_train, last_eval_metrics=last_eval)
+                     last_train_metrics=last_train, last_eval_metrics=last_eval,
+                     phase_seconds=seconds, steps_per_s=rate)
