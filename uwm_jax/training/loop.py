@@ -50,7 +50,8 @@ from uwm_jax.training import sharded_state
 
 log = logging.getLogger(__name__)
 
-_ETA_AFTER_STEPS = 50  # steps timed after compilation before the ETA is logged
+_ETA_WARMUP_STEPS = 10  # steps after compilation left out of the ETA's timing
+_ETA_AFTER_STEPS = 50  # steps timed for the ETA
 
 STATS_FILENAME = "dataset_stats.json"
 AVERAGED = ("loss", "action_loss", "dynamics_loss", "grad_norm")
@@ -438,8 +439,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   data_iter_state = loader.get_state()
   preempted_at = None
   seconds = {"setup": time.perf_counter() - t_setup}
-  t_train = None  # after the first (compiling) step
-  eta_at = None  # the step after which the ETA is logged
+  t_train = t_eta = None  # after the first (compiling) step; when the ETA's timing starts
+  eta_from = eta_at = None  # the ETA is timed from step eta_from and logged after eta_at
   try:
     for step in range(start + 1, config.num_steps + 1):
       batch = to_global(next(loader))
@@ -454,7 +455,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         seconds["compilation"] = time.perf_counter() - t_compile
         log.info("Train step compiled in %.1f s.", seconds["compilation"])
         t_train = time.perf_counter()
-        eta_at = step + min(_ETA_AFTER_STEPS, max(1, (config.num_steps - step) // 10))
+        # The ETA is timed over steps after a few warm-up ones (the first steps after
+        # compilation run slower while the input pipeline and allocator settle).
+        eta_from = step + min(_ETA_WARMUP_STEPS, max(0, (config.num_steps - step) // 20))
+        eta_at = eta_from + min(_ETA_AFTER_STEPS, max(1, (config.num_steps - step) // 10))
+      if step == eta_from:
+        jax.block_until_ready(device_metrics)
+        t_eta = time.perf_counter()
         bar = tqdm.tqdm(total=config.num_steps, initial=step - 1, desc="train", unit="step",
                         disable=not tc.progress_bar or jax.process_index() != 0,
                         dynamic_ncols=True)
@@ -462,7 +469,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       bar.update(1)
       if step == eta_at and step < config.num_steps:
         jax.block_until_ready(device_metrics)
-        log.info("%s", eta_line((step - start - 1) / (time.perf_counter() - t_train),
+        log.info("%s", eta_line((step - eta_from) / (time.perf_counter() - t_eta),
                                 config.num_steps - step))
       last = step == config.num_steps
       if manager.should_save(step) or last:
