@@ -459,12 +459,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         # compilation run slower while the input pipeline and allocator settle).
         eta_from = step + min(_ETA_WARMUP_STEPS, max(0, (config.num_steps - step) // 20))
         eta_at = eta_from + min(_ETA_AFTER_STEPS, max(1, (config.num_steps - step) // 10))
-      if step == eta_from:
-        jax.block_until_ready(device_metrics)
-        t_eta = time.perf_counter()
         bar = tqdm.tqdm(total=config.num_steps, initial=step - 1, desc="train", unit="step",
                         disable=not tc.progress_bar or jax.process_index() != 0,
                         dynamic_ncols=True)
+      if step == eta_from:
+        jax.block_until_ready(device_metrics)
+        t_eta = time.perf_counter()
       behind.push(step, device_metrics)
       bar.update(1)
       if step == eta_at and step < config.num_steps:
