@@ -229,7 +229,7 @@ class VideoClipsSource(EpisodeSource):
     if n <= NAMED_UNREADABLE or n in (10, 100, 1000, 10000):
       logging.warning("%s: %d clips unreadable at load time so far; %s replaced by the next "
                       "readable clip (%s: %s).", self.name, n, name, type(error).__name__,
-                      str(error).splitlines()[0][:200] if str(error) else "")
+                      (str(error).strip().splitlines() or [""])[0][:200])
 
   def frames(self, episode: int, indices: np.ndarray) -> np.ndarray:
     """(V, len(indices), H, W, 3); a clip that fails to decode is replaced by the same
