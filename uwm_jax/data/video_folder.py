@@ -237,13 +237,14 @@ class VideoClipsSource(EpisodeSource):
     indices = np.asarray(indices, np.int64)
     if indices.min(initial=0) < 0 or indices.max(initial=0) >= self.episode_lengths[episode]:
       raise IndexError(f"{self.episode_name(episode)}: frames {indices} out of range.")
+    first = int(indices.min()) if len(indices) else 0
     first_error = None
     for k in range(self.num_episodes):
       ep = (episode + k) % self.num_episodes
       if self.files[ep] in self.unreadable:
         continue
       try:
-        return self._decode(ep, indices if k == 0 else indices - indices.min(initial=0))
+        return self._decode(ep, indices if k == 0 else indices - first)
       except Exception as e:  # pylint: disable=broad-except
         first_error = first_error or e
         self._note_unreadable(ep, e)
