@@ -60,15 +60,18 @@ def clip_list(folder: str = "", index_file: str = "",
 
 def strided_clip(path: str, frame_stride: float, image_shape: Tuple[int, int]) -> np.ndarray:
   """(L, H, W, 3) uint8: the clip's frames taken every `frame_stride` source frames, resized
-  and cropped as at load time (`video_folder.VideoClipsSource`), decoded in one pass."""
+  and cropped as at load time (`video_folder.VideoClipsSource`), decoded in one pass that keeps
+  only the resized frames it needs (a long clip does not fill the memory)."""
+  kept, n = [], 0
   with imageio.get_reader(path, format="ffmpeg") as r:
-    source = [np.asarray(f)[..., :3] for f in r]
-  n = len(source)
-  wanted = video_folder.strided_source_indices(
-      np.arange(video_folder.strided_length(n, frame_stride)), frame_stride, n)
-  if not len(wanted):
+    for n, frame in enumerate(r, start=1):
+      # Stored frame i shows source frame round(i * stride) (`strided_source_indices`).
+      while round(len(kept) * frame_stride) == n - 1:
+        kept.append(video_folder.resize_cover_crop(np.asarray(frame)[..., :3], image_shape))
+  kept = kept[:video_folder.strided_length(n, frame_stride)]  # the loader's episode length
+  if not kept:
     return np.zeros((0,) + tuple(image_shape) + (3,), np.uint8)
-  return np.stack([video_folder.resize_cover_crop(source[i], image_shape) for i in wanted])
+  return np.stack(kept)
 
 
 def convert_clip_shard(paths: Sequence[str], names: Sequence[str], shard: int, num_shards: int,
