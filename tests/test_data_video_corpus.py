@@ -16,7 +16,7 @@ from uwm_jax import batch as batch_lib
 from uwm_jax.data import array_record_format as fmt
 from uwm_jax.data import convert_rlds, convert_video, loader, source_configs
 from uwm_jax.data.converted import ConvertedSource
-from uwm_jax.data.sources import build_source
+from uwm_jax.data.sources import build_source, check_sources
 from uwm_jax.data.video_folder import VideoFolderSource, read_index_file
 from uwm_jax.data.windows import SOURCE, WindowReader
 
@@ -95,6 +95,18 @@ def test_unreadable_clip_is_skipped_with_one_logged_count(corpus, caplog, tmp_pa
   np.testing.assert_array_equal(src.frames(0, np.arange(5, 8)), want)
   np.testing.assert_array_equal(src.frames(0, np.arange(3)), want)
   assert src.unreadable == [first]
+
+
+def test_missing_or_empty_index_file_is_one_clear_error(corpus, tmp_path):
+  c = _index_config(corpus)
+  check_sources(c)
+  c.data.sources.ssv2.path = str(tmp_path / "missing.txt")
+  with pytest.raises(FileNotFoundError, match="'ssv2'.*missing.txt.*sources.ssv2.path"):
+    check_sources(c)
+  (tmp_path / "empty.txt").write_text("# nothing yet\n\n")
+  c.data.sources.ssv2.path = str(tmp_path / "empty.txt")
+  with pytest.raises(ValueError, match="'ssv2'.*no usable video.*lists none"):
+    build_source("ssv2", c.data.sources.ssv2, c.model)
 
 
 def _convert(folder, out, **kw):
