@@ -24,6 +24,7 @@ clip and counted (`unreadable`), so a corrupt file never stops training.
 import json
 import logging
 import os
+import socket
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import imageio.v2 as imageio
@@ -194,7 +195,7 @@ class VideoClipsSource(EpisodeSource):
       out.append(int(entry["frames"]))
     if changed:
       try:
-        tmp = f"{cache_path}.tmp{os.getpid()}"
+        tmp = f"{cache_path}.tmp-{socket.gethostname()}-{os.getpid()}"  # hosts share it
         with open(tmp, "w") as f:
           json.dump(cache, f)
         os.replace(tmp, cache_path)
