@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import types
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tqdm
@@ -301,17 +301,29 @@ def convert_rlds(builder_path: str, out_dir: str, profile: profiles_lib.RldsProf
   builder = rlds_read.open_builder(builder_path)
   params = _conversion_params(builder, builder_path, split, profile, episode_filter,
                               max_episodes, dataset)
-  mine = start_conversion(out_dir, params, process_index, process_count)
   n = params["num_input_shards"]
+  return convert_shards(
+      out_dir, params,
+      lambda k: convert_shard(builder, split, k, n, out_dir, profile, episode_filter, dataset,
+                              image_format),
+      # False when the first max_episodes matches lie in other, finished shards.
+      needed=lambda k: _shard_needed(out_dir, params, k),
+      process_index=process_index, process_count=process_count, progress=progress)
+
+
+def convert_shards(out_dir: str, params: dict, convert_one: Callable[[int], dict], *,
+                   needed: Callable[[int], bool] = lambda k: True, process_index: int = 0,
+                   process_count: int = 1, progress: bool = True) -> bool:
+  """The conversion loop of this process: `start_conversion`, then `convert_one(k)` for each
+  of its input shards k not finished yet (and `needed`), logging each shard's summary; True
+  when `finalize` finds the dataset complete and writes dataset.json."""
+  mine = start_conversion(out_dir, params, process_index, process_count)
+  n, dataset = params["num_input_shards"], params["dataset"]
   for k in tqdm.tqdm(mine, desc=f"convert {dataset} [{process_index}/{process_count}]",
                      disable=not progress):
-    if fmt.shard_done(out_dir, k, n):
+    if fmt.shard_done(out_dir, k, n) or not needed(k):
       continue
-    if not _shard_needed(out_dir, params, k):
-      continue  # the first max_episodes matches lie in other, finished shards
-    summary = convert_shard(builder, split, k, n, out_dir, profile, episode_filter, dataset,
-                            image_format)
-    logging.info("%s shard %d/%d: %s", dataset, k, n, summary)
+    logging.info("%s shard %d/%d: %s", dataset, k, n, convert_one(k))
   return finalize(out_dir)
 
 

@@ -33,7 +33,6 @@ from typing import List, Sequence, Tuple
 
 import imageio.v2 as imageio
 import numpy as np
-import tqdm
 from absl import app, flags
 
 from uwm_jax import cli_config
@@ -151,16 +150,14 @@ def convert_video(out_dir: str, *, folder: str = "", index_file: str = "",
                              frame_stride=frame_stride, padding=padding,
                              clips_per_shard=clips_per_shard, min_bytes=min_bytes,
                              max_bytes=max_bytes, dataset=dataset)
-  mine = convert_rlds.start_conversion(out_dir, params, process_index, process_count)
   n = params["num_input_shards"]
-  for k in tqdm.tqdm(mine, desc=f"convert {dataset} [{process_index}/{process_count}]",
-                     disable=not progress):
-    if fmt.shard_done(out_dir, k, n):
-      continue
+
+  def convert_one(k: int) -> dict:
     part = slice(k * clips_per_shard, (k + 1) * clips_per_shard)
-    summary = convert_clip_shard(paths[part], names[part], k, n, out_dir, params)
-    logging.info("%s shard %d/%d: %s", dataset, k, n, summary)
-  return convert_rlds.finalize(out_dir)
+    return convert_clip_shard(paths[part], names[part], k, n, out_dir, params)
+
+  return convert_rlds.convert_shards(out_dir, params, convert_one, process_index=process_index,
+                                     process_count=process_count, progress=progress)
 
 
 def _parse_shape(text: str) -> Tuple[int, int]:
