@@ -140,3 +140,6 @@ def test_recipe_survives_json_and_names_the_ood_shifts_only_when_there_are_some(
   assert "shifts" not in got["tabletop_push"]["spec"]
   assert got["tabletop_push_ood"]["spec"]["shifts"] == ["lighting", "table", "distractor",
                                                          "camera"]
+  # ... and the shifts' settings (colours, distractor, camera moves) through the scene hash.
+  assert got["tabletop_push_ood"]["scene_sha1"].startswith(got["tabletop_push"]["scene_sha1"] +
+                                                           "+ood")

@@ -87,6 +87,7 @@ def recipe(spec, camera_keys, num_episodes: int, episode_options: dict) -> dict:
   shifts = spec_fields.pop("shifts", ())
   if shifts:  # the out-of-distribution variant; in-distribution recipes stay as they were
     spec_fields["shifts"] = list(shifts)
+    scene += "+ood" + hashlib.sha1(json.dumps(tabletop.ood_settings()).encode()).hexdigest()[:12]
   return {"spec": spec_fields, "scene_sha1": scene,
           "camera_keys": list(camera_keys), "episodes": int(num_episodes), **episode_options}
 

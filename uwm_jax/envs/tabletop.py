@@ -110,6 +110,14 @@ def sample_layout(rng: np.random.Generator, task: str,
       return {"pusher": pusher, "puck": puck, "goal": goal}
 
 
+def ood_settings() -> dict:
+  """The values the out-of-distribution shifts use (a generated OOD dataset records them)."""
+  return {"headlight": OOD_HEADLIGHT, "side_light": OOD_SIDE_LIGHT, "table_rgba": OOD_TABLE_RGBA,
+          "distractor": [DISTRACTOR_HALF_SIZE, DISTRACTOR_RGBA, DISTRACTOR_CLEARANCE,
+                         DISTRACTOR_RANGE],
+          "cameras": [OOD_FRONT_CAMERA_SHIFT, float(OOD_TOP_CAMERA_ROLL)]}
+
+
 def load_model(spec: "TabletopSpec") -> mujoco.MjModel:
   """push.xml compiled, with the spec's out-of-distribution shifts applied."""
   unknown = [x for x in spec.shifts if x not in OOD_SHIFTS]
