@@ -2,11 +2,11 @@
 
   write_droid_fixture(data_dir, num_episodes=6)      # TFDS RLDS, builder `droid`, tfrecord
   write_libero_hdf5_fixture(path, num_demos=3)       # one LIBERO demonstration HDF5 file
-  write_video_fixture(path, num_frames=48)           # an mp4 clip
+  write_video_fixture(path, num_frames=48)           # an mp4 or webm clip
 
-The DROID writer ships in the package (`uwm_jax.bench.droid_sample`: the data benchmark uses
-it); the others are test-only. Images are moving shapes (`uwm_jax.data.synthetic`), so
-JPEG/PNG/H.264 compression and decoding are exercised on structured content; values are
+The DROID and video writers ship in the package (`uwm_jax.bench.droid_sample`,
+`uwm_jax.bench.video_sample`: the data benchmark uses them); the LIBERO one is test-only. Images
+are moving shapes (`uwm_jax.data.synthetic`), so JPEG/PNG/H.264/VP9 compression and decoding are exercised on structured content; values are
 deterministic given `seed`.
 """
 
@@ -15,11 +15,11 @@ import os
 from typing import Optional, Sequence, Tuple
 
 import h5py
-import imageio.v2 as imageio
 import numpy as np
 
 from uwm_jax.bench.droid_sample import (  # pylint: disable=unused-import
     DROID_LABS, droid_episode, moving_shapes, write_droid_fixture)
+from uwm_jax.bench.video_sample import write_video_clip
 from uwm_jax.config_base import LIBERO_CAMERA_KEYS
 
 
@@ -86,11 +86,6 @@ def write_libero_hdf5_fixture(path: str, num_demos: int = 3, *, lengths: Sequenc
 
 def write_video_fixture(path: str, num_frames: int = 48, image_shape: Tuple[int, int] = (
     64, 96), fps: int = 15, seed: int = 0) -> np.ndarray:
-  """An H.264 mp4 of moving shapes (imageio-ffmpeg); returns the frames written (L, H, W, 3)."""
-  frames = moving_shapes(num_frames, image_shape, 1, seed=seed)[0]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1,
-                          ffmpeg_log_level="error") as w:
-    for im in frames:
-      w.append_data(im)
-  return frames
+  """An mp4 (H.264) or webm (VP9) clip of moving shapes, by the extension of `path`
+  (`uwm_jax.bench.video_sample`); returns the frames written (L, H, W, 3)."""
+  return write_video_clip(path, num_frames, image_shape, fps, seed)

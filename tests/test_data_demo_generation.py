@@ -113,3 +113,33 @@ def test_wait_steps_open_the_episode_with_the_rollouts_padded_history():
     np.testing.assert_array_equal(obs[key][0], obs[key][1])
   # Then the expert does what it does without the wait.
   np.testing.assert_allclose(waited["action"][1:], plain["action"], atol=1e-6)
+
+
+def _recipes():
+  """Worker-side (MuJoCo): the recipes of the in-distribution and the OOD task."""
+  from uwm_jax import envs as envs_lib
+  from uwm_jax.envs import tabletop
+  out = {}
+  for name in ("tabletop_push", "tabletop_push_ood"):
+    task, shifts = envs_lib.embedded_task_shifts(name)
+    spec = tabletop.TabletopSpec(task=task, shifts=shifts)
+    out[name] = demo_generation.recipe(spec, ("front_rgb",), 4, {"hold_steps": 2})
+  return out
+
+
+def test_recipe_survives_json_and_names_the_ood_shifts_only_when_there_are_some():
+  import json
+  worker = remote.Worker()
+  try:
+    got = worker.call(_recipes)
+  finally:
+    worker.close()
+  for recipe in got.values():
+    assert json.loads(json.dumps(recipe)) == recipe  # a stored recipe matches a new one
+  # Datasets generated before the OOD variant existed keep matching their recipe.
+  assert "shifts" not in got["tabletop_push"]["spec"]
+  assert got["tabletop_push_ood"]["spec"]["shifts"] == ["lighting", "table", "distractor",
+                                                         "camera"]
+  # ... and the shifts' settings (colours, distractor, camera moves) through the scene hash.
+  assert got["tabletop_push_ood"]["scene_sha1"].startswith(got["tabletop_push"]["scene_sha1"] +
+                                                           "+ood")

@@ -9,7 +9,7 @@ from configs import tiny
 from uwm_jax import batch as batch_lib
 from tests import fixtures
 from uwm_jax.data import loader, source_configs
-from uwm_jax.data.video_folder import INDEX_FILE, VideoFolderSource, resize_cover_crop
+from uwm_jax.data.video_folder import FRAME_COUNT_CACHE, VideoFolderSource, resize_cover_crop
 from uwm_jax.data.windows import SOURCE, WindowReader
 from uwm_jax.dims import model_dims
 
@@ -40,7 +40,7 @@ def test_clips_fill_views_with_strided_resized_frames(video_dir):
   window = model_dims(c.model).window
   src = VideoFolderSource.from_config("video", c.data.sources.video, c.model)
   assert src.files == ["a.mp4", os.path.join("sub", "b.mp4")]  # short and tiny files skipped
-  assert os.path.exists(os.path.join(folder, INDEX_FILE))
+  assert os.path.exists(os.path.join(folder, FRAME_COUNT_CACHE))
   np.testing.assert_array_equal(src.episode_lengths, [20, 15])  # 40 and 30 frames, stride 2
   reader = WindowReader([src], c.model, {"action": {"min": [0] * 4, "max": [1] * 4}})
   sample = reader((0, 0, 3))

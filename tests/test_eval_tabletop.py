@@ -134,3 +134,78 @@ def test_push_layouts_start_the_pusher_within_the_arc_behind_the_puck():
     worker.close()
   assert narrow.max() <= np.deg2rad(60) + 1e-9 and gaps.min() >= 0.09
   assert wide.max() > np.deg2rad(120)  # the full circle is still available
+
+
+# ---------------------------------------------------------------- out-of-distribution variant
+def _id_and_ood(names, seeds, num_actions):
+  """Worker-side, per env name: the initial state vectors per seed, (qpos, qvel) after the same
+  random actions from each seed, the first observation's images, and the distractor's place."""
+  from uwm_jax import envs as envs_lib
+  from uwm_jax.envs import tabletop
+  out = {}
+  for name in names:
+    task, shifts = envs_lib.embedded_task_shifts(name)
+    env = tabletop.TabletopEnv(tabletop.TabletopSpec(task=task, shifts=shifts))
+    rng = np.random.default_rng(0)
+    states, physics, images, distractor = [], [], [], []
+    for seed in seeds:
+      obs = env.reset(seed)
+      states.append(obs["state"])
+      images.append({k: obs[k] for k in env.camera_keys})
+      distractor.append(env.data.mocap_pos[-1, :2].copy() if "distractor" in shifts else None)
+      for _ in range(num_actions):
+        env.step(rng.uniform(-1, 1, 2))
+      physics.append(np.concatenate([env.data.qpos, env.data.qvel, env.data.ctrl]))
+    out[name] = (np.stack(states), np.stack(physics), images, distractor)
+    env.close()
+  return out
+
+
+def test_ood_variant_changes_only_the_images():
+  from uwm_jax import envs as envs_lib
+  ood = [n for n in envs_lib.EMBEDDED_TASKS if n.startswith("tabletop_push_ood")]
+  assert len(ood) == 1 + len(envs_lib.OOD_SHIFTS)
+  seeds = SEEDS[:3]
+  worker = remote.Worker()
+  try:
+    got = worker.call(_id_and_ood, ["tabletop_push"] + ood, seeds, 20)
+    again = worker.call(_id_and_ood, ["tabletop_push_ood"], seeds, 0)["tabletop_push_ood"]
+  finally:
+    worker.close()
+  states, physics, images, _ = got["tabletop_push"]
+  for name in ood:
+    o_states, o_physics, o_images, distractor = got[name]
+    np.testing.assert_array_equal(o_states, states, err_msg=name)  # same placements
+    np.testing.assert_array_equal(o_physics, physics, err_msg=name)  # same dynamics
+    for seed_images, id_images in zip(o_images, images):
+      assert any(not np.array_equal(seed_images[k], id_images[k]) for k in id_images), name
+    if name == "tabletop_push_ood":
+      for k in images[0]:  # the full variant changes both cameras
+        assert not np.array_equal(o_images[0][k], images[0][k]), k
+      for xy, state in zip(distractor, o_states):
+        assert min(np.linalg.norm(xy - state[i:i + 2]) for i in (0, 2, 4)) > 0.08
+      np.testing.assert_array_equal(again[3], distractor)  # seeded like the layout
+
+
+def test_ood_variant_runs_through_the_rollout_loop_like_the_task():
+  seeds = SEEDS[:3]
+  worker = remote.Worker()
+  try:
+    actions = [a for a, _ in worker.call(_expert_actions, seeds)]
+  finally:
+    worker.close()
+  from uwm_jax import envs as envs_lib
+  results = {}
+  for name in ("tabletop_push", "tabletop_push_ood"):
+    envs, close = envs_lib.make_envs(name, 3, _Config)
+    try:
+      results[name] = rollout.run_rollouts(
+          envs, ReplayPolicy(actions, horizon=16), [rollout.Episode(seed=s) for s in seeds],
+          camera_keys=_Config.model.camera_keys, exec_steps=8, max_steps=100, num_videos=1,
+          progress=False)
+    finally:
+      close()
+  base, ood = results["tabletop_push"], results["tabletop_push_ood"]
+  assert ood.success_rate == base.success_rate == 1.0
+  assert [e.length for e in ood.episodes] == [e.length for e in base.episodes]
+  assert not np.array_equal(ood.episodes[0].frames[0], base.episodes[0].frames[0])

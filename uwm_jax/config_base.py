@@ -181,7 +181,7 @@ def eval_config() -> ml_collections.ConfigDict:
   e = ml_collections.ConfigDict()
   e.seed = 0
   # Closed-loop rollouts (uwm_jax.evaluation.rollout): "" = none; names in
-  # uwm_jax.envs: tabletop_push, tabletop_reach, libero/<task>.
+  # uwm_jax.envs: tabletop_push, tabletop_reach (+ _ood: out of distribution), libero/<task>.
   e.env = ""
   e.num_episodes = 50
   e.first_seed = 100_000  # episode k resets with seed first_seed + k (demos use seeds from 0)

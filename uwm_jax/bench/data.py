@@ -7,9 +7,15 @@
   # Real data:
   python -m uwm_jax.bench.data --config=configs/droid.py \\
       --config.data.sources.droid.path=/data/uwm/droid_weird
+  # Action-free video clips (web-video-like 256x340 mp4 or webm), decoded at load time or
+  # converted once to array_record (python -m uwm_jax.data.convert_video) and read from it:
+  python -m uwm_jax.bench.data --config=configs/droid.py --config.batch_size=32 \\
+      --video_fixture=webm --video_path=converted --fixture_episodes=24 --seconds=60
 
-Decoded frames = 2 * T_o * V per window (current + next observations of every view). Peak RSS
-is the largest resident memory of this process plus its grain workers, sampled every 0.5 s.
+With --video_fixture the loader reads only the clips (one action-free source; identity action
+statistics; a clip frame is decoded once and placed in every view). Decoded frames = 2 * T_o * V
+per window (current + next observations of every view). Peak RSS is the largest resident
+memory of this process plus its grain workers, sampled every 0.5 s.
 """
 
 import multiprocessing
@@ -32,8 +38,17 @@ _SECONDS = flags.DEFINE_float("seconds", 60.0, "How long to load after the first
 _WARMUP = flags.DEFINE_integer("warmup_batches", 2, "Batches not timed (start-up).")
 _FIXTURE = flags.DEFINE_integer(
     "fixture_episodes", 0, "If > 0: write a DROID-schema fixture of this many episodes at the "
-    "config's image shape, convert it and load it instead of config.data.sources.")
+    "config's image shape, convert it and load it instead of config.data.sources (with "
+    "--video_fixture: the number of clips).")
 _PROCESS = flags.DEFINE_integer("process_count", 1, "Simulated host count (this is host 0).")
+_VIDEO = flags.DEFINE_enum(
+    "video_fixture", "", ["", "mp4", "webm"], "If set: write --fixture_episodes clips (default "
+    "24) of this format and load them as the only source, by --video_path.")
+_VIDEO_PATH = flags.DEFINE_enum(
+    "video_path", "decode", ["decode", "converted"], "--video_fixture: decode the clips at load "
+    "time (source_configs.video_folder) or convert them once and read the array_record data.")
+_VIDEO_SHAPE = (256, 340)  # H, W of the clips written (a typical web-video resolution)
+_VIDEO_FRAMES = 150  # frames per clip (5 s at 30 fps)
 
 
 class PeakRss:
@@ -94,25 +109,63 @@ def _fixture_job(image_shape, episodes: int, root: str) -> None:
         f"array_record in {time.time() - t:.1f} s", flush=True)
 
 
-def _write_fixture(config, episodes: int, root: str) -> str:
-  proc = multiprocessing.get_context("spawn").Process(
-      target=_fixture_job, args=(tuple(config.model.image_shape), episodes, root))
+def _video_fixture_job(ext: str, clips: int, image_shape, convert: bool, root: str) -> None:
+  """Runs in a child process (the writer's and converter's memory must not count)."""
+  # pylint: disable=import-outside-toplevel
+  from uwm_jax.bench.video_sample import write_video_clip
+  from uwm_jax.data import convert_video
+  # pylint: enable=import-outside-toplevel
+  t = time.time()
+  for i in range(clips):
+    write_video_clip(os.path.join(root, "clips", f"{i:04d}.{ext}"), _VIDEO_FRAMES, _VIDEO_SHAPE,
+                     fps=30, seed=i)
+  line = (f"fixture: wrote {clips} {ext} clips of {_VIDEO_FRAMES} frames at "
+          f"{_VIDEO_SHAPE[0]}x{_VIDEO_SHAPE[1]} in {time.time() - t:.1f} s")
+  if convert:
+    t = time.time()
+    convert_video.convert_video(os.path.join(root, "uwm"), folder=os.path.join(root, "clips"),
+                                image_shape=tuple(image_shape), progress=False)
+    line += f", converted to array_record in {time.time() - t:.1f} s"
+  print(line, flush=True)
+
+
+def _in_child(target, args) -> None:
+  proc = multiprocessing.get_context("spawn").Process(target=target, args=args)
   proc.start()
   proc.join()
   if proc.exitcode:
     raise RuntimeError(f"Writing the fixture failed (exit code {proc.exitcode}).")
+
+
+def _write_fixture(config, episodes: int, root: str) -> str:
+  _in_child(_fixture_job, (tuple(config.model.image_shape), episodes, root))
   out = os.path.join(root, "uwm")
   config.data.sources = {}
   config.data.sources.droid = source_configs.array_record(out)
   return out
 
 
+def _write_video_fixture(config, ext: str, clips: int, converted: bool, root: str) -> None:
+  _in_child(_video_fixture_job, (ext, clips, tuple(config.model.image_shape), converted, root))
+  config.data.sources = {}
+  if converted:
+    config.data.sources.video = source_configs.array_record(os.path.join(root, "uwm"),
+                                                            action_free=True)
+  else:
+    config.data.sources.video = source_configs.video_folder(os.path.join(root, "clips"))
+  config.data.normalize = False  # no robot data: identity action statistics
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
   root = None
-  if _FIXTURE.value:
+  if _FIXTURE.value or _VIDEO.value:
     root = tempfile.mkdtemp(prefix="uwm_bench_data_")
+  if _VIDEO.value:
+    _write_video_fixture(config, _VIDEO.value, _FIXTURE.value or 24,
+                         _VIDEO_PATH.value == "converted", root)
+  elif _FIXTURE.value:
     _write_fixture(config, _FIXTURE.value, root)
   try:
     dims = model_dims(config.model)
@@ -141,6 +194,7 @@ def main(argv):
     print(f"peak RSS (process + workers): {rss.peak / 2**20:.0f} MiB")
   finally:
     if root:
+      time.sleep(2.0)  # reads the prefetcher started before close() finish on existing files
       shutil.rmtree(root, ignore_errors=True)
 
 

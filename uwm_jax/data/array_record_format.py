@@ -13,6 +13,11 @@
     dataset.json                   written last: format, camera keys, image shape, widths, the
                                    ordered list of complete shards, episode/step counts
 
+A converted video corpus (`uwm_jax.data.convert_video`) stores one view per step under the
+camera key CLIP_CAMERA, and conversion.json's `clip_padding` says how the reader places it in
+the model's views ("same": every view, "none": the first, others black), as the
+decode-at-load video sources do.
+
 A window reads the 2 * T_o records it shows and slices the memory-mapped action rows, so only
 those frames are decoded; actions and low-dim values are read without touching any image
 (the statistics pass reads only the .npy files).
@@ -37,6 +42,7 @@ ACTIONS = "actions.npy"
 LOW_DIM = "low_dim.npy"
 EPISODES = "episodes.json"
 WRITER_OPTIONS = "group_size:1"
+CLIP_CAMERA = "clip"
 
 
 def shard_dirname(index: int, count: int) -> str:

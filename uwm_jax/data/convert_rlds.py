@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import types
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tqdm
@@ -210,24 +210,37 @@ def finalize(out_dir: str) -> bool:
   return True
 
 
+# Shard summary counts of skipped episodes, in the order the summary line names them (a
+# conversion may record its own list as conversion.json's `skipped_counts`); a shard may list
+# the names of some skipped inputs under SKIPPED_EXAMPLES.
+DEFAULT_SKIPPED = ("skipped_filter", "skipped_empty")
+SKIPPED_LABELS = {"skipped_filter": "filters", "skipped_empty": "empty",
+                  "skipped_size": "size", "skipped_unreadable": "unreadable"}
+SKIPPED_EXAMPLES = "skipped_examples"
+
+
 def conversion_summary(out_dir: str) -> str:
-  """One line over the finished shards: episodes read, kept, skipped (why), steps written,
-  and what dataset.json selected."""
+  """One line over the finished shards: episodes read, kept, skipped (why, with a few
+  names where the shards give them), steps written, and what dataset.json selected."""
   params = fmt.read_json(os.path.join(out_dir, fmt.CONVERSION_JSON))
   n = params["num_input_shards"]
-  total = {"shards": 0, "num_read": 0, "num_episodes": 0, "skipped_filter": 0,
-           "skipped_empty": 0, "num_steps": 0}
+  total = {"shards": 0, "num_read": 0, "num_episodes": 0, "num_steps": 0,
+           **{key: 0 for key in params.get("skipped_counts", DEFAULT_SKIPPED)}}
+  examples = []
   for k in range(n):
     if fmt.shard_done(out_dir, k, n):
       info = fmt.read_json(os.path.join(out_dir, fmt.shard_dirname(k, n), fmt.EPISODES))
       total["shards"] += 1
+      examples += info.get(SKIPPED_EXAMPLES, [])
       for key in total:
         if key != "shards":
           total[key] += int(info.get(key, 0))
+  skipped = " + ".join(f"{total[key]} ({SKIPPED_LABELS.get(key, key)})"
+                       for key in total if key.startswith("skipped_"))
   line = (f"{out_dir}: {total['shards']} of {n} input shards converted; episodes read "
-          f"{total['num_read']}, kept {total['num_episodes']}, skipped "
-          f"{total['skipped_filter']} (filters) + {total['skipped_empty']} (empty); steps "
-          f"written {total['num_steps']}")
+          f"{total['num_read']}, kept {total['num_episodes']}, skipped {skipped}"
+          + (f" (e.g. {', '.join(examples[:5])})" if examples else "")
+          + f"; steps written {total['num_steps']}")
   meta_path = os.path.join(out_dir, fmt.DATASET_JSON)
   if os.path.exists(meta_path):
     meta = fmt.read_json(meta_path)
@@ -256,16 +269,12 @@ def _conversion_params(builder, builder_path: str, split: str, profile, filt,
           "image_shapes": shapes}
 
 
-def convert_rlds(builder_path: str, out_dir: str, profile: profiles_lib.RldsProfile, *,
-                 split: str = "train", episode_filter: filters_lib.EpisodeFilter = (
-                     filters_lib.EpisodeFilter()), max_episodes: int = 0,
-                 process_index: int = 0, process_count: int = 1, dataset: str = "",
-                 image_format: str = "png", progress: bool = True) -> bool:
-  """Convert this process's share of input shards; True when the whole dataset is ready."""
-  dataset = dataset or os.path.basename(os.path.dirname(os.path.normpath(builder_path)))
-  builder = rlds_read.open_builder(builder_path)
-  params = _conversion_params(builder, builder_path, split, profile, episode_filter,
-                              max_episodes, dataset)
+def start_conversion(out_dir: str, params: dict, process_index: int, process_count: int
+                     ) -> List[int]:
+  """Record the conversion's parameters in conversion.json (a folder holding a conversion with
+  other parameters is refused), delete the partial shards of killed writers among this
+  process's input shards and return those shards (every `process_count`-th from
+  `process_index`)."""
   os.makedirs(out_dir, exist_ok=True)
   conv_path = os.path.join(out_dir, fmt.CONVERSION_JSON)
   if os.path.exists(conv_path):
@@ -279,15 +288,42 @@ def convert_rlds(builder_path: str, out_dir: str, profile: profiles_lib.RldsProf
   n = params["num_input_shards"]
   mine = list(range(process_index, n, process_count))
   remove_dead_writers_tmp(out_dir, [fmt.shard_dirname(k, n) for k in mine])
+  return mine
+
+
+def convert_rlds(builder_path: str, out_dir: str, profile: profiles_lib.RldsProfile, *,
+                 split: str = "train", episode_filter: filters_lib.EpisodeFilter = (
+                     filters_lib.EpisodeFilter()), max_episodes: int = 0,
+                 process_index: int = 0, process_count: int = 1, dataset: str = "",
+                 image_format: str = "png", progress: bool = True) -> bool:
+  """Convert this process's share of input shards; True when the whole dataset is ready."""
+  dataset = dataset or os.path.basename(os.path.dirname(os.path.normpath(builder_path)))
+  builder = rlds_read.open_builder(builder_path)
+  params = _conversion_params(builder, builder_path, split, profile, episode_filter,
+                              max_episodes, dataset)
+  n = params["num_input_shards"]
+  return convert_shards(
+      out_dir, params,
+      lambda k: convert_shard(builder, split, k, n, out_dir, profile, episode_filter, dataset,
+                              image_format),
+      # False when the first max_episodes matches lie in other, finished shards.
+      needed=lambda k: _shard_needed(out_dir, params, k),
+      process_index=process_index, process_count=process_count, progress=progress)
+
+
+def convert_shards(out_dir: str, params: dict, convert_one: Callable[[int], dict], *,
+                   needed: Callable[[int], bool] = lambda k: True, process_index: int = 0,
+                   process_count: int = 1, progress: bool = True) -> bool:
+  """The conversion loop of this process: `start_conversion`, then `convert_one(k)` for each
+  of its input shards k not finished yet (and `needed`), logging each shard's summary; True
+  when `finalize` finds the dataset complete and writes dataset.json."""
+  mine = start_conversion(out_dir, params, process_index, process_count)
+  n, dataset = params["num_input_shards"], params["dataset"]
   for k in tqdm.tqdm(mine, desc=f"convert {dataset} [{process_index}/{process_count}]",
                      disable=not progress):
-    if fmt.shard_done(out_dir, k, n):
+    if fmt.shard_done(out_dir, k, n) or not needed(k):
       continue
-    if not _shard_needed(out_dir, params, k):
-      continue  # the first max_episodes matches lie in other, finished shards
-    summary = convert_shard(builder, split, k, n, out_dir, profile, episode_filter, dataset,
-                            image_format)
-    logging.info("%s shard %d/%d: %s", dataset, k, n, summary)
+    logging.info("%s shard %d/%d: %s", dataset, k, n, convert_one(k))
   return finalize(out_dir)
 
 
@@ -356,6 +392,24 @@ def run_in_workers(fn, jobs: Sequence) -> list:
     return pool.map(fn, jobs)
 
 
+def convert_in_processes(worker, args) -> None:
+  """Run `worker((args, index, count))` for this host's `args.num_processes` local processes
+  (spawned when more than one) of `args.process_count` hosts, each converting its share of
+  the input shards and returning True when the dataset is ready; write dataset.json when one
+  of them could not yet (the shards it waited for were finished by the others), then print
+  the summary line."""
+  local = max(1, args.num_processes)
+  count = args.process_count * local
+  jobs = [(args, args.process_index * local + i, count) for i in range(local)]
+  if local == 1:
+    results = [worker(jobs[0])]
+  else:
+    results = run_in_workers(worker, jobs)
+  if not any(results):
+    finalize(args.out)
+  print(conversion_summary(args.out))
+
+
 def _worker(args_and_index):
   args, index, count = args_and_index
   return _run(args, index, count)
@@ -408,6 +462,11 @@ def define_flags() -> None:
   flags.DEFINE_string("low_dim_keys", "", "rlds: comma-separated observation keys.")
   flags.DEFINE_enum("image_format", "png", ["png", "jpeg"],
                     "encoding for sources that store raw pixels.")
+  define_process_flags()
+
+
+def define_process_flags() -> None:
+  """--num_processes / --process_index / --process_count (see `convert_in_processes`)."""
   flags.DEFINE_integer("num_processes", 1, "local worker processes.")
   flags.DEFINE_integer("process_index", 0, "this host's index.")
   flags.DEFINE_integer("process_count", 1, "number of hosts.")
@@ -428,16 +487,7 @@ def main(argv: Sequence[str]) -> None:
           "data_dir", "builder", "version", "builder_dir", "split", "out", "include", "exclude",
           "success_only", "max_episodes", "action_free", "camera_keys", "action_key",
           "low_dim_keys", "image_format", "num_processes", "process_index", "process_count")})
-  local = max(1, args.num_processes)
-  count = args.process_count * local
-  jobs = [(args, args.process_index * local + i, count) for i in range(local)]
-  if local == 1:
-    results = [_worker(jobs[0])]
-  else:
-    results = run_in_workers(_worker, jobs)
-  if not any(results):
-    finalize(args.out)
-  print(conversion_summary(args.out))
+  convert_in_processes(_worker, args)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ model's cameras of the requested steps are decoded.
 import hashlib
 import json
 import os
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import grain
 import numpy as np
@@ -41,6 +41,20 @@ def load_dataset_json(path: str, name: str) -> dict:
   return meta
 
 
+def stored_views(meta: dict, camera_keys: Sequence[str], name: str) -> List[Optional[int]]:
+  """For each model camera, the stored view it shows (None: black). A converted video corpus
+  (one CLIP_CAMERA view) fills the model's views as its `clip_padding` says."""
+  stored = list(meta["camera_keys"])
+  padding = meta.get("conversion", {}).get("clip_padding")
+  if padding:
+    return [0 if padding == "same" or v == 0 else None for v in range(len(camera_keys))]
+  missing = [k for k in camera_keys if k not in stored]
+  if missing:
+    raise ValueError(f"Dataset {name!r}: no camera {missing} (model.camera_keys); it stores "
+                     f"{stored}.")
+  return [stored.index(k) for k in camera_keys]
+
+
 class ConvertedSource(EpisodeSource):
   """Episodes of a converted dataset, optionally filtered; views in the model's order."""
 
@@ -54,13 +68,9 @@ class ConvertedSource(EpisodeSource):
     meta = load_dataset_json(path, name)
     self._meta = meta
     stored = list(meta["camera_keys"])
-    missing = [k for k in camera_keys if k not in stored]
-    if missing:
-      raise ValueError(f"Dataset {name!r}: no camera {missing} (model.camera_keys); it stores "
-                       f"{stored}.")
     self.camera_keys = tuple(camera_keys)
-    self._views = [stored.index(k) for k in camera_keys]
-    for k in camera_keys:
+    self._views = stored_views(meta, camera_keys, name)
+    for k in sorted(set(stored[v] for v in self._views if v is not None)):
       shape = meta["image_shapes"].get(k)
       if shape is not None and tuple(shape) != tuple(image_shape):
         raise ValueError(f"Dataset {name!r}: camera {k!r} stores {tuple(shape)} images, "
@@ -163,10 +173,14 @@ class ConvertedSource(EpisodeSource):
       raise IndexError(f"{self.episode_name(episode)}: steps {indices} outside [0, {L}).")
     keys = [int(self._record[episode] + i) for i in indices]
     records = self._frame_source().__getitems__(keys)
-    out = np.empty((len(self._views), len(keys)) + self.image_shape + (3,), np.uint8)
+    out = np.zeros((len(self._views), len(keys)) + self.image_shape + (3,), np.uint8)
+    wanted = sorted(set(v for v in self._views if v is not None))
     for j, rec in enumerate(records):
-      for v, data in enumerate(fmt.decode_step(rec, self._views)):
-        img = fmt.decode_image(data)
+      images = dict(zip(wanted, (fmt.decode_image(b) for b in fmt.decode_step(rec, wanted))))
+      for v, stored in enumerate(self._views):
+        if stored is None:
+          continue
+        img = images[stored]
         if img.shape != out.shape[2:]:
           raise ValueError(f"{self.episode_name(episode)}: camera {self.camera_keys[v]!r} step "
                            f"{indices[j]} decodes to {img.shape}, expected {out.shape[2:]}.")

@@ -83,7 +83,12 @@ def recipe(spec, camera_keys, num_episodes: int, episode_options: dict) -> dict:
   from uwm_jax.envs import tabletop  # pylint: disable=import-outside-toplevel  # MuJoCo: see top
   with open(tabletop.XML_PATH, "rb") as f:
     scene = hashlib.sha1(f.read()).hexdigest()[:12]
-  return {"spec": dataclasses.asdict(spec), "scene_sha1": scene,
+  spec_fields = dataclasses.asdict(spec)
+  shifts = spec_fields.pop("shifts", ())
+  if shifts:  # the out-of-distribution variant; in-distribution recipes stay as they were
+    spec_fields["shifts"] = list(shifts)
+    scene += "+ood" + hashlib.sha1(json.dumps(tabletop.ood_settings()).encode()).hexdigest()[:12]
+  return {"spec": spec_fields, "scene_sha1": scene,
           "camera_keys": list(camera_keys), "episodes": int(num_episodes), **episode_options}
 
 

@@ -6,6 +6,7 @@ Kept free of heavy imports: config files import this module.
   config.data.sources.video = source_configs.array_record("/data/droid_video_uwm",
                                                           action_free=True)
   config.data.sources.web = source_configs.video_folder("/data/clips", weight=0.5)
+  config.data.sources.k400 = source_configs.video_index("/data/k400/train.txt", weight=0.5)
 
 Every source has `kind`, `weight` (mixture weight, > 0) and `action_free` (read without
 actions: samples get zero actions and action_mask False; never in the validation split).
@@ -14,7 +15,7 @@ Command-line overrides address fields by name: `--config.data.sources.droid.path
 
 import ml_collections
 
-KINDS = ("synthetic", "array_record", "video_folder")
+KINDS = ("synthetic", "array_record", "video_folder", "video_index")
 
 
 def synthetic(weight: float = 1.0, num_episodes: int = 16, episode_len: int = 32,
@@ -46,6 +47,14 @@ def array_record(path: str = "", weight: float = 1.0, action_free: bool = False,
       max_episodes=int(max_episodes)))
 
 
+def _clip_fields(frame_stride: float, padding: str, min_bytes: int, max_bytes: int) -> dict:
+  """The fields every video-clip source has (see `video_folder`)."""
+  if padding not in ("same", "none"):
+    raise ValueError(f"video clip padding must be 'same' or 'none', got {padding!r}.")
+  return dict(action_free=True, frame_stride=float(frame_stride), padding=padding,
+              min_bytes=int(min_bytes), max_bytes=int(max_bytes))
+
+
 def video_folder(path: str = "", weight: float = 1.0, frame_stride: float = 2.0,
                  padding: str = "same", extensions: tuple = ("mp4", "webm"),
                  min_bytes: int = 1024, max_bytes: int = 2**30) -> ml_collections.ConfigDict:
@@ -54,11 +63,23 @@ def video_folder(path: str = "", weight: float = 1.0, frame_stride: float = 2.0,
   frame_stride: source frames per window frame (reference: a 38-frame span for 19 frames).
   padding: how a clip fills the camera views: "same" (the clip in every view), "none" (first
     view only, others black).
-  Files smaller than min_bytes / larger than max_bytes or too short are skipped (logged).
+  Files smaller than min_bytes / larger than max_bytes, unreadable or too short are skipped
+  (one logged count).
   """
-  if padding not in ("same", "none"):
-    raise ValueError(f"video_folder padding must be 'same' or 'none', got {padding!r}.")
   return ml_collections.ConfigDict(dict(
-      kind="video_folder", weight=float(weight), action_free=True, path=path,
-      frame_stride=float(frame_stride), padding=padding, extensions=tuple(extensions),
-      min_bytes=int(min_bytes), max_bytes=int(max_bytes)))
+      kind="video_folder", weight=float(weight), path=path, extensions=tuple(extensions),
+      **_clip_fields(frame_stride, padding, min_bytes, max_bytes)))
+
+
+def video_index(path: str = "", weight: float = 1.0, frame_stride: float = 2.0,
+                padding: str = "same", min_bytes: int = 1024,
+                max_bytes: int = 2**30) -> ml_collections.ConfigDict:
+  """The clips an index file lists, used as action-free clips (docs/data.md, "Video corpora").
+
+  path: a text file, one video path per line (relative paths are resolved against the index
+  file's folder; blank lines and `#` comments ignored), e.g. a filtered Kinetics-400 list.
+  Several lists mix as several sources with their weights. Other fields as `video_folder`.
+  """
+  return ml_collections.ConfigDict(dict(
+      kind="video_index", weight=float(weight), path=path,
+      **_clip_fields(frame_stride, padding, min_bytes, max_bytes)))

@@ -7,7 +7,7 @@ from uwm_jax.data import source_configs
 from uwm_jax.data.converted import ConvertedSource
 from uwm_jax.data.episodes import EpisodeSource
 from uwm_jax.data.synthetic import SyntheticSource
-from uwm_jax.data.video_folder import VideoFolderSource
+from uwm_jax.data.video_folder import VideoFolderSource, VideoIndexSource
 
 
 def source_names(data_cfg) -> Tuple[str, ...]:
@@ -30,13 +30,15 @@ def build_source(name: str, src_cfg, model_cfg) -> EpisodeSource:
         seed=src_cfg.seed)
   if kind == "array_record":
     return ConvertedSource.from_config(name, src_cfg, model_cfg)
+  if kind == "video_index":
+    return VideoIndexSource.from_config(name, src_cfg, model_cfg)
   return VideoFolderSource.from_config(name, src_cfg, model_cfg)
 
 
 def check_sources(config) -> None:
   """Cheap checks of `config.data.sources` before anything expensive is built: every dataset
-  has a known kind and a positive weight, and its folder exists (a converted dataset: its
-  dataset.json; the episode index is read later, by the loader)."""
+  has a known kind and a positive weight, and its folder or index file exists (a converted
+  dataset: its dataset.json; the episode index is read later, by the loader)."""
   names = source_names(config.data)
   if not names:
     build_sources(config)  # raises the "sources is empty" error
@@ -48,6 +50,10 @@ def check_sources(config) -> None:
     if kind == "array_record":
       from uwm_jax.data.converted import load_dataset_json  # pylint: disable=import-outside-toplevel
       load_dataset_json(src_cfg.path, name)
+    elif kind == "video_index":
+      if not os.path.isfile(src_cfg.get("path", "") or ""):
+        raise FileNotFoundError(f"Dataset {name!r}: video index file {src_cfg.get('path')!r} "
+                                f"does not exist (config.data.sources.{name}.path).")
     elif kind != "synthetic" and not os.path.isdir(src_cfg.get("path", "") or ""):
       raise FileNotFoundError(f"Dataset {name!r}: folder {src_cfg.get('path')!r} does not "
                               f"exist (config.data.sources.{name}.path).")

@@ -2,6 +2,11 @@
 
   "tabletop_push"         the embedded MuJoCo pushing task (`tabletop.py`), no download
   "tabletop_reach"        the same scene, reach the goal pad with the pusher
+  "tabletop_push_ood"     the out-of-distribution variant: the same task and seeded layouts,
+                          with altered lighting, table colour, a distractor and moved cameras
+                          (docs/evaluation.md, "The out-of-distribution variant"); one shift
+                          alone: "tabletop_push_ood_<shift>" (lighting, table, distractor,
+                          camera); the same for tabletop_reach
   "libero/<task>"         a LIBERO task (optional extra `libero`): a paper name
                           (book_caddy, soup_cheese, bowl_drawer, moka_moka, mug_mug) or any
                           LIBERO task name / BDDL file stem, e.g. "libero/libero_10/<stem>"
@@ -15,14 +20,33 @@ from typing import Callable, List, Tuple
 
 TABLETOP_PREFIX = "tabletop_"
 LIBERO_PREFIX = "libero/"
-EMBEDDED_TASKS = ("tabletop_push", "tabletop_reach")
+BASE_TASKS = ("tabletop_push", "tabletop_reach")
+OOD_SUFFIX = "_ood"
+# The visual shifts of the out-of-distribution variant (applied by uwm_jax.envs.tabletop; named
+# here so that env names are known without importing MuJoCo).
+OOD_SHIFTS = ("lighting", "table", "distractor", "camera")
+EMBEDDED_TASKS = BASE_TASKS + tuple(
+    f"{task}{OOD_SUFFIX}{suffix}" for task in BASE_TASKS
+    for suffix in ("",) + tuple(f"_{shift}" for shift in OOD_SHIFTS))
 # Low-dim observation keys of the embedded tasks, as their datasets store them
 # (uwm_jax.data.demo_generation).
 EMBEDDED_LOW_DIM_KEYS = ("pusher_pos",)
 
 
 def known_env_names() -> str:
-  return f"{', '.join(EMBEDDED_TASKS)}, or {LIBERO_PREFIX}<task name>"
+  return (f"{', '.join(BASE_TASKS)} (+ {OOD_SUFFIX}[_<shift>], shifts {', '.join(OOD_SHIFTS)}),"
+          f" or {LIBERO_PREFIX}<task name>")
+
+
+def embedded_task_shifts(name: str) -> Tuple[str, Tuple[str, ...]]:
+  """An embedded task's env name -> (task, out-of-distribution shifts), e.g.
+  "tabletop_push_ood" -> ("push", all shifts), "tabletop_push_ood_table" -> ("push",
+  ("table",)), "tabletop_push" -> ("push", ())."""
+  if name not in EMBEDDED_TASKS:
+    raise ValueError(f"Unknown embedded task {name!r}: expected {known_env_names()}.")
+  base, _, shift = name.partition(OOD_SUFFIX)
+  shifts = () if base == name else ((shift[1:],) if shift else OOD_SHIFTS)
+  return base[len(TABLETOP_PREFIX):], shifts
 
 
 def check_no_tensorflow() -> None:
@@ -57,7 +81,8 @@ def tabletop_spec(name: str, model_cfg):
   H, W = model_cfg.image_shape
   if H != W:
     raise ValueError(f"The embedded task renders square images; model.image_shape is {(H, W)}.")
-  return tabletop.TabletopSpec(task=name[len(TABLETOP_PREFIX):], image_size=int(H))
+  task, shifts = embedded_task_shifts(name)
+  return tabletop.TabletopSpec(task=task, image_size=int(H), shifts=shifts)
 
 
 def make_envs(name: str, n: int, config) -> Tuple[List, Callable[[], None]]:

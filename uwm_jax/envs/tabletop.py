@@ -13,17 +13,27 @@ Observation: {camera_key: (S, S, 3) uint8 for each camera, "pusher_pos": (2,), "
 float32 = pusher xy, puck xy, goal xy}. Control runs at 1 / (substeps * timestep) = 10 Hz.
 
 `scripted_expert` is a closed-loop state-based expert (>= 95% success).
+
+Out-of-distribution variant (docs/evaluation.md, "The out-of-distribution variant"):
+`TabletopSpec.shifts` names visual changes from OOD_SHIFTS, applied to the scene when the model
+is built (`load_model`): "lighting" (a dimmer, warm headlight plus a directional light from the
+side), "table" (a wood-brown table top instead of the light beige one), "distractor" (a yellow
+cube, visual only, placed per episode clear of pusher, puck and goal) and "camera" (the front
+camera moved 2 cm to the right, the top camera turned 5 degrees about its axis). Physics,
+actions, success test and the seeded pusher / puck / goal placements are those of the
+in-distribution task: only the rendered images differ.
 """
 
 import dataclasses
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering without a display
 
 import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
 import numpy as np  # noqa: E402
 
+from uwm_jax import envs as envs_lib  # noqa: E402
 from uwm_jax.envs import check_no_tensorflow  # noqa: E402
 
 XML_PATH = os.path.join(os.path.dirname(__file__), "push.xml")
@@ -39,6 +49,19 @@ POSITION_LIMIT = 0.24  # pusher joint range (m)
 EXPERT_MARGIN = 0.02
 EXPERT_CIRCLE_MARGIN = 0.035
 
+# The out-of-distribution shifts (see the module docstring); their names: uwm_jax.envs.
+OOD_SHIFTS = envs_lib.OOD_SHIFTS
+OOD_HEADLIGHT = {"ambient": (0.3, 0.26, 0.2), "diffuse": (0.35, 0.3, 0.22)}
+OOD_SIDE_LIGHT = {"dir": (-0.7, 0.3, -0.5), "diffuse": (0.55, 0.45, 0.3)}
+OOD_TABLE_RGBA = (0.62, 0.47, 0.3, 1.0)
+DISTRACTOR = "distractor"
+DISTRACTOR_HALF_SIZE = 0.02  # m (a 4 cm cube)
+DISTRACTOR_RGBA = (0.95, 0.8, 0.1, 1.0)
+DISTRACTOR_CLEARANCE = 0.08  # m from pusher, puck, goal and the puck-goal segment
+DISTRACTOR_RANGE = 0.2  # |x|, |y| of its centre (m)
+OOD_FRONT_CAMERA_SHIFT = (0.02, 0.0, 0.0)  # m
+OOD_TOP_CAMERA_ROLL = np.deg2rad(5.0)
+
 
 @dataclasses.dataclass(frozen=True)
 class TabletopSpec:
@@ -52,6 +75,8 @@ class TabletopSpec:
   # pi = anywhere around the puck). Measured: 60 degrees (no circling needed) made the cloned
   # demo policy worse (0.04 vs 0.66), so the default keeps the full circle.
   start_arc: float = float(np.pi)
+  # Visual out-of-distribution shifts (names from OOD_SHIFTS; () = the in-distribution task).
+  shifts: Tuple[str, ...] = ()
 
 
 def camera_keys(cameras: Sequence[str] = CAMERAS):
@@ -85,6 +110,61 @@ def sample_layout(rng: np.random.Generator, task: str,
       return {"pusher": pusher, "puck": puck, "goal": goal}
 
 
+def ood_settings() -> dict:
+  """The values the out-of-distribution shifts use (a generated OOD dataset records them)."""
+  return {"headlight": OOD_HEADLIGHT, "side_light": OOD_SIDE_LIGHT, "table_rgba": OOD_TABLE_RGBA,
+          "distractor": [DISTRACTOR_HALF_SIZE, DISTRACTOR_RGBA, DISTRACTOR_CLEARANCE,
+                         DISTRACTOR_RANGE],
+          "cameras": [OOD_FRONT_CAMERA_SHIFT, float(OOD_TOP_CAMERA_ROLL)]}
+
+
+def load_model(spec: "TabletopSpec") -> mujoco.MjModel:
+  """push.xml compiled, with the spec's out-of-distribution shifts applied."""
+  unknown = [x for x in spec.shifts if x not in OOD_SHIFTS]
+  if unknown:
+    raise ValueError(f"Unknown out-of-distribution shift {unknown}; known: {OOD_SHIFTS}.")
+  if not spec.shifts:
+    return mujoco.MjModel.from_xml_path(XML_PATH)
+  scene = mujoco.MjSpec.from_file(XML_PATH)
+  if "lighting" in spec.shifts:
+    scene.visual.headlight.ambient = OOD_HEADLIGHT["ambient"]
+    scene.visual.headlight.diffuse = OOD_HEADLIGHT["diffuse"]
+    scene.worldbody.add_light(name="ood_side", pos=[0.5, -0.2, 0.6], castshadow=False,
+                              type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
+                              dir=OOD_SIDE_LIGHT["dir"], diffuse=OOD_SIDE_LIGHT["diffuse"])
+  if "table" in spec.shifts:
+    scene.geom("table").rgba = OOD_TABLE_RGBA
+  if "distractor" in spec.shifts:
+    body = scene.worldbody.add_body(name=DISTRACTOR, mocap=True,
+                                    pos=[DISTRACTOR_RANGE, DISTRACTOR_RANGE,
+                                         DISTRACTOR_HALF_SIZE])
+    body.add_geom(name=DISTRACTOR, type=mujoco.mjtGeom.mjGEOM_BOX,
+                  size=[DISTRACTOR_HALF_SIZE] * 3, rgba=DISTRACTOR_RGBA, contype=0,
+                  conaffinity=0)
+  model = scene.compile()
+  if "camera" in spec.shifts:
+    model.cam_pos[model.camera("front").id] += OOD_FRONT_CAMERA_SHIFT
+    top = model.camera("top").id
+    roll = np.array([np.cos(OOD_TOP_CAMERA_ROLL / 2), 0, 0, np.sin(OOD_TOP_CAMERA_ROLL / 2)])
+    quat = np.zeros(4)
+    mujoco.mju_mulQuat(quat, model.cam_quat[top].copy(), roll)
+    model.cam_quat[top] = quat
+  return model
+
+
+def sample_distractor(rng: np.random.Generator, layout: Dict[str, np.ndarray]) -> np.ndarray:
+  """xy (m) of the distractor: uniform in the table square, DISTRACTOR_CLEARANCE away from the
+  pusher, the puck, the goal and the puck's straight path to the goal."""
+  puck, goal = np.asarray(layout["puck"]), np.asarray(layout["goal"])
+  seg = goal - puck
+  while True:
+    xy = rng.uniform(-DISTRACTOR_RANGE, DISTRACTOR_RANGE, size=2)
+    s = float(np.clip((xy - puck) @ seg / max(float(seg @ seg), 1e-12), 0.0, 1.0))
+    near = [layout["pusher"], puck, goal, puck + s * seg]
+    if min(np.linalg.norm(xy - np.asarray(p)) for p in near) > DISTRACTOR_CLEARANCE:
+      return xy
+
+
 class TabletopEnv:
   """One episode at a time. Several envs can share one `mujoco.Renderer` (see `make_envs`)."""
 
@@ -93,7 +173,7 @@ class TabletopEnv:
       raise ValueError(f"Unknown embedded task {spec.task!r}; known: {TASKS}.")
     self.spec = spec
     check_no_tensorflow()
-    self.model = model if model is not None else mujoco.MjModel.from_xml_path(XML_PATH)
+    self.model = model if model is not None else load_model(spec)
     self.data = mujoco.MjData(self.model)
     self._own_renderer = renderer is None
     self.renderer = renderer if renderer is not None else mujoco.Renderer(
@@ -106,6 +186,8 @@ class TabletopEnv:
     self._goal_mocap = self.model.body("goal").mocapid[0]
     self._puck_body = self.model.body("puck").id
     self._pusher_body = self.model.body("pusher").id
+    self._distractor_mocap = (self.model.body(DISTRACTOR).mocapid[0]
+                              if "distractor" in spec.shifts else None)
 
   # ------------------------------------------------------------------ state
   @property
@@ -126,10 +208,12 @@ class TabletopEnv:
 
   # ------------------------------------------------------------------ episode
   def reset(self, seed: Optional[int] = None, init_state: Optional[dict] = None) -> dict:
-    """Seeded reset (`sample_layout`) or an explicit layout {"pusher", "puck", "goal"}."""
+    """Seeded reset (`sample_layout`) or an explicit layout {"pusher", "puck", "goal"}; with
+    the "distractor" shift, its place is drawn from the same generator after the layout."""
+    rng = np.random.default_rng(seed)
     layout = init_state
     if layout is None:
-      layout = sample_layout(np.random.default_rng(seed), self.spec.task, self.spec.start_arc)
+      layout = sample_layout(rng, self.spec.task, self.spec.start_arc)
     mujoco.mj_resetData(self.model, self.data)
     self.data.qpos[self._pusher_adr] = np.asarray(layout["pusher"]) - self.model.body_pos[
         self._pusher_body, :2]
@@ -137,6 +221,8 @@ class TabletopEnv:
         self._puck_body, :2]
     self.data.mocap_pos[self._goal_mocap, :2] = layout["goal"]
     self.data.ctrl[:] = self.data.qpos[self._pusher_adr]
+    if self._distractor_mocap is not None:  # drawn after the layout: the layout is unchanged
+      self.data.mocap_pos[self._distractor_mocap, :2] = sample_distractor(rng, layout)
     mujoco.mj_forward(self.model, self.data)
     self.initial_layout = {k: np.asarray(v, np.float64).copy() for k, v in layout.items()}
     return self.observation()
@@ -171,7 +257,7 @@ class TabletopEnv:
 def make_envs(n: int, spec: TabletopSpec = TabletopSpec()):
   """`n` envs sharing one model and one offscreen renderer (one GL context)."""
   check_no_tensorflow()
-  model = mujoco.MjModel.from_xml_path(XML_PATH)
+  model = load_model(spec)
   renderer = mujoco.Renderer(model, spec.image_size, spec.image_size)
   envs = [TabletopEnv(spec, model=model, renderer=renderer) for _ in range(n)]
   return envs, renderer
