@@ -12,10 +12,12 @@ episodes it never saw (re-planning every step, temporal ensembling of the chunks
 one line with the success rate (beside a random policy's), offline metrics and where the
 rollout and forward-dynamics videos are (workdirs/demo/eval/step_<N>/videos/).
 
-Measured on the idle 2-core CPU, the README command with no data or workdir present: 8.6
-minutes in all (~1 min data, 6.8 min training at ~10 steps/s, 47 s evaluation), success 90%
-(45/50; random policy 0%). The DP baseline (`:dp`, same data): 42% (21/50) with the same evaluation. On a busier machine
-(load ~6) training runs at ~5 steps/s and the whole run takes ~15 minutes. docs/evaluation.md
+Measured on the idle 2-core CPU it was developed on, the README command with no data or
+workdir present: 8.6 minutes in all (~1 min data, 6.8 min training at ~10 steps/s, 47 s
+evaluation), success 90% (45/50; random policy 0%); the DP baseline (`:dp`, same data): 42%
+(21/50). On the slower 2-core kind (AMD EPYC, no AVX-512), idle: 26.7 minutes (2.2 min data,
+20.3 min training at ~3.3 steps/s, 3.3 min evaluation), success 82% (41/50). The last line of
+the run gives these phase times on any machine. docs/evaluation.md
 lists every measurement. Evaluate again any time with
 `python -m uwm_jax.evaluate --checkpoint_dir=workdirs/demo`.
 """
