@@ -86,11 +86,26 @@ def structured_batch(model_cfg, batch_size: int, seed: int = 0, action_mask=None
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cli(module: str, *args: str, timeout: float = 600, num_devices: int = 1
-            ) -> subprocess.CompletedProcess:
-  """`python -m <module> <args>` from the repository root on CPU, as a user runs it (entry
-  points define absl flags, so they run in their own process, not inside pytest's)."""
+def start_cli(module: str, *args: str, num_devices: int = 1) -> subprocess.Popen:
+  """Start `python -m <module> <args>` from the repository root on CPU, as a user runs it
+  (entry points define absl flags, so they run in their own process, not inside pytest's)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
              XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_cli(proc: subprocess.Popen, timeout: float = 600) -> subprocess.CompletedProcess:
+  """Wait for a `start_cli` process (killed after `timeout` s) and return its outcome."""
+  try:
+    out, err = proc.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    raise
+  return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_cli(module: str, *args: str, timeout: float = 600, num_devices: int = 1
+            ) -> subprocess.CompletedProcess:
+  """`python -m <module> <args>` run to the end (see `start_cli`)."""
+  return finish_cli(start_cli(module, *args, num_devices=num_devices), timeout)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, finish_cli, start_cli
 
 
 def entry_points():
@@ -22,9 +22,19 @@ def test_the_known_entry_points_are_found():
           "uwm_jax.data.convert_rlds", "uwm_jax.data.libero"} <= set(entry_points())
 
 
+@pytest.fixture(scope="module")
+def help_processes():
+  """Every entry point's `--help`, started at once (each is a process of its own)."""
+  procs = {module: start_cli(module, "--help") for module in entry_points()}
+  yield procs
+  for proc in procs.values():
+    if proc.poll() is None:
+      proc.kill()
+
+
 @pytest.mark.parametrize("module", entry_points())
-def test_help_shows_an_example_and_exits_0(module):
-  out = run_cli(module, "--help", timeout=300)
+def test_help_shows_an_example_and_exits_0(module, help_processes):
+  out = finish_cli(help_processes[module], timeout=300)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
   assert f"python -m {module} " in out.stdout  # the worked example
   assert "\n  --" in out.stdout  # the entry point's own flags are listed
