@@ -144,6 +144,29 @@ class _Throughput:
     return rate
 
 
+class _EtaTimer:
+  """Times `_ETA_AFTER_STEPS` steps after `_ETA_WARMUP_STEPS` warm-up ones (the first steps
+  after compilation run slower while the input pipeline and allocator settle) and logs the ETA
+  once. Created right after the compiling step; `tick` after each later step is dispatched."""
+
+  def __init__(self, compiled_step: int, num_steps: int):
+    left = num_steps - compiled_step
+    self.num_steps = num_steps
+    self.first = compiled_step + min(_ETA_WARMUP_STEPS, max(0, left // 20))
+    self.last = self.first + min(_ETA_AFTER_STEPS, max(1, left // 10))
+    self.t0 = time.perf_counter() if self.first == compiled_step else None
+
+  def tick(self, step: int, device_metrics) -> None:
+    if step not in (self.first, self.last):
+      return
+    jax.block_until_ready(device_metrics)
+    if step == self.first:
+      self.t0 = time.perf_counter()
+    elif step < self.num_steps:
+      log.info("%s", eta_line((step - self.first) / (time.perf_counter() - self.t0),
+                              self.num_steps - step))
+
+
 class _OneStepBehind:
   """Records each step's device metrics one step late, so that the host never waits for the
   step it has just dispatched: `push(step, metrics)` records the step pushed before (if any)
@@ -439,8 +462,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   data_iter_state = loader.get_state()
   preempted_at = None
   seconds = {"setup": time.perf_counter() - t_setup}
-  t_train = t_eta = None  # after the first (compiling) step; when the ETA's timing starts
-  eta_from = eta_at = None  # the ETA is timed from step eta_from and logged after eta_at
+  t_train = eta = None  # set after the first (compiling) step
   try:
     for step in range(start + 1, config.num_steps + 1):
       batch = to_global(next(loader))
@@ -455,22 +477,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         seconds["compilation"] = time.perf_counter() - t_compile
         log.info("Train step compiled in %.1f s.", seconds["compilation"])
         t_train = time.perf_counter()
-        # The ETA is timed over steps after a few warm-up ones (the first steps after
-        # compilation run slower while the input pipeline and allocator settle).
-        eta_from = step + min(_ETA_WARMUP_STEPS, max(0, (config.num_steps - step) // 20))
-        eta_at = eta_from + min(_ETA_AFTER_STEPS, max(1, (config.num_steps - step) // 10))
+        eta = _EtaTimer(step, config.num_steps)
         bar = tqdm.tqdm(total=config.num_steps, initial=step - 1, desc="train", unit="step",
                         disable=not tc.progress_bar or jax.process_index() != 0,
                         dynamic_ncols=True)
-      if step == eta_from:
-        jax.block_until_ready(device_metrics)
-        t_eta = time.perf_counter()
+      else:
+        eta.tick(step, device_metrics)
       behind.push(step, device_metrics)
       bar.update(1)
-      if step == eta_at and step < config.num_steps:
-        jax.block_until_ready(device_metrics)
-        log.info("%s", eta_line((step - eta_from) / (time.perf_counter() - t_eta),
-                                config.num_steps - step))
       last = step == config.num_steps
       if manager.should_save(step) or last:
         behind.catch_up()  # every step up to the checkpoint is recorded (and checked) first
