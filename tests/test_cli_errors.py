@@ -1,17 +1,13 @@
 """Bad input to `python -m uwm_jax.train` / `uwm_jax.evaluate` ends in one `error:` line and
 exit status 2, before anything expensive is built (the real CLIs, as subprocesses)."""
 
-import os
-import subprocess
-import sys
 import time
 
 import ml_collections
 import pytest
 
+from tests.helpers import REPO, start_cli
 from uwm_jax import cli_errors
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_ml_collections_unknown_field_reads_as_one_line():
@@ -21,12 +17,6 @@ def test_ml_collections_unknown_field_reads_as_one_line():
   msg = cli_errors.readable_message(err.value)
   assert msg == ("unknown config field 'sav_every' (did you mean \"save_every\" instead of "
                  "\"sav_every\"?)"), msg
-
-
-def _start(module, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_bad_inputs_end_in_one_error_line_each(tmp_path):
@@ -54,7 +44,7 @@ def test_bad_inputs_end_in_one_error_line_each(tmp_path):
                     "nope"),
   }
   t0 = time.time()
-  procs = {name: _start(module, *args) for name, (module, args, _) in cases.items()}
+  procs = {name: start_cli(module, *args) for name, (module, args, _) in cases.items()}
   for name, proc in procs.items():
     out, err = proc.communicate(timeout=300)
     lines = [line for line in err.splitlines() if line.strip()]
@@ -68,6 +58,6 @@ def test_bad_inputs_end_in_one_error_line_each(tmp_path):
 
 
 def test_traceback_flag_shows_the_traceback(tmp_path):
-  proc = _start("uwm_jax.train", "--config=configs/nope.py", "--traceback")
+  proc = start_cli("uwm_jax.train", "--config=configs/nope.py", "--traceback")
   _, err = proc.communicate(timeout=300)
   assert proc.returncode != 0 and "Traceback" in err
