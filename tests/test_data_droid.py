@@ -17,7 +17,7 @@ from tests import fixtures
 from tests.helpers import run_cli
 from uwm_jax.data import convert_rlds as convert
 from uwm_jax.data import filters, loader, normalization, profiles, rlds_read
-from uwm_jax.data import source_configs
+from uwm_jax.data import source_configs, sources
 from uwm_jax.data.converted import ConvertedSource
 from uwm_jax.data.windows import WindowReader
 
@@ -100,6 +100,34 @@ def test_windows_match_the_raw_rlds_episode(converted, raw_episodes, monkeypatch
       normalization.denormalize(sample["action"], train.dataset_stats["action"]),
       raw_act[start:start + sl.window][sl.action], rtol=1e-5, atol=1e-6)
   batch_lib.validate_batch(next(train), c.model)
+
+
+def test_decoded_frame_cache_gives_the_same_frames_and_batches_and_decodes_once(converted,
+                                                                                monkeypatch):
+  # Each step's views are decoded once, however often and in whatever pieces they are read.
+  _, (src,), _ = sources.build_sources(_config(converted, cache_decoded_frames=True))
+  _, (reference,), _ = sources.build_sources(_config(converted))
+  decoded = []
+  real_decode = fmt.decode_image
+  monkeypatch.setattr(fmt, "decode_image", lambda b: decoded.append(1) or real_decode(b))
+  for _ in range(2):
+    for ep, length in enumerate(src.episode_lengths):
+      for steps in (np.arange(length)[::-2], np.arange(length)):
+        np.testing.assert_array_equal(src.frames(ep, steps), reference.frames(ep, steps))
+  views = len(src.camera_keys)
+  plain_reads = 2 * sum(len(np.arange(n)[::-2]) + n for n in src.episode_lengths)
+  assert len(decoded) == views * (plain_reads + int(src.episode_lengths.sum()))
+  monkeypatch.undo()
+  # Through the loader (reader threads, prefetch): the same batches, over two epochs.
+  plain = loader.make_train_loader(_config(converted), process_index=0, process_count=1)
+  cached = loader.make_train_loader(_config(converted, cache_decoded_frames=True),
+                                    process_index=0, process_count=1)
+  epoch = sum(len(t) for t in cached.split.train) // cached.batch_size + 1
+  for _ in range(2 * epoch):
+    want, got = next(plain), next(cached)
+    assert want.keys() == got.keys()
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
 def test_statistics_equal_numpy_and_are_cached(converted, raw_episodes):

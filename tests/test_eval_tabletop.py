@@ -102,6 +102,19 @@ def test_replayed_expert_actions_succeed_through_the_rollout_loop():
     assert chance.success_rate < 0.5
   finally:
     close()
+  # Envs that render nothing (the random baseline's) play the same episodes: same outcomes and
+  # lengths, black images of the same shape.
+  blind, close_blind = envs_lib.make_envs("tabletop_push", 3, _Config, images=False)
+  try:
+    sightless = rollout.run_rollouts(blind, ReplayPolicy(actions, horizon=16), episodes,
+                                     num_videos=1, **common)
+  finally:
+    close_blind()
+  assert ([(e.success, e.length) for e in sightless.episodes]
+          == [(e.success, e.length) for e in result.episodes])
+  blind_frames = sightless.episodes[0].frames
+  assert blind_frames[-1].shape == (32, 64, 3) and not np.any(blind_frames[-1])
+  assert np.any(frames[-1])
 
 
 def test_unknown_task_name_is_one_clear_error():

@@ -16,6 +16,7 @@ import numpy as np
 from uwm_jax.data import array_record_format as fmt
 from uwm_jax.data import filters as filters_lib
 from uwm_jax.data.episodes import EpisodeSource
+from uwm_jax.data.frame_cache import DecodedFrameCache
 
 
 def load_dataset_json(path: str, name: str) -> dict:
@@ -62,7 +63,7 @@ class ConvertedSource(EpisodeSource):
                image_shape: Tuple[int, int], action_dim: int, low_dim_dim: int = 0,
                action_free: bool = False,
                episode_filter: filters_lib.EpisodeFilter = filters_lib.EpisodeFilter(),
-               max_episodes: int = 0):
+               max_episodes: int = 0, cache_decoded_frames: bool = False):
     self.name = name
     self.path = os.path.abspath(path)
     meta = load_dataset_json(path, name)
@@ -124,17 +125,20 @@ class ConvertedSource(EpisodeSource):
     self.action_free = np.full((len(keep),), bool(action_free or stored_free))
     self._frames = None  # grain ArrayRecordDataSource, opened lazily per process
     self._arrays = {}  # (shard, file) -> memory-mapped array
+    self.cache_decoded_frames = bool(cache_decoded_frames)
+    self._cache_start = np.concatenate([[0], np.cumsum(self.episode_lengths)]).astype(np.int64)
+    self._cache = None  # DecodedFrameCache, allocated lazily per process
 
   @classmethod
   def from_config(cls, name: str, cfg, model_cfg) -> "ConvertedSource":
     return cls(name, cfg.path, model_cfg.camera_keys, model_cfg.image_shape,
                model_cfg.action_dim, model_cfg.low_dim_dim, bool(cfg.action_free),
                filters_lib.EpisodeFilter.from_args(cfg.include, cfg.exclude, cfg.success_only),
-               int(cfg.max_episodes))
+               int(cfg.max_episodes), bool(cfg.get("cache_decoded_frames", False)))
 
   def __getstate__(self):
     state = dict(self.__dict__)
-    state["_frames"], state["_arrays"] = None, {}
+    state["_frames"], state["_arrays"], state["_cache"] = None, {}, None
     return state
 
   def episode_name(self, episode: int) -> str:
@@ -171,6 +175,16 @@ class ConvertedSource(EpisodeSource):
     L = int(self.episode_lengths[episode])
     if indices.min(initial=0) < 0 or indices.max(initial=0) >= L:
       raise IndexError(f"{self.episode_name(episode)}: steps {indices} outside [0, {L}).")
+    if not self.cache_decoded_frames:
+      return self._decode_frames(episode, indices)
+    if self._cache is None:
+      self._cache = DecodedFrameCache(int(self._cache_start[-1]), len(self._views),
+                                      self.image_shape, self.name)
+    start = int(self._cache_start[episode])
+    return self._cache.get(start + indices, lambda rows: self._decode_frames(episode, rows - start))
+
+  def _decode_frames(self, episode: int, indices: np.ndarray) -> np.ndarray:
+    """(V, len(indices), H, W, 3) uint8: the steps' records read and decoded."""
     keys = [int(self._record[episode] + i) for i in indices]
     records = self._frame_source().__getitems__(keys)
     out = np.zeros((len(self._views), len(keys)) + self.image_shape + (3,), np.uint8)

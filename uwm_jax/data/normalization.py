@@ -34,7 +34,12 @@ def scale_offset(stats_entry: Mapping) -> Tuple[np.ndarray, np.ndarray]:
 
 def normalize(x, stats_entry: Mapping):
   """(..., D) raw values -> (..., D) normalised to [-1, 1] over the statistics' range."""
-  scale, offset = scale_offset(stats_entry)
+  return normalize_by(x, scale_offset(stats_entry))
+
+
+def normalize_by(x, scale_and_offset: Tuple[np.ndarray, np.ndarray]):
+  """`normalize` with the entry's `scale_offset` computed once (per-sample hot paths)."""
+  scale, offset = scale_and_offset
   return (x - offset) / scale
 
 

@@ -31,7 +31,8 @@ def synthetic(weight: float = 1.0, num_episodes: int = 16, episode_len: int = 32
 
 def array_record(path: str = "", weight: float = 1.0, action_free: bool = False,
                  include: tuple = (), exclude: tuple = (), success_only: bool = False,
-                 max_episodes: int = 0) -> ml_collections.ConfigDict:
+                 max_episodes: int = 0,
+                 cache_decoded_frames: bool = False) -> ml_collections.ConfigDict:
   """A dataset converted by `python -m uwm_jax.data.convert_rlds` (DROID, LIBERO, any RLDS).
 
   The episode filters repeat the conversion's (docs/data.md) at load time, over the stored
@@ -40,11 +41,14 @@ def array_record(path: str = "", weight: float = 1.0, action_free: bool = False,
     exclude: drop episodes whose recording_folderpath contains any of these;
     success_only: keep episodes whose file_path / recording_folderpath says "success";
     max_episodes: keep the first N episodes that pass (0 = all).
+  cache_decoded_frames: keep every frame decoded once in memory (per process), so later epochs
+    skip the PNG/JPEG decoding; memory = steps x views x H x W x 3 bytes (the embedded demo:
+    ~170 MB). For small datasets only (docs/data.md, "Decoded-frame cache").
   """
   return ml_collections.ConfigDict(dict(
       kind="array_record", weight=float(weight), action_free=bool(action_free), path=path,
       include=tuple(include), exclude=tuple(exclude), success_only=bool(success_only),
-      max_episodes=int(max_episodes)))
+      max_episodes=int(max_episodes), cache_decoded_frames=bool(cache_decoded_frames)))
 
 
 def _clip_fields(frame_stride: float, padding: str, min_bytes: int, max_bytes: int) -> dict:

@@ -39,9 +39,10 @@ class WindowReader:
     self.action_dim = int(model_cfg.action_dim)
     self.low_dim_dim = int(model_cfg.low_dim_dim)
     self.stats = {k: dict(v) for k, v in stats.items()}  # identity entries = unnormalised
+    self._scale_offset = {k: normalization.scale_offset(v) for k, v in self.stats.items()}
 
   def _norm(self, x: np.ndarray, key: str) -> np.ndarray:
-    return normalization.normalize(x, self.stats[key]).astype(np.float32)
+    return normalization.normalize_by(x, self._scale_offset[key]).astype(np.float32)
 
   def __call__(self, row) -> dict:
     s, ep, start = (int(v) for v in row)

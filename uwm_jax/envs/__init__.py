@@ -15,6 +15,7 @@
 can) and a `close()` callable. Imports of MuJoCo/LIBERO happen only when an env is made.
 """
 
+import dataclasses
 import sys
 from typing import Callable, List, Tuple
 
@@ -85,23 +86,25 @@ def tabletop_spec(name: str, model_cfg):
   return tabletop.TabletopSpec(task=task, image_size=int(H), shifts=shifts)
 
 
-def make_envs(name: str, n: int, config) -> Tuple[List, Callable[[], None]]:
+def make_envs(name: str, n: int, config, images: bool = True) -> Tuple[List, Callable[[], None]]:
   """n environments of `name` in a worker process (`remote.py`: rendering must not share a
-  process with TensorFlow); -> (env proxies, close)."""
+  process with TensorFlow); -> (env proxies, close). images=False: the embedded tasks render
+  nothing (black camera images), for policies that never look; LIBERO renders anyway."""
   check_env_name(name)
   # Late: remote imports this package (a cycle at import time).
   from uwm_jax.envs import remote  # pylint: disable=import-outside-toplevel
-  return remote.make_remote_envs(name, n, config)
+  return remote.make_remote_envs(name, n, config, images)
 
 
-def make_local_envs(name: str, n: int, config) -> Tuple[List, Callable[[], None]]:
-  """n environments of `name` in this process; -> (envs, close)."""
+def make_local_envs(name: str, n: int, config,
+                    images: bool = True) -> Tuple[List, Callable[[], None]]:
+  """n environments of `name` in this process; -> (envs, close). `images` as `make_envs`."""
   check_env_name(name)
   if name in EMBEDDED_TASKS:
     # Late: MuJoCo loads only where a simulator is used.
     from uwm_jax.envs import tabletop  # pylint: disable=import-outside-toplevel
-    envs, renderer = tabletop.make_envs(n, tabletop_spec(name, config.model))
-    return envs, renderer.close
+    spec = dataclasses.replace(tabletop_spec(name, config.model), images=bool(images))
+    return tabletop.make_envs(n, spec)
   # Late: LIBERO is an optional extra.
   from uwm_jax.envs import libero_env  # pylint: disable=import-outside-toplevel
   envs = [libero_env.LiberoEnv.from_config(name[len(LIBERO_PREFIX):], config)

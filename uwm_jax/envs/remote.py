@@ -79,8 +79,8 @@ class Worker:
 
 
 # ------------------------------------------------------------------ worker-side functions
-def _make(name: str, n: int, config) -> List[Tuple[tuple, int]]:
-  envs, close = envs_lib.make_local_envs(name, n, config)
+def _make(name: str, n: int, config, images: bool) -> List[Tuple[tuple, int]]:
+  envs, close = envs_lib.make_local_envs(name, n, config, images)
   _STATE["envs"], _STATE["close"] = envs, close
   return [(tuple(e.camera_keys), int(e.action_dim)) for e in envs]
 
@@ -113,11 +113,12 @@ class RemoteEnv:
     return self.worker.call(_step, self.index, action)
 
 
-def make_remote_envs(name: str, n: int, config) -> Tuple[List[RemoteEnv], Callable[[], None]]:
+def make_remote_envs(name: str, n: int, config,
+                     images: bool = True) -> Tuple[List[RemoteEnv], Callable[[], None]]:
   """n envs of `name` in one worker process; -> (proxies, close)."""
   worker = Worker()
   try:
-    specs = worker.call(_make, name, n, config)
+    specs = worker.call(_make, name, n, config, images)
   except BaseException:
     worker.close()
     raise

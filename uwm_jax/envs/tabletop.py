@@ -77,6 +77,9 @@ class TabletopSpec:
   start_arc: float = float(np.pi)
   # Visual out-of-distribution shifts (names from OOD_SHIFTS; () = the in-distribution task).
   shifts: Tuple[str, ...] = ()
+  # False: nothing is rendered and the camera observations are black images of the same shape,
+  # for policies that never look (the random baseline: ~5 ms of software rendering per image).
+  images: bool = True
 
 
 def camera_keys(cameras: Sequence[str] = CAMERAS):
@@ -175,8 +178,8 @@ class TabletopEnv:
     check_no_tensorflow()
     self.model = model if model is not None else load_model(spec)
     self.data = mujoco.MjData(self.model)
-    self._own_renderer = renderer is None
-    self.renderer = renderer if renderer is not None else mujoco.Renderer(
+    self._own_renderer = renderer is None and spec.images
+    self.renderer = renderer if renderer is not None or not spec.images else mujoco.Renderer(
         self.model, spec.image_size, spec.image_size)
     self.camera_keys = camera_keys()
     self.action_dim = 2
@@ -242,6 +245,8 @@ class TabletopEnv:
     return obs
 
   def render(self, camera: str) -> np.ndarray:
+    if not self.spec.images:
+      return np.zeros((self.spec.image_size, self.spec.image_size, 3), np.uint8)
     self.renderer.update_scene(self.data, camera)
     return self.renderer.render().copy()
 
@@ -255,12 +260,13 @@ class TabletopEnv:
 
 
 def make_envs(n: int, spec: TabletopSpec = TabletopSpec()):
-  """`n` envs sharing one model and one offscreen renderer (one GL context)."""
+  """`n` envs sharing one model and one offscreen renderer (one GL context; none when
+  `spec.images` is False); -> (envs, close)."""
   check_no_tensorflow()
   model = load_model(spec)
-  renderer = mujoco.Renderer(model, spec.image_size, spec.image_size)
+  renderer = mujoco.Renderer(model, spec.image_size, spec.image_size) if spec.images else None
   envs = [TabletopEnv(spec, model=model, renderer=renderer) for _ in range(n)]
-  return envs, renderer
+  return envs, (renderer.close if renderer is not None else lambda: None)
 
 
 # ---------------------------------------------------------------------- expert
