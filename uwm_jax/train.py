@@ -30,6 +30,7 @@ import time
 from absl import flags
 
 from uwm_jax import cli_config, cli_errors
+from uwm_jax.runs import host_allocator
 
 _CONFIG = cli_config.define_config_flag("Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Working directory (checkpoints, metrics); "
@@ -46,6 +47,8 @@ def main(argv):
   config = cli_errors.config_value(_CONFIG)  # a bad config file or field fails first
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
+  if config.train.get("host_huge_pages", False):  # may re-execute this command (same PID)
+    host_allocator.reexec_with_huge_pages()
   # jax.distributed must start before anything touches a device (some modules create arrays
   # at import time), so the pipeline's modules are imported only afterwards.
   from uwm_jax.training import distributed  # pylint: disable=import-outside-toplevel

@@ -15,7 +15,6 @@
 can) and a `close()` callable. Imports of MuJoCo/LIBERO happen only when an env is made.
 """
 
-import dataclasses
 import sys
 from typing import Callable, List, Tuple
 
@@ -103,8 +102,7 @@ def make_local_envs(name: str, n: int, config,
   if name in EMBEDDED_TASKS:
     # Late: MuJoCo loads only where a simulator is used.
     from uwm_jax.envs import tabletop  # pylint: disable=import-outside-toplevel
-    spec = dataclasses.replace(tabletop_spec(name, config.model), images=bool(images))
-    return tabletop.make_envs(n, spec)
+    return tabletop.make_envs(n, tabletop_spec(name, config.model), bool(images))
   # Late: LIBERO is an optional extra.
   from uwm_jax.envs import libero_env  # pylint: disable=import-outside-toplevel
   envs = [libero_env.LiberoEnv.from_config(name[len(LIBERO_PREFIX):], config)

@@ -77,9 +77,6 @@ class TabletopSpec:
   start_arc: float = float(np.pi)
   # Visual out-of-distribution shifts (names from OOD_SHIFTS; () = the in-distribution task).
   shifts: Tuple[str, ...] = ()
-  # False: nothing is rendered and the camera observations are black images of the same shape,
-  # for policies that never look (the random baseline: ~5 ms of software rendering per image).
-  images: bool = True
 
 
 def camera_keys(cameras: Sequence[str] = CAMERAS):
@@ -169,17 +166,23 @@ def sample_distractor(rng: np.random.Generator, layout: Dict[str, np.ndarray]) -
 
 
 class TabletopEnv:
-  """One episode at a time. Several envs can share one `mujoco.Renderer` (see `make_envs`)."""
+  """One episode at a time. Several envs can share one `mujoco.Renderer` (see `make_envs`).
 
-  def __init__(self, spec: TabletopSpec = TabletopSpec(), *, model=None, renderer=None):
+  images=False: nothing is rendered and the camera observations are black images of the same
+  shape, for policies that never look (the random baseline; software rendering costs ~5 ms per
+  image on a CPU host)."""
+
+  def __init__(self, spec: TabletopSpec = TabletopSpec(), *, model=None, renderer=None,
+               images: bool = True):
     if spec.task not in TASKS:
       raise ValueError(f"Unknown embedded task {spec.task!r}; known: {TASKS}.")
     self.spec = spec
     check_no_tensorflow()
     self.model = model if model is not None else load_model(spec)
     self.data = mujoco.MjData(self.model)
-    self._own_renderer = renderer is None and spec.images
-    self.renderer = renderer if renderer is not None or not spec.images else mujoco.Renderer(
+    self.images = bool(images)
+    self._own_renderer = renderer is None and self.images
+    self.renderer = renderer if renderer is not None or not self.images else mujoco.Renderer(
         self.model, spec.image_size, spec.image_size)
     self.camera_keys = camera_keys()
     self.action_dim = 2
@@ -245,7 +248,7 @@ class TabletopEnv:
     return obs
 
   def render(self, camera: str) -> np.ndarray:
-    if not self.spec.images:
+    if not self.images:
       return np.zeros((self.spec.image_size, self.spec.image_size, 3), np.uint8)
     self.renderer.update_scene(self.data, camera)
     return self.renderer.render().copy()
@@ -259,13 +262,13 @@ class TabletopEnv:
     self.renderer = None
 
 
-def make_envs(n: int, spec: TabletopSpec = TabletopSpec()):
-  """`n` envs sharing one model and one offscreen renderer (one GL context; none when
-  `spec.images` is False); -> (envs, close)."""
+def make_envs(n: int, spec: TabletopSpec = TabletopSpec(), images: bool = True):
+  """`n` envs sharing one model and one offscreen renderer (one GL context; none when `images`
+  is False); -> (envs, close)."""
   check_no_tensorflow()
   model = load_model(spec)
-  renderer = mujoco.Renderer(model, spec.image_size, spec.image_size) if spec.images else None
-  envs = [TabletopEnv(spec, model=model, renderer=renderer) for _ in range(n)]
+  renderer = mujoco.Renderer(model, spec.image_size, spec.image_size) if images else None
+  envs = [TabletopEnv(spec, model=model, renderer=renderer, images=images) for _ in range(n)]
   return envs, (renderer.close if renderer is not None else lambda: None)
 
 
