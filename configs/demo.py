@@ -16,7 +16,9 @@ Measured on the idle 2-core CPU it was developed on, the README command with no 
 workdir present: 8.6 minutes in all (~1 min data, 6.8 min training at ~10 steps/s, 47 s
 evaluation), success 90% (45/50; random policy 0%); the DP baseline (`:dp`, same data): 42%
 (21/50). On the slower 2-core kind (AMD EPYC, no AVX-512), idle: 26.7 minutes (2.2 min data,
-20.3 min training at ~3.3 steps/s, 3.3 min evaluation), success 82% (41/50). The last line of
+20.3 min training at ~3.3 steps/s, 3.3 min evaluation), success 82% (41/50); with the
+decoded-frame cache and malloc on huge pages (same numbers computed): 21.9 minutes (2.5 min data,
+16.0 min training at ~4.2 steps/s, 2.4 min evaluation), 82% (41/50). The last line of
 the run gives these phase times on any machine. docs/evaluation.md
 lists every measurement. Evaluate again any time with
 `python -m uwm_jax.evaluate --checkpoint_dir=workdirs/demo`.

@@ -122,6 +122,10 @@ def test_decoded_frame_cache_gives_the_same_frames_and_batches_and_decodes_once(
   plain = loader.make_train_loader(_config(converted), process_index=0, process_count=1)
   cached = loader.make_train_loader(_config(converted, cache_decoded_frames=True),
                                     process_index=0, process_count=1)
+  # The loader fills the cache ahead, in a thread (during the train step's compilation).
+  cached.cache_fill.join(120)
+  assert cached.sources[0]._cache.filled.all()  # pylint: disable=protected-access
+  assert plain.cache_fill is None
   epoch = sum(len(t) for t in cached.split.train) // cached.batch_size + 1
   for _ in range(2 * epoch):
     want, got = next(plain), next(cached)

@@ -183,6 +183,13 @@ class ConvertedSource(EpisodeSource):
     start = int(self._cache_start[episode])
     return self._cache.get(start + indices, lambda rows: self._decode_frames(episode, rows - start))
 
+  def fill_frame_cache(self) -> None:
+    """Decode every step into the decoded-frame cache now (the training loader does this in a
+    thread while the train step compiles); nothing without `cache_decoded_frames`."""
+    if self.cache_decoded_frames:
+      for episode, length in enumerate(self.episode_lengths):
+        self.frames(episode, np.arange(int(length)))
+
   def _decode_frames(self, episode: int, indices: np.ndarray) -> np.ndarray:
     """(V, len(indices), H, W, 3) uint8: the steps' records read and decoded."""
     keys = [int(self._record[episode] + i) for i in indices]

@@ -23,6 +23,8 @@ loader always decodes them (offline metrics encode with the codec).
 import concurrent.futures
 import dataclasses
 import logging
+import threading
+import time
 import zlib
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -150,6 +152,30 @@ class BatchReader:
     return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
 
 
+def prefill_frame_caches(sources: Sequence[EpisodeSource]) -> Optional[threading.Thread]:
+  """Fill the decoded-frame caches of `sources` (docs/data.md) in a daemon thread, so that the
+  decoding overlaps the train step's compilation; None when no source caches frames. An error
+  stops the fill with one logged line (the reader meets and reports it again)."""
+  fills = [s.fill_frame_cache for s in sources if getattr(s, "cache_decoded_frames", False)]
+  if not fills:
+    return None
+
+  def fill_all():
+    t0 = time.perf_counter()
+    try:
+      for fill in fills:
+        fill()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("Decoded-frame cache: filling ahead stopped (%s: %s); windows decode "
+                      "on first read instead.", type(e).__name__, e)
+      return
+    logging.info("Decoded-frame cache filled in %.1f s.", time.perf_counter() - t0)
+
+  thread = threading.Thread(target=fill_all, name="frame-cache-fill", daemon=True)
+  thread.start()
+  return thread
+
+
 class TrainLoader(_Loader):
   """Endless iterator of host-local numpy batches (see `uwm_jax.batch`, plus `source`).
 
@@ -174,6 +200,9 @@ class TrainLoader(_Loader):
     self._stream = self._global_stream()
     self._next_batch = 0
     self._iter: Optional[Iterator] = None
+    # With grain worker processes each worker holds its own cache: nothing to fill here.
+    self.cache_fill = (prefill_frame_caches(self.sources)
+                       if int(config.data.num_workers) == 0 else None)
 
   def _global_stream(self) -> grain.MapDataset:
     """Endless MapDataset of (source, episode, start) rows: the global sample order."""
