@@ -205,12 +205,16 @@ def _tracking_demos(config) -> List[tracking.Demo]:
   return tracking.libero_hdf5_demos(e.tracking_demos, keys, max_demos=e.tracking_episodes)
 
 
-def _random_baseline(config, num_envs: int, episodes, horizon: int, max_steps: int,
+def _random_baseline(config, env_list, episodes, horizon: int, max_steps: int,
                      progress: bool) -> float:
-  """Success rate of uniform random actions on the same seeded episodes, in envs that render
-  nothing (the policy never looks; the same outcomes, without ~5 ms of rendering per image)."""
+  """Success rate of uniform random actions on the same seeded episodes. The embedded tasks
+  play them in envs that render nothing (the policy never looks: the same outcomes, without
+  ~5 ms of rendering per image); LIBERO, which renders anyway, reuses `env_list`."""
   e = config.eval
-  envs, close = envs_lib.make_envs(e.env, num_envs, config, images=False)
+  if e.env in envs_lib.EMBEDDED_TASKS:
+    envs, close = envs_lib.make_envs(e.env, len(env_list), config, images=False)
+  else:
+    envs, close = env_list, lambda: None
   try:
     chance = rollout.run_rollouts(
         envs, RandomPolicy(envs[0].action_dim, horizon, seed=e.seed), episodes,
@@ -278,7 +282,7 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
                           for ep, e in zip(episodes, result.episodes)]
       if e.random_baseline:
         metrics["rollout/random_policy_success_rate"] = _random_baseline(
-            config, len(env_list), episodes, model.dims.action_len, max_steps, progress)
+            config, env_list, episodes, model.dims.action_len, max_steps, progress)
       for ep in result.episodes:
         if ep.frames:
           tag = "success" if ep.success else "failure"
