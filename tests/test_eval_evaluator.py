@@ -134,3 +134,45 @@ def test_prediction_video_columns_and_rows_are_labelled():
                            prediction_videos.TRAJECTORY_ROWS)
   for r in range(2):  # every row has its label on the left
     assert (rows[r * 33:(r + 1) * 33, :30] < 128).any(), r
+
+
+def test_trajectory_predictions_query_in_fixed_batches_with_the_same_frames():
+  """The held-out trajectory is queried `chunk` queries per sampler call (the last call padded),
+  so the forward-dynamics sampler compiles once; a per-sample sampler gives the same frames
+  as one call over all queries."""
+  import numpy as np
+  from uwm_jax import batch as B_
+  from uwm_jax.evaluation import prediction_videos
+  config = tiny_push_config()
+  model = UnifiedWorldModel(config.model)
+  _, frozen = model.init(jax.random.PRNGKey(0))
+  d = model.dims
+  calls = []
+
+  def fd_sampler(params, frozen_, batch, rng):  # per sample: latent from its own actions
+    del params, frozen_, rng
+    calls.append(batch[B_.OBS].shape[0])
+    a = np.asarray(batch[B_.ACTION]).reshape(len(batch[B_.ACTION]), -1).sum(-1)
+    return {"latent": np.tanh(a)[:, None, None, None, None, None] *
+                      np.ones((1,) + d.latent_shape, np.float32)}
+
+  rng = np.random.default_rng(0)
+  length = 2 * d.num_obs_frames + 6 * d.action_len
+  H, W = config.model.image_shape
+  frames = rng.integers(0, 256, (length, len(config.model.camera_keys), H, W, 3), np.uint8)
+  actions = rng.uniform(-1, 1, (length, d.action_dim)).astype(np.float32)
+  n_queries = len(prediction_videos.trajectory_queries(length, d.num_obs_frames, d.action_len))
+  assert n_queries % 4 != 0  # the last call needs padding
+  low_dim = (rng.uniform(-1, 1, (length, config.model.low_dim_dim)).astype(np.float32)
+             if config.model.get("low_dim_dim") else None)
+  chunked = prediction_videos.trajectory_prediction_frames(
+      model, fd_sampler, None, frozen, frames, actions, jax.random.PRNGKey(1), low_dim, chunk=4)
+  assert calls and set(calls) == {4}
+  calls.clear()
+  whole = prediction_videos.trajectory_prediction_frames(
+      model, fd_sampler, None, frozen, frames, actions, jax.random.PRNGKey(1), low_dim,
+      chunk=n_queries)
+  assert calls == [n_queries]
+  assert len(chunked) == len(whole) == n_queries * d.num_obs_frames
+  for a, b in zip(chunked, whole):
+    np.testing.assert_array_equal(a, b)

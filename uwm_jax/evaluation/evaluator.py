@@ -185,8 +185,9 @@ def _prediction_videos(model, config, params, frozen, stats, rng, out_dir,
   trajectory = _held_out_trajectory(config, stats, eval_loader)
   if trajectory is not None:
     frames, actions, low_dim = trajectory
-    frames = prediction_videos.trajectory_prediction_frames(model, fd, params, frozen, frames,
-                                                            actions, k2, low_dim)
+    frames = prediction_videos.trajectory_prediction_frames(
+        model, fd, params, frozen, frames, actions, k2, low_dim,
+        chunk=config.eval.prediction_samples)  # the batch of the single video: one compile
     paths.append(videos.write_video(
         os.path.join(out_dir, f"forward_dynamics_trajectory.{ext}"), frames, fps=4))
   return paths

@@ -67,10 +67,27 @@ def trajectory_queries(length: int, num_obs_frames: int, action_len: int) -> np.
   return np.arange(first, last + 1, action_len)
 
 
+def _predict_in_chunks(model, fd_sampler, params, frozen, obs, actions, next_obs, rng,
+                       low_dim, chunk: int):
+  """`_predict` over the queries `chunk` at a time, the last chunk padded with copies of its
+  last query, so every sampler call has batch `chunk` (one compilation, shared with
+  `single_prediction_frames` when chunk = its sample count)."""
+  n = len(obs)
+  outs = []
+  for i, start in enumerate(range(0, n, chunk)):
+    idx = np.minimum(np.arange(start, start + chunk), n - 1)
+    pick = lambda x: None if x is None else x[idx]
+    outs.append(_predict(model, fd_sampler, params, frozen, obs[idx], actions[idx],
+                         next_obs[idx], jax.random.fold_in(rng, i), pick(low_dim)))
+  return tuple(np.concatenate([o[k] for o in outs])[:n] for k in range(3))
+
+
 def trajectory_prediction_frames(model, fd_sampler, params, frozen, frames: np.ndarray,
-                                 actions: np.ndarray, rng, low_dim=None) -> List[np.ndarray]:
+                                 actions: np.ndarray, rng, low_dim=None,
+                                 chunk: int = 4) -> List[np.ndarray]:
   """frames (L, V, H, W, 3) uint8, actions (L, A) normalised [, low_dim (L, D) normalised] ->
-  video frames [real | predicted] along the trajectory (T_o frames per chunk)."""
+  video frames [real | predicted] along the trajectory (T_o frames per chunk). The model is
+  queried `chunk` queries per sampler call."""
   T_o, H_a = model.dims.num_obs_frames, model.dims.action_len
   queries = trajectory_queries(len(frames), T_o, H_a)
   if not len(queries):
@@ -79,9 +96,10 @@ def trajectory_prediction_frames(model, fd_sampler, params, frozen, frames: np.n
   window = lambda t, lo, n: frames[t + lo:t + lo + n].transpose(1, 0, 2, 3, 4)  # (V, n, H, W, 3)
   obs = np.stack([window(t, 1 - T_o, T_o) for t in queries])
   next_obs = np.stack([window(t, H_a, T_o) for t in queries])
-  chunk = np.stack([actions[t:t + H_a] for t in queries]).astype(np.float32)
+  chunk_actions = np.stack([actions[t:t + H_a] for t in queries]).astype(np.float32)
   low = None if low_dim is None else np.stack([low_dim[t + 1 - T_o:t + 1] for t in queries])
-  _, real, pred = _predict(model, fd_sampler, params, frozen, obs, chunk, next_obs, rng, low)
+  _, real, pred = _predict_in_chunks(model, fd_sampler, params, frozen, obs, chunk_actions,
+                                     next_obs, rng, low, chunk)
   out = []
   for q in range(len(queries)):
     for t in range(T_o):
