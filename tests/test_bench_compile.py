@@ -59,7 +59,7 @@ def test_tiny_config_compiles_for_a_tpu_topology():
 def test_presets_are_config_variants():
   from configs import droid  # pylint: disable=import-outside-toplevel
   c = droid.get_config("dp,v5p-8")
-  assert tuple(c.train.mesh_shape) == (4, 1, 1)
+  assert tuple(c.train.mesh_shape) == (1, 4, 1)
   assert c.model.compute_dtype == "bfloat16" and c.model.scan_layers is False
   assert c.model.predict_next_obs is False  # dp still applies
   plain = droid.get_config()
