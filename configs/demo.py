@@ -18,7 +18,9 @@ evaluation), success 90% (45/50; random policy 0%); the DP baseline (`:dp`, same
 (21/50). On the slower 2-core kind (AMD EPYC, no AVX-512), idle: 26.7 minutes (2.2 min data,
 20.3 min training at ~3.3 steps/s, 3.3 min evaluation), success 82% (41/50); with the
 decoded-frame cache and malloc on huge pages (same numbers computed): 21.9 minutes (2.5 min data,
-16.0 min training at ~4.2 steps/s, 2.4 min evaluation), 82% (41/50). The last line of
+16.0 min training at ~4.2 steps/s, 2.4 min evaluation), 82% (41/50); without the loop's duplicate
+end-of-run metrics and with one forward-dynamics compilation: 18.3 minutes (2.0 min data, 13.6
+min training at ~4.9 steps/s, 1.8 min evaluation), the same 82% (41/50). The last line of
 the run gives these phase times on any machine. docs/evaluation.md
 lists every measurement. Evaluate again any time with
 `python -m uwm_jax.evaluate --checkpoint_dir=workdirs/demo`.
