@@ -83,11 +83,11 @@ def _predict_in_chunks(model, fd_sampler, params, frozen, obs, actions, next_obs
 
 
 def trajectory_prediction_frames(model, fd_sampler, params, frozen, frames: np.ndarray,
-                                 actions: np.ndarray, rng, low_dim=None,
-                                 chunk: int = 4) -> List[np.ndarray]:
+                                 actions: np.ndarray, rng, low_dim=None, *,
+                                 chunk: int) -> List[np.ndarray]:
   """frames (L, V, H, W, 3) uint8, actions (L, A) normalised [, low_dim (L, D) normalised] ->
   video frames [real | predicted] along the trajectory (T_o frames per chunk). The model is
-  queried `chunk` queries per sampler call."""
+  queried `chunk` queries per sampler call (the evaluator passes `eval.prediction_samples`)."""
   T_o, H_a = model.dims.num_obs_frames, model.dims.action_len
   queries = trajectory_queries(len(frames), T_o, H_a)
   if not len(queries):
