@@ -13,8 +13,11 @@ from configs import tiny
 from uwm_jax import batch as batch_lib
 
 
-# XLA options for the tests' executables: -O0 compiles ~3x faster on CPU (steps run slower).
+# XLA options for the tests' executables: -O0 compiles ~3x faster on CPU (steps run ~2x slower).
+# tests/conftest.py makes it every executable's default (XLA_FLAGS); FAST_COMPILE says so where a
+# config carries compiler options anyway, OPTIMIZED is for the few tests that run many steps.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
+OPTIMIZED = {"xla_backend_optimization_level": 2}
 
 
 def rel_err(got, want) -> float:

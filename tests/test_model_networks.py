@@ -122,14 +122,16 @@ def test_global_cond_layout_and_low_dim():
   model = UnifiedWorldModel(cfg.model)
   params, _ = model.init(jax.random.key(0))
   batch = structured_batch(cfg.model, 2)
-  obs, _ = model.transform(batch["obs"], None, jax.random.key(0), train=False)
-  cond = model.global_cond(params, obs, batch["low_dim"])
+  # jitted: eager, every op of the ResNet compiles on its own (a minute on a 2-core CPU)
+  obs, _ = jax.jit(lambda o, k: model.transform(o, None, k, train=False))(batch["obs"],
+                                                                         jax.random.key(0))
+  cond = jax.jit(model.global_cond)(params, obs, batch["low_dim"])
   d = model.dims
   assert cond.shape == (2, d.global_cond_dim)
   np.testing.assert_allclose(cond[:, -6:], batch["low_dim"].reshape(2, -1))
   # Features are ordered (view, frame, feature): view 1 frame 0 is the third block.
   F = cfg.model.image_feature_dim
-  single = model.image_encoder.apply({"params": params["image_encoder"]}, obs[:, 1, 0])
+  single = jax.jit(model.image_encoder.apply)({"params": params["image_encoder"]}, obs[:, 1, 0])
   np.testing.assert_allclose(cond[:, 2 * F:3 * F], single, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="low_dim"):
     model.global_cond(params, obs, None)
@@ -143,11 +145,12 @@ def test_coordinate_channels_reach_the_encoder():
   images = jnp.full((2, 32, 32, 3), 0.5)
   plain = ResNet18GN(feature_dim=8, width=16)
   coord = ResNet18GN(feature_dim=8, width=16, coord_channels=True)
-  assert plain.init(jax.random.key(0), images)["params"]["conv1"]["kernel"].shape == (7, 7, 3, 16)
-  params = coord.init(jax.random.key(0), images)["params"]
+  plain_shapes = jax.eval_shape(plain.init, jax.random.key(0), images)["params"]
+  assert plain_shapes["conv1"]["kernel"].shape == (7, 7, 3, 16)
+  params = jax.jit(coord.init)(jax.random.key(0), images)["params"]  # eager: a minute of compiles
   assert params["conv1"]["kernel"].shape == (7, 7, 5, 16)
   # A uniform image carries no position; only the coordinate channels can move the features.
-  grads = jax.grad(lambda p: jnp.sum(coord.apply({"params": p}, images) ** 2))(params)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(coord.apply({"params": p}, images) ** 2)))(params)
   assert np.abs(np.asarray(grads["conv1"]["kernel"][..., 3:, :])).max() > 0
   cfg = tiny_config()
   cfg.model.image_coord_channels = True

@@ -4,7 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from tests.helpers import structured_batch, tiny_config
+from tests.helpers import OPTIMIZED, structured_batch, tiny_config
 from uwm_jax.diffusion import make_schedule
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.training.loss import compute_loss, sample_timesteps
@@ -39,6 +39,8 @@ def test_overfits_one_batch_both_losses_drop_10x():
   config.optim.learning_rate = 1e-3
   model, schedule, step, state = _setup(config)
   batch = structured_batch(config.model, 8)
+  # 2500 steps: optimized code (conftest's default level 0 would run them ~2x slower)
+  step = step.lower(state, batch, jax.random.key(1)).compile(OPTIMIZED)
   eval_keys = [jax.random.key(100 + i) for i in range(8)]
   losses = jax.jit(lambda p, k: compute_loss(model, schedule, p, state.frozen, batch, k,
                                              train=False)[1])
