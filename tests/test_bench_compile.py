@@ -35,6 +35,21 @@ def test_sweep_candidates_cover_the_chips():
   assert compile_lib.fit_batch(8, (1, 16, 2)) == 16
 
 
+def test_a_chip_without_a_time_estimate_prints_none_not_a_negative_time():
+  """libtpu's cost analysis of the DROID step for v4-8 gives optimal_seconds < 0 (measured:
+  -322.9): no time, samples/s or MFU is derived from it."""
+  setting = dict(batch_size=144, mesh_shape=(4, 1, 1), compute_dtype="bfloat16", remat=False,
+                 scan_layers=False, latent_cache=True)
+  memory = dict(argument=5, output=1, temp=4, alias=1, generated_code=0, peak=9 << 30)
+  rows = [compile_lib.Estimate("train step", "v4-8", 4, 32 << 30, memory, 5.6e12, 5.7e12,
+                               seconds, 144, 275e12, setting) for seconds in (-322.9, 0.05)]
+  table = compile_lib.format_table(rows).splitlines()
+  assert "none" in table[1] and "-322" not in table[1] and "nan" not in table[1]
+  assert "2880.0" in table[2] and "41.5%" in table[2]  # 144 / 0.05 s; 5.7e12 / 0.05 / 275e12
+  text = compile_lib.format_estimate(rows[0])
+  assert "est. time        none" in text and "nan" not in text
+
+
 @pytest.mark.skipif(not HAVE_LIBTPU, reason="libtpu is not installed "
                     "(pip install -r requirements-tpu.txt compiles for TPUs without one)")
 def test_tiny_config_compiles_for_a_tpu_topology():

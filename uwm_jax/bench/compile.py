@@ -194,8 +194,10 @@ def format_estimate(e: Estimate) -> str:
                                   if e.fits else f"DOES NOT FIT, over by {_gib(-margin)}"),
       f"  FLOPs per chip   compiled {e.compiled_flops / 1e12:.4g} TFLOP, analytic "
       f"{e.analytic_flops / 1e12:.4g} TFLOP (compiled/analytic {e.compiled_flops / max(e.analytic_flops, 1):.2f})",
-      f"  est. time        {e.seconds * 1e3:.2f} ms per call (compiler's optimal_seconds) -> "
-      f"{e.samples_per_s:.4g} samples/s, MFU {e.mfu:.1%} ({peak})",
+      (f"  est. time        {e.seconds * 1e3:.2f} ms per call (compiler's optimal_seconds) -> "
+       f"{e.samples_per_s:.4g} samples/s, MFU {e.mfu:.1%} ({peak})" if e.seconds > 0 else
+       f"  est. time        none: the compiler's optimal_seconds is {e.seconds:.4g} (libtpu "
+       "gives no time estimate for this chip; memory and FLOPs above still hold)"),
       f"  compile          {e.compile_s:.0f} s here",
   ])
 
@@ -383,8 +385,9 @@ def format_table(rows: List[Estimate], best: Optional[Estimate] = None) -> str:
         f"{e.topology:<9}{'on' if s['latent_cache'] else 'off':>6}{s['batch_size']:>6}"
         f"{str(tuple(s['mesh_shape'])):>14}{'bf16' if s['compute_dtype'] == 'bfloat16' else 'fp32':>6}"
         f"{'y' if s['remat'] else 'n':>6}{'y' if s['scan_layers'] else 'n':>5}"
-        f"{e.memory['peak'] / 2**30:>13.2f}{'y' if e.fits else 'n':>5}{e.seconds * 1e3:>9.1f}"
-        f"{e.samples_per_s:>10.1f}{e.mfu:>7.1%}{mark}")
+        f"{e.memory['peak'] / 2**30:>13.2f}{'y' if e.fits else 'n':>5}"
+        + (f"{e.seconds * 1e3:>9.1f}{e.samples_per_s:>10.1f}{e.mfu:>7.1%}" if e.seconds > 0
+           else f"{'none':>9}{'-':>10}{'-':>7}") + mark)
   return "\n".join(out)
 
 
