@@ -162,12 +162,18 @@ class Estimate:
     return self.memory["peak"] <= self.hbm_bytes
 
   @property
+  def timed(self) -> bool:
+    """Whether the compiler estimated a time (libtpu's optimal_seconds is negative for some
+    chips: the DROID step on v4-8 and v5e-8)."""
+    return self.seconds > 0
+
+  @property
   def samples_per_s(self) -> float:
-    return self.samples / self.seconds if self.seconds > 0 else math.nan
+    return self.samples / self.seconds if self.timed else math.nan
 
   @property
   def mfu(self) -> float:
-    if not self.peak_flops or not self.seconds > 0:
+    if not self.peak_flops or not self.timed:
       return math.nan
     return self.analytic_flops / self.seconds / self.peak_flops
 
@@ -195,7 +201,7 @@ def format_estimate(e: Estimate) -> str:
       f"  FLOPs per chip   compiled {e.compiled_flops / 1e12:.4g} TFLOP, analytic "
       f"{e.analytic_flops / 1e12:.4g} TFLOP (compiled/analytic {e.compiled_flops / max(e.analytic_flops, 1):.2f})",
       (f"  est. time        {e.seconds * 1e3:.2f} ms per call (compiler's optimal_seconds) -> "
-       f"{e.samples_per_s:.4g} samples/s, MFU {e.mfu:.1%} ({peak})" if e.seconds > 0 else
+       f"{e.samples_per_s:.4g} samples/s, MFU {e.mfu:.1%} ({peak})" if e.timed else
        f"  est. time        none: the compiler's optimal_seconds is {e.seconds:.4g} (libtpu "
        "gives no time estimate for this chip; memory and FLOPs above still hold)"),
       f"  compile          {e.compile_s:.0f} s here",
@@ -338,7 +344,7 @@ def sweep(config, topology: Topology, devices, latent_cache: bool, log) -> List[
   tried: Dict[str, Estimate] = {}
 
   def score(e: Optional[Estimate]) -> float:
-    return e.samples_per_s if e is not None and e.fits and e.seconds > 0 else -1.0
+    return e.samples_per_s if e is not None and e.fits and e.timed else -1.0
 
   def run(overrides: dict) -> Optional[Estimate]:
     cfg = _apply(config, overrides)
@@ -386,7 +392,7 @@ def format_table(rows: List[Estimate], best: Optional[Estimate] = None) -> str:
         f"{str(tuple(s['mesh_shape'])):>14}{'bf16' if s['compute_dtype'] == 'bfloat16' else 'fp32':>6}"
         f"{'y' if s['remat'] else 'n':>6}{'y' if s['scan_layers'] else 'n':>5}"
         f"{e.memory['peak'] / 2**30:>13.2f}{'y' if e.fits else 'n':>5}"
-        + (f"{e.seconds * 1e3:>9.1f}{e.samples_per_s:>10.1f}{e.mfu:>7.1%}" if e.seconds > 0
+        + (f"{e.seconds * 1e3:>9.1f}{e.samples_per_s:>10.1f}{e.mfu:>7.1%}" if e.timed
            else f"{'none':>9}{'-':>10}{'-':>7}") + mark)
   return "\n".join(out)
 
