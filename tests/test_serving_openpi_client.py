@@ -50,6 +50,8 @@ def tiny_server(tmp_path_factory):
   directory = checkpoint.checkpoint_dir(str(tmp_path_factory.mktemp("tiny_served")))
   checkpoint.save_params_checkpoint(directory, params=params, frozen=frozen, config=config,
                                     dataset_stats=stats, step=4)
+  # parallel_calls left at its default, as the in-process evaluator's (on the 2-core CI host a
+  # batch of 2 runs as two concurrent calls of 1).
   server = server_lib.server_from_checkpoint(directory, port=0, api_key=KEY, max_batch=2,
                                              batch_window_ms=200.0, max_message_mb=1.0)
   server.compile(printer=lambda line: None)

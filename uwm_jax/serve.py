@@ -34,6 +34,9 @@ _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind (0.0.0.0 = eve
 _PORT = flags.DEFINE_integer("port", 8000, "Port (websocket and GET /healthz).")
 _API_KEY = flags.DEFINE_string("api_key", "", "Require 'Authorization: Api-Key <key>'.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 4, "Most requests per sampler call.")
+_PARALLEL = flags.DEFINE_integer("parallel_calls", 0, "Concurrent sampler calls a batch is "
+                                 "split into (0 = one per CPU core on a CPU host, 1 on an "
+                                 "accelerator).")
 _WINDOW = flags.DEFINE_float("batch_window_ms", 2.0, "Longest wait for requests to batch.")
 _EXEC_STEPS = flags.DEFINE_integer("exec_steps", None, "Actions returned per policy request "
                                    "(0 = the whole chunk; default: config.eval.exec_steps).")
@@ -54,6 +57,7 @@ def main(argv):
     server = server_lib.server_from_checkpoint(
         _CHECKPOINT_DIR.value, _STEP.value, robot=_ROBOT.value, host=_HOST.value,
         port=_PORT.value, api_key=_API_KEY.value, max_batch=max(1, _MAX_BATCH.value),
+        parallel_calls=max(0, _PARALLEL.value),
         batch_window_ms=_WINDOW.value, exec_steps=_EXEC_STEPS.value,
         temporal_ensemble=_ENSEMBLE.value, ensemble_decay=_DECAY.value,
         max_message_mb=_MAX_MB.value, seed=_SEED.value)

@@ -5,8 +5,10 @@ side by side:
   - the in-process sampler time of one policy request (batch 1, the compiled function alone);
   - per client count, the round-trip latency p50 / p99 of `PolicyClient.infer` (encoding,
     websocket, transforms, history, batching, sampling, decoding) and the requests/s, once with
-    batching (--max_batch, default the largest client count) and once one request per sampler
-    call (max_batch 1), plus the batched/one-at-a-time throughput ratio;
+    batching (--max_batch, default the largest client count; each batch split into
+    --parallel_calls concurrent sampler calls, 0 = the server's default: one per core on a CPU
+    host), the same batches as one call each, and one request per sampler call (max_batch 1),
+    plus the batched/one-at-a-time throughput ratio;
   - with --droid (default on), the DROID config's policy latency at batch 1 (its 10 DDIM steps,
     random-init params: the latency does not depend on the weights).
 Each client sends --requests sequential requests of random images at the checkpoint's camera
@@ -20,6 +22,7 @@ import threading
 import time
 
 from absl import flags
+import numpy as np
 
 from uwm_jax import cli_config
 
@@ -31,19 +34,20 @@ _CLIENTS = flags.DEFINE_list("clients", ["1", "4"], "Concurrent client counts.")
 _REQUESTS = flags.DEFINE_integer("requests", 30, "Requests per client.")
 _MAX_BATCH = flags.DEFINE_integer("max_batch", 0, "Batched serving's max_batch (0 = the "
                                   "largest client count).")
+_PARALLEL = flags.DEFINE_integer("parallel_calls", 0, "Concurrent sampler calls per batch "
+                                 "(0 = the server's default).")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds, each running every setting in turn.")
 _DROID = flags.DEFINE_bool("droid", True, "Also time the DROID config's policy at batch 1.")
 _DROID_CALLS = flags.DEFINE_integer("droid_calls", 3, "Timed DROID sampler calls.")
 flags.mark_flags_as_required(["checkpoint_dir"])
 
 
 def _percentile(values, q):
-  import numpy as np  # pylint: disable=import-outside-toplevel
   return float(np.percentile(np.asarray(values) * 1e3, q))
 
 
 def random_observation(transforms, rng):
   """A request with random images at the checkpoint's size and a plausible state."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
   H, W = transforms.image_shape
   obs = {transforms.camera_sources[k][0].key: rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
          for k in transforms.camera_keys}
@@ -52,9 +56,8 @@ def random_observation(transforms, rng):
   return obs
 
 
-def sampler_time(server, calls: int = 20) -> float:
-  """Median seconds of the in-process policy sampler at batch 1."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
+def sampler_times(server, calls: int = 20) -> list:
+  """Seconds of `calls` in-process policy sampler calls at batch 1 (after one untimed)."""
   from uwm_jax import sampling  # pylint: disable=import-outside-toplevel
   sampler = server.samplers[sampling.POLICY]
   example = server.example_inputs()[sampling.POLICY]
@@ -64,7 +67,7 @@ def sampler_time(server, calls: int = 20) -> float:
     t0 = time.perf_counter()
     sampler([example], [(0, i)])
     times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+  return times
 
 
 def _clients_main(port: int, obs: dict, clients: int, requests: int, conn) -> None:
@@ -100,7 +103,6 @@ def round_trips(port: int, transforms, clients: int, requests: int):
   """-> (latencies in s, wall seconds) of `clients` concurrent clients, run in another
   process (as robots are) so client and server do not share an interpreter."""
   import multiprocessing  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
   obs = random_observation(transforms, np.random.default_rng(0))
   ctx = multiprocessing.get_context("spawn")
   parent, child = ctx.Pipe()
@@ -116,7 +118,6 @@ def droid_latency(calls: int) -> float:
   """Median seconds of the DROID config's policy (batch 1, its DDIM steps), random params."""
   # pylint: disable=import-outside-toplevel
   import jax
-  import numpy as np
   from uwm_jax import sampling
   from uwm_jax.model.uwm import UnifiedWorldModel
   from uwm_jax.policies.sampler import BatchedSampler
@@ -145,29 +146,56 @@ def main(argv):
   import logging  # pylint: disable=import-outside-toplevel
   logging.getLogger("absl").setLevel(logging.WARNING)
   logging.getLogger("websockets").setLevel(logging.WARNING)
-  from uwm_jax.serving import server as server_lib  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from uwm_jax import sampling
+  from uwm_jax.serving import server as server_lib
+  # pylint: enable=import-outside-toplevel
   counts = [int(c) for c in _CLIENTS.value]
   max_batch = _MAX_BATCH.value or max(counts)
   server = server_lib.server_from_checkpoint(_CHECKPOINT_DIR.value, port=0,
-                                             max_batch=max_batch)
+                                             max_batch=max_batch,
+                                             parallel_calls=_PARALLEL.value)
   print(f"compiling ({server.metadata['robot']}, step {server.metadata['checkpoint_step']}) ...",
         flush=True)
   server.compile(printer=lambda line: None)
-  inproc = sampler_time(server)
+  policy_sampler = server.samplers[sampling.POLICY]
+  calls = policy_sampler.parallel_calls
+  settings = [("batched", max_batch, calls)]
+  if calls > 1:  # the same batches as one call each, for comparison
+    settings.append(("batched, 1 call", max_batch, 1))
+  settings.append(("one-at-a-time", 1, 1))
+  # Rounds alternate every setting (and the in-process sampler), each round starting with the
+  # next setting, so a slow spell of a shared machine falls on all of them alike; each row
+  # pools its rounds.
+  inproc_times = []
+  pooled = {(c, label): ([], 0.0) for c in counts for label, _, _ in settings}
+  with server_lib.ServerThread(server) as port:
+    for r in range(_ROUNDS.value):
+      policy_sampler.parallel_calls = 1
+      inproc_times.extend(sampler_times(server))
+      for clients in counts:
+        for label, batch, parallel in settings[r % len(settings):] + settings[:r % len(settings)]:
+          server.options.max_batch = batch
+          policy_sampler.parallel_calls = parallel
+          lat, wall = round_trips(port, server.transforms, clients, _REQUESTS.value)
+          prev_lat, prev_wall = pooled[(clients, label)]
+          pooled[(clients, label)] = (prev_lat + list(lat), prev_wall + wall)
+  inproc = float(np.median(inproc_times))
   print(f"in-process policy sampler, batch 1: {inproc * 1e3:.2f} ms", flush=True)
   rows = []
-  with server_lib.ServerThread(server) as port:
-    for clients in counts:
-      for label, batch in (("batched", max_batch), ("one-at-a-time", 1)):
-        server.options.max_batch = batch
-        lat, wall = round_trips(port, server.transforms, clients, _REQUESTS.value)
-        rows.append({"clients": clients, "serving": label, "max_batch": batch,
-                     "p50_ms": _percentile(lat, 50), "p99_ms": _percentile(lat, 99),
-                     "requests_per_s": len(lat) / wall})
-  print(f"\n{'clients':>7} {'serving':>14} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} "
+  for clients in counts:
+    for label, batch, parallel in settings:
+      lat, wall = pooled[(clients, label)]
+      rows.append({"clients": clients, "serving": label, "max_batch": batch,
+                   "parallel_calls": parallel,
+                   "p50_ms": _percentile(lat, 50), "p99_ms": _percentile(lat, 99),
+                   "requests_per_s": len(lat) / wall})
+  print(f"\nbatched: max_batch {max_batch}, split into {calls} concurrent sampler call(s); "
+        f"{_ROUNDS.value} round(s) of {_REQUESTS.value} requests per client")
+  print(f"{'clients':>7} {'serving':>15} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} "
         f"{'p50 - sampler':>13}")
   for r in rows:
-    print(f"{r['clients']:>7} {r['serving']:>14} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
+    print(f"{r['clients']:>7} {r['serving']:>15} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
           f"{r['requests_per_s']:>7.1f} {r['p50_ms'] - inproc * 1e3:>10.2f} ms")
   ratios = {}
   for clients in counts:

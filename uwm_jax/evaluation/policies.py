@@ -5,7 +5,7 @@ units; `observations[b]` lists slot b's env observations since the previous call
 
   LocalPolicy       a UWM checkpoint in this process: one `uwm_jax.policies.PolicySession` per
                     slot (the robot's input/output transforms, padded history, temporal
-                    ensembling, executed horizon) and one batched sampler call per step — the
+                    ensembling, executed horizon) and one batch of sampler calls per step — the
                     same path as the policy server (`uwm_jax.serving`), which runs the same
                     sessions per connection. Marginal policy, or inverse dynamics towards the
                     goal frames `goal_fn` gives.
@@ -20,7 +20,7 @@ import numpy as np
 from uwm_jax import sampling
 from uwm_jax.data import normalization
 from uwm_jax.evaluation.rollout import RolloutContext
-from uwm_jax.policies.sampler import BatchedSampler
+from uwm_jax.policies.sampler import BatchedSampler, default_parallel_calls
 from uwm_jax.policies.session import PolicySession
 
 
@@ -53,8 +53,13 @@ class LocalPolicy:
                                    temporal_ensemble=temporal_ensemble,
                                    ensemble_decay=ensemble_decay, exec_steps=exec_steps)
                      for _ in range(num_slots)]
-    # One compiled size: the rollout loop's batch is always the number of slots.
-    self.sampler = BatchedSampler(model, diffusion_cfg, params, frozen, mode, (num_slots,))
+    # The rollout loop's batch is at most the number of slots, run as `calls` concurrent calls
+    # (policies.sampler.default_parallel_calls) of one compiled size; a policy server with
+    # --max_batch=num_slots splits a full batch the same way, so served rollouts see the same
+    # executables.
+    calls = default_parallel_calls(num_slots)
+    self.sampler = BatchedSampler(model, diffusion_cfg, params, frozen, mode,
+                                  (-(-num_slots // calls),), parallel_calls=calls)
 
   def __call__(self, observations: Sequence[Sequence[dict]],
                context: RolloutContext) -> np.ndarray:

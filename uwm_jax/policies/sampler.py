@@ -5,7 +5,12 @@ requests with one jitted call: each request is sampled with its own key
 fold_in(PRNGKey(seed), counter) (`uwm_jax.policies.session`), so its answer does not depend on
 the other requests of the batch. Batches are padded (repeating the last request) to the
 smallest of `batch_sizes` that holds them, so only those sizes are ever compiled; `compile()`
-does that up front. Requests, one per element (no batch axis):
+does that up front. With `parallel_calls=k`, a list of requests is split into k near-equal
+parts that run as concurrent calls of the compiled function (threads; the jitted call releases
+the GIL): on a CPU host one call of a small model keeps about one core busy, so on the 2-core
+machine two calls of batch 2 answer 4 requests in ~34 ms where one call of batch 4 takes ~52 ms
+and one of batch 1 ~21 ms (docs/serving.md, "Latency"). `default_parallel_calls` picks k.
+Requests, one per element (no batch axis):
 
   obs       (V, T_o, H, W, 3) uint8       every mode
   low_dim   (T_o, D) float32              models with model.low_dim_dim > 0
@@ -17,8 +22,10 @@ Answers: {"action": (H_a, A) normalised} for policy / inverse_dynamics, {"frames
 video_prediction.
 """
 
+import concurrent.futures
+import os
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -48,14 +55,36 @@ def power_of_two_sizes(max_batch: int) -> Tuple[int, ...]:
   return tuple(sizes) + (int(max_batch),)
 
 
+def default_parallel_calls(max_batch: int) -> int:
+  """Concurrent sampler calls for a batch of up to `max_batch` requests: on a CPU backend one
+  per core this process may use (at most max_batch), on an accelerator 1 (one call of the whole
+  batch keeps the chip busy)."""
+  if jax.default_backend() != "cpu":
+    return 1
+  return max(1, min(len(os.sched_getaffinity(0)), int(max_batch)))
+
+
+def split_sizes(n: int, parts: int, max_size: int) -> List[int]:
+  """n requests as near-equal parts: at least `parts` (at most n) and none above max_size."""
+  if n <= 0:
+    return []
+  k = min(n, max(int(parts), -(-n // int(max_size))))
+  return [n // k + (1 if i < n % k else 0) for i in range(k)]
+
+
 class BatchedSampler:
   """See the module docstring."""
 
   def __init__(self, model, diffusion_cfg, params, frozen, mode: str = sampling.POLICY,
-               batch_sizes: Sequence[int] = (1,)):
+               batch_sizes: Sequence[int] = (1,), parallel_calls: int = 1):
     self.model, self.mode = model, mode
     self.params, self.frozen = params, frozen
     self.batch_sizes = _batch_sizes(batch_sizes)
+    if parallel_calls < 1:
+      raise ValueError(f"parallel_calls must be >= 1, got {parallel_calls}.")
+    self.parallel_calls = int(parallel_calls)
+    self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+    self._pool_size = 0
     sample = sampling.make_sampler(model, diffusion_cfg, mode)
     frames_out = sampling.MODE_SPECS[mode].denoise_obs
 
@@ -68,6 +97,16 @@ class BatchedSampler:
       return {"action": out["action"][0]}
 
     self._fn = jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, 0)))
+
+  def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+    """The threads of the concurrent calls (made again if `parallel_calls` was changed)."""
+    if self._pool is None or self._pool_size != self.parallel_calls:
+      if self._pool is not None:
+        self._pool.shutdown(wait=False)
+      self._pool = concurrent.futures.ThreadPoolExecutor(self.parallel_calls,
+                                                         thread_name_prefix="sampler-call")
+      self._pool_size = self.parallel_calls
+    return self._pool
 
   def padded_size(self, n: int) -> int:
     for size in self.batch_sizes:
@@ -91,10 +130,15 @@ class BatchedSampler:
     """Answer `requests` (dicts as in the module docstring) with their (seed, counter) keys."""
     if len(requests) != len(keys):
       raise ValueError(f"{len(requests)} requests but {len(keys)} keys.")
-    out, step = [], self.batch_sizes[-1]
-    for i in range(0, len(requests), step):
-      out.extend(self._run(list(requests[i:i + step]), list(keys[i:i + step])))
-    return out
+    parts, start = [], 0
+    for size in split_sizes(len(requests), self.parallel_calls, self.batch_sizes[-1]):
+      parts.append((list(requests[start:start + size]), list(keys[start:start + size])))
+      start += size
+    if self.parallel_calls == 1 or len(parts) == 1:
+      answers = [self._run(r, k) for r, k in parts]
+    else:
+      answers = list(self._executor().map(lambda part: self._run(*part), parts))
+    return [a for part in answers for a in part]
 
   def compile(self, example: dict) -> float:
     """Run every batch size once on `example` (compiling it); -> seconds taken."""

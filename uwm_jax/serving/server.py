@@ -2,8 +2,10 @@
 
 One asyncio event loop (the `websockets` package) serves every connection; one batcher task
 collects the requests that arrive together (up to `max_batch`, waiting at most
-`batch_window_ms` for more while other clients still have none pending) into one sampler call,
-run in a worker thread so the loop keeps reading and answering other connections meanwhile.
+`batch_window_ms` for more while other clients still have none pending) into one batch,
+sampled in worker threads (as `parallel_calls` concurrent calls of the jitted sampler: on a CPU
+host one per core, on an accelerator one) so the loop keeps reading and answering other
+connections meanwhile.
 Each connection has its own `PolicySession` (history, RNG stream, ensemble; docs/serving.md
 "History rule"). Requests and errors are described in docs/serving.md; in short:
 
@@ -26,7 +28,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from uwm_jax import sampling
-from uwm_jax.policies.sampler import BatchedSampler, power_of_two_sizes
+from uwm_jax.policies.sampler import BatchedSampler, default_parallel_calls, power_of_two_sizes
 from uwm_jax.policies.session import PolicySession
 from uwm_jax.policies.transforms import InvalidObservation, RobotTransforms
 from uwm_jax.serving import protocol
@@ -49,6 +51,7 @@ class ServerOptions:
   port: int = 8000
   api_key: str = ""  # "" = no authentication
   max_batch: int = 4  # requests per sampler call
+  parallel_calls: int = 0  # concurrent sampler calls a batch is split into (0 = auto)
   batch_window_ms: float = 2.0  # longest wait for more requests to join a batch
   max_message_mb: float = 16.0  # larger requests are answered with an error
   exec_steps: int = 0  # actions returned per policy request (0 = the whole chunk)
@@ -73,15 +76,21 @@ class PolicyServer:
     self.model, self.transforms, self.options = model, transforms, options
     modes = sampling.MODES if model.predicts_next_obs else (sampling.POLICY,)
     modes = tuple(m for m in modes if m != sampling.JOINT)
-    # Policy requests are batched across clients; world-model queries run one at a time (one
-    # compiled size each keeps start-up short).
+    # Policy requests are batched across clients; world-model queries run one per call (one
+    # compiled size each keeps start-up short). A batch runs as `parallel_calls` concurrent
+    # calls (policies.sampler.default_parallel_calls: on a CPU host, one per core).
+    max_batch = max(1, options.max_batch)
+    calls = options.parallel_calls or default_parallel_calls(max_batch)
+    # Compiled policy sizes: 1, 2, 4, ..., max_batch and a full batch's part (the evaluator's
+    # in-process size for max_batch slots, so served rollouts run the same executables).
+    policy_sizes = power_of_two_sizes(max_batch) + (-(-max_batch // calls),)
     self.samplers = {
         m: BatchedSampler(model, diffusion_cfg, params, frozen, m,
-                          power_of_two_sizes(max(1, options.max_batch))
-                          if m == sampling.POLICY else (1,))
+                          policy_sizes if m == sampling.POLICY else (1,), parallel_calls=calls)
         for m in modes}
     self.modes = modes + (OBSERVE,)
     self.metadata = dict(metadata, modes=list(self.modes), max_batch=options.max_batch,
+                         parallel_calls=calls,
                          action_horizon=options.exec_steps or model.dims.action_len,
                          model_action_horizon=model.dims.action_len,
                          num_obs_frames=model.dims.num_obs_frames,
