@@ -171,8 +171,7 @@ def main(argv):
   pooled = {(c, label): ([], 0.0) for c in counts for label, _, _ in settings}
   with server_lib.ServerThread(server) as port:
     for r in range(_ROUNDS.value):
-      policy_sampler.parallel_calls = 1
-      inproc_times.extend(sampler_times(server))
+      inproc_times.extend(sampler_times(server))  # batch 1: one call whatever the split
       for clients in counts:
         for label, batch, parallel in settings[r % len(settings):] + settings[:r % len(settings)]:
           server.options.max_batch = batch

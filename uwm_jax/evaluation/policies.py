@@ -20,7 +20,7 @@ import numpy as np
 from uwm_jax import sampling
 from uwm_jax.data import normalization
 from uwm_jax.evaluation.rollout import RolloutContext
-from uwm_jax.policies.sampler import BatchedSampler, default_parallel_calls
+from uwm_jax.policies.sampler import BatchedSampler, default_parallel_calls, part_size
 from uwm_jax.policies.session import PolicySession
 
 
@@ -59,7 +59,7 @@ class LocalPolicy:
     # executables.
     calls = default_parallel_calls(num_slots)
     self.sampler = BatchedSampler(model, diffusion_cfg, params, frozen, mode,
-                                  (-(-num_slots // calls),), parallel_calls=calls)
+                                  (part_size(num_slots, calls),), parallel_calls=calls)
 
   def __call__(self, observations: Sequence[Sequence[dict]],
                context: RolloutContext) -> np.ndarray:

@@ -25,7 +25,7 @@ video_prediction.
 import concurrent.futures
 import os
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +64,11 @@ def default_parallel_calls(max_batch: int) -> int:
   return max(1, min(len(os.sched_getaffinity(0)), int(max_batch)))
 
 
+def part_size(max_batch: int, parallel_calls: int) -> int:
+  """The largest part of a full batch of max_batch requests split into parallel_calls calls."""
+  return split_sizes(max_batch, parallel_calls, max_batch)[0]
+
+
 def split_sizes(n: int, parts: int, max_size: int) -> List[int]:
   """n requests as near-equal parts: at least `parts` (at most n) and none above max_size."""
   if n <= 0:
@@ -82,9 +87,10 @@ class BatchedSampler:
     self.batch_sizes = _batch_sizes(batch_sizes)
     if parallel_calls < 1:
       raise ValueError(f"parallel_calls must be >= 1, got {parallel_calls}.")
-    self.parallel_calls = int(parallel_calls)
-    self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
-    self._pool_size = 0
+    self.parallel_calls = int(parallel_calls)  # may be lowered later (bench.serve compares)
+    self._pool = (concurrent.futures.ThreadPoolExecutor(self.parallel_calls,
+                                                        thread_name_prefix="sampler-call")
+                  if self.parallel_calls > 1 else None)
     sample = sampling.make_sampler(model, diffusion_cfg, mode)
     frames_out = sampling.MODE_SPECS[mode].denoise_obs
 
@@ -97,16 +103,6 @@ class BatchedSampler:
       return {"action": out["action"][0]}
 
     self._fn = jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, 0)))
-
-  def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
-    """The threads of the concurrent calls (made again if `parallel_calls` was changed)."""
-    if self._pool is None or self._pool_size != self.parallel_calls:
-      if self._pool is not None:
-        self._pool.shutdown(wait=False)
-      self._pool = concurrent.futures.ThreadPoolExecutor(self.parallel_calls,
-                                                         thread_name_prefix="sampler-call")
-      self._pool_size = self.parallel_calls
-    return self._pool
 
   def padded_size(self, n: int) -> int:
     for size in self.batch_sizes:
@@ -134,10 +130,10 @@ class BatchedSampler:
     for size in split_sizes(len(requests), self.parallel_calls, self.batch_sizes[-1]):
       parts.append((list(requests[start:start + size]), list(keys[start:start + size])))
       start += size
-    if self.parallel_calls == 1 or len(parts) == 1:
+    if self._pool is None or len(parts) == 1:
       answers = [self._run(r, k) for r, k in parts]
     else:
-      answers = list(self._executor().map(lambda part: self._run(*part), parts))
+      answers = list(self._pool.map(lambda part: self._run(*part), parts))
     return [a for part in answers for a in part]
 
   def compile(self, example: dict) -> float:

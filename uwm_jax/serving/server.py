@@ -28,7 +28,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from uwm_jax import sampling
-from uwm_jax.policies.sampler import BatchedSampler, default_parallel_calls, power_of_two_sizes
+from uwm_jax.policies.sampler import (BatchedSampler, default_parallel_calls, part_size,
+                                      power_of_two_sizes)
 from uwm_jax.policies.session import PolicySession
 from uwm_jax.policies.transforms import InvalidObservation, RobotTransforms
 from uwm_jax.serving import protocol
@@ -83,7 +84,7 @@ class PolicyServer:
     calls = options.parallel_calls or default_parallel_calls(max_batch)
     # Compiled policy sizes: 1, 2, 4, ..., max_batch and a full batch's part (the evaluator's
     # in-process size for max_batch slots, so served rollouts run the same executables).
-    policy_sizes = power_of_two_sizes(max_batch) + (-(-max_batch // calls),)
+    policy_sizes = power_of_two_sizes(max_batch) + (part_size(max_batch, calls),)
     self.samplers = {
         m: BatchedSampler(model, diffusion_cfg, params, frozen, m,
                           policy_sizes if m == sampling.POLICY else (1,), parallel_calls=calls)
