@@ -23,6 +23,7 @@ Only ratios measured side by side in one run are meaningful on a shared machine:
       --torch --breakdown --policy_batch=1 --rounds=3
 """
 
+import gc
 import json
 import time
 
@@ -264,14 +265,20 @@ def compare(config) -> None:
   rounds = _ROUNDS.value
   prepared = PreparedStep(config, latent_cache=True)
   ours, theirs, order = {}, {}, ["train step"]
+  t = None
   if torch_ref is not None:
     t = alternate({"ours": prepared, "torch": torch_ref.train_step(prepared.host_batch)}, rounds)
     ours["train step"], theirs["train step"] = t["ours"], t["torch"]
   else:
     ours["train step"] = alternate({"ours": prepared}, rounds)["ours"]
+  host_batch = prepared.host_batch
+  # The step's state (params + AdamW moments: 4.7 GB for DROID) is freed before the parts and
+  # the policy make their own: together they overflowed a 24 GB host.
+  del prepared, t
+  gc.collect()
   if _BREAKDOWN.value:
-    parts = step_components.jax_components(config, prepared.host_batch, config.seed)
-    ref_parts = torch_ref.components(prepared.host_batch) if torch_ref is not None else {}
+    parts = step_components.jax_components(config, host_batch, config.seed)
+    ref_parts = torch_ref.components(host_batch) if torch_ref is not None else {}
     named = {}
     for name, fn in parts.items():
       named[("ours", name)] = fn
