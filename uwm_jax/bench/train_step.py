@@ -17,7 +17,9 @@ leaves the codec out), and prints a comparison table.
 `--torch` times the PyTorch re-implementation of the reference (uwm_jax/bench/torch_reference.py;
 needs torch and a repository checkout) beside ours in the same process, alternating, with the
 latent cache on; `--breakdown` adds the parts of the step; `--policy_batch=1` one policy call.
-Only ratios measured side by side in one run are meaningful on a shared machine:
+Like `python -m uwm_jax.train`, it re-executes itself with malloc on transparent huge pages
+(`train.host_huge_pages`). Only ratios measured side by side in one run are meaningful on a
+shared machine:
 
   python -m uwm_jax.bench.train_step --config=configs/droid.py --config.batch_size=4 \\
       --torch --breakdown --policy_batch=1 --rounds=3
@@ -36,6 +38,7 @@ from uwm_jax import sampling
 from uwm_jax.bench import step_components
 from uwm_jax.diffusion import make_schedule
 from uwm_jax.model.uwm import UnifiedWorldModel
+from uwm_jax.runs import host_allocator
 from uwm_jax.training import flops as flops_lib
 from uwm_jax.training import global_batch
 from uwm_jax.training import mesh as mesh_lib
@@ -288,6 +291,8 @@ def compare(config) -> None:
       (ours if who == "ours" else theirs)[name] = sec
       if name not in order:
         order.append(name)
+    del parts, ref_parts, named  # their params and optimizer state, before the policy's
+    gc.collect()
   if _POLICY_BATCH.value:
     name = f"policy B={_POLICY_BATCH.value}"
     model = UnifiedWorldModel(config.model)
@@ -314,6 +319,8 @@ def compare(config) -> None:
 
 def main(argv):
   del argv
+  if _CONFIG.value.train.get("host_huge_pages", False):  # as `python -m uwm_jax.train` runs
+    host_allocator.reexec_with_huge_pages()  # (may re-execute this command, same PID)
   if _TORCH.value or _BREAKDOWN.value or _POLICY_BATCH.value:
     compare(_CONFIG.value)
     return
