@@ -39,6 +39,12 @@ def test_bad_inputs_end_in_one_error_line_each(tmp_path):
       "droid without data": ("uwm_jax.train", [f"--config={REPO}/configs/droid.py",
                                                f"--workdir={tmp_path / 'w4'}"],
                              "Dataset 'droid': converted data folder '' does not exist"),
+      # A config variant (file.py:variant) is read, not taken for a missing file.
+      "variant": ("uwm_jax.train", [f"--config={REPO}/configs/droid.py:dp",
+                                    f"--workdir={tmp_path / 'w5'}"],
+                  "Dataset 'droid': converted data folder '' does not exist"),
+      "variant of a missing file": ("uwm_jax.train", ["--config=configs/nope.py:dp"],
+                                    "config file configs/nope.py does not exist"),
       "eval task": ("uwm_jax.evaluate", ["--env=libero/nope",
                                          f"--checkpoint_dir={tmp_path / 'no_checkpoints'}"],
                     "nope"),

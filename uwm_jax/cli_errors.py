@@ -60,7 +60,8 @@ def config_value(flag_holder, flag_name: str = "config"):
   (ml_collections reports it as "Configuration is not available because of an earlier
   failure" with the load attempts)."""
   from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  path = config_flags.get_config_filename(flags.FLAGS[flag_name])
+  spec = config_flags.get_config_filename(flags.FLAGS[flag_name]) or ""
+  path = spec.split(":", 1)[0]  # ml_collections 1.1 returns "file.py:variant" as given
   if path and not os.path.isfile(path):
     raise FileNotFoundError(f"--{flag_name}: config file {path} does not exist.")
   return flag_holder.value
