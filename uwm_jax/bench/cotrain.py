@@ -32,6 +32,8 @@ from absl import flags
 import numpy as np
 
 from uwm_jax import cli_config
+from uwm_jax import envs as envs_lib
+from uwm_jax.data import array_record_format as fmt
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/cotrain", "Root of every run's workdir, the "
                                "results and the videos.")
@@ -46,7 +48,9 @@ _VIDEO_WEIGHT = flags.DEFINE_float("video_weight", None, "Mixture weight of the 
 _OVERRIDES = flags.DEFINE_multi_string("train_flag", [], "Extra flag for every training run, "
                                        "e.g. --train_flag=--config.batch_size=16.")
 
-ID_ENV, OOD_ENV = "tabletop_push", "tabletop_push_ood"
+TASK = "tabletop_push"  # configs/demo.py's embedded task and its labelled source
+VIDEO_SOURCE = f"{TASK}_video"  # the action-free source (data.demo_generation's name)
+ID_ENV, OOD_ENV = TASK, TASK + envs_lib.OOD_SUFFIX
 FD_METRIC = "offline/image_mse_forward"
 
 
@@ -84,10 +88,10 @@ def train_command(row: Row, seed: int, workdir: str, *, steps: int, labelled: in
   dataset read with max_episodes (0 = all); evaluation happens in the benchmark instead."""
   cmd = [sys.executable, "-m", "uwm_jax.train", f"--config={row.config}", f"--workdir={workdir}",
          f"--config.seed={seed}", f"--config.data.seed={seed}", f"--config.num_steps={steps}",
-         f"--config.data.sources.tabletop_push.max_episodes={labelled if row.small else 0}",
+         f"--config.data.sources.{TASK}.max_episodes={labelled if row.small else 0}",
          "--config.eval.after_training=False"]
   if row.video and video_weight is not None:
-    cmd.append(f"--config.data.sources.tabletop_push_video.weight={video_weight}")
+    cmd.append(f"--config.data.sources.{VIDEO_SOURCE}.weight={video_weight}")
   return cmd + list(extra)
 
 
@@ -136,17 +140,7 @@ def format_table(table: List[dict]) -> str:
 
 
 def _read_json(path: str) -> Optional[dict]:
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  return None
-
-
-def _write_json(path: str, value) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=1)
-  os.replace(tmp, path)
+  return fmt.read_json(path) if os.path.exists(path) else None
 
 
 def train_run(row: Row, seed: int, workdir: str) -> float:
@@ -163,7 +157,7 @@ def train_run(row: Row, seed: int, workdir: str) -> float:
     raise RuntimeError(f"training {row.name} seed {seed} failed (exit {proc.returncode}); its "
                        f"log is above, its workdir {workdir}. Rerun the same command to resume.")
   seconds = time.perf_counter() - t0
-  _write_json(os.path.join(workdir, "cotrain_train.json"),
+  fmt.write_json_atomic(os.path.join(workdir, "cotrain_train.json"),
               {"steps": _STEPS.value, "train_s": seconds, "command": cmd[1:]})
   return seconds
 
@@ -171,22 +165,24 @@ def train_run(row: Row, seed: int, workdir: str) -> float:
 def evaluate_run(row: Row, seed: int, workdir: str, videos_dir: str) -> dict:
   """ID and OOD evaluations of the run's final checkpoint (each kept in <workdir>/eval/)."""
   from uwm_jax.evaluation import evaluator  # pylint: disable=import-outside-toplevel
-  out = {}
+  out, loaded = {}, None
   for tag, env in (("id", ID_ENV), ("ood", OOD_ENV)):
     path = os.path.join(workdir, f"cotrain_eval_{tag}.json")
     found = _read_json(path)
     if found is None or found.get("num_episodes") != _EPISODES.value:
-      loaded = evaluator.load_checkpoint(os.path.join(workdir, "checkpoints"),
-                                         eval_overrides=eval_overrides(env, _EPISODES.value))
+      if loaded is None:  # one load serves both evaluations
+        loaded = evaluator.load_checkpoint(os.path.join(workdir, "checkpoints"))
+      config = evaluator.merged_config(loaded.config,
+                                       eval_overrides=eval_overrides(env, _EPISODES.value))
       out_dir = os.path.join(workdir, "eval", f"step_{loaded.step}_{tag}")
       t0 = time.perf_counter()
-      result = evaluator.evaluate_loaded(loaded.params, loaded.frozen, loaded.config,
+      result = evaluator.evaluate_loaded(loaded.params, loaded.frozen, config,
                                          loaded.stats, step=loaded.step, out_dir=out_dir)
       m = result.metrics
       found = {"num_episodes": _EPISODES.value, "step": loaded.step, "env": env,
                "success": m.get("rollout/success_rate"), "fd_mse": m.get(FD_METRIC),
                "eval_s": time.perf_counter() - t0, "videos": result.videos}
-      _write_json(path, found)
+      fmt.write_json_atomic(path, found)
       print(f"[cotrain] {row.name} seed {seed} {tag}: "
             + evaluator.summary_line(result, env), flush=True)
     for video in found["videos"]:
@@ -217,7 +213,7 @@ def main(argv):
       results[row.name] = sorted([r for r in results.get(row.name, []) if r["seed"] != seed]
                                  + [run], key=lambda r: r["seed"])
       table = summarize(results)
-      _write_json(results_path,
+      fmt.write_json_atomic(results_path,
                   {"steps": _STEPS.value, "labelled": _LABELLED.value, "table": table,
                    "runs": results})
   table = summarize(results)
