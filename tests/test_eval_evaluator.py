@@ -87,6 +87,15 @@ def test_low_dim_model_gets_low_dim_in_rollouts_tracking_and_videos(tmp_path):
   assert sum("forward_dynamics" in os.path.basename(p) for p in result.videos) == 2
 
 
+def test_checkpoint_loads_for_inference_with_the_blocks_unrolled(tiny_checkpoint):
+  directory, config = tiny_checkpoint
+  assert config.model.scan_layers  # trained (saved) scanned
+  loaded = evaluator.load_checkpoint(directory)
+  dit = loaded.params["noise_net"]["dit"]
+  assert sorted(dit) == [f"blocks_{i}" for i in range(config.model.depth)]
+  assert loaded.config.model.scan_layers is False
+
+
 def test_missing_checkpoint_is_one_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     evaluator.evaluate_checkpoint(str(tmp_path / "nowhere"))

@@ -32,6 +32,7 @@ from uwm_jax.data import loader as loader_lib
 from uwm_jax.data import normalization
 from uwm_jax.evaluation import offline_metrics, prediction_videos, rollout, tracking, videos
 from uwm_jax.evaluation.policies import LocalPolicy, RandomPolicy
+from uwm_jax.model import block_layout
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint as ckpt
 from uwm_jax.runs.metrics_writer import MetricWriter
@@ -323,7 +324,8 @@ def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, config=N
                     eval_overrides: Optional[dict] = None) -> LoadedCheckpoint:
   """The inference params, frozen codec, config (`merged_config`) and dataset statistics of a
   checkpoint (latest step when None): what the evaluator and the policy server
-  (`uwm_jax.serve`) load. `config`: a config the checkpoint must match (model, diffusion)."""
+  (`uwm_jax.serve`) load. The DiT blocks come unrolled (`model.block_layout.inference_layout`:
+  params `blocks_<i>`, config model.scan_layers False) whatever layout training used. `config`: a config the checkpoint must match (model, diffusion)."""
   directory = resolve_checkpoints_dir(checkpoint_dir)
   steps = list_steps(directory)
   if not steps:
@@ -336,8 +338,9 @@ def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, config=N
     params, frozen, ckpt_config, stats = ckpt.load_params_checkpoint(directory, step)
   if config is not None:
     check_same_config(ckpt_config, config, os.path.join(directory, str(step)))
-  return LoadedCheckpoint(directory, step, params, frozen,
-                          merged_config(ckpt_config, config, eval_overrides), stats)
+  full = merged_config(ckpt_config, config, eval_overrides)
+  params, full.model = block_layout.inference_layout(params, full.model)
+  return LoadedCheckpoint(directory, step, params, frozen, full, stats)
 
 
 def evaluate_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, config=None,

@@ -170,18 +170,3 @@ def check_all_used(keys: Iterable[str], used: set, source: str,
     raise WeightImportError(
         f"{source} has keys the model does not have: {unused[:5]}{more}; is it the right "
         f"architecture/config?")
-
-
-def stack_blocks(tree: dict, name: str = "blocks") -> dict:
-  """Unscanned layout {name_0: t0, name_1: t1, ...} -> scanned {name: stacked on axis 0}
-  (the `nn.scan` layout of `DiTStack` with model.scan_layers=True). Other keys are kept."""
-  pattern = re.compile(rf"^{re.escape(name)}_(\d+)$")
-  indexed = sorted((int(m.group(1)), k) for k in tree if (m := pattern.match(k)))
-  if not indexed:
-    return tree
-  if [i for i, _ in indexed] != list(range(len(indexed))):
-    raise WeightImportError(f"Blocks {[k for _, k in indexed]} are not numbered 0..n-1.")
-  out = {k: v for k, v in tree.items() if not pattern.match(k)}
-  out[name] = jax.tree.map(lambda *xs: np.stack(xs), *[tree[k] for _, k in indexed])
-  return out
-

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from uwm_jax.cli_config import load_config
+from uwm_jax.model import block_layout
 from uwm_jax.model import codecs as codecs_lib
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.weights import keymap
@@ -197,7 +198,7 @@ def convert_model_state_dict(state_dict, model_cfg, source: str = "models.pt") -
     out[name], _ = keymap.convert_tree(state_dict, tmpl, torch_key=torch_key, prefix=prefix,
                                        source=source)
   if model_cfg.scan_layers:
-    out["noise_net"]["dit"] = keymap.stack_blocks(out["noise_net"]["dit"])
+    out["noise_net"]["dit"] = block_layout.stack_blocks(out["noise_net"]["dit"])
   return ({"image_encoder": out["image_encoder"], "noise_net": out["noise_net"]},
           out.get("vae", {}))
 
