@@ -16,7 +16,9 @@ leaves the codec out), and prints a comparison table.
 
 `--torch` times the PyTorch re-implementation of the reference (uwm_jax/bench/torch_reference.py;
 needs torch and a repository checkout) beside ours in the same process, alternating, with the
-latent cache on; `--breakdown` adds the parts of the step; `--policy_batch=1` one policy call.
+latent cache on; `--breakdown` adds the parts of the step; `--policy_batch=1` one policy call
+(10 DDIM steps) with the DiT blocks unrolled as checkpoints are served (`model.block_layout`)
+and, for a scanned config, also with the training layout's scanned blocks.
 Like `python -m uwm_jax.train`, it re-executes itself with malloc on transparent huge pages
 (`train.host_huge_pages`). Only ratios measured side by side in one run are meaningful on a
 shared machine:
@@ -37,6 +39,7 @@ from uwm_jax import cli_config
 from uwm_jax import sampling
 from uwm_jax.bench import step_components
 from uwm_jax.diffusion import make_schedule
+from uwm_jax.model import block_layout
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import host_allocator
 from uwm_jax.training import flops as flops_lib
@@ -244,12 +247,12 @@ def alternate(named: dict, rounds: int) -> dict:
 
 def format_side_by_side(rows, ours: dict, theirs: dict) -> str:
   """One row per part: ours, the reference's, reference / ours (> 1: ours is faster)."""
-  out = [f"{'part':<22}{'ours s':>10}{'torch s':>10}{'speed-up':>10}"]
+  out = [f"{'part':<30}{'ours s':>10}{'torch s':>10}{'speed-up':>10}"]
   for name in rows:
     a, b = ours.get(name), theirs.get(name)
     fmt = lambda x: f"{x:>10.3f}" if x is not None else f"{'-':>10}"
     ratio = f"{b / a:>9.2f}x" if a and b else f"{'-':>10}"
-    out.append(f"{name:<22}{fmt(a)}{fmt(b)}{ratio}")
+    out.append(f"{name:<30}{fmt(a)}{fmt(b)}{ratio}")
   return "\n".join(out)
 
 
@@ -295,13 +298,25 @@ def compare(config) -> None:
     gc.collect()
   if _POLICY_BATCH.value:
     name = f"policy B={_POLICY_BATCH.value}"
-    model = UnifiedWorldModel(config.model)
-    params, frozen = model.init(jax.random.key(config.seed))
-    obs = random_batch(config, np.random.default_rng(2))["obs"][:1].repeat(
-        _POLICY_BATCH.value, axis=0)
-    sampler = sampling.make_sampler(model, config.diffusion, sampling.POLICY)
+    # The policy as a checkpoint is served: blocks unrolled (model.block_layout); with a
+    # scanned config also the training layout, to show what unrolling buys.
+    params, frozen = UnifiedWorldModel(config.model).init(jax.random.key(config.seed))
+    one = random_batch(config, np.random.default_rng(2))
+    inputs = {k: one[k][:1].repeat(_POLICY_BATCH.value, axis=0)
+              for k in (B_.OBS, B_.LOW_DIM) if k in one}  # low-dim when the model has it
+    obs = inputs[B_.OBS]
     key = jax.random.key(3)
-    named = {"ours": lambda: jax.block_until_ready(sampler(params, frozen, {"obs": obs}, key))}
+
+    def policy(model_cfg, p):
+      sampler = sampling.make_sampler(UnifiedWorldModel(model_cfg), config.diffusion,
+                                      sampling.POLICY)
+      return lambda: jax.block_until_ready(sampler(p, frozen, inputs, key))
+
+    unrolled_params, unrolled_cfg = block_layout.inference_layout(params, config.model)
+    named = {"ours": policy(unrolled_cfg, unrolled_params)}
+    scanned_name = f"{name}, blocks scanned"
+    if config.model.scan_layers:
+      named["scanned"] = policy(config.model, params)
     if torch_ref is not None:
       named["torch"] = torch_ref.policy(obs)
     t = alternate(named, rounds)
@@ -309,6 +324,9 @@ def compare(config) -> None:
     if "torch" in t:
       theirs[name] = t["torch"]
     order.append(name)
+    if "scanned" in t:
+      ours[scanned_name] = t["scanned"]
+      order.append(scanned_name)
   print(f"{config.batch_size} samples per step, {config.model.compute_dtype}, latent cache on; "
         f"median of {rounds} alternating rounds; {jax.devices()[0].device_kind}"
         + (f", torch {_THREADS.value} threads" if torch_ref is not None else ""))
