@@ -87,13 +87,14 @@ def test_low_dim_model_gets_low_dim_in_rollouts_tracking_and_videos(tmp_path):
   assert sum("forward_dynamics" in os.path.basename(p) for p in result.videos) == 2
 
 
-def test_checkpoint_loads_for_inference_with_the_blocks_unrolled(tiny_checkpoint):
+def test_checkpoint_loads_for_inference_unrolled_and_split(tiny_checkpoint):
   directory, config = tiny_checkpoint
   assert config.model.scan_layers  # trained (saved) scanned
   loaded = evaluator.load_checkpoint(directory)
   dit = loaded.params["noise_net"]["dit"]
   assert sorted(dit) == [f"blocks_{i}" for i in range(config.model.depth)]
-  assert loaded.config.model.scan_layers is False
+  assert "kernel_1" in dit["blocks_0"]["adaLN_modulation"]
+  assert loaded.config.model.scan_layers is False and loaded.config.model.split_modulation
 
 
 def test_missing_checkpoint_is_one_clear_error(tmp_path):

@@ -53,6 +53,10 @@ def model_config() -> ml_collections.ConfigDict:
   m.latent_patch_shape = (2, 4, 4)  # (t, h, w) patch of the next-obs latent.
   m.scan_layers = True  # nn.scan over the DiT blocks (faster compile; params stacked on axis 0).
   m.remat = False  # rematerialise each block in the backward pass.
+  # AdaLN modulation kernels stored per condition part (kernel_0: observation rows, kernel_1:
+  # timestep rows): the inference layout that checkpoints are loaded into
+  # (model/block_layout.py); training and checkpoints keep one kernel per modulation.
+  m.split_modulation = False
   m.compute_dtype = "float32"  # "bfloat16": bf16 activations/matmuls, fp32 params.
   m.attention_impl = "xla"  # jax.nn.dot_product_attention implementation: xla | cudnn.
   return m

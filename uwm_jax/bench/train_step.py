@@ -17,8 +17,8 @@ leaves the codec out), and prints a comparison table.
 `--torch` times the PyTorch re-implementation of the reference (uwm_jax/bench/torch_reference.py;
 needs torch and a repository checkout) beside ours in the same process, alternating, with the
 latent cache on; `--breakdown` adds the parts of the step; `--policy_batch=1` one policy call
-(10 DDIM steps) with the DiT blocks unrolled as checkpoints are served (`model.block_layout`)
-and, for a scanned config, also with the training layout's scanned blocks.
+(10 DDIM steps) in the layout checkpoints are served in (`model.block_layout`) and, beside it,
+in the config's training layout.
 Like `python -m uwm_jax.train`, it re-executes itself with malloc on transparent huge pages
 (`train.host_huge_pages`). Only ratios measured side by side in one run are meaningful on a
 shared machine:
@@ -298,13 +298,12 @@ def compare(config) -> None:
     gc.collect()
   if _POLICY_BATCH.value:
     name = f"policy B={_POLICY_BATCH.value}"
-    # The policy as a checkpoint is served: blocks unrolled (model.block_layout); with a
-    # scanned config also the training layout, to show what unrolling buys.
+    # The policy as checkpoints are served (model.block_layout.inference_layout) and, beside
+    # it, in the config's training layout, to show what the inference layout buys.
     params, frozen = UnifiedWorldModel(config.model).init(jax.random.key(config.seed))
     one = random_batch(config, np.random.default_rng(2))
     inputs = {k: one[k][:1].repeat(_POLICY_BATCH.value, axis=0)
               for k in (B_.OBS, B_.LOW_DIM) if k in one}  # low-dim when the model has it
-    obs = inputs[B_.OBS]
     key = jax.random.key(3)
 
     def policy(model_cfg, p):
@@ -312,21 +311,21 @@ def compare(config) -> None:
                                       sampling.POLICY)
       return lambda: jax.block_until_ready(sampler(p, frozen, inputs, key))
 
-    unrolled_params, unrolled_cfg = block_layout.inference_layout(params, config.model)
-    named = {"ours": policy(unrolled_cfg, unrolled_params)}
-    scanned_name = f"{name}, blocks scanned"
-    if config.model.scan_layers:
-      named["scanned"] = policy(config.model, params)
+    inference_params, inference_cfg = block_layout.inference_layout(params, config.model)
+    named = {"ours": policy(inference_cfg, inference_params)}
+    training_name = f"{name}, training layout"
+    if inference_cfg is not config.model:
+      named["training"] = policy(config.model, params)
     if torch_ref is not None:
-      named["torch"] = torch_ref.policy(obs)
+      named["torch"] = torch_ref.policy(inputs[B_.OBS])
     t = alternate(named, rounds)
     ours[name] = t["ours"]
     if "torch" in t:
       theirs[name] = t["torch"]
     order.append(name)
-    if "scanned" in t:
-      ours[scanned_name] = t["scanned"]
-      order.append(scanned_name)
+    if "training" in t:
+      ours[training_name] = t["training"]
+      order.append(training_name)
   print(f"{config.batch_size} samples per step, {config.model.compute_dtype}, latent cache on; "
         f"median of {rounds} alternating rounds; {jax.devices()[0].device_kind}"
         + (f", torch {_THREADS.value} threads" if torch_ref is not None else ""))

@@ -1,16 +1,20 @@
-"""The two parameter layouts of the DiT stack (`model.dit.DiTStack`) and the conversion between them.
+"""The parameter layouts of the DiT stack (`model.dit`) and the conversions between them.
 
-Scanned (`model.scan_layers=True`, the training default): one subtree `blocks` whose leaves
-are stacked on a leading depth axis, (depth, ...). Unrolled (`scan_layers=False`, the TPU
-presets): one subtree per block, `blocks_0` .. `blocks_{depth-1}`. Both hold the same numbers and
-compute the same function (tests/test_model_block_layout.py).
+Blocks. Scanned (`model.scan_layers=True`, the training default): one subtree `blocks` whose
+leaves are stacked on a leading depth axis, (depth, ...). Unrolled (`scan_layers=False`, the TPU
+presets): one subtree per block, `blocks_0` .. `blocks_{depth-1}`.
+Modulation. One kernel (D_c, F) per AdaLN modulation (`split_modulation=False`, training and
+checkpoints, the reference's layout) or its observation rows and timestep rows as `kernel_0` /
+`kernel_1` (`split_modulation=True`, `dit.ConditionDense`).
+Every layout holds the same numbers and computes the same function up to float rounding
+(tests/test_model_block_layout.py).
 
-Inference runs unrolled (`inference_layout`, applied when a checkpoint is loaded for the
-evaluator and the policy server): inside the sampler's loop over diffusion steps, XLA:CPU copies
-each scanned block's parameter slice out of the stack on every iteration (~130 MB per block for
-the DROID config), which made the batch-1 DROID policy ~1.5x slower on CPU (docs/training.md,
-"Where the time goes (CPU)"). Training keeps the config's layout (a scanned stack compiles
-faster).
+Inference runs unrolled and split (`inference_layout`, applied when a checkpoint is loaded for
+the evaluator and the policy server; docs/training.md, "Where the time goes (CPU)"): inside the
+sampler's loop over diffusion steps XLA:CPU copies each scanned block's parameter slice out of
+the stack on every iteration (~130 MB per block for the DROID config), and with one modulation
+kernel every step multiplies all of its rows although only the timestep rows change. Training
+keeps the config's layout (a scanned stack compiles faster).
 """
 
 import re
@@ -19,6 +23,8 @@ from typing import Tuple
 import jax
 import ml_collections
 import numpy as np
+
+from uwm_jax import dims as dims_lib
 
 BLOCKS = "blocks"  # DiTStack's submodule name: `blocks` (scanned) or `blocks_<i>` (unrolled)
 _INDEXED = re.compile(rf"^{BLOCKS}_(\d+)$")
@@ -54,15 +60,45 @@ def unstack_blocks(tree: dict) -> dict:
   return out
 
 
+MODULATION = "adaLN_modulation"  # dit.ConditionDense's name in the blocks and the head
+
+
+def split_modulation_kernels(tree, rows: int):
+  """Every `adaLN_modulation` {kernel (D_c, F), bias} in `tree` -> {kernel_0 (rows, F),
+  kernel_1 (D_c - rows, F), bias} (dit.ConditionDense's split layout; rows = the observation
+  condition's width). Works on scanned stacks too (the row axis is then axis 1)."""
+  if not isinstance(tree, dict):
+    return tree
+  out = {}
+  for key, value in tree.items():
+    if key == MODULATION and isinstance(value, dict) and "kernel" in value:
+      kernel = value["kernel"]
+      axis = kernel.ndim - 2  # (..., D_c, F)
+      if not 0 < rows < kernel.shape[axis]:
+        raise ValueError(f"{MODULATION} kernel {kernel.shape} cannot be split at row {rows}.")
+      index = lambda sl: (slice(None),) * axis + (sl,)
+      out[key] = {"kernel_0": kernel[index(slice(0, rows))],
+                  "kernel_1": kernel[index(slice(rows, None))], "bias": value["bias"]}
+    else:
+      out[key] = split_modulation_kernels(value, rows)
+  return out
+
+
 def inference_layout(params: dict, model_cfg: ml_collections.ConfigDict
                      ) -> Tuple[dict, ml_collections.ConfigDict]:
-  """(params, model config) of a checkpoint -> the same model with its DiT blocks unrolled:
-  params["noise_net"]["dit"] unstacked and a copy of the config with scan_layers=False.
-  Already unrolled: returned unchanged."""
-  if not model_cfg.scan_layers:
+  """(params, model config) of a checkpoint -> the same model in the inference layout: DiT
+  blocks unrolled (params["noise_net"]["dit"] unstacked, scan_layers False) and the AdaLN
+  modulation kernels split into observation and timestep rows (split_modulation True), with a
+  copy of the config. Already in that layout: returned unchanged."""
+  scanned = bool(model_cfg.scan_layers)
+  split = bool(model_cfg.get("split_modulation", False))  # older checkpoints lack the field
+  if not scanned and split:
     return params, model_cfg
   noise_net = dict(params["noise_net"])
-  noise_net["dit"] = unstack_blocks(noise_net["dit"])
+  if scanned:
+    noise_net["dit"] = unstack_blocks(noise_net["dit"])
+  if not split:
+    noise_net = split_modulation_kernels(noise_net, dims_lib.model_dims(model_cfg).global_cond_dim)
   cfg = ml_collections.ConfigDict(model_cfg.to_dict())
-  cfg.scan_layers = False
+  cfg.scan_layers, cfg.split_modulation = False, True
   return dict(params, noise_net=noise_net), cfg

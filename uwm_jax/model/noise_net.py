@@ -43,7 +43,9 @@ class NoisePredictionNet(nn.Module):
     timesteps = [t_action, t_obs] if predict_obs else [t_action]
     timesteps = [jnp.broadcast_to(jnp.asarray(t), (B,)) for t in timesteps]
     temb = TimestepEmbedder(cfg.timestep_embed_dim, dtype, name="timestep_embedding")(timesteps)
-    c = jnp.concatenate([global_cond.astype(temb.dtype), temb], axis=-1)
+    # c = [global_cond | temb], kept as its two parts (dit.ConditionDense: in the inference
+    # layout each part has its own kernel).
+    c = (global_cond.astype(temb.dtype), temb)
 
     hidden = 4 * max(d.action_dim, E)
     tokens = [MishMLP(hidden, E, dtype, name="action_encoder")(noisy_action)]
@@ -58,8 +60,9 @@ class NoisePredictionNet(nn.Module):
     x = x + self.param("pos_embed", dense_init, (1, d.num_tokens, E)).astype(dtype)
 
     x = DiTStack(cfg.depth, cfg.num_heads, cfg.mlp_ratio, dtype, cfg.attention_impl,
-                 scan=cfg.scan_layers, remat=cfg.remat, name="dit")(x, c)
-    x = FinalLayer(dtype, name="head")(x, c)
+                 scan=cfg.scan_layers, remat=cfg.remat, split_modulation=cfg.split_modulation,
+                 name="dit")(x, c)
+    x = FinalLayer(dtype, cfg.split_modulation, name="head")(x, c)
 
     H_a = d.num_action_tokens
     eps_action = MishMLP(hidden, d.action_dim, dtype, name="action_decoder")(x[:, :H_a])
