@@ -324,8 +324,10 @@ def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, config=N
                     eval_overrides: Optional[dict] = None) -> LoadedCheckpoint:
   """The inference params, frozen codec, config (`merged_config`) and dataset statistics of a
   checkpoint (latest step when None): what the evaluator and the policy server
-  (`uwm_jax.serve`) load. The DiT blocks come unrolled (`model.block_layout.inference_layout`:
-  params `blocks_<i>`, config model.scan_layers False) whatever layout training used. `config`: a config the checkpoint must match (model, diffusion)."""
+  (`uwm_jax.serve`) load, in the inference layout whatever layout training used
+  (`model.block_layout.inference_layout`: DiT blocks unrolled, modulation kernels split; the
+  returned config says so: model.scan_layers False, model.split_modulation True). `config`: a
+  config the checkpoint must match (model, diffusion)."""
   directory = resolve_checkpoints_dir(checkpoint_dir)
   steps = list_steps(directory)
   if not steps:
