@@ -25,8 +25,8 @@ import ml_collections
 import numpy as np
 
 from uwm_jax import dims as dims_lib
+from uwm_jax.model.dit import BLOCKS, MODULATION, part_kernel
 
-BLOCKS = "blocks"  # DiTStack's submodule name: `blocks` (scanned) or `blocks_<i>` (unrolled)
 _INDEXED = re.compile(rf"^{BLOCKS}_(\d+)$")
 
 
@@ -60,9 +60,6 @@ def unstack_blocks(tree: dict) -> dict:
   return out
 
 
-MODULATION = "adaLN_modulation"  # dit.ConditionDense's name in the blocks and the head
-
-
 def split_modulation_kernels(tree, rows: int):
   """Every `adaLN_modulation` {kernel (D_c, F), bias} in `tree` -> {kernel_0 (rows, F),
   kernel_1 (D_c - rows, F), bias} (dit.ConditionDense's split layout; rows = the observation
@@ -77,8 +74,8 @@ def split_modulation_kernels(tree, rows: int):
       if not 0 < rows < kernel.shape[axis]:
         raise ValueError(f"{MODULATION} kernel {kernel.shape} cannot be split at row {rows}.")
       index = lambda sl: (slice(None),) * axis + (sl,)
-      out[key] = {"kernel_0": kernel[index(slice(0, rows))],
-                  "kernel_1": kernel[index(slice(rows, None))], "bias": value["bias"]}
+      out[key] = {part_kernel(0): kernel[index(slice(0, rows))],
+                  part_kernel(1): kernel[index(slice(rows, None))], "bias": value["bias"]}
     else:
       out[key] = split_modulation_kernels(value, rows)
   return out

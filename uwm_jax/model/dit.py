@@ -13,6 +13,15 @@ import jax.numpy as jnp
 
 from uwm_jax.model.layers import dense_init, gelu_exact, zeros
 
+# Parameter names that model/block_layout.py converts between layouts.
+BLOCKS = "blocks"  # DiTStack's blocks: `blocks` (scanned, stacked) or `blocks_<i>` (unrolled)
+MODULATION = "adaLN_modulation"  # ConditionDense in every block and in the head
+
+
+def part_kernel(i: int) -> str:
+  """ConditionDense's kernel of condition part i in the split layout."""
+  return f"kernel_{i}"
+
 
 def layer_norm(dtype) -> nn.LayerNorm:
   """LayerNorm without affine parameters, eps 1e-6 (statistics in fp32)."""
@@ -50,7 +59,7 @@ class ConditionDense(nn.Module):
       terms = [jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))]
     else:
       terms = [jnp.dot(nn.silu(part).astype(self.dtype),
-                       self.param(f"kernel_{i}", zeros, (d, self.features)).astype(self.dtype))
+                       self.param(part_kernel(i), zeros, (d, self.features)).astype(self.dtype))
                for i, (part, d) in enumerate(zip(parts, dims))]
     bias = self.param("bias", zeros, (self.features,))
     return sum(terms[1:], terms[0]) + bias.astype(self.dtype)
@@ -98,7 +107,7 @@ class AdaLNBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, c: Sequence[jax.Array]):
     E = x.shape[-1]
-    mod = ConditionDense(6 * E, self.dtype, self.split_modulation, name="adaLN_modulation")(c)
+    mod = ConditionDense(6 * E, self.dtype, self.split_modulation, name=MODULATION)(c)
     shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod, 6, axis=-1)
     h = modulate(layer_norm(self.dtype)(x), shift1, scale1)
     x = x + gate1[:, None, :] * Attention(self.num_heads, self.dtype, self.attention_impl,
@@ -116,7 +125,7 @@ class FinalLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, c: Sequence[jax.Array]) -> jax.Array:
     E = x.shape[-1]
-    mod = ConditionDense(2 * E, self.dtype, self.split_modulation, name="adaLN_modulation")(c)
+    mod = ConditionDense(2 * E, self.dtype, self.split_modulation, name=MODULATION)(c)
     shift, scale = jnp.split(mod, 2, axis=-1)
     h = modulate(layer_norm(self.dtype)(x), shift, scale)
     return nn.Dense(E, kernel_init=zeros, dtype=self.dtype, name="linear")(h)
@@ -144,8 +153,8 @@ class DiTStack(nn.Module):
     if self.scan:
       scanned = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=nn.broadcast, length=self.depth)
-      x, _ = scanned(**kwargs, name="blocks")(x, c)
+      x, _ = scanned(**kwargs, name=BLOCKS)(x, c)
       return x
     for i in range(self.depth):
-      x, _ = block(**kwargs, name=f"blocks_{i}")(x, c)
+      x, _ = block(**kwargs, name=f"{BLOCKS}_{i}")(x, c)
     return x
