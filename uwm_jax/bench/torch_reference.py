@@ -8,8 +8,13 @@ camera, colour jitter), ResNet features, DDPM noising at random timesteps, the t
 backward, AdamW. Next-obs latents come as cached moments (the latent cache; no VAE), as in the
 measurement it is compared with. The policy: eval transform, ResNet, 10 DDIM steps of the noise
 net with the next-obs latent held at noise, under `torch.inference_mode`.
+
+The compute dtype follows the config's, as ours does: with `model.compute_dtype=bfloat16` the
+forward passes run under `torch.autocast("cpu", dtype=torch.bfloat16)` (fp32 parameters and
+optimizer, PyTorch's usual mixed precision); fp32 otherwise.
 """
 
+import contextlib
 from typing import Callable, Dict
 
 import numpy as np
@@ -114,6 +119,13 @@ class TorchReference:
     self.marginal_t = config.diffusion.marginal_timestep
     self.gen = torch.Generator().manual_seed(seed)
     self.num_train_steps = int(self.abar.shape[0])
+    self.bf16 = self.cfg.compute_dtype == "bfloat16"
+
+  def _compute(self):
+    """The forward passes' precision: bf16 autocast when the config computes in bf16."""
+    import torch  # pylint: disable=import-outside-toplevel
+    return (torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else
+            contextlib.nullcontext())
 
   def _tensors(self, batch: Dict[str, np.ndarray]):
     import torch  # pylint: disable=import-outside-toplevel
@@ -148,8 +160,9 @@ class TorchReference:
     b = self._tensors(batch)
 
     def run():
-      images = transform(b["obs"], self.cfg, True, self.gen)
-      loss = self._loss(images, b)
+      with self._compute():
+        images = transform(b["obs"], self.cfg, True, self.gen)
+        loss = self._loss(images, b)
       self.opt.zero_grad(set_to_none=True)
       loss.backward()
       self.opt.step()
@@ -171,12 +184,15 @@ class TorchReference:
     noisy_o = b["next_latent_mean"].float()
 
     def resnet_bwd():
-      out = self.resnet(flat)
+      with self._compute():
+        out = self.resnet(flat)
       out.backward(torch.ones_like(out))
 
     def net_bwd():
-      a, o = d(cond, noisy_a, t, noisy_o, t)
-      (a.sum() + o.sum()).backward()
+      with self._compute():
+        a, o = d(cond, noisy_a, t, noisy_o, t)
+        total = a.float().sum() + o.float().sum()
+      total.backward()
 
     def adamw():
       for p in self.opt.param_groups[0]["params"]:
@@ -184,8 +200,13 @@ class TorchReference:
           p.grad = torch.zeros_like(p)
       self.opt.step()
 
-    fwd_resnet = lambda: self.resnet(flat)
-    fwd_net = lambda: d(cond, noisy_a, t, noisy_o, t)
+    def fwd_resnet():
+      with self._compute():
+        return self.resnet(flat)
+
+    def fwd_net():
+      with self._compute():
+        return d(cond, noisy_a, t, noisy_o, t)
     return {
         "image transforms": lambda: transform(b["obs"], self.cfg, True, self.gen),
         "resnet fwd": lambda: _no_grad(fwd_resnet),
@@ -206,13 +227,16 @@ class TorchReference:
     @torch.inference_mode()
     def run():
       images = transform(obs_t, self.cfg, False, self.gen)
-      cond = self._features(images)
+      with self._compute():
+        cond = self._features(images)
       B = obs.shape[0]
       x_a = torch.randn(B, self.cfg.action_len, self.cfg.action_dim, generator=self.gen)
       x_o = torch.randn(latent_shape, generator=self.gen)
       t_o = torch.full((B,), self.marginal_t)
       for t in self.timesteps:
-        eps, _ = self.net(cond, x_a, torch.full((B,), t), x_o, t_o)
+        with self._compute():
+          eps, _ = self.net(cond, x_a, torch.full((B,), t), x_o, t_o)
+        eps = eps.float()
         ab, ab_prev = self.abar[t], (self.abar[t - ratio] if t - ratio >= 0 else torch.tensor(1.0))
         x0 = ((x_a - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)
         x_a = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from uwm_jax.model.layers import dense_init, gelu_exact, zeros
+from uwm_jax.model.layers import Dense, dense_init, gelu_exact, matmul, zeros
 
 # Parameter names that model/block_layout.py converts between layouts.
 BLOCKS = "blocks"  # DiTStack's blocks: `blocks` (scanned, stacked) or `blocks_<i>` (unrolled)
@@ -56,9 +56,9 @@ class ConditionDense(nn.Module):
     if not self.split:
       x = nn.silu(jnp.concatenate(parts, axis=-1))
       kernel = self.param("kernel", zeros, (sum(dims), self.features))
-      terms = [jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))]
+      terms = [matmul(x.astype(self.dtype), kernel.astype(self.dtype))]
     else:
-      terms = [jnp.dot(nn.silu(part).astype(self.dtype),
+      terms = [matmul(nn.silu(part).astype(self.dtype),
                        self.param(part_kernel(i), zeros, (d, self.features)).astype(self.dtype))
                for i, (part, d) in enumerate(zip(parts, dims))]
     bias = self.param("bias", zeros, (self.features,))
@@ -75,11 +75,11 @@ class Attention(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     B, N, E = x.shape
     H = self.num_heads
-    qkv = nn.Dense(3 * E, kernel_init=dense_init, dtype=self.dtype, name="qkv")(x)
+    qkv = Dense(3 * E, kernel_init=dense_init, dtype=self.dtype, name="qkv")(x)
     q, k, v = jnp.split(qkv.reshape(B, N, 3, H, E // H), 3, axis=2)
     out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0],
                                        implementation=self.implementation)
-    return nn.Dense(E, kernel_init=dense_init, dtype=self.dtype, name="proj")(out.reshape(B, N, E))
+    return Dense(E, kernel_init=dense_init, dtype=self.dtype, name="proj")(out.reshape(B, N, E))
 
 
 class Mlp(nn.Module):
@@ -89,8 +89,8 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     E = x.shape[-1]
-    h = nn.Dense(self.hidden, kernel_init=dense_init, dtype=self.dtype, name="fc1")(x)
-    return nn.Dense(E, kernel_init=dense_init, dtype=self.dtype, name="fc2")(gelu_exact(h))
+    h = Dense(self.hidden, kernel_init=dense_init, dtype=self.dtype, name="fc1")(x)
+    return Dense(E, kernel_init=dense_init, dtype=self.dtype, name="fc2")(gelu_exact(h))
 
 
 class AdaLNBlock(nn.Module):
@@ -128,7 +128,7 @@ class FinalLayer(nn.Module):
     mod = ConditionDense(2 * E, self.dtype, self.split_modulation, name=MODULATION)(c)
     shift, scale = jnp.split(mod, 2, axis=-1)
     h = modulate(layer_norm(self.dtype)(x), shift, scale)
-    return nn.Dense(E, kernel_init=zeros, dtype=self.dtype, name="linear")(h)
+    return Dense(E, kernel_init=zeros, dtype=self.dtype, name="linear")(h)
 
 
 class DiTStack(nn.Module):

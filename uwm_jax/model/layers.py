@@ -1,15 +1,40 @@
 """Small building blocks shared by the networks: activations, initialisers, embeddings."""
 
+import functools
 import math
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 # docs/model.md "Noise network": every Linear of the noise network is N(0, 0.02) with zero bias.
 dense_init = nn.initializers.normal(stddev=0.02)
 zeros = nn.initializers.zeros
+
+
+def dot_general_f32(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
+                    preferred_element_type=None) -> jax.Array:
+  """`lax.dot_general` with the products summed in float32 and the result rounded once to the
+  operands' type (bfloat16 in, bfloat16 out; float32 unchanged).
+
+  That is what a bf16 matmul is on TPU and GPU anyway. XLA:CPU, asked for a bf16 result, takes a
+  slow path (~120 GFLOP/s on a 2-vCPU AVX-512-BF16 Xeon, below its fp32 ~210), while a float32
+  result runs the bf16 kernels (~460 GFLOP/s): docs/training.md, "bf16 on CPU".
+  """
+  out_type = preferred_element_type or jnp.result_type(lhs, rhs)
+  return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                         preferred_element_type=jnp.float32).astype(out_type)
+
+
+def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x (..., K) @ w (K, F) -> (..., F) through `dot_general_f32`."""
+  return dot_general_f32(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+# nn.Dense with dot_general_f32: every Linear of the trained networks.
+Dense = functools.partial(nn.Dense, dot_general=dot_general_f32)
 
 
 def mish(x: jax.Array) -> jax.Array:
@@ -49,8 +74,8 @@ class TimestepEmbedder(nn.Module):
   @nn.compact
   def __call__(self, timesteps: Sequence[jax.Array]) -> jax.Array:
     emb = jnp.concatenate([sinusoidal_embedding(t, self.dim) for t in timesteps], axis=-1)
-    h = nn.Dense(4 * self.dim, kernel_init=dense_init, dtype=self.dtype, name="proj_0")(emb)
-    return nn.Dense(self.dim, kernel_init=dense_init, dtype=self.dtype, name="proj_2")(mish(h))
+    h = Dense(4 * self.dim, kernel_init=dense_init, dtype=self.dtype, name="proj_0")(emb)
+    return Dense(self.dim, kernel_init=dense_init, dtype=self.dtype, name="proj_2")(mish(h))
 
 
 class MishMLP(nn.Module):
@@ -61,5 +86,5 @@ class MishMLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.Dense(self.hidden, kernel_init=dense_init, dtype=self.dtype, name="fc_0")(x)
-    return nn.Dense(self.out, kernel_init=dense_init, dtype=self.dtype, name="fc_2")(mish(h))
+    h = Dense(self.hidden, kernel_init=dense_init, dtype=self.dtype, name="fc_0")(x)
+    return Dense(self.out, kernel_init=dense_init, dtype=self.dtype, name="fc_2")(mish(h))

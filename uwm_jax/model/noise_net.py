@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from uwm_jax import dims as dims_lib
 from uwm_jax.model.dit import DiTStack, FinalLayer
-from uwm_jax.model.layers import MishMLP, TimestepEmbedder, dense_init, dtype_of
+from uwm_jax.model.layers import Dense, MishMLP, TimestepEmbedder, dense_init, dtype_of
 from uwm_jax.model.patchify import patchify, unpatchify
 
 
@@ -51,7 +51,7 @@ class NoisePredictionNet(nn.Module):
     tokens = [MishMLP(hidden, E, dtype, name="action_encoder")(noisy_action)]
     if predict_obs:
       patches = patchify(noisy_latent, d.patch_shape)
-      tokens.append(nn.Dense(E, kernel_init=dense_init, dtype=dtype,
+      tokens.append(Dense(E, kernel_init=dense_init, dtype=dtype,
                              name="patch_encoder")(patches))
     if d.num_register_tokens:
       registers = self.param("registers", dense_init, (1, d.num_register_tokens, E))
@@ -69,7 +69,7 @@ class NoisePredictionNet(nn.Module):
     if not predict_obs:
       return eps_action.astype(jnp.float32), None
     obs_tokens = x[:, H_a:H_a + d.num_obs_tokens]
-    eps_patches = nn.Dense(d.patch_dim, kernel_init=dense_init, dtype=dtype,
+    eps_patches = Dense(d.patch_dim, kernel_init=dense_init, dtype=dtype,
                            name="patch_decoder")(obs_tokens)
     eps_latent = unpatchify(eps_patches, d.latent_shape, d.patch_shape)
     return eps_action.astype(jnp.float32), eps_latent.astype(jnp.float32)

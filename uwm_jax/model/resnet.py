@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from uwm_jax.model.layers import Dense, matmul
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GN_EPS = 1e-5
@@ -24,7 +26,8 @@ def group_norm(channels: int, dtype, name: str) -> nn.GroupNorm:
 
 def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
   return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      preferred_element_type=jnp.float32).astype(x.dtype)
 
 
 def _matmul_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
@@ -36,7 +39,7 @@ def _matmul_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.
   cols = [x[:, i:i + (ho - 1) * stride + 1:stride, j:j + (wo - 1) * stride + 1:stride]
           for i in range(kh) for j in range(kw)]
   cols = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-  return jnp.dot(cols, kernel.reshape(kh * kw * c, f))
+  return matmul(cols, kernel.reshape(kh * kw * c, f))
 
 
 class Conv(nn.Module):
@@ -119,4 +122,4 @@ class ResNet18GN(nn.Module):
         stride = 2 if (stage > 0 and b == 0) else 1
         x = BasicBlock(features, stride, self.dtype, name=f"layer{stage + 1}_{b}")(x)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.feature_dim, dtype=self.dtype, name="fc")(x)
+    return Dense(self.feature_dim, dtype=self.dtype, name="fc")(x)
