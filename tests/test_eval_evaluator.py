@@ -9,7 +9,8 @@ import sys
 import jax
 import pytest
 
-from tests.helpers import skip_without, tiny_push_config
+from tests.helpers import skip_without, structured_batch, tiny_push_config
+from uwm_jax import batch as batch_lib, sampling
 from uwm_jax.evaluation import evaluator
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint
@@ -95,6 +96,28 @@ def test_checkpoint_loads_for_inference_unrolled_and_split(tiny_checkpoint):
   assert sorted(dit) == [f"blocks_{i}" for i in range(config.model.depth)]
   assert "kernel_1" in dit["blocks_0"]["adaLN_modulation"]
   assert loaded.config.model.scan_layers is False and loaded.config.model.split_modulation
+
+
+def test_checkpoint_loads_in_another_compute_dtype(tiny_checkpoint):
+  """load_checkpoint(compute_dtype=...) (the policy server's --compute_dtype): the networks
+  compute in that precision, parameters unchanged; a wrong name is one clear error."""
+  directory, config = tiny_checkpoint
+  assert config.model.compute_dtype == "float32"
+  fp32 = evaluator.load_checkpoint(directory)
+  loaded = evaluator.load_checkpoint(directory, compute_dtype="bfloat16")
+  assert loaded.config.model.compute_dtype == "bfloat16"
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), loaded.params,
+                                   fp32.params))
+  batch = {k: v[:1] for k, v in structured_batch(loaded.config.model, 1).items()
+           if k == batch_lib.OBS}
+  sampler = sampling.make_sampler(UnifiedWorldModel(loaded.config.model),
+                                  loaded.config.diffusion, sampling.POLICY)
+  args = (loaded.params, loaded.frozen, batch, jax.random.PRNGKey(0))
+  assert "bf16" in sampler.lower(*args).as_text()
+  action = sampler(*args)["action"]
+  assert action.shape[0] == 1 and bool(jax.numpy.isfinite(action).all())
+  with pytest.raises(ValueError, match="compute_dtype must be one of float32, bfloat16"):
+    evaluator.load_checkpoint(directory, compute_dtype="fp16")
 
 
 def test_missing_checkpoint_is_one_clear_error(tmp_path):

@@ -33,6 +33,7 @@ from uwm_jax.data import normalization
 from uwm_jax.evaluation import offline_metrics, prediction_videos, rollout, tracking, videos
 from uwm_jax.evaluation.policies import LocalPolicy, RandomPolicy
 from uwm_jax.model import block_layout
+from uwm_jax.model.layers import COMPUTE_DTYPES
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint as ckpt
 from uwm_jax.runs.metrics_writer import MetricWriter
@@ -321,13 +322,19 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, config=None,
-                    eval_overrides: Optional[dict] = None) -> LoadedCheckpoint:
+                    eval_overrides: Optional[dict] = None,
+                    compute_dtype: str = "") -> LoadedCheckpoint:
   """The inference params, frozen codec, config (`merged_config`) and dataset statistics of a
   checkpoint (latest step when None): what the evaluator and the policy server
   (`uwm_jax.serve`) load, in the inference layout whatever layout training used
   (`model.block_layout.inference_layout`: DiT blocks unrolled, modulation kernels split; the
   returned config says so: model.scan_layers False, model.split_modulation True). `config`: a
-  config the checkpoint must match (model, diffusion)."""
+  config the checkpoint must match (model, diffusion). `compute_dtype` ("float32" or
+  "bfloat16"; "" = the checkpoint's): the precision the networks compute in (the parameters
+  stay float32), e.g. bf16 for a CPU policy server (docs/serving.md, "Latency")."""
+  if compute_dtype and compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, not "
+                     f"{compute_dtype!r}.")
   directory = resolve_checkpoints_dir(checkpoint_dir)
   steps = list_steps(directory)
   if not steps:
@@ -341,6 +348,8 @@ def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, config=N
   if config is not None:
     check_same_config(ckpt_config, config, os.path.join(directory, str(step)))
   full = merged_config(ckpt_config, config, eval_overrides)
+  if compute_dtype:
+    full.model.compute_dtype = compute_dtype
   params, full.model = block_layout.inference_layout(params, full.model)
   return LoadedCheckpoint(directory, step, params, frozen, full, stats)
 

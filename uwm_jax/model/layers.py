@@ -47,8 +47,12 @@ def gelu_exact(x: jax.Array) -> jax.Array:
   return nn.gelu(x, approximate=False)
 
 
+# model.compute_dtype's values.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def dtype_of(name: str):
-  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+  return COMPUTE_DTYPES[name]
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:

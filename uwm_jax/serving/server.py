@@ -316,16 +316,17 @@ class PolicyServer:
 
 def server_from_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *,
                            robot: str = "", options: Optional[ServerOptions] = None,
-                           **option_overrides) -> PolicyServer:
+                           compute_dtype: str = "", **option_overrides) -> PolicyServer:
   """A PolicyServer for a checkpoint, loaded as the evaluator loads it. Options not given
   (exec_steps, temporal_ensemble, ensemble_decay, seed) default to the checkpoint's `eval`
-  section, as in evaluation."""
+  section, as in evaluation; `compute_dtype` ("" = the checkpoint's) as in
+  `evaluator.load_checkpoint`."""
   # pylint: disable=import-outside-toplevel
   import os
   from uwm_jax import policies
   from uwm_jax.evaluation import evaluator
   from uwm_jax.model.uwm import UnifiedWorldModel
-  loaded = evaluator.load_checkpoint(checkpoint_dir, step)
+  loaded = evaluator.load_checkpoint(checkpoint_dir, step, compute_dtype=compute_dtype)
   config = loaded.config
   e = config.eval
   defaults = dict(exec_steps=int(e.exec_steps), temporal_ensemble=bool(e.temporal_ensemble),
@@ -338,7 +339,8 @@ def server_from_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *,
   transforms = policies.make_transforms(robot, config, loaded.stats)
   workdir = os.path.dirname(loaded.directory)
   metadata = {"robot": robot, "config_name": config.get("name", "") or os.path.basename(workdir),
-              "checkpoint_step": loaded.step, "checkpoint_dir": loaded.directory}
+              "checkpoint_step": loaded.step, "checkpoint_dir": loaded.directory,
+              "compute_dtype": config.model.compute_dtype}
   return PolicyServer(UnifiedWorldModel(config.model), config.diffusion, loaded.params,
                       loaded.frozen, transforms, metadata, ServerOptions(**merged))
 
