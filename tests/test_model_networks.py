@@ -157,21 +157,27 @@ def test_cpu_matmul_convolution_equals_xla_convolution(kernel, stride, channels)
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-3)
 
 
-def test_bf16_matmuls_accumulate_and_return_through_float32():
-  """layers.matmul / Dense: bf16 operands, products summed in fp32, rounded once to bf16.
-  XLA:CPU runs a bf16-result dot on a slow path (docs/training.md, "bf16 on CPU")."""
+def test_bf16_matmuls_on_cpu_accumulate_and_return_through_float32():
+  """layers.matmul / Dense on CPU: bf16 operands, products summed in fp32, rounded once to
+  bf16 (XLA:CPU runs a bf16-result dot on a slow path: docs/training.md, "bf16 on CPU");
+  compiled for TPU or GPU, the plain bf16 dot."""
   from uwm_jax.model import layers
   x = jax.random.normal(jax.random.key(0), (8, 2048)).astype(jnp.bfloat16)
   w = jax.random.normal(jax.random.key(1), (2048, 16)).astype(jnp.bfloat16)
-  hlo = jax.jit(layers.matmul).lower(x, w).as_text()
+  traced = jax.jit(layers.matmul).trace(x, w)
+  hlo = traced.lower(lowering_platforms=("cpu",)).as_text()
   assert "dot_general" in hlo and "-> tensor<8x16xf32>" in hlo  # the dot itself yields fp32
+  for platform in ("tpu", "cuda"):
+    hlo = traced.lower(lowering_platforms=(platform,)).as_text()
+    assert "-> tensor<8x16xbf16>" in hlo and "-> tensor<8x16xf32>" not in hlo, platform
   out = layers.matmul(x, w)
   assert out.dtype == jnp.bfloat16
   exact = jnp.dot(x.astype(jnp.float32), w.astype(jnp.float32))
   np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(exact), rtol=2**-8, atol=1e-2)
   dense = layers.Dense(16, dtype=jnp.bfloat16)
   p = dense.init(jax.random.key(2), x)
-  assert "-> tensor<8x16xf32>" in jax.jit(dense.apply).lower(p, x).as_text()
+  assert "-> tensor<8x16xf32>" in jax.jit(dense.apply).trace(p, x).lower(
+      lowering_platforms=("cpu",)).as_text()
   assert dense.apply(p, x).dtype == jnp.bfloat16
   # fp32 stays fp32
   assert layers.matmul(x.astype(jnp.float32), w.astype(jnp.float32)).dtype == jnp.float32

@@ -14,27 +14,39 @@ dense_init = nn.initializers.normal(stddev=0.02)
 zeros = nn.initializers.zeros
 
 
-def dot_general_f32(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
-                    preferred_element_type=None) -> jax.Array:
-  """`lax.dot_general` with the products summed in float32 and the result rounded once to the
-  operands' type (bfloat16 in, bfloat16 out; float32 unchanged).
+def dot_general_f32_on_cpu(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
+                           preferred_element_type=None) -> jax.Array:
+  """`lax.dot_general`; on CPU, bf16 operands give a float32 result that is then rounded once to
+  bf16 (products summed in fp32: what a bf16 matmul is on TPU and GPU anyway).
 
-  That is what a bf16 matmul is on TPU and GPU anyway. XLA:CPU, asked for a bf16 result, takes a
-  slow path (~120 GFLOP/s on a 2-vCPU AVX-512-BF16 Xeon, below its fp32 ~210), while a float32
-  result runs the bf16 kernels (~460 GFLOP/s): docs/training.md, "bf16 on CPU".
+  XLA:CPU runs a bf16-result dot on a slow path (~120 GFLOP/s on a 2-vCPU AVX-512-BF16 Xeon,
+  below its fp32 ~210) and a float32-result one on its bf16 kernels (~460): docs/training.md,
+  "bf16 on CPU". Other platforms keep the plain dot: compiled for v5p-8, the float32 result
+  made the DROID step slower (40.0 vs 37.8 ms) and larger (7.08 vs 6.54 GiB per chip).
+  float32 operands: the plain dot everywhere.
   """
+  def plain(a, b):
+    return lax.dot_general(a, b, dimension_numbers, precision=precision,
+                           preferred_element_type=preferred_element_type)
+
   out_type = preferred_element_type or jnp.result_type(lhs, rhs)
-  return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                         preferred_element_type=jnp.float32).astype(out_type)
+  if out_type == jnp.float32:
+    return plain(lhs, rhs)
+
+  def f32_result(a, b):
+    return lax.dot_general(a, b, dimension_numbers, precision=precision,
+                           preferred_element_type=jnp.float32).astype(out_type)
+
+  return jax.lax.platform_dependent(lhs, rhs, cpu=f32_result, default=plain)
 
 
 def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x (..., K) @ w (K, F) -> (..., F) through `dot_general_f32`."""
-  return dot_general_f32(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+  """x (..., K) @ w (K, F) -> (..., F) through `dot_general_f32_on_cpu`."""
+  return dot_general_f32_on_cpu(x, w, (((x.ndim - 1,), (0,)), ((), ())))
 
 
-# nn.Dense with dot_general_f32: every Linear of the trained networks.
-Dense = functools.partial(nn.Dense, dot_general=dot_general_f32)
+# nn.Dense with dot_general_f32_on_cpu: every Linear of the trained networks.
+Dense = functools.partial(nn.Dense, dot_general=dot_general_f32_on_cpu)
 
 
 def mish(x: jax.Array) -> jax.Array:

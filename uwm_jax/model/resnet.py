@@ -26,8 +26,7 @@ def group_norm(channels: int, dtype, name: str) -> nn.GroupNorm:
 
 def _xla_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
   return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                      preferred_element_type=jnp.float32).astype(x.dtype)
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _matmul_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
