@@ -10,6 +10,8 @@ from typing import Callable, Dict
 
 import numpy as np
 
+OPTIMIZER = "optimizer (AdamW)"  # the optimizer part's name, here and in torch_reference
+
 
 def jax_components(config, host_batch: Dict[str, np.ndarray],
                    seed: int = 0) -> Dict[str, Callable[[], None]]:
@@ -87,5 +89,5 @@ def jax_components(config, host_batch: Dict[str, np.ndarray],
     carried[:] = [s, p]
     jax.block_until_ready(p)
 
-  out["optimizer (AdamW)"] = run_adamw
+  out[OPTIMIZER] = run_adamw
   return out

@@ -19,6 +19,8 @@ from typing import Callable, Dict
 
 import numpy as np
 
+from uwm_jax.bench.step_components import OPTIMIZER
+
 
 def _reference_modules():
   """The PyTorch modules (`uwm_jax.bench.torch_modules`), imported when --torch asks: torch is
@@ -213,7 +215,7 @@ class TorchReference:
         "resnet fwd+bwd": resnet_bwd,
         "noise net fwd": lambda: _no_grad(fwd_net),
         "noise net fwd+bwd": net_bwd,
-        "optimizer (AdamW)": adamw,
+        OPTIMIZER: adamw,
     }
 
   def policy(self, obs: np.ndarray) -> Callable[[], np.ndarray]:
@@ -243,6 +245,16 @@ class TorchReference:
       return x_a.numpy()
 
     return run
+
+
+def matmul(n: int, compute_dtype: str) -> Callable[[], None]:
+  """One n x n @ n x n product in `compute_dtype` (float32 or bfloat16), as torch runs it."""
+  import torch  # pylint: disable=import-outside-toplevel
+  dtype = torch.bfloat16 if compute_dtype == "bfloat16" else torch.float32
+  gen = torch.Generator().manual_seed(0)
+  a = torch.randn(n, n, generator=gen).to(dtype)
+  b = torch.randn(n, n, generator=gen).to(dtype)
+  return lambda: torch.mm(a, b)
 
 
 def _no_grad(fn):

@@ -37,6 +37,7 @@ import numpy as np
 from uwm_jax import batch as B_
 from uwm_jax import cli_config
 from uwm_jax import sampling
+from uwm_jax.bench import ceiling
 from uwm_jax.bench import step_components
 from uwm_jax.diffusion import make_schedule
 from uwm_jax.model import block_layout
@@ -330,8 +331,32 @@ def compare(config) -> None:
         f"median of {rounds} alternating rounds; {jax.devices()[0].device_kind}"
         + (f", torch {_THREADS.value} threads" if torch_ref is not None else ""))
   print(format_side_by_side(order, ours, theirs))
-  print(json.dumps({"ours_s": ours, "torch_s": theirs, "batch_size": config.batch_size,
-                    "compute_dtype": config.model.compute_dtype, "rounds": rounds}))
+  record = {"ours_s": ours, "torch_s": theirs, "batch_size": config.batch_size,
+            "compute_dtype": config.model.compute_dtype, "rounds": rounds}
+  if torch_ref is not None:
+    record["ceiling"] = print_ceiling(config, ours, theirs, rounds)
+  print(json.dumps(record))
+
+
+def print_ceiling(config, ours: dict, theirs: dict, rounds: int) -> dict:
+  """Times one large product in each framework (alternating) and prints the step's rate beside
+  it and the best speed-up over torch a step at XLA's rate could have (bench/ceiling.py)."""
+  from uwm_jax.bench import torch_reference  # pylint: disable=import-outside-toplevel
+  n, dtype = ceiling.CEILING_MATMUL_SIZE, config.model.compute_dtype
+  t = alternate({"xla": ceiling.jax_matmul(n, dtype),
+                 "torch": torch_reference.matmul(n, dtype)}, max(rounds, 5))
+  rates = {k: ceiling.flops_per_s(ceiling.matmul_flops(n), s) for k, s in t.items()}
+  step_flops = (flops_lib.train_step_flops(config.model, latent_cache=True).per_sample
+                * config.batch_size)
+  optimizer = [s[step_components.OPTIMIZER] for s in (ours, theirs)
+               if step_components.OPTIMIZER in s]
+  fixed = min(optimizer) if optimizer else 0.0
+  print(ceiling.format_ceiling(step_flops, ours["train step"], theirs["train step"],
+                               rates["xla"], rates["torch"], fixed,
+                               "AdamW (the faster of the two)"))
+  return {"step_tflop": step_flops / 1e12, "matmul_gflops": {k: v / 1e9 for k, v in rates.items()},
+          "speedup_bound": ceiling.speedup_bound(step_flops, rates["xla"],
+                                                 theirs["train step"], fixed)}
 
 
 def main(argv):
