@@ -18,7 +18,10 @@ leaves the codec out), and prints a comparison table.
 needs torch and a repository checkout) beside ours in the same process, alternating, with the
 latent cache on; `--breakdown` adds the parts of the step; `--policy_batch=1` one policy call
 (10 DDIM steps) in the layout checkpoints are served in (`model.block_layout`) and, beside it,
-in the config's training layout.
+in the config's training layout. Under the table, `--torch` prints the step's ceiling
+(bench/ceiling.py): the rate at which each framework runs the step's analytic matrix-product
+FLOPs, the rate one 2048^3 product reaches in each on this machine, and so the least time and
+the best speed-up over torch that a step running its products at XLA's rate could have.
 Like `python -m uwm_jax.train`, it re-executes itself with malloc on transparent huge pages
 (`train.host_huge_pages`). Only ratios measured side by side in one run are meaningful on a
 shared machine:
