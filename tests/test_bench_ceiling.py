@@ -8,7 +8,7 @@ import pytest
 from helpers import tiny_config
 from uwm_jax.bench import ceiling
 from uwm_jax.bench import step_components
-from uwm_jax.bench import train_step
+from uwm_jax.bench import timing
 from uwm_jax.training import flops as flops_lib
 
 
@@ -25,18 +25,18 @@ def test_the_bound_adds_the_products_at_the_ceiling_rate_to_the_fixed_work():
 def test_the_jax_product_is_the_models_matmul_and_has_a_finite_rate():
   run = ceiling.jax_matmul(64, "float32")
   run()
-  rate = ceiling.flops_per_s(ceiling.matmul_flops(64), train_step._timed(run))
+  rate = ceiling.flops_per_s(ceiling.matmul_flops(64), timing.timed(run))
   assert math.isfinite(rate) and rate > 0
 
 
 def test_the_bench_prints_the_bound_from_the_rate_it_measured(capsys):
-  """print_ceiling times one product in each framework and bounds the step with the faster
+  """measure_and_print times one product in each framework and bounds the step with the faster
   optimizer time added; the printed bound is the one it returns."""
   pytest.importorskip("torch")
   config = tiny_config()
   ours = {"train step": 2.0, step_components.OPTIMIZER: 0.5}
   theirs = {"train step": 3.0, step_components.OPTIMIZER: 0.25}
-  record = train_step.print_ceiling(config, ours, theirs, rounds=1)
+  record = ceiling.measure_and_print(config, ours, theirs, rounds=1)
   step_flops = (flops_lib.train_step_flops(config.model, latent_cache=True).per_sample
                 * config.batch_size)
   assert record["step_tflop"] == pytest.approx(step_flops / 1e12)

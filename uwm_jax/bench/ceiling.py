@@ -11,9 +11,13 @@ where `fixed_seconds` is work that is not products (the optimizer update, bound 
 bandwidth). `speedup_bound` turns that into the best possible speed-up over a reference's time.
 """
 
-from typing import Callable
+from typing import Callable, Dict
 
 import numpy as np
+
+from uwm_jax.bench import step_components
+from uwm_jax.bench import timing
+from uwm_jax.training import flops as flops_lib
 
 CEILING_MATMUL_SIZE = 2048  # an n x n x n product: large enough for any CPU's best kernel
 
@@ -72,3 +76,24 @@ def format_ceiling(step_flops: float, ours_s: float, torch_s: float, xla_ceiling
       f"ours at XLA's rate{fixed}: >= {bound_s:.3f} s per step, at most "
       f"{speedup_bound(step_flops, xla_ceiling, torch_s, fixed_seconds):.2f}x torch's step",
   ])
+
+
+def measure_and_print(config, ours: Dict[str, float], theirs: Dict[str, float],
+                      rounds: int) -> dict:
+  """Times one CEILING_MATMUL_SIZE^3 product in each framework (alternating, >= 5 rounds) and
+  prints `format_ceiling` for the step times `ours` / `theirs` (name -> seconds, with
+  "train step" and, if measured, the optimizer part). Returns the numbers it printed."""
+  from uwm_jax.bench import torch_reference  # pylint: disable=import-outside-toplevel
+  n, dtype = CEILING_MATMUL_SIZE, config.model.compute_dtype
+  t = timing.alternate({"xla": jax_matmul(n, dtype),
+                        "torch": torch_reference.matmul(n, dtype)}, max(rounds, 5))
+  rates = {k: flops_per_s(matmul_flops(n), s) for k, s in t.items()}
+  step_flops = (flops_lib.train_step_flops(config.model, latent_cache=True).per_sample
+                * config.batch_size)
+  optimizer = [s[step_components.OPTIMIZER] for s in (ours, theirs)
+               if step_components.OPTIMIZER in s]
+  fixed = min(optimizer) if optimizer else 0.0
+  print(format_ceiling(step_flops, ours["train step"], theirs["train step"],
+                       rates["xla"], rates["torch"], fixed, "AdamW (the faster of the two)"))
+  return {"step_tflop": step_flops / 1e12, "matmul_gflops": {k: v / 1e9 for k, v in rates.items()},
+          "speedup_bound": speedup_bound(step_flops, rates["xla"], theirs["train step"], fixed)}

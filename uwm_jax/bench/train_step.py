@@ -42,6 +42,7 @@ from uwm_jax import cli_config
 from uwm_jax import sampling
 from uwm_jax.bench import ceiling
 from uwm_jax.bench import step_components
+from uwm_jax.bench import timing
 from uwm_jax.diffusion import make_schedule
 from uwm_jax.model import block_layout
 from uwm_jax.model.uwm import UnifiedWorldModel
@@ -231,24 +232,6 @@ def format_comparison(results) -> str:
   return "\n".join(rows)
 
 
-def _timed(fn) -> float:
-  t0 = time.perf_counter()
-  fn()
-  return time.perf_counter() - t0
-
-
-def alternate(named: dict, rounds: int) -> dict:
-  """name -> callable, each run once untimed, then `rounds` times in turn (a, b, c, a, b, c ...)
-  -> name -> median seconds. Alternating keeps load from other processes from favouring one."""
-  for fn in named.values():
-    fn()
-  times = {k: [] for k in named}
-  for _ in range(rounds):
-    for k, fn in named.items():
-      times[k].append(_timed(fn))
-  return {k: float(np.median(v)) for k, v in times.items()}
-
-
 def format_side_by_side(rows, ours: dict, theirs: dict) -> str:
   """One row per part: ours, the reference's, reference / ours (> 1: ours is faster)."""
   out = [f"{'part':<30}{'ours s':>10}{'torch s':>10}{'speed-up':>10}"]
@@ -277,10 +260,11 @@ def compare(config) -> None:
   ours, theirs, order = {}, {}, ["train step"]
   t = None
   if torch_ref is not None:
-    t = alternate({"ours": prepared, "torch": torch_ref.train_step(prepared.host_batch)}, rounds)
+    t = timing.alternate({"ours": prepared, "torch": torch_ref.train_step(prepared.host_batch)},
+                         rounds)
     ours["train step"], theirs["train step"] = t["ours"], t["torch"]
   else:
-    ours["train step"] = alternate({"ours": prepared}, rounds)["ours"]
+    ours["train step"] = timing.alternate({"ours": prepared}, rounds)["ours"]
   host_batch = prepared.host_batch
   # The step's state (params + AdamW moments: 4.7 GB for DROID) is freed before the parts and
   # the policy make their own: together they overflowed a 24 GB host.
@@ -294,7 +278,7 @@ def compare(config) -> None:
       named[("ours", name)] = fn
       if name in ref_parts:
         named[("torch", name)] = ref_parts[name]
-    for (who, name), sec in alternate(named, rounds).items():
+    for (who, name), sec in timing.alternate(named, rounds).items():
       (ours if who == "ours" else theirs)[name] = sec
       if name not in order:
         order.append(name)
@@ -322,7 +306,7 @@ def compare(config) -> None:
       named["training"] = policy(config.model, params)
     if torch_ref is not None:
       named["torch"] = torch_ref.policy(inputs[B_.OBS])
-    t = alternate(named, rounds)
+    t = timing.alternate(named, rounds)
     ours[name] = t["ours"]
     if "torch" in t:
       theirs[name] = t["torch"]
@@ -337,29 +321,8 @@ def compare(config) -> None:
   record = {"ours_s": ours, "torch_s": theirs, "batch_size": config.batch_size,
             "compute_dtype": config.model.compute_dtype, "rounds": rounds}
   if torch_ref is not None:
-    record["ceiling"] = print_ceiling(config, ours, theirs, rounds)
+    record["ceiling"] = ceiling.measure_and_print(config, ours, theirs, rounds)
   print(json.dumps(record))
-
-
-def print_ceiling(config, ours: dict, theirs: dict, rounds: int) -> dict:
-  """Times one large product in each framework (alternating) and prints the step's rate beside
-  it and the best speed-up over torch a step at XLA's rate could have (bench/ceiling.py)."""
-  from uwm_jax.bench import torch_reference  # pylint: disable=import-outside-toplevel
-  n, dtype = ceiling.CEILING_MATMUL_SIZE, config.model.compute_dtype
-  t = alternate({"xla": ceiling.jax_matmul(n, dtype),
-                 "torch": torch_reference.matmul(n, dtype)}, max(rounds, 5))
-  rates = {k: ceiling.flops_per_s(ceiling.matmul_flops(n), s) for k, s in t.items()}
-  step_flops = (flops_lib.train_step_flops(config.model, latent_cache=True).per_sample
-                * config.batch_size)
-  optimizer = [s[step_components.OPTIMIZER] for s in (ours, theirs)
-               if step_components.OPTIMIZER in s]
-  fixed = min(optimizer) if optimizer else 0.0
-  print(ceiling.format_ceiling(step_flops, ours["train step"], theirs["train step"],
-                               rates["xla"], rates["torch"], fixed,
-                               "AdamW (the faster of the two)"))
-  return {"step_tflop": step_flops / 1e12, "matmul_gflops": {k: v / 1e9 for k, v in rates.items()},
-          "speedup_bound": ceiling.speedup_bound(step_flops, rates["xla"],
-                                                 theirs["train step"], fixed)}
 
 
 def main(argv):
