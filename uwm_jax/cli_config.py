@@ -14,7 +14,7 @@ files.
 
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Tuple
 
 import ml_collections
 from absl import app, flags
@@ -30,18 +30,24 @@ HELP_ARGS = ("--help", "-h", "-?", "--helpshort")
 flags.disclaim_key_flags()
 
 
+def split_spec(spec: str) -> Tuple[str, str]:
+  """`path/to/config.py[:variant]` -> (path, variant); variant is "" when there is none."""
+  path, _, variant = spec.partition(":")
+  return path, variant
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """`path/to/config.py[:variant]` -> the config that `--config=spec` gives an entry point.
 
   overrides: `--config.FIELD=VALUE` strings, applied as on a command line. An unknown field or a
   value of the wrong type raises ValueError.
   """
-  path, sep, variant = spec.partition(":")
+  path, variant = split_spec(spec)
   if not os.path.isfile(path) and os.path.isfile(os.path.join(REPO_ROOT, path)):
     path = os.path.join(REPO_ROOT, path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Config file {path!r} not found.")
-  argv = ["load_config", f"--config={path}{sep}{variant}", *overrides]
+  argv = ["load_config", f"--config={path}" + (f":{variant}" if variant else ""), *overrides]
   flag_values = flags.FlagValues()
   holder = config_flags.DEFINE_config_file("config", None, "", flag_values=flag_values,
                                            lock_config=False, sys_argv=argv)
@@ -65,9 +71,19 @@ def config_arg(name: str = "config") -> str:
   return config_flags.get_config_filename(flags.FLAGS[name]) or ""
 
 
+def config_value(flag_holder, flag_name: str = "config"):
+  """The value of a config flag (`define_config_flag`); a missing file is one clear error
+  (ml_collections reports it as "Configuration is not available because of an earlier
+  failure" with the load attempts)."""
+  path, _ = split_spec(config_arg(flag_name))
+  if path and not os.path.isfile(path):
+    raise FileNotFoundError(f"--{flag_name}: config file {path} does not exist.")
+  return flag_holder.value
+
+
 def default_workdir(config_spec: str) -> str:
   """workdirs/<config file stem>[_<variant>] for --config=configs/<stem>.py[:<variant>]."""
-  path, _, variant = config_spec.partition(":")
+  path, variant = split_spec(config_spec)
   stem = os.path.splitext(os.path.basename(path))[0]
   return os.path.join("workdirs", stem + (f"_{variant}" if variant else ""))
 

@@ -8,12 +8,9 @@ Any exception raised by `main` (a missing file, a bad config field, a mesh that 
 a corrupt checkpoint, ...) prints `error: <message>` on stderr and exits with status 2; the
 full traceback is printed instead with `--traceback`. Messages written for a person on several
 lines (a list of mismatched arrays, one line per unreadable checkpoint) keep their lines.
-`config_value(flag)` reads an ml_collections config flag and says plainly when its file is
-missing.
 """
 
 import ast
-import os
 import sys
 from typing import Callable
 
@@ -53,18 +50,6 @@ def readable_message(error: BaseException) -> str:
   if len(lines) > _MAX_LINES:
     lines = lines[:_MAX_LINES] + [f"... ({len(lines) - _MAX_LINES} more lines)"]
   return "\n".join(lines)
-
-
-def config_value(flag_holder, flag_name: str = "config"):
-  """The value of a `config_flags.DEFINE_config_file` flag; a missing file is one clear error
-  (ml_collections reports it as "Configuration is not available because of an earlier
-  failure" with the load attempts)."""
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-  spec = config_flags.get_config_filename(flags.FLAGS[flag_name]) or ""
-  path = spec.split(":", 1)[0]  # ml_collections 1.1 returns "file.py:variant" as given
-  if path and not os.path.isfile(path):
-    raise FileNotFoundError(f"--{flag_name}: config file {path} does not exist.")
-  return flag_holder.value
 
 
 def _show_traceback() -> bool:

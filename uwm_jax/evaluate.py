@@ -27,7 +27,7 @@ import logging
 
 from absl import flags
 
-from uwm_jax import cli_config, cli_errors
+from uwm_jax import cli_config
 from uwm_jax.evaluation import evaluator
 from uwm_jax.serving import client as serving_client
 
@@ -71,7 +71,7 @@ def _policy_factory():
 def main(argv):
   del argv
   logging.getLogger("absl").setLevel(logging.WARNING)
-  config = cli_errors.config_value(_CONFIG) if _CONFIG.present else None
+  config = cli_config.config_value(_CONFIG) if _CONFIG.present else None
   if _WATCH.value:
     interval = config.eval.watch_interval_s if config is not None else 60.0
     evaluator.watch(_CHECKPOINT_DIR.value, config=config, eval_overrides=_overrides(),

@@ -29,7 +29,7 @@ import time
 
 from absl import flags
 
-from uwm_jax import cli_config, cli_errors
+from uwm_jax import cli_config
 from uwm_jax.runs import host_allocator
 
 _CONFIG = cli_config.define_config_flag("Training config file.")
@@ -44,7 +44,7 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
   del argv
-  config = cli_errors.config_value(_CONFIG)  # a bad config file or field fails first
+  config = cli_config.config_value(_CONFIG)  # a bad config file or field fails first
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
   if config.train.get("host_huge_pages", False):  # may re-execute this command (same PID)
