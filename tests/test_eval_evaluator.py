@@ -69,6 +69,38 @@ def test_evaluator_writes_metrics_videos_tensorboard_and_summary(tiny_checkpoint
   assert len(lines) == 1 and lines[0].startswith("eval step 9:")
 
 
+def test_another_env_is_evaluated_beside_the_checkpoints_own_not_over_it(tmp_path):
+  """--env=OTHER writes eval/step_<N>_<env>/ and the split eval_<env>; the checkpoint's own
+  evaluation (eval/step_<N>/) stays, and --watch with the override still evaluates step N."""
+  config = tiny_push_config()
+  params, frozen = UnifiedWorldModel(config.model).init(jax.random.PRNGKey(0))
+  directory = checkpoint.checkpoint_dir(str(tmp_path))
+  checkpoint.save_params_checkpoint(directory, params=params, frozen=frozen, config=config,
+                                    dataset_stats={"action": {"min": [-1.0, -1.0],
+                                                              "max": [1.0, 1.0]}}, step=5)
+  cheap = {"num_episodes": 1, "num_envs": 1, "offline_metrics": False, "num_videos": 0,
+           "prediction_videos": False, "tracking_episodes": 0, "random_baseline": False}
+  ood = "tabletop_push_ood_table"
+  own = evaluator.evaluate_checkpoint(directory, progress=False, eval_overrides=cheap)
+  assert evaluator.evaluated_steps(directory, {"env": ood}) == []
+  lines = []
+  evaluator.watch(directory, eval_overrides={**cheap, "env": ood}, interval_s=0,
+                  progress=False, max_evaluations=1, printer=lines.append)
+  root = evaluator.eval_dir(directory)
+  assert own.output_dir == os.path.join(root, "step_5")
+  assert sorted(os.listdir(root)) == ["metrics.jsonl", "step_5", f"step_5_{ood}", "tensorboard"]
+  for name, env in (("step_5", config.eval.env), (f"step_5_{ood}", ood)):
+    with open(os.path.join(root, name, "metrics.json")) as f:
+      assert json.load(f)["env"] == env
+  with open(os.path.join(root, "metrics.jsonl")) as f:
+    assert [json.loads(line)["split"] for line in f] == ["eval", f"eval_{ood}"]
+  assert len(lines) == 1 and f"-> {os.path.join(root, f'step_5_{ood}')}" in lines[0]
+  assert evaluator.evaluated_steps(directory) == [5]
+  assert evaluator.evaluated_steps(directory, {"env": ood}) == [5]
+  assert evaluator.run_name(5, {"env": "libero/book_caddy"}, served=True) == (
+      "step_5_libero_book_caddy_policy_server")
+
+
 def test_low_dim_model_gets_low_dim_in_rollouts_tracking_and_videos(tmp_path):
   """model.low_dim_dim > 0 (the embedded task's pusher position): every part of the
   evaluation feeds the low-dim observations, normalised with the checkpoint's statistics."""

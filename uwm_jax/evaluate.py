@@ -17,9 +17,9 @@ Example, the embedded demo served and evaluated from another process:
   python -m uwm_jax.serve --checkpoint_dir=workdirs/demo &
   python -m uwm_jax.evaluate --checkpoint_dir=workdirs/demo --policy_server=127.0.0.1:8000
 
-Writes `<workdir>/eval/step_<N>/{metrics.json,videos/}`, appends to `<workdir>/eval/
-metrics.jsonl` and TensorBoard (`<workdir>/eval/tensorboard`), and prints one summary line per
-evaluated checkpoint. Errors (missing or corrupt checkpoint, another config, unknown task) are
+Writes `<workdir>/eval/step_<N>/{metrics.json,videos/}` (`step_<N>_<env>/` with --env, beside
+the checkpoint's own evaluation), appends to `<workdir>/eval/metrics.jsonl` and TensorBoard
+(`<workdir>/eval/tensorboard`), and prints one summary line per evaluated checkpoint. Errors (missing or corrupt checkpoint, another config, unknown task) are
 one `error:` line with exit status 2 (`uwm_jax.cli_errors`; --traceback for the traceback).
 """
 

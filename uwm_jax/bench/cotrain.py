@@ -174,7 +174,7 @@ def evaluate_run(row: Row, seed: int, workdir: str, videos_dir: str) -> dict:
         loaded = evaluator.load_checkpoint(os.path.join(workdir, "checkpoints"))
       config = evaluator.merged_config(loaded.config,
                                        eval_overrides=eval_overrides(env, _EPISODES.value))
-      out_dir = os.path.join(workdir, "eval", f"step_{loaded.step}_{tag}")
+      out_dir = os.path.join(workdir, "eval", evaluator.run_name(loaded.step, {"env": env}))
       t0 = time.perf_counter()
       result = evaluator.evaluate_loaded(loaded.params, loaded.frozen, config,
                                          loaded.stats, step=loaded.step, out_dir=out_dir)

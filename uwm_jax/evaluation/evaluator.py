@@ -11,6 +11,8 @@ Outputs go to `<workdir>/eval/` (workdir = the folder holding `checkpoints/`):
   eval/metrics.jsonl, eval/tensorboard/   one record per evaluated step (MetricWriter)
   eval/step_<N>/metrics.json              this step's metrics
   eval/step_<N>/videos/*.mp4|gif          rollout and prediction videos
+  eval/step_<N>_<env>/                    the same with the environment overridden
+                                          (eval_overrides["env"]): beside, never over, step_<N>
 and `summary_line(...)` is the one line printed on stdout.
 """
 
@@ -18,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import time
 from typing import Dict, List, Optional
 
@@ -83,13 +86,37 @@ def eval_dir(checkpoints_dir: str) -> str:
   return os.path.join(os.path.dirname(os.path.abspath(checkpoints_dir)), EVAL_DIRNAME)
 
 
-def evaluated_steps(checkpoints_dir: str) -> List[int]:
+def env_tag(eval_overrides: Optional[dict] = None) -> str:
+  """"" for the checkpoint's own environment, else the overridden env name as a folder-name
+  part ("libero/book_caddy" -> "libero_book_caddy")."""
+  env = (eval_overrides or {}).get("env") or ""
+  return env.replace("/", "_")
+
+
+def run_name(step: int, eval_overrides: Optional[dict] = None, served: bool = False) -> str:
+  """The folder of one evaluation under eval/: step_<N>[_<env tag>][_policy_server]."""
+  tag = env_tag(eval_overrides)
+  return f"step_{step}" + (f"_{tag}" if tag else "") + (SERVED_SUFFIX if served else "")
+
+
+def metrics_split(eval_overrides: Optional[dict] = None) -> str:
+  """The split name in eval/metrics.jsonl and TensorBoard: "eval", or "eval_<env tag>"."""
+  tag = env_tag(eval_overrides)
+  return "eval" + (f"_{tag}" if tag else "")
+
+
+def evaluated_steps(checkpoints_dir: str, eval_overrides: Optional[dict] = None) -> List[int]:
+  """Steps with a finished evaluation (metrics.json) under the run name these overrides give."""
   root = eval_dir(checkpoints_dir)
   if not os.path.isdir(root):
     return []
-  return sorted(int(n[5:]) for n in os.listdir(root)
-                if n.startswith("step_") and n[5:].isdigit()
-                and os.path.exists(os.path.join(root, n, "metrics.json")))
+  steps = []
+  for name in os.listdir(root):
+    match = re.match(r"step_(\d+)", name)
+    if (match and name == run_name(int(match.group(1)), eval_overrides)
+        and os.path.exists(os.path.join(root, name, "metrics.json"))):
+      steps.append(int(match.group(1)))
+  return sorted(steps)
 
 
 # ----------------------------------------------------------------------------- config checks
@@ -368,8 +395,9 @@ def evaluate_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, conf
   directory, step = loaded.directory, loaded.step
   params, frozen, full, stats = loaded.params, loaded.frozen, loaded.config, loaded.stats
   root = eval_dir(directory)
-  # Rollouts through a policy server go beside the in-process results, not over them.
-  name = f"step_{step}" + (SERVED_SUFFIX if policy_factory is not None else "")
+  # Rollouts through a policy server, or in another environment, go beside the checkpoint's
+  # own in-process results, not over them.
+  name = run_name(step, eval_overrides, served=policy_factory is not None)
   result = evaluate_loaded(params, frozen, full, stats, step=step,
                            out_dir=os.path.join(root, name), progress=progress,
                            policy_factory=policy_factory)
@@ -377,7 +405,7 @@ def evaluate_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, conf
     return result
   writer = MetricWriter(root, tensorboard=True, enabled=True)
   try:
-    writer.write(step, result.metrics, "eval")
+    writer.write(step, result.metrics, metrics_split(eval_overrides))
   finally:
     writer.close()
   return result
@@ -411,7 +439,8 @@ def watch(checkpoint_dir: str, *, config=None, eval_overrides=None, interval_s: 
   done, unreadable = 0, set()
   while True:
     directory = resolve_checkpoints_dir(checkpoint_dir)
-    todo = [s for s in list_steps(directory) if s not in evaluated_steps(directory)]
+    done_steps = evaluated_steps(directory, eval_overrides)
+    todo = [s for s in list_steps(directory) if s not in done_steps]
     for step in todo:
       if step in unreadable:
         continue
