@@ -58,3 +58,11 @@ def test_table_gives_mean_half_range_and_every_seed():
   text = cotrain.format_table(table)
   assert "| uwm_small | 45 +- 5 (40, 50) | 20 +- 10 (10, 30) | 0.03 +- 0.01 (0.02, 0.04) |" in text
   assert "| dp_small | 20 +- 0 (20) | 0 +- 0 (0) | - |" in text
+
+
+def test_a_stored_evaluation_is_reused_only_for_the_same_env_and_episode_count():
+  found = {"env": "tabletop_push_ood", "num_episodes": 50, "success": 0.1}
+  assert cotrain.is_current(found, "tabletop_push_ood", 50)
+  assert not cotrain.is_current(found, "tabletop_push_ood_camera", 50)  # another --ood_env
+  assert not cotrain.is_current(found, "tabletop_push_ood", 4)
+  assert not cotrain.is_current(None, "tabletop_push_ood", 50)

@@ -10,7 +10,8 @@ row and seed, each a `python -m uwm_jax.train` subprocess:
   dp_full, uwm_full, uwm_full_video: the same with all 600 labelled episodes (the ceiling).
 Then evaluates each final checkpoint in this process: 50 seeded in-distribution episodes
 (`tabletop_push`), the same 50 seeds under the documented visual shift (`tabletop_push_ood`:
-warm light, wood table, distractor, moved cameras; docs/evaluation.md), and the forward-dynamics
+warm light, wood table, distractor, moved cameras; docs/evaluation.md; one shift alone with
+--ood_env=tabletop_push_ood_<shift>), and the forward-dynamics
 latent MSE on the run's held-out validation episodes (`offline/image_mse_forward`). Prints one
 table (mean +- half the range over seeds, the per-seed values, wall times) and one JSON line;
 writes <workdir>/results.json and every row's rollout and forward-dynamics videos into
@@ -35,6 +36,11 @@ from uwm_jax import cli_config
 from uwm_jax import envs as envs_lib
 from uwm_jax.data import array_record_format as fmt
 
+TASK = "tabletop_push"  # configs/demo.py's embedded task and its labelled source
+VIDEO_SOURCE = f"{TASK}_video"  # the action-free source (data.demo_generation's name)
+ID_ENV = TASK
+FD_METRIC = "offline/image_mse_forward"
+
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/cotrain", "Root of every run's workdir, the "
                                "results and the videos.")
 _ROWS = flags.DEFINE_list("rows", None, "Rows to run (default: all, in table order).")
@@ -45,13 +51,12 @@ _EPISODES = flags.DEFINE_integer("num_episodes", 50, "Rollout episodes, in and o
                                  "distribution.")
 _VIDEO_WEIGHT = flags.DEFINE_float("video_weight", None, "Mixture weight of the video source "
                                    "(default: configs/demo_cotrain.py's).")
+_OOD_ENV = flags.DEFINE_string("ood_env", TASK + envs_lib.OOD_SUFFIX,
+                               "The out-of-distribution column's env: all four shifts, or one "
+                               "(e.g. tabletop_push_ood_lighting).")
 _OVERRIDES = flags.DEFINE_multi_string("train_flag", [], "Extra flag for every training run, "
                                        "e.g. --train_flag=--config.batch_size=16.")
 
-TASK = "tabletop_push"  # configs/demo.py's embedded task and its labelled source
-VIDEO_SOURCE = f"{TASK}_video"  # the action-free source (data.demo_generation's name)
-ID_ENV, OOD_ENV = TASK, TASK + envs_lib.OOD_SUFFIX
-FD_METRIC = "offline/image_mse_forward"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +108,13 @@ def eval_overrides(env: str, num_episodes: int) -> dict:
   if env == ID_ENV:
     return dict(common, offline_metrics=True, prediction_videos=True)
   return dict(common, offline_metrics=False, prediction_videos=False)
+
+
+def is_current(found: Optional[dict], env: str, num_episodes: int) -> bool:
+  """Whether a stored evaluation (cotrain_eval_<id|ood>.json) is the one asked for: the same
+  env and number of episodes (another --ood_env or --num_episodes evaluates again)."""
+  return (found is not None and found.get("env") == env
+          and found.get("num_episodes") == num_episodes)
 
 
 def spread(values: Sequence[float]) -> str:
@@ -166,10 +178,10 @@ def evaluate_run(row: Row, seed: int, workdir: str, videos_dir: str) -> dict:
   """ID and OOD evaluations of the run's final checkpoint (each kept in <workdir>/eval/)."""
   from uwm_jax.evaluation import evaluator  # pylint: disable=import-outside-toplevel
   out, loaded = {}, None
-  for tag, env in (("id", ID_ENV), ("ood", OOD_ENV)):
+  for tag, env in (("id", ID_ENV), ("ood", _OOD_ENV.value)):
     path = os.path.join(workdir, f"cotrain_eval_{tag}.json")
     found = _read_json(path)
-    if found is None or found.get("num_episodes") != _EPISODES.value:
+    if not is_current(found, env, _EPISODES.value):
       if loaded is None:  # one load serves both evaluations
         loaded = evaluator.load_checkpoint(os.path.join(workdir, "checkpoints"))
       config = evaluator.merged_config(loaded.config,
@@ -197,6 +209,7 @@ def evaluate_run(row: Row, seed: int, workdir: str, videos_dir: str) -> dict:
 def main(argv):
   del argv
   rows = select_rows(_ROWS.value)
+  envs_lib.check_env_name(_OOD_ENV.value)  # before any training
   seeds = [int(s) for s in _SEEDS.value]
   root = os.path.abspath(_WORKDIR.value)
   videos_dir = os.path.join(root, "videos")
@@ -214,15 +227,17 @@ def main(argv):
                                  + [run], key=lambda r: r["seed"])
       table = summarize(results)
       fmt.write_json_atomic(results_path,
-                  {"steps": _STEPS.value, "labelled": _LABELLED.value, "table": table,
-                   "runs": results})
+                  {"steps": _STEPS.value, "labelled": _LABELLED.value,
+                   "ood_env": _OOD_ENV.value, "table": table, "runs": results})
   table = summarize(results)
   print(f"\nUWM cotraining on the embedded task: {_STEPS.value} steps per run, small labelled "
-        f"set {_LABELLED.value} episodes, {_EPISODES.value} episodes per rollout column; "
+        f"set {_LABELLED.value} episodes, {_EPISODES.value} episodes per rollout column, "
+        f"OOD = {_OOD_ENV.value}; "
         f"mean +- half the range over seeds {seeds} (per-seed values in brackets); "
         f"wall time {(time.perf_counter() - t_start) / 60:.1f} min; videos in {videos_dir}")
   print(format_table(table))
-  print(json.dumps({"steps": _STEPS.value, "labelled": _LABELLED.value, "table": table}))
+  print(json.dumps({"steps": _STEPS.value, "labelled": _LABELLED.value,
+                    "ood_env": _OOD_ENV.value, "table": table}))
 
 
 if __name__ == "__main__":
