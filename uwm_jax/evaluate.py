@@ -19,8 +19,9 @@ Example, the embedded demo served and evaluated from another process:
 
 Writes `<workdir>/eval/step_<N>/{metrics.json,videos/}` (`step_<N>_<env>/` with --env, beside
 the checkpoint's own evaluation), appends to `<workdir>/eval/metrics.jsonl` and TensorBoard
-(`<workdir>/eval/tensorboard`), and prints one summary line per evaluated checkpoint. Errors (missing or corrupt checkpoint, another config, unknown task) are
-one `error:` line with exit status 2 (`uwm_jax.cli_errors`; --traceback for the traceback).
+(`<workdir>/eval/tensorboard`), and prints one summary line per evaluated checkpoint. Errors
+(missing or corrupt checkpoint, another config, unknown task) are one `error:` line with exit
+status 2 (`uwm_jax.cli_errors`; --traceback for the traceback).
 """
 
 import logging

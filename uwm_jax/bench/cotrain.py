@@ -58,7 +58,6 @@ _OVERRIDES = flags.DEFINE_multi_string("train_flag", [], "Extra flag for every t
                                        "e.g. --train_flag=--config.batch_size=16.")
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Row:
   name: str

@@ -113,9 +113,10 @@ def evaluated_steps(checkpoints_dir: str, eval_overrides: Optional[dict] = None)
   steps = []
   for name in os.listdir(root):
     match = re.match(r"step_(\d+)", name)
-    if (match and name == run_name(int(match.group(1)), eval_overrides)
+    step = int(match.group(1)) if match else None
+    if (step is not None and name == run_name(step, eval_overrides)
         and os.path.exists(os.path.join(root, name, "metrics.json"))):
-      steps.append(int(match.group(1)))
+      steps.append(step)
   return sorted(steps)
 
 
