@@ -398,3 +398,28 @@ def test_workers_log_their_shards_and_die_with_the_parent(droid_dir, tmp_path):
   for w in survivors:
     os.kill(w, signal.SIGKILL)
   assert not survivors, "workers outlived the killed parent"
+
+
+def test_action_free_samples_keep_the_sources_low_dim_observations(converted, caplog):
+  # The same episodes read twice: with actions, and as action-free video. The video samples
+  # carry no actions but the same (normalised) low-dim observations, which are observations.
+  c = _config(converted)
+  c.model.low_dim_dim = 7
+  c.data.sources.video = source_configs.array_record(converted, action_free=True)
+  train = loader.make_train_loader(c, process_index=0, process_count=1)
+  names = list(train.source_names)
+  robot, video = names.index("droid"), names.index("video")
+  reader = WindowReader(train.sources, c.model, train.dataset_stats)
+  ep, start = 2, 4
+  labelled, free = reader((robot, ep, start)), reader((video, ep, start))
+  assert labelled[batch_lib.ACTION_MASK] and not free[batch_lib.ACTION_MASK]
+  assert not free[batch_lib.ACTION].any()
+  assert free[batch_lib.LOW_DIM].shape == (c.model.num_obs_frames, 7)
+  assert np.abs(free[batch_lib.LOW_DIM]).sum() > 0
+  np.testing.assert_array_equal(free[batch_lib.LOW_DIM], labelled[batch_lib.LOW_DIM])
+  # Another robot's low-dim width: read as video without low-dim (zeros), with one warning.
+  with caplog.at_level("WARNING"):
+    other = ConvertedSource("video", converted, c.model.camera_keys, IMAGE, 10, low_dim_dim=3,
+                            action_free=True)
+  assert other.low_dim(0) is None
+  assert "do not fit model.low_dim_dim = 3" in caplog.text

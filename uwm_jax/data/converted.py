@@ -7,6 +7,7 @@ model's cameras of the requested steps are decoded.
 
 import hashlib
 import json
+import logging
 import os
 from typing import List, Optional, Sequence, Tuple
 
@@ -85,7 +86,13 @@ class ConvertedSource(EpisodeSource):
       raise ValueError(f"Dataset {name!r}: low-dim observations have {meta['low_dim_dim']} "
                        f"dimensions, model.low_dim_dim is {low_dim_dim}.")
     self._has_actions = not stored_free
-    self._has_low_dim = bool(meta["low_dim_dim"])
+    # An action-free source keeps its low-dim observations when they have the model's width;
+    # with another width (another robot's proprioception) it is read as video without them.
+    self._has_low_dim = bool(meta["low_dim_dim"]) and low_dim_dim in (0, meta["low_dim_dim"])
+    if low_dim_dim and meta["low_dim_dim"] and not self._has_low_dim:
+      logging.warning("Dataset %r (action-free): its %d-d low-dim observations do not fit "
+                      "model.low_dim_dim = %d; its samples get zeros.", name,
+                      meta["low_dim_dim"], low_dim_dim)
     self._filter_desc = [list(episode_filter.include), list(episode_filter.exclude),
                          episode_filter.success_only, int(max_episodes)]
 

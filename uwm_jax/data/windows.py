@@ -85,12 +85,14 @@ class WindowReader:
                    np.arange(start + sl.action.start, start + sl.action.stop))
       sample[batch_lib.ACTION] = self._norm(acts, normalization.ACTION)
     if self.low_dim_dim:
-      sample[batch_lib.LOW_DIM] = self._low_dim(src, ep, obs_idx, action_free)
+      sample[batch_lib.LOW_DIM] = self._low_dim(src, ep, obs_idx)
     return sample
 
-  def _low_dim(self, src: EpisodeSource, ep: int, obs_idx: np.ndarray,
-               action_free: bool) -> np.ndarray:
-    low: Optional[np.ndarray] = None if action_free else src.low_dim(ep)
+  def _low_dim(self, src: EpisodeSource, ep: int, obs_idx: np.ndarray) -> np.ndarray:
+    """(T_o, D) normalised low-dim observations; zeros where the source records none (web video).
+
+    Action-free episodes keep theirs: the low-dim values are observations, not action labels."""
+    low: Optional[np.ndarray] = src.low_dim(ep)
     if low is None:
       return np.zeros((len(obs_idx), self.low_dim_dim), np.float32)
     low = low[obs_idx]
