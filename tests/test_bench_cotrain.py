@@ -66,3 +66,21 @@ def test_a_stored_evaluation_is_reused_only_for_the_same_env_and_episode_count()
   assert not cotrain.is_current(found, "tabletop_push_ood_camera", 50)  # another --ood_env
   assert not cotrain.is_current(found, "tabletop_push_ood", 4)
   assert not cotrain.is_current(None, "tabletop_push_ood", 50)
+
+
+def test_a_finished_run_is_reused_only_for_the_same_recipe(tmp_path):
+  row = cotrain.select_rows(["uwm_small_video"])[0]
+  cmd = cotrain.train_command(row, 0, str(tmp_path / "a"), steps=4000, labelled=100,
+                              video_weight=0.5)
+  done = {"steps": 4000, "train_s": 900.0, "command": cmd[1:]}
+  assert not cotrain.is_same_run(None, cmd, "w")  # not finished: train
+  assert cotrain.is_same_run(done, cmd, "w")
+  # The same run linked into another root (another --workdir) is the same run.
+  moved = cotrain.train_command(row, 0, str(tmp_path / "b"), steps=4000, labelled=100,
+                                video_weight=0.5)
+  assert cotrain.is_same_run(done, moved, "w")
+  # Another video weight or step count in the same workdir: one clear error, not old numbers.
+  for other in (dict(steps=4000, video_weight=0.2), dict(steps=2000, video_weight=0.5)):
+    cmd2 = cotrain.train_command(row, 0, str(tmp_path / "a"), labelled=100, **other)
+    with pytest.raises(ValueError, match="asked: .*(weight=0.2|steps=2000)"):
+      cotrain.is_same_run(done, cmd2, "w")

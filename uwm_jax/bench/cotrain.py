@@ -16,7 +16,8 @@ latent MSE on the run's held-out validation episodes (`offline/image_mse_forward
 table (mean +- half the range over seeds, the per-seed values, wall times) and one JSON line;
 writes <workdir>/results.json and every row's rollout and forward-dynamics videos into
 <workdir>/videos/. Resumable: a run whose checkpoint and evaluations exist is read, not redone
-(rerun the same command after a crash). Data: the demo's dataset (workdirs/data, generated on
+(rerun the same command after a crash); a finished run of another recipe (steps, video weight,
+--train_flag) in the same workdir is refused with one error line. Data: the demo's dataset (workdirs/data, generated on
 first use, shared with configs/demo.py) and the video episodes of configs/demo_cotrain.py.
 """
 
@@ -154,13 +155,34 @@ def _read_json(path: str) -> Optional[dict]:
   return fmt.read_json(path) if os.path.exists(path) else None
 
 
+def run_recipe(args: Sequence[str]) -> List[str]:
+  """The arguments of a training command (without the interpreter) that decide what the run
+  computes: all but `--workdir` (a finished run linked into another root is the same run)."""
+  return [a for a in args if not a.startswith("--workdir=")]
+
+
+def is_same_run(done: Optional[dict], cmd: Sequence[str], workdir: str) -> bool:
+  """Whether a finished run (its cotrain_train.json) is the one `cmd` asks for. None: not
+  finished. Another recipe (steps, video weight, --train_flag, ...) in the same workdir is an
+  error: resuming it would mix two recipes, and reusing it would put its numbers in this table."""
+  if done is None:
+    return False
+  stored, wanted = run_recipe(done.get("command", ["?"])), run_recipe(cmd[1:])
+  if stored != wanted:
+    had = " ".join(a for a in stored if a not in wanted) or "-"
+    asked = " ".join(a for a in wanted if a not in stored) or "-"
+    raise ValueError(f"{workdir} holds a finished run of another recipe (it had: {had}; "
+                     f"asked: {asked}); give this one another --workdir.")
+  return True
+
+
 def train_run(row: Row, seed: int, workdir: str) -> float:
   """Train (or finish training) one run; returns the seconds this call spent."""
-  done = _read_json(os.path.join(workdir, "cotrain_train.json"))
-  if done is not None and done.get("steps") == _STEPS.value:
-    return done["train_s"]
   cmd = train_command(row, seed, workdir, steps=_STEPS.value, labelled=_LABELLED.value,
                       video_weight=_VIDEO_WEIGHT.value, extra=_OVERRIDES.value)
+  done = _read_json(os.path.join(workdir, "cotrain_train.json"))
+  if is_same_run(done, cmd, workdir):
+    return done["train_s"]
   print(f"[cotrain] {row.name} seed {seed}: {' '.join(cmd[1:])}", flush=True)
   t0 = time.perf_counter()
   proc = subprocess.run(cmd, check=False)
@@ -205,6 +227,12 @@ def evaluate_run(row: Row, seed: int, workdir: str, videos_dir: str) -> dict:
           "fd_mse": out["id"]["fd_mse"], "eval_s": out["id"]["eval_s"] + out["ood"]["eval_s"]}
 
 
+def recipe() -> dict:
+  """What every run of this invocation shares (results.json and the JSON line)."""
+  return {"steps": _STEPS.value, "labelled": _LABELLED.value, "ood_env": _OOD_ENV.value,
+          "video_weight": _VIDEO_WEIGHT.value, "train_flags": list(_OVERRIDES.value)}
+
+
 def main(argv):
   del argv
   rows = select_rows(_ROWS.value)
@@ -225,18 +253,16 @@ def main(argv):
       results[row.name] = sorted([r for r in results.get(row.name, []) if r["seed"] != seed]
                                  + [run], key=lambda r: r["seed"])
       table = summarize(results)
-      fmt.write_json_atomic(results_path,
-                  {"steps": _STEPS.value, "labelled": _LABELLED.value,
-                   "ood_env": _OOD_ENV.value, "table": table, "runs": results})
+      fmt.write_json_atomic(results_path, dict(recipe(), table=table, runs=results))
   table = summarize(results)
   print(f"\nUWM cotraining on the embedded task: {_STEPS.value} steps per run, small labelled "
         f"set {_LABELLED.value} episodes, {_EPISODES.value} episodes per rollout column, "
-        f"OOD = {_OOD_ENV.value}; "
+        f"OOD = {_OOD_ENV.value}, video weight "
+        f"{_VIDEO_WEIGHT.value if _VIDEO_WEIGHT.value is not None else 'of the config'}; "
         f"mean +- half the range over seeds {seeds} (per-seed values in brackets); "
         f"wall time {(time.perf_counter() - t_start) / 60:.1f} min; videos in {videos_dir}")
   print(format_table(table))
-  print(json.dumps({"steps": _STEPS.value, "labelled": _LABELLED.value,
-                    "ood_env": _OOD_ENV.value, "table": table}))
+  print(json.dumps(dict(recipe(), table=table)))
 
 
 if __name__ == "__main__":
