@@ -17,8 +17,9 @@ table (mean +- half the range over seeds, the per-seed values, wall times) and o
 writes <workdir>/results.json and every row's rollout and forward-dynamics videos into
 <workdir>/videos/. Resumable: a run whose checkpoint and evaluations exist is read, not redone
 (rerun the same command after a crash); a finished run of another recipe (steps, video weight,
---train_flag) in the same workdir is refused with one error line. Data: the demo's dataset (workdirs/data, generated on
-first use, shared with configs/demo.py) and the video episodes of configs/demo_cotrain.py.
+--train_flag) in the same workdir is refused with one error line. Data: the demo's dataset
+(workdirs/data, generated on first use, shared with configs/demo.py) and the video episodes of
+configs/demo_cotrain.py.
 """
 
 import dataclasses
