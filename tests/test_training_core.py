@@ -7,7 +7,7 @@ import pytest
 from tests.helpers import OPTIMIZED, structured_batch, tiny_config
 from uwm_jax.diffusion import make_schedule
 from uwm_jax.model.uwm import UnifiedWorldModel
-from uwm_jax.training.loss import compute_loss, sample_timesteps
+from uwm_jax.training.loss import action_noise_loss, compute_loss, sample_timesteps
 from uwm_jax.training.optimizer import make_lr_schedule, make_optimizer
 from uwm_jax.training.train_state import create_train_state
 from uwm_jax.training.train_step import make_train_step
@@ -28,6 +28,18 @@ def test_video_samples_get_last_action_timestep():
   assert jnp.all(t_a[~mask] == 99)
   assert len(np.unique(np.asarray(t_a[mask]))) > 50  # uniform over [0, 100)
   assert int(t_a.min()) >= 0 and int(t_o.max()) <= 99 and len(np.unique(np.asarray(t_o))) > 50
+
+
+def test_action_loss_over_labelled_samples_only_ignores_video_samples():
+  mask = jnp.array([True, False, True, False])
+  noise = jax.random.normal(jax.random.key(0), (4, 8, 2))
+  eps_hat = noise + jnp.arange(4.0)[:, None, None]  # per-sample squared error 0, 1, 4, 9
+  assert float(action_noise_loss(eps_hat, noise, mask, labelled_only=False)) == pytest.approx(3.5)
+  assert float(action_noise_loss(eps_hat, noise, mask, labelled_only=True)) == pytest.approx(2.0)
+  grad = jax.grad(lambda e: action_noise_loss(e, noise, mask, labelled_only=True))(eps_hat)
+  assert np.all(np.asarray(grad[~mask]) == 0) and np.all(np.asarray(grad[mask][1:]) != 0)
+  no_labels = jnp.zeros(4, bool)
+  assert float(action_noise_loss(eps_hat, noise, no_labels, labelled_only=True)) == 0.0
 
 
 @pytest.mark.slow

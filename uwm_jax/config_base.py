@@ -158,6 +158,10 @@ def train_config() -> ml_collections.ConfigDict:
   t.async_checkpointing = True
   # Exponential moving average of the params (0 = off); evaluation then uses the EMA.
   t.ema_decay = 0.0
+  # Average the action loss over action-labelled samples only (True), or over the whole batch
+  # with video samples regressing action noise at t = T-1 (False: the reference; docs/model.md,
+  # "Training loss and the two timesteps").
+  t.action_loss_labelled_only = False
   # Stop at the first non-finite loss/gradient; the state is left as it was before that step.
   t.nan_guard = True
   # With init_from: recompute the normalisation statistics from this run's data instead of

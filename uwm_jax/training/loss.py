@@ -21,17 +21,32 @@ def sample_timesteps(rng: jax.Array, action_mask: jax.Array, num_train_steps: in
   return t_action, t_obs
 
 
+def action_noise_loss(eps_hat: jax.Array, noise: jax.Array, action_mask: jax.Array,
+                      labelled_only: bool) -> jax.Array:
+  """MSE of the action noise, (B, T_a, D_a) each. labelled_only False: a plain mean over all
+  elements (the reference: video samples regress action noise at t = T-1 too). True: the mean
+  over the action-labelled samples only (action_mask (B,) True); 0 for a batch without any."""
+  per_sample = jnp.mean(jnp.square(eps_hat - noise), axis=tuple(range(1, eps_hat.ndim)))
+  if not labelled_only:
+    return jnp.mean(per_sample)
+  weight = action_mask.astype(per_sample.dtype)
+  return jnp.sum(per_sample * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
 def compute_loss(model, schedule: Schedule, params: dict, frozen: dict, batch: dict,
-                 rng: jax.Array, train: bool = True) -> Tuple[jax.Array, dict]:
+                 rng: jax.Array, train: bool = True,
+                 action_loss_labelled_only: bool = False) -> Tuple[jax.Array, dict]:
   """loss = MSE(eps_hat_action, eps_action) + MSE(eps_hat_latent, eps_latent).
 
-  Both are plain means over all elements; the action term is not masked for video samples
-  (they regress action noise at t = T-1, as the reference). Returns (loss, metrics).
+  Both are plain means over all elements; by default the action term is not masked for video
+  samples (they regress action noise at t = T-1, as the reference); with
+  action_loss_labelled_only it averages over the labelled samples alone
+  (`action_noise_loss`). Returns (loss, metrics).
 
   The next-obs latent is the codec's encoding of the transformed next frames, or, when the
   batch carries cached moments (`B_.NEXT_LATENT_MEAN/STD`, a latent cache), a posterior sample
-  from them drawn with the same key (`model.next_latent_from_moments`): the codec is then skipped and only
-  the current frames are transformed.
+  from them drawn with the same key (`model.next_latent_from_moments`): the codec is then
+  skipped and only the current frames are transformed.
   """
   k_aug, k_codec, k_t, k_na, k_no = jax.random.split(rng, 5)
   cached = model.predicts_next_obs and B_.has_cached_latents(batch)
@@ -57,7 +72,7 @@ def compute_loss(model, schedule: Schedule, params: dict, frozen: dict, batch: d
 
   eps_a, eps_o = model.predict_noise(params, cond, noisy_action, t_action, noisy_latent,
                                      t_obs if model.predicts_next_obs else None)
-  action_loss = jnp.mean(jnp.square(eps_a - noise_a))
+  action_loss = action_noise_loss(eps_a, noise_a, batch[B_.ACTION_MASK], action_loss_labelled_only)
   dynamics_loss = (jnp.mean(jnp.square(eps_o - noise_o)) if model.predicts_next_obs
                    else jnp.zeros((), jnp.float32))
   loss = action_loss + dynamics_loss

@@ -61,7 +61,8 @@ def make_jitted_train_step(config, model, optimizer: optax.GradientTransformatio
   `uwm_jax.bench.compile` compiles for TPU topologies."""
   tc = config.train
   step = make_train_step(model, make_schedule(config.diffusion), optimizer,
-                         ema_decay=tc.ema_decay, nan_guard=tc.nan_guard)
+                         ema_decay=tc.ema_decay, nan_guard=tc.nan_guard,
+                         action_loss_labelled_only=tc.action_loss_labelled_only)
   return jit_train_step(step, state_shardings, mesh, tc.compiler_options)
 
 

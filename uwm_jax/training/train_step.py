@@ -23,7 +23,8 @@ def ema_update(ema, params, decay: float):
 
 
 def make_train_step(model, schedule: Schedule, optimizer: optax.GradientTransformation, *,
-                    ema_decay: float = 0.0, nan_guard: bool = False) -> Callable:
+                    ema_decay: float = 0.0, nan_guard: bool = False,
+                    action_loss_labelled_only: bool = False) -> Callable:
   """Returns train_step(state, batch, rng) -> (state, metrics), pure (jit it).
 
   The step's randomness is fold_in(rng, state.step), so a step is a function of the state, the
@@ -32,13 +33,16 @@ def make_train_step(model, schedule: Schedule, optimizer: optax.GradientTransfor
   ema_decay > 0 updates `state.ema_params` (which must exist). With nan_guard, a step whose
   loss or gradient norm is not finite leaves the whole state unchanged and reports
   metrics["finite"] = False, so the caller can stop with the last good state.
+  action_loss_labelled_only: the action loss averages over action-labelled samples only
+  (`loss.action_noise_loss`; default: over all, as the reference).
   metrics: loss, action_loss, dynamics_loss, grad_norm, lr (+ finite); lr is the rate this
   step applied, read from the optimizer state (`optimizer.make_optimizer` injects it).
   """
   compute_dtype = jnp.bfloat16 if model.cfg.compute_dtype == "bfloat16" else jnp.float32
 
   def loss_fn(params, frozen, batch, rng):
-    return compute_loss(model, schedule, cast_floats(params, compute_dtype), frozen, batch, rng)
+    return compute_loss(model, schedule, cast_floats(params, compute_dtype), frozen, batch, rng,
+                        action_loss_labelled_only=action_loss_labelled_only)
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array) -> Tuple[TrainState, dict]:
     step_rng = jax.random.fold_in(rng, state.step)
