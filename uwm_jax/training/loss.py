@@ -26,9 +26,10 @@ def action_noise_loss(eps_hat: jax.Array, noise: jax.Array, action_mask: jax.Arr
   """MSE of the action noise, (B, T_a, D_a) each. labelled_only False: a plain mean over all
   elements (the reference: video samples regress action noise at t = T-1 too). True: the mean
   over the action-labelled samples only (action_mask (B,) True); 0 for a batch without any."""
-  per_sample = jnp.mean(jnp.square(eps_hat - noise), axis=tuple(range(1, eps_hat.ndim)))
+  squared = jnp.square(eps_hat - noise)
   if not labelled_only:
-    return jnp.mean(per_sample)
+    return jnp.mean(squared)  # one reduction, as before the option existed (same bits)
+  per_sample = jnp.mean(squared, axis=tuple(range(1, eps_hat.ndim)))
   weight = action_mask.astype(per_sample.dtype)
   return jnp.sum(per_sample * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
