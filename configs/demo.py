@@ -21,7 +21,7 @@ decoded-frame cache and malloc on huge pages (same numbers computed): 21.9 minut
 16.0 min training at ~4.2 steps/s, 2.4 min evaluation), 82% (41/50); without the loop's duplicate
 end-of-run metrics and with one forward-dynamics compilation: 18.3 minutes (2.0 min data, 13.6
 min training at ~4.9 steps/s, 1.8 min evaluation), the same 82% (41/50). The last line of
-the run gives these phase times on any machine. docs/evaluation.md
+the run gives these phase times on any machine. docs/results/demo-per-machine.md
 lists every measurement. Evaluate again any time with
 `python -m uwm_jax.evaluate --checkpoint_dir=workdirs/demo`.
 """

@@ -246,7 +246,8 @@ def test_nan_in_actions_names_dataset_episode_and_field():
 
 def test_validation_split_holds_out_the_reference_episodes():
   """The reference holds out default_rng(0).choice(N, round(0.05 N), replace=False) episodes of
-  a dataset (docs/data.md, "Validation split"); a permutation prefix picks other episodes."""
+  a dataset (docs/data.md, "Windows and the validation split"); a permutation prefix picks other
+  episodes."""
   from uwm_jax.data.episodes import split_episodes
   n = 2000
   train, val = split_episodes(np.zeros(n, bool), 0.05, 0)

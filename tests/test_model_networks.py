@@ -159,7 +159,7 @@ def test_cpu_matmul_convolution_equals_xla_convolution(kernel, stride, channels)
 
 def test_bf16_matmuls_on_cpu_accumulate_and_return_through_float32():
   """layers.matmul / Dense on CPU: bf16 operands, products summed in fp32, rounded once to
-  bf16 (XLA:CPU runs a bf16-result dot on a slow path: docs/training.md, "bf16 on CPU");
+  bf16 (XLA:CPU runs a bf16-result dot on a slow path: docs/results/cpu-bf16.md);
   compiled for TPU or GPU, the plain bf16 dot."""
   from uwm_jax.model import layers
   x = jax.random.normal(jax.random.key(0), (8, 2048)).astype(jnp.bfloat16)

@@ -14,7 +14,7 @@ float32 = pusher xy, puck xy, goal xy}. Control runs at 1 / (substeps * timestep
 
 `scripted_expert` is a closed-loop state-based expert (>= 95% success).
 
-Out-of-distribution variant (docs/evaluation.md, "The out-of-distribution variant"):
+Out-of-distribution variant (docs/embedded_task.md, "The out-of-distribution variant"):
 `TabletopSpec.shifts` names visual changes from OOD_SHIFTS, applied to the scene when the model
 is built (`load_model`): "lighting" (a dimmer, warm headlight plus a directional light from the
 side), "table" (a wood-brown table top instead of the light beige one), "distractor" (a yellow

@@ -14,7 +14,7 @@ When none of them describes a job, the process trains alone (nothing to set up).
 Which devices a process drives: all of its host's devices, except that jax's SLURM detection
 gives each task only the GPU numbered `SLURM_LOCALID` (one task per GPU). `JAX_LOCAL_DEVICE_IDS`
 (comma-separated, read by jax) overrides that; launch/slurm_gpu.sh runs one task per node and
-sets it to every GPU of the node (docs/training.md, "SLURM").
+sets it to every GPU of the node (docs/launch.md, "SLURM").
 
 A joined job also handles preemption: jax's preemption service catches SIGTERM and the
 training loop saves a checkpoint at a step every process agrees on, then stops.
