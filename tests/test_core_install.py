@@ -157,6 +157,7 @@ def test_the_core_venv_trains_checkpoints_and_resumes(tmp_path):
   resumed = _train_rows(workdir)
   assert [row["step"] for row in resumed] == [1, 2, 3, 4]
   assert resumed[:2] == rows  # steps 1-2 are the first run's, not trained again
+  assert os.listdir(os.path.join(workdir, "tensorboard"))  # events through tensorboardX (core)
 
 
 def test_a_video_dataset_in_the_core_venv_names_the_data_extra(tmp_path):
