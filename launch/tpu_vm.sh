@@ -146,7 +146,7 @@ install() {
 && ~/.local/bin/uv venv -q --python ${PYTHON_VERSION} --managed-python --clear ~/venv \
 && ~/.local/bin/uv pip install -q --python ~/venv/bin/python -c ~/uwm_jax/requirements.txt -e \"\$HOME/uwm_jax[tpu]\" \
 && $(gcsfuse_install_command) && $(mount_command) \
-&& timeout 600 ~/venv/bin/python -c 'import jax; print(jax.devices()[0].device_kind, jax.device_count(), \"devices\")'"
+&& timeout 600 ~/venv/bin/python -m uwm_jax.check_install --platform=tpu"
 }
 
 train() {

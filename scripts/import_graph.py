@@ -23,8 +23,8 @@ PACKAGE = "uwm_jax"
 # (layer, rank, module prefixes). Neutral layers import no pipeline stage (rank 0).
 LAYERS = (
     ("neutral", 0, ("uwm_jax.config_base", "uwm_jax.cli_config", "uwm_jax.cli_errors",
-                    "uwm_jax.batch", "uwm_jax.dims", "uwm_jax.diffusion", "uwm_jax.tree_paths",
-                    "uwm_jax.runs", "uwm_jax.envs")),
+                    "uwm_jax.extras", "uwm_jax.batch", "uwm_jax.dims", "uwm_jax.diffusion",
+                    "uwm_jax.tree_paths", "uwm_jax.runs", "uwm_jax.envs")),
     ("data", 1, ("uwm_jax.data",)),
     ("model", 2, ("uwm_jax.model", "uwm_jax.sampling", "uwm_jax.weights")),
     ("train", 3, ("uwm_jax.training",)),
@@ -34,7 +34,8 @@ LAYERS = (
     ("evaluate", 5, ("uwm_jax.evaluation",)),
     ("serve", 6, ("uwm_jax.serving",)),
     ("entry", 7, ("uwm_jax.train", "uwm_jax.evaluate", "uwm_jax.summarize",
-                  "uwm_jax.import_weights", "uwm_jax.serve", "uwm_jax.bench", "uwm_jax.__init__")),
+                  "uwm_jax.import_weights", "uwm_jax.serve", "uwm_jax.bench",
+                  "uwm_jax.check_install", "uwm_jax.__init__")),
 )
 
 

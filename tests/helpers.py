@@ -89,12 +89,17 @@ def structured_batch(model_cfg, batch_size: int, seed: int = 0, action_mask=None
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start_cli(module: str, *args: str, num_devices: int = 1) -> subprocess.Popen:
+def start_cli(module: str, *args: str, num_devices: int = 1, python: str = sys.executable,
+              fast_compile: bool = False) -> subprocess.Popen:
   """Start `python -m <module> <args>` from the repository root on CPU, as a user runs it
-  (entry points define absl flags, so they run in their own process, not inside pytest's)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
-  return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+  (entry points define absl flags, so they run in their own process, not inside pytest's).
+  python: another environment's interpreter (e.g. the core-only venv); fast_compile: every
+  executable compiled with FAST_COMPILE's options."""
+  xla_flags = f"--xla_force_host_platform_device_count={num_devices}"
+  if fast_compile:
+    xla_flags += "".join(f" --{k}={v}" for k, v in FAST_COMPILE.items())
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, XLA_FLAGS=xla_flags)
+  return subprocess.Popen([python, "-m", module, *args], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -108,7 +113,7 @@ def finish_cli(proc: subprocess.Popen, timeout: float = 600) -> subprocess.Compl
   return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def run_cli(module: str, *args: str, timeout: float = 600, num_devices: int = 1
+def run_cli(module: str, *args: str, timeout: float = 600, **start_options
             ) -> subprocess.CompletedProcess:
-  """`python -m <module> <args>` run to the end (see `start_cli`)."""
-  return finish_cli(start_cli(module, *args, num_devices=num_devices), timeout)
+  """`python -m <module> <args>` run to the end (`start_options`: those of `start_cli`)."""
+  return finish_cli(start_cli(module, *args, **start_options), timeout)

@@ -7,7 +7,7 @@ from uwm_jax.data import source_configs
 from uwm_jax.data.converted import ConvertedSource
 from uwm_jax.data.episodes import EpisodeSource
 from uwm_jax.data.synthetic import SyntheticSource
-from uwm_jax.data.video_folder import VideoFolderSource, VideoIndexSource
+from uwm_jax.data.video_folder import VideoFolderSource, VideoIndexSource, check_decoder
 
 
 def source_names(data_cfg) -> Tuple[str, ...]:
@@ -38,7 +38,8 @@ def build_source(name: str, src_cfg, model_cfg) -> EpisodeSource:
 def check_sources(config) -> None:
   """Cheap checks of `config.data.sources` before anything expensive is built: every dataset
   has a known kind and a positive weight, and its folder or index file exists (a converted
-  dataset: its dataset.json; the episode index is read later, by the loader)."""
+  dataset: its dataset.json; the episode index is read later, by the loader); video clips need
+  the optional video decoder (`check_decoder`)."""
   names = source_names(config.data)
   if not names:
     build_sources(config)  # raises the "sources is empty" error
@@ -57,6 +58,8 @@ def check_sources(config) -> None:
     elif kind != "synthetic" and not os.path.isdir(src_cfg.get("path", "") or ""):
       raise FileNotFoundError(f"Dataset {name!r}: folder {src_cfg.get('path')!r} does not "
                               f"exist (config.data.sources.{name}.path).")
+    if kind in ("video_folder", "video_index"):
+      check_decoder()
 
 
 def build_sources(config) -> Tuple[Tuple[str, ...], List[EpisodeSource], List[float]]:

@@ -7,7 +7,6 @@ by an integer factor with nearest-neighbour sampling so that videos are watchabl
 import os
 from typing import Sequence
 
-import imageio.v2 as imageio
 import numpy as np
 from PIL import Image
 
@@ -119,6 +118,7 @@ def write_video(path: str, frames: Sequence[np.ndarray], fps: float = 10.0,
   # from this multithreaded (JAX) process, which can deadlock (JAX warns "os.fork() was
   # called"). Without it ffmpeg is exec'ed directly; it then shares our Ctrl-C, which is fine. (Read by imageio-ffmpeg at each call.)
   os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
+  import imageio.v2 as imageio  # pylint: disable=import-outside-toplevel  # optional: mp4 only
   with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1,
                           pixelformat="yuv420p") as writer:
     for f in frames:
