@@ -16,6 +16,10 @@ is compared with the real library.
   python tests/lerobot_dataset_script.py read ROOT INDICES_JSON OUT_NPZ
       `LeRobotDataset(root=ROOT, video_backend="torchcodec")[i]` for every index: frames as
       uint8 (round(255 x), the loader's float images), state, action, episode and frame index.
+  python tests/lerobot_dataset_script.py fixture DIR SPEC_JSON
+      All of it in one process (one start-up): DIR/v30 written, DIR/v21 from it, LeRobot's
+      conversion of DIR/v21 under DIR/work, and every item of DIR/v30 and of that conversion
+      read into DIR/items_v30.npz and DIR/items_v21.npz.
 
 Every step is deterministic (seeded); nothing touches the network (HF_HUB_OFFLINE=1).
 """
@@ -24,6 +28,7 @@ import json
 import os
 import shutil
 import sys
+from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -47,7 +52,7 @@ def frame_image(shape, episode: int, t: int, camera: int) -> np.ndarray:
   return img.astype(np.uint8)
 
 
-def write(root: str, spec: dict) -> None:
+def write(root: str, spec: dict) -> dict:
   from lerobot.datasets.lerobot_dataset import LeRobotDataset  # pylint: disable=import-outside-toplevel
   cameras = {k: tuple(v) for k, v in spec["cameras"].items()}
   features = {k: {"dtype": "video", "shape": (h, w, 3), "names": ["height", "width", "channels"]}
@@ -72,7 +77,7 @@ def write(root: str, spec: dict) -> None:
     written["state"].append(state.tolist())
     written["action"].append(action.tolist())
   ds.finalize()
-  print(json.dumps(written))
+  return written
 
 
 def _remux_h264(src: str, dst: str, start: float, end: float, fps: int) -> None:
@@ -97,7 +102,6 @@ def _remux_h264(src: str, dst: str, start: float, end: float, fps: int) -> None:
 
 def to_v21(src: str, dst: str) -> None:
   """SRC (v3.0, written by `write`) -> the v2.1 layout at DST."""
-  import pyarrow as pa  # pylint: disable=import-outside-toplevel
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
   info = json.load(open(os.path.join(src, "meta", "info.json")))
   episodes = pq.read_table(os.path.join(src, "meta", "episodes", "chunk-000",
@@ -148,22 +152,22 @@ def to_v21(src: str, dst: str) -> None:
     feature.pop("fps", None)
   with open(os.path.join(dst, "meta", "info.json"), "w") as f:
     json.dump(info, f, indent=4)
-  del pa
 
 
-def convert_v21(src: str, work: str) -> None:
+def convert_v21(src: str, work: str) -> str:
   from lerobot.datasets.v30 import convert_dataset_v21_to_v30 as conv  # pylint: disable=import-outside-toplevel
   repo = "uwm/lerobot_test_v21"
   copy = os.path.join(work, repo)
   shutil.rmtree(copy, ignore_errors=True)
   shutil.copytree(src, copy)
   conv.convert_dataset(repo, root=work, push_to_hub=False)
-  print(json.dumps({"root": copy}))
+  return copy
 
 
-def read(root: str, indices: list, out: str) -> None:
+def read(root: str, indices: Optional[list], out: str) -> None:
   from lerobot.datasets.lerobot_dataset import LeRobotDataset  # pylint: disable=import-outside-toplevel
   ds = LeRobotDataset("uwm/lerobot_test", root=root, video_backend="torchcodec")
+  indices = range(len(ds)) if indices is None else indices
   arrays = {}
   for i in indices:
     item = ds[int(i)]
@@ -178,14 +182,25 @@ def read(root: str, indices: list, out: str) -> None:
   np.savez(out, **{k: np.stack(v) for k, v in arrays.items()})
 
 
+def fixture(out: str, spec: dict) -> None:
+  written = write(os.path.join(out, "v30"), spec)
+  to_v21(os.path.join(out, "v30"), os.path.join(out, "v21"))
+  converted = convert_v21(os.path.join(out, "v21"), os.path.join(out, "work"))
+  read(os.path.join(out, "v30"), None, os.path.join(out, "items_v30.npz"))
+  read(converted, None, os.path.join(out, "items_v21.npz"))
+  print(json.dumps(written))
+
+
 def main(argv):
   command = argv[1]
   if command == "write":
-    write(argv[2], json.loads(argv[3]))
+    print(json.dumps(write(argv[2], json.loads(argv[3]))))
+  elif command == "fixture":
+    fixture(argv[2], json.loads(argv[3]))
   elif command == "to_v21":
     to_v21(argv[2], argv[3])
   elif command == "convert_v21":
-    convert_v21(argv[2], argv[3])
+    print(json.dumps({"root": convert_v21(argv[2], argv[3])}))
   elif command == "read":
     read(argv[2], json.loads(argv[3]), argv[4])
   else:
