@@ -24,11 +24,13 @@ import pytest
 from configs import lerobot_finetune
 from tests.helpers import FAST_COMPILE, run_cli, start_cli
 from uwm_jax import batch as batch_lib
+from uwm_jax import policies
 from uwm_jax.data import array_record_format as fmt
 from uwm_jax.data import convert_lerobot, episodes, lerobot_read, normalization, stats
 from uwm_jax.data.sources import build_source, resolved_config
 from uwm_jax.data.windows import WindowReader
 from uwm_jax.model.uwm import UnifiedWorldModel
+from uwm_jax.policies import transforms
 from uwm_jax.runs import checkpoint
 from uwm_jax.serving import client as client_lib
 from uwm_jax.training import loop
@@ -73,8 +75,8 @@ def _convert(src, out, **kw):
   return convert_lerobot.convert_lerobot(str(src), str(out), progress=False, **kw)
 
 
-def _config(path, cameras=()):
-  c = lerobot_finetune.get_config("tiny")
+def _config(path, cameras=(), variant="tiny"):
+  c = lerobot_finetune.get_config(variant)
   c.data.sources.lerobot.path = str(path)
   c.data.sources.lerobot.cameras = tuple(cameras)
   return c
@@ -256,6 +258,34 @@ def test_mapping_errors_name_the_override(converted):
   assert resolved.state_widths == (7,) and resolved.action_width == 5
 
 
+def test_robot_module_takes_the_dataset_keys_from_the_config(converted):
+  """--robot=lerobot: request keys, state padding and the action slice come from the resolved
+  source entry a checkpoint's config carries, nothing is hard-coded."""
+  config = resolved_config(_config(converted))
+  assert policies.robot_for_config(config) == "lerobot"
+  lo, hi = -np.arange(1, 9, dtype=np.float32), np.arange(1, 9, dtype=np.float32)
+  st = {"action": normalization.minmax_entry(lo, hi),
+        "low_dim": normalization.minmax_entry(lo[:7].tolist() + [0], hi[:7].tolist() + [0])}
+  t = policies.make_transforms("lerobot", config, st)
+  rng = np.random.default_rng(0)
+  state = rng.normal(size=7)
+  frame = t.inputs({FRONT: rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+                    WRIST: rng.integers(0, 256, (20, 20, 3), dtype=np.uint8), STATE: state})
+  assert frame.images.shape == (2,) + MODEL_SHAPE + (3,)
+  np.testing.assert_allclose(frame.low_dim, list(state / hi[:7]) + [0.0], rtol=1e-6)
+  chunk = np.full((4, 8), 0.5, np.float32)
+  np.testing.assert_allclose(t.outputs(chunk), np.tile(0.5 * hi[:5], (4, 1)))
+  np.testing.assert_allclose(t.encode_actions(t.outputs(chunk)), np.pad(chunk[:, :5],
+                                                                        ((0, 0), (0, 3))))
+  with pytest.raises(transforms.InvalidObservation, match=f"missing key '{WRIST}'"):
+    t.inputs({FRONT: np.zeros((8, 8, 3), np.uint8), STATE: state})
+  with pytest.raises(transforms.InvalidObservation, match=f"'{STATE}' must hold 7 numbers"):
+    t.inputs({FRONT: np.zeros((8, 8, 3), np.uint8), WRIST: np.zeros((8, 8, 3), np.uint8),
+              STATE: state[:5]})
+  with pytest.raises(ValueError, match="does not record the dataset's keys"):
+    policies.make_transforms("lerobot", _config(converted), st)  # never trained: unresolved
+
+
 def _wait_ready(proc, timeout: float = 300.0) -> int:
   """The port of a `python -m uwm_jax.serve --port=0` process, from its `ready:` line."""
   deadline = time.monotonic() + timeout
@@ -273,8 +303,9 @@ def _wait_ready(proc, timeout: float = 300.0) -> int:
 def test_finetune_from_pretrained_and_serve_with_dataset_keys(lerobot_data, converted,
                                                               tmp_path):
   """A tiny 'pretrained' checkpoint, 4 finetuning steps on the converted LeRobot data, then the
-  server takes the dataset's own keys and answers 5-d actions in the dataset's range."""
-  c = _config(converted)
+  server takes the dataset's own keys and answers 5-d actions in the dataset's range. The DP
+  variant: the same data and serving path, one sampling mode to compile instead of five."""
+  c = _config(converted, variant="tiny,dp")
   c.train.compiler_options = dict(FAST_COMPILE)
   c.num_steps, c.batch_size = 4, 8
   c.train.save_every, c.train.eval_every, c.train.progress_bar = 4, 0, False
@@ -295,7 +326,7 @@ def test_finetune_from_pretrained_and_serve_with_dataset_keys(lerobot_data, conv
   assert saved.data.sources.lerobot.action_width == 5
 
   proc = start_cli("uwm_jax.serve", f"--checkpoint_dir={checkpoint.checkpoint_dir(workdir)}",
-                   "--robot=lerobot", "--port=0")
+                   "--robot=lerobot", "--port=0", "--max_batch=1")
   try:
     port = _wait_ready(proc)
     client = client_lib.PolicyClient(f"127.0.0.1:{port}", timeout=120)
