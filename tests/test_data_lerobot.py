@@ -258,6 +258,24 @@ def test_mapping_errors_name_the_override(converted):
   assert resolved.state_widths == (7,) and resolved.action_width == 5
 
 
+def test_training_loader_reads_batches_and_saves_the_resolved_mapping(converted, tmp_path):
+  """The config training saves in its checkpoints (the loader's) names the dataset's keys."""
+  c = _config(converted)
+  loader, loader_config = loop.make_train_loader(c, None, str(tmp_path))
+  try:
+    batch = next(loader)
+  finally:
+    loader.close()
+  entry = loader_config.data.sources.lerobot
+  assert entry.cameras == (FRONT, WRIST) and entry.state == (STATE,)
+  assert entry.state_widths == (7,) and entry.action_width == 5 and entry.action == ACTION
+  assert c.data.sources.lerobot.cameras == ()  # the caller's config is left as given
+  assert batch[batch_lib.OBS].shape == (c.batch_size, 2, 2) + MODEL_SHAPE + (3,)
+  assert batch[batch_lib.ACTION].shape == (c.batch_size, c.model.action_len, 8)
+  assert not batch[batch_lib.ACTION][..., 5:].any()  # padded dimensions normalise to 0
+  assert np.abs(batch[batch_lib.ACTION]).max() <= 1.0
+
+
 def test_robot_module_takes_the_dataset_keys_from_the_config(converted):
   """--robot=lerobot: request keys, state padding and the action slice come from the resolved
   source entry a checkpoint's config carries, nothing is hard-coded."""
