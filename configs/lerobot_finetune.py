@@ -39,7 +39,7 @@ watch is action_mse_marginal on them).
 
 import ml_collections
 
-from configs import droid, libero90, tiny
+from configs import droid, libero90, libero_finetune, tiny
 from uwm_jax.data import source_configs
 
 BASES = {"droid": droid.get_config, "libero": libero90.get_config, "tiny": tiny.get_config}
@@ -74,17 +74,5 @@ def get_config(variant: str = ""):
     t.eval_every = 20
     t.eval_num_batches = 1
     return c
-  c.batch_size = 72
-  c.num_steps = 10_000
-  o = c.optim
-  o.learning_rate = 1e-4
-  o.schedule = "cosine"
-  o.warmup_steps = 1000
-  o.grad_clip_norm = 1.0
-  t = c.train
-  t.log_every = 50
-  t.save_every = 2_000
-  t.eval_every = 2_000
-  t.keep_last = 2
-  t.keep_every = 0
+  libero_finetune.apply_finetuning(c)
   return c

@@ -36,7 +36,7 @@ from absl import app, flags
 
 from uwm_jax import cli_config
 from uwm_jax.data import array_record_format as fmt
-from uwm_jax.data import convert_rlds
+from uwm_jax.data import convert_rlds, convert_video
 from uwm_jax.data import lerobot_read as lr
 # conversion.json's key of the dataset mapping (see `conversion_params`).
 from uwm_jax.data.lerobot_source import MAPPING_KEY as LEROBOT
@@ -145,16 +145,8 @@ def convert_lerobot(src: str, out_dir: str, *, cameras: Sequence[str] = (),
 
 
 def parse_shape(text: str) -> Optional[Tuple[int, int]]:
-  """"H,W" -> (H, W); "" -> None (the dataset's own size)."""
-  if not text:
-    return None
-  try:
-    h, w = (int(x) for x in text.split(","))
-  except ValueError:
-    raise ValueError(f"--image_shape must be H,W (two integers), got {text!r}.") from None
-  if h <= 0 or w <= 0:
-    raise ValueError(f"--image_shape must be positive, got {text!r}.")
-  return h, w
+  """"H,W" -> (H, W); "" -> None (each camera's own size)."""
+  return convert_video.parse_shape(text) if text else None
 
 
 def _keys(text: str) -> Tuple[str, ...]:
