@@ -53,7 +53,8 @@ def frame_image(shape, episode: int, t: int, camera: int) -> np.ndarray:
 
 
 def write(root: str, spec: dict) -> dict:
-  from lerobot.datasets.lerobot_dataset import LeRobotDataset  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from lerobot.datasets.lerobot_dataset import LeRobotDataset
   cameras = {k: tuple(v) for k, v in spec["cameras"].items()}
   features = {k: {"dtype": "video", "shape": (h, w, 3), "names": ["height", "width", "channels"]}
               for k, (h, w) in cameras.items()}
@@ -155,7 +156,8 @@ def to_v21(src: str, dst: str) -> None:
 
 
 def convert_v21(src: str, work: str) -> str:
-  from lerobot.datasets.v30 import convert_dataset_v21_to_v30 as conv  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from lerobot.datasets.v30 import convert_dataset_v21_to_v30 as conv
   repo = "uwm/lerobot_test_v21"
   copy = os.path.join(work, repo)
   shutil.rmtree(copy, ignore_errors=True)
@@ -165,7 +167,8 @@ def convert_v21(src: str, work: str) -> str:
 
 
 def read(root: str, indices: Optional[list], out: str) -> None:
-  from lerobot.datasets.lerobot_dataset import LeRobotDataset  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from lerobot.datasets.lerobot_dataset import LeRobotDataset
   ds = LeRobotDataset("uwm/lerobot_test", root=root, video_backend="torchcodec")
   indices = range(len(ds)) if indices is None else indices
   arrays = {}

@@ -94,10 +94,11 @@ class LeRobotSource(ConvertedSource):
     views = len(model_cfg.camera_keys)
     cameras = fields["cameras"]
     if len(cameras) != views:
+      example = tuple(cameras[i % len(cameras)] for i in range(views))
       raise ValueError(
           f"Dataset {name!r}: {len(cameras)} cameras {list(cameras)} for the model's {views} views "
-          f"(model.camera_keys); name one camera per view, a camera may repeat: "
-          f"{_override(name, 'cameras')}='{tuple(cameras[i % len(cameras)] for i in range(views))}'.")
+          f"(model.camera_keys); name one camera per view, a camera may repeat, e.g. "
+          f"{_override(name, 'cameras')}='{example}'.")
     meta = load_dataset_json(cfg.path, name)
     shape = tuple(model_cfg.image_shape)
     for cam in cameras:
