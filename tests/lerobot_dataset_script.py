@@ -6,7 +6,8 @@ is compared with the real library.
   python tests/lerobot_dataset_script.py write ROOT SPEC_JSON
       LeRobotDataset.create / add_frame / save_episode / finalize: a v3.0 dataset at ROOT.
       SPEC: {"fps", "cameras": {key: [H, W]}, "state_dim", "action_dim", "lengths": [...],
-      "seed", "vcodec"}. Prints one JSON line with the arrays written (state, action).
+      "seed", "vcodec", "camera_dtype" ("video" or "image")}. Prints one JSON line with the
+      arrays written (state, action).
   python tests/lerobot_dataset_script.py to_v21 SRC DST
       The v3.0 dataset SRC rewritten in the v2.1 layout published datasets use (one parquet
       and one H.264 mp4 per episode, meta/episodes.jsonl, tasks.jsonl, episodes_stats.jsonl).
@@ -18,8 +19,9 @@ is compared with the real library.
       uint8 (round(255 x), the loader's float images), state, action, episode and frame index.
   python tests/lerobot_dataset_script.py fixture DIR SPEC_JSON
       All of it in one process (one start-up): DIR/v30 written, DIR/v21 from it, LeRobot's
-      conversion of DIR/v21 under DIR/work, and every item of DIR/v30 and of that conversion
-      read into DIR/items_v30.npz and DIR/items_v21.npz.
+      conversion of DIR/v21 under DIR/work, DIR/images (the same data with cameras of dtype
+      "image"), and every item of DIR/v30, of that conversion and of DIR/images read into
+      DIR/items_v30.npz, DIR/items_v21.npz and DIR/items_images.npz.
 
 Every step is deterministic (seeded); nothing touches the network (HF_HUB_OFFLINE=1).
 """
@@ -56,14 +58,15 @@ def write(root: str, spec: dict) -> dict:
   # pylint: disable-next=import-outside-toplevel
   from lerobot.datasets.lerobot_dataset import LeRobotDataset
   cameras = {k: tuple(v) for k, v in spec["cameras"].items()}
-  features = {k: {"dtype": "video", "shape": (h, w, 3), "names": ["height", "width", "channels"]}
+  dtype = spec.get("camera_dtype", "video")  # "image": PNG frames inside the parquet rows
+  features = {k: {"dtype": dtype, "shape": (h, w, 3), "names": ["height", "width", "channels"]}
               for k, (h, w) in cameras.items()}
   features[STATE] = {"dtype": "float32", "shape": (spec["state_dim"],),
                      "names": [f"s{i}" for i in range(spec["state_dim"])]}
   features[ACTION] = {"dtype": "float32", "shape": (spec["action_dim"],),
                       "names": [f"a{i}" for i in range(spec["action_dim"])]}
   ds = LeRobotDataset.create(repo_id="uwm/lerobot_test", fps=spec["fps"], features=features,
-                             root=root, robot_type="test_arm", use_videos=True,
+                             root=root, robot_type="test_arm", use_videos=dtype == "video",
                              vcodec=spec.get("vcodec", "libsvtav1"))
   rng = np.random.default_rng(spec.get("seed", 0))
   written = {"state": [], "action": []}
@@ -175,7 +178,7 @@ def read(root: str, indices: Optional[list], out: str) -> None:
   for i in indices:
     item = ds[int(i)]
     for key, value in item.items():
-      if key in ds.meta.video_keys:
+      if key in ds.meta.camera_keys:  # (C, H, W) float in [0, 1], video or image
         value = np.round(value.numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
       elif hasattr(value, "numpy"):
         value = value.numpy()
@@ -191,6 +194,8 @@ def fixture(out: str, spec: dict) -> None:
   converted = convert_v21(os.path.join(out, "v21"), os.path.join(out, "work"))
   read(os.path.join(out, "v30"), None, os.path.join(out, "items_v30.npz"))
   read(converted, None, os.path.join(out, "items_v21.npz"))
+  write(os.path.join(out, "images"), dict(spec, camera_dtype="image"))
+  read(os.path.join(out, "images"), None, os.path.join(out, "items_images.npz"))
   print(json.dumps(written))
 
 

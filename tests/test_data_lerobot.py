@@ -4,7 +4,7 @@ it with scripts/install_lerobot_venv.sh): datasets written by LeRobot's own writ
 are converted by `uwm_jax.data.convert_lerobot`, and the windows the training source reads must
 equal what LeRobot's own `LeRobotDataset.__getitem__` returns for the same steps. v2.1 is the
 same data in the published per-episode layout (H.264), read by LeRobot through its own
-v2.1 -> v3.0 converter. Then bad input, statistics and the split, and (slow) finetuning from a
+v2.1 -> v3.0 converter; a third dataset stores its cameras as images (dtype "image"). Then bad input, statistics and the split, and (slow) finetuning from a
 pretrained checkpoint and serving it through `python -m uwm_jax.serve` with the dataset's keys.
 """
 
@@ -59,7 +59,7 @@ def lerobot_data(tmp_path_factory):
                        env=dict(os.environ, HF_HUB_OFFLINE="1"))
   assert out.returncode == 0, out.stderr[-3000:]
   written = json.loads(out.stdout.strip().splitlines()[-1])
-  items = {v: dict(np.load(d / f"items_{v}.npz")) for v in ("v30", "v21")}
+  items = {v: dict(np.load(d / f"items_{v}.npz")) for v in ("v30", "v21", "images")}
   return types.SimpleNamespace(root=d, written=written, items=items)
 
 
@@ -93,10 +93,12 @@ def _lerobot_rows(items, episode_index):
   return rows[np.argsort(items["frame_index"][rows])]
 
 
-@pytest.mark.parametrize("version", ["v30", "v21"])
+@pytest.mark.parametrize("version", ["v30", "v21", "images"])
 def test_windows_equal_lerobot_items(lerobot_data, tmp_path, version):
   """Every window of every episode, both cameras: frames as LeRobot decodes them (stored as
-  PNG, so only decoding can differ), state and action exactly, zero-padded to the model."""
+  PNG, so only decoding can differ), state and action exactly, zero-padded to the model.
+  v30: AV1 videos holding every episode; v21: one H.264 video per episode; images: cameras of
+  dtype "image" (PNG in the parquet rows)."""
   out = tmp_path / "png"
   assert _convert(lerobot_data.root / version, out, image_format="png", episodes_per_shard=2)
   items = lerobot_data.items[version]
