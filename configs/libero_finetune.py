@@ -48,12 +48,8 @@ def parse_variant(variant: str):
   return task, model_variant
 
 
-def get_config(variant: str = ""):
-  task, model_variant = parse_variant(variant)
-  c = libero.get_config(model_variant)
-  c.data.sources = ml_collections.ConfigDict(
-      {task: source_configs.array_record(f"{DATA_ROOT}/libero_{task}")})
-  c.data.normalize = False
+def apply_finetuning(c) -> None:
+  """The finetuning recipe above (also configs/lerobot_finetune.py's)."""
   c.batch_size = 72
   c.num_steps = 10_000
   o = c.optim
@@ -62,10 +58,19 @@ def get_config(variant: str = ""):
   o.warmup_steps = 1000
   o.grad_clip_norm = 1.0
   t = c.train
-  c.init_from = ""  # required: the LIBERO-90 run's checkpoints folder
+  c.init_from = ""  # required: the pretraining run's checkpoints folder
   t.log_every = 50
   t.save_every = 2_000
   t.eval_every = 2_000
   t.keep_last = 2
   t.keep_every = 0
+
+
+def get_config(variant: str = ""):
+  task, model_variant = parse_variant(variant)
+  c = libero.get_config(model_variant)
+  c.data.sources = ml_collections.ConfigDict(
+      {task: source_configs.array_record(f"{DATA_ROOT}/libero_{task}")})
+  c.data.normalize = False
+  apply_finetuning(c)
   return c

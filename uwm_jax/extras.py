@@ -19,6 +19,8 @@ EXTRAS = {
     "imageio": ("data", "eval"),  # video clips as training data (data), rollout videos (eval)
     "imageio_ffmpeg": ("data", "eval"),
     "mujoco": ("eval",),
+    "av": ("data",),  # LeRobot videos (convert_lerobot)
+    "pyarrow": ("data",),  # LeRobot parquet files (convert_lerobot)
     "tensorflow": ("data",),
     "tensorflow_datasets": ("data",),
     "torch": ("weights",),

@@ -160,7 +160,7 @@ def convert_video(out_dir: str, *, folder: str = "", index_file: str = "",
                                      process_count=process_count, progress=progress)
 
 
-def _parse_shape(text: str) -> Tuple[int, int]:
+def parse_shape(text: str) -> Tuple[int, int]:
   try:
     h, w = (int(x) for x in text.split(","))
   except ValueError:
@@ -174,7 +174,7 @@ def _worker(args_and_index):
   args, index, count = args_and_index
   return convert_video(
       args.out, folder=args.folder, index_file=args.index,
-      image_shape=_parse_shape(args.image_shape), frame_stride=args.frame_stride,
+      image_shape=parse_shape(args.image_shape), frame_stride=args.frame_stride,
       padding=args.padding, clips_per_shard=args.clips_per_shard,
       extensions=[e for e in args.extensions.split(",") if e], min_bytes=args.min_bytes,
       max_bytes=args.max_bytes, process_index=index, process_count=count,
@@ -210,7 +210,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments {argv[1:]}.")
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   args = types.SimpleNamespace(**{name: FLAGS[name].value for name in FLAG_NAMES})
-  _parse_shape(args.image_shape)  # a bad value is one error line, before any worker starts
+  parse_shape(args.image_shape)  # a bad value is one error line, before any worker starts
   clip_list(args.folder, args.index)
   logging.basicConfig(level=logging.INFO)
   convert_rlds.convert_in_processes(_worker, args)

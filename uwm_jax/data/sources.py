@@ -3,7 +3,9 @@
 import os
 from typing import List, Tuple
 
-from uwm_jax.data import source_configs
+import ml_collections
+
+from uwm_jax.data import lerobot_source, source_configs
 from uwm_jax.data.converted import ConvertedSource
 from uwm_jax.data.episodes import EpisodeSource
 from uwm_jax.data.synthetic import SyntheticSource
@@ -30,6 +32,8 @@ def build_source(name: str, src_cfg, model_cfg) -> EpisodeSource:
         seed=src_cfg.seed)
   if kind == "array_record":
     return ConvertedSource.from_config(name, src_cfg, model_cfg)
+  if kind == source_configs.LEROBOT:
+    return lerobot_source.LeRobotSource.from_config(name, src_cfg, model_cfg)
   if kind == "video_index":
     return VideoIndexSource.from_config(name, src_cfg, model_cfg)
   return VideoFolderSource.from_config(name, src_cfg, model_cfg)
@@ -51,6 +55,8 @@ def check_sources(config) -> None:
     if kind == "array_record":
       from uwm_jax.data.converted import load_dataset_json  # pylint: disable=import-outside-toplevel
       load_dataset_json(src_cfg.path, name)
+    elif kind == source_configs.LEROBOT:
+      lerobot_source.resolve_fields(name, src_cfg)
     elif kind == "video_index":
       if not os.path.isfile(src_cfg.get("path", "") or ""):
         raise FileNotFoundError(f"Dataset {name!r}: video index file {src_cfg.get('path')!r} "
@@ -72,3 +78,18 @@ def build_sources(config) -> Tuple[Tuple[str, ...], List[EpisodeSource], List[fl
   sources = [build_source(n, config.data.sources[n], config.model) for n in names]
   weights = [float(config.data.sources[n].weight) for n in names]
   return names, sources, weights
+
+
+def resolved_config(config) -> ml_collections.ConfigDict:
+  """`config` with every LeRobot source's mapping filled from its converted dataset
+  (`lerobot_source.resolve_fields`): a copy, or `config` itself when it has no such source.
+  Training saves this config in its checkpoints, so the policy server knows the dataset's keys
+  and widths without the data."""
+  names = [n for n in source_names(config.data)
+           if config.data.sources[n].get("kind") == source_configs.LEROBOT]
+  if not names:
+    return config
+  out = ml_collections.ConfigDict(config.to_dict())
+  for name in names:
+    out.data.sources[name].update(lerobot_source.resolve_fields(name, out.data.sources[name]))
+  return out

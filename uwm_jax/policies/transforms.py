@@ -11,7 +11,8 @@ Input, one observation (one time step) -> `Frame`:
            and resized (bilinear) when its size differs. The model itself then resizes and
            centre-crops as in training (`UnifiedWorldModel.transform`, eval mode).
   low_dim  (D,) float32 normalised with the statistics' "low_dim" entry (models with
-           model.low_dim_dim > 0): the state fields concatenated in the training order.
+           model.low_dim_dim > 0): the state fields concatenated in the training order
+           (zero-padded to `low_dim_width` when the robot's state is narrower).
 Output: normalised model actions (..., H_a, A) -> de-normalised with the "action" entry ->
 the robot's decoder (identity, or DROID's 10-d -> 7-d) -> (..., H_a, A_robot) float32.
 `encode_actions` is the inverse (robot actions -> normalised model actions: forward-dynamics
@@ -26,6 +27,8 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from uwm_jax.data import normalization
+# The one resize of camera images (bilinear), shared with the LeRobot conversion.
+from uwm_jax.data.array_record_format import resize_image
 
 # Orientation fixes that bring a camera image to the training data's orientation.
 NO_FLIP = ""
@@ -60,15 +63,6 @@ def orient(image: np.ndarray, flip: str) -> np.ndarray:
   elif flip != NO_FLIP:
     raise ValueError(f"Unknown flip {flip!r}.")
   return np.ascontiguousarray(image)
-
-
-def resize_image(image: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
-  """(h, w, 3) uint8 -> (H, W, 3) uint8 (bilinear; unchanged when already that size)."""
-  H, W = int(shape[0]), int(shape[1])
-  if image.shape[:2] == (H, W):
-    return image
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  return np.asarray(Image.fromarray(image).resize((W, H), Image.BILINEAR))
 
 
 def _find(obs: Mapping, name: str, sources: Sequence[Source]) -> Tuple[Source, object]:
@@ -127,6 +121,7 @@ class RobotTransforms:
   robot_action_dim: int
   decode: Callable[[np.ndarray], np.ndarray] = lambda a: a  # (..., A) -> (..., A_robot)
   encode: Callable[[np.ndarray], np.ndarray] = lambda a: a  # inverse of decode
+  low_dim_width: int = 0  # the state zero-padded to this width (0: as concatenated)
 
   def images(self, obs: Mapping) -> np.ndarray:
     """obs -> (V, H, W, 3) uint8 at image_shape, training orientation."""
@@ -146,6 +141,8 @@ class RobotTransforms:
       source, value = _find(obs, f"state {field.name}", field.sources)
       parts.append(check_state(source.key, value, field.width))
     x = np.concatenate(parts).astype(np.float32)
+    if self.low_dim_width > len(x):
+      x = np.pad(x, (0, self.low_dim_width - len(x)))
     if self.low_dim_stats is not None:
       x = np.asarray(normalization.normalize(x, self.low_dim_stats), np.float32)
     return x

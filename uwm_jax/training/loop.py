@@ -247,10 +247,11 @@ def build_state(config, model, optimizer, mesh, manager, workdir):
 def make_train_loader(config, stats: Optional[dict], workdir: str, frozen=None):
   """The training loader, normalising with `stats` when given (resume / finetuning); with
   `data.latent_cache_dir` its batches carry cached next-obs latents, checked against the codec
-  params `frozen` (when given)."""
-  loader_config = config
+  params `frozen` (when given). The returned config (what checkpoints save) has the LeRobot
+  sources' mappings filled in (`sources.resolved_config`)."""
+  loader_config = sources_lib.resolved_config(config)
   if stats:
-    loader_config = ml_collections.ConfigDict(config.to_dict())
+    loader_config = ml_collections.ConfigDict(loader_config.to_dict())
     loader_config.data.stats_path = _write_stats(workdir, stats)
   return loader_lib.make_train_loader(loader_config, frozen=frozen), loader_config
 
