@@ -23,6 +23,7 @@ PACKAGE = "uwm_jax"
 # (layer, rank, module prefixes). Neutral layers import no pipeline stage (rank 0).
 LAYERS = (
     ("neutral", 0, ("uwm_jax.config_base", "uwm_jax.cli_config", "uwm_jax.cli_errors",
+                    "uwm_jax.cli_logging", "uwm_jax.host_platform",
                     "uwm_jax.batch", "uwm_jax.dims", "uwm_jax.diffusion", "uwm_jax.tree_paths",
                     "uwm_jax.runs", "uwm_jax.envs")),
     ("data", 1, ("uwm_jax.data",)),

@@ -20,7 +20,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from uwm_jax import cli_errors
+from uwm_jax import cli_errors, cli_logging
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELP_ARGS = ("--help", "-h", "-?", "--helpshort")
@@ -91,7 +91,14 @@ def default_workdir(config_spec: str) -> str:
 def run(main: Callable) -> None:
   """`app.run(main)` for every entry point. `--help` prints the entry point's docstring (which
   opens with a worked example) and its flags, and exits 0 (absl's own --help exits 1); an
-  error is one `error:` line and exit status 2 (`cli_errors.run`; `--traceback` shows it all)."""
+  error is one `error:` line and exit status 2 (`cli_errors.run`; `--traceback` shows it all).
+  The log shows the project's progress and every warning; libraries' INFO lines only with
+  `--verbosity=0` (DEBUG too with `--verbosity=1`; `uwm_jax.cli_logging`)."""
   if any(arg in HELP_ARGS for arg in sys.argv[1:]):
     app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
-  cli_errors.run(main)
+
+  def main_with_logging(argv):
+    cli_logging.show_libraries(cli_logging.verbosity_given())
+    return main(argv)
+
+  cli_errors.run(main_with_logging)
