@@ -11,6 +11,7 @@ import pytest
 
 from configs import tiny
 from uwm_jax import batch as batch_lib
+from uwm_jax import host_platform
 
 
 # XLA options for the tests' executables: -O0 compiles ~3x faster on CPU (steps run ~2x slower).
@@ -89,11 +90,19 @@ def structured_batch(model_cfg, batch_size: int, seed: int = 0, action_mask=None
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start_cli(module: str, *args: str, num_devices: int = 1) -> subprocess.Popen:
+def start_cli(module: str, *args: str, num_devices: int = 1,
+              as_user: bool = False) -> subprocess.Popen:
   """Start `python -m <module> <args>` from the repository root on CPU, as a user runs it
-  (entry points define absl flags, so they run in their own process, not inside pytest's)."""
+  (entry points define absl flags, so they run in their own process, not inside pytest's).
+
+  as_user: without JAX_PLATFORMS, as in a user's shell, so that the entry point picks the
+  platforms itself (uwm_jax.host_platform); kept at cpu on a host with an accelerator device,
+  where the tests still run on the CPU.
+  """
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
              XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+  if as_user and not (host_platform.tpu_evidence() or host_platform.gpu_evidence()):
+    del env["JAX_PLATFORMS"]
   return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
