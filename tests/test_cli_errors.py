@@ -90,6 +90,19 @@ def test_bad_inputs_end_in_one_error_line_each(tmp_path):
   assert time.time() - t0 < 240
 
 
+def test_no_tpu_probe_even_in_the_verbose_log(tmp_path):
+  """With every logger's INFO lines shown (--verbosity=0), still no sign that jax tried the
+  TPU on this host (libtpu prints its probe itself, or jax logs "Unable to initialize backend
+  'tpu'" at INFO when another process holds libtpu's lock)."""
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  proc = start_cli("uwm_jax.train", "--config=configs/tiny.py", f"--workdir={a_file}",
+                   "--verbosity=0", as_user=True)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 2 and err.strip().splitlines()[-1].startswith("error: "), err
+  assert "backend 'tpu'" not in err + out and "TPU" not in err + out, err[-3000:]
+
+
 def test_traceback_flag_shows_the_traceback(tmp_path):
   proc = start_cli("uwm_jax.train", "--config=configs/nope.py", "--traceback")
   _, err = proc.communicate(timeout=300)

@@ -92,3 +92,17 @@ def test_jax_tries_the_tpu_only_on_a_tpu_vm(tmp_path):
   backend, err = _run_jax(cpu_host)
   assert backend == "cpu"
   assert not any(text in err for text in ("backend 'tpu'", "TPU", "libtpu")), err[-3000:]
+
+
+@pytest.mark.skipif(bool(host_platform.tpu_evidence() or host_platform.gpu_evidence()),
+                    reason="this host has an accelerator device: jax keeps every platform")
+def test_importing_the_package_pins_the_cpu_before_jax_is_imported():
+  """Every entry point (`python -m uwm_jax.<module>`) imports the package first: on this host
+  without accelerators that alone sets JAX_PLATFORMS=cpu, with jax not imported yet."""
+  user = {k: v for k, v in os.environ.items() if k not in host_platform.USER_PLATFORM_SETTINGS}
+  out = subprocess.run(
+      [sys.executable, "-c", "import os, sys, uwm_jax; "
+       "print(os.environ.get('JAX_PLATFORMS'), 'jax' in sys.modules)"],
+      env=dict(user, PYTHONPATH=REPO), cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.split() == ["cpu", "False"], out.stdout + out.stderr[-3000:]
