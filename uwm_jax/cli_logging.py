@@ -6,7 +6,8 @@ under `uwm_jax`, the running entry point's `__main__`, and the root logger that 
 modules log through) and every WARNING or worse of anyone show. absl's `--verbosity` flag,
 which every entry point has, turns the libraries' lines back on with absl's meaning for every
 logger: `--verbosity=0` shows INFO, `--verbosity=1` DEBUG as well; `--verbosity=-1` WARNING
-and worse only, the project's progress included.
+and worse only, the project's progress included. absl's `--logger_levels=orbax:INFO,...` (one
+level per logger) shows them too.
 
   cli_config.run(main)   # calls show_libraries(verbosity_given()) before main
 """
@@ -34,8 +35,9 @@ PROJECT_OR_WARNING = ProjectOrWarning()
 
 
 def verbosity_given() -> bool:
-  """True when absl's --verbosity (-v) was given on the command line."""
-  return flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].present > 0
+  """True when absl's --verbosity (-v) or --logger_levels was given on the command line."""
+  return flags.FLAGS.is_parsed() and any(flags.FLAGS[name].present > 0
+                                         for name in ("verbosity", "logger_levels"))
 
 
 def show_libraries(show: bool) -> None:
