@@ -40,7 +40,10 @@ LAYERS = (
 
 
 def layer_of(module: str):
-  """(name, rank) of the layer owning `module`; the longest matching prefix wins."""
+  """(name, rank) of the layer owning `module`; the longest matching prefix wins (the package
+  itself, its `__init__.py`, is listed as `uwm_jax.__init__`)."""
+  if module == PACKAGE:
+    module = PACKAGE + ".__init__"
   best = None
   for name, rank, prefixes in LAYERS:
     for prefix in prefixes:
