@@ -36,6 +36,11 @@ to 0.6 GiB per device; bf16 compute (--config.model.compute_dtype=bfloat16) and
 from uwm_jax import config_base
 from uwm_jax.data import source_configs
 
+# The command that writes the robot split (docs/data.md); DIR is the folder that
+# --config.data.sources.droid.path names. A missing folder's error shows it.
+CONVERT_ROBOT_SPLIT = ("python -m uwm_jax.data.convert_rlds droid --data_dir=/data/tfds "
+                       "--builder=droid --out=DIR --include=WEIRD --max_episodes=2000")
+
 
 def apply_pretraining(c) -> None:
   """The reference's pretraining loop settings (template_train.yaml), shared by the DROID and
@@ -61,7 +66,7 @@ def get_config(variant: str = ""):
   m.crop_shape = (224, 224)
   m.action_dim = 10
   m.num_registers = 8
-  c.data.sources.droid = source_configs.array_record("")
+  c.data.sources.droid = source_configs.array_record("", write_command=CONVERT_ROBOT_SPLIT)
   apply_pretraining(c)
   config_base.apply_variant(c, variant)
   return c

@@ -70,7 +70,10 @@ def get_config(variant: str = ""):
   task, model_variant = parse_variant(variant)
   c = libero.get_config(model_variant)
   c.data.sources = ml_collections.ConfigDict(
-      {task: source_configs.array_record(f"{DATA_ROOT}/libero_{task}")})
+      {task: source_configs.array_record(f"{DATA_ROOT}/libero_{task}",
+                                         write_command=libero.conversion_command(
+                                             f"libero_{task}", "/data/LIBERO/libero_10",
+                                             "paper_tasks"))})
   c.data.normalize = False
   apply_finetuning(c)
   return c

@@ -23,8 +23,9 @@ PACKAGE = "uwm_jax"
 # (layer, rank, module prefixes). Neutral layers import no pipeline stage (rank 0).
 LAYERS = (
     ("neutral", 0, ("uwm_jax.config_base", "uwm_jax.cli_config", "uwm_jax.cli_errors",
-                    "uwm_jax.extras", "uwm_jax.batch", "uwm_jax.dims", "uwm_jax.diffusion",
-                    "uwm_jax.tree_paths", "uwm_jax.runs", "uwm_jax.envs")),
+                    "uwm_jax.extras", "uwm_jax.cli_logging", "uwm_jax.host_platform",
+                    "uwm_jax.batch", "uwm_jax.dims", "uwm_jax.diffusion", "uwm_jax.tree_paths",
+                    "uwm_jax.runs", "uwm_jax.envs")),
     ("data", 1, ("uwm_jax.data",)),
     ("model", 2, ("uwm_jax.model", "uwm_jax.sampling", "uwm_jax.weights")),
     ("train", 3, ("uwm_jax.training",)),
@@ -40,7 +41,10 @@ LAYERS = (
 
 
 def layer_of(module: str):
-  """(name, rank) of the layer owning `module`; the longest matching prefix wins."""
+  """(name, rank) of the layer owning `module`; the longest matching prefix wins (the package
+  itself, its `__init__.py`, is listed as `uwm_jax.__init__`)."""
+  if module == PACKAGE:
+    module = PACKAGE + ".__init__"
   best = None
   for name, rank, prefixes in LAYERS:
     for prefix in prefixes:

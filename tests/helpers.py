@@ -11,6 +11,7 @@ import pytest
 
 from configs import tiny
 from uwm_jax import batch as batch_lib
+from uwm_jax import host_platform
 
 
 # XLA options for the tests' executables: -O0 compiles ~3x faster on CPU (steps run ~2x slower).
@@ -90,15 +91,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def start_cli(module: str, *args: str, num_devices: int = 1, python: str = sys.executable,
-              fast_compile: bool = False) -> subprocess.Popen:
+              fast_compile: bool = False, as_user: bool = False) -> subprocess.Popen:
   """Start `python -m <module> <args>` from the repository root on CPU, as a user runs it
   (entry points define absl flags, so they run in their own process, not inside pytest's).
+
   python: another environment's interpreter (e.g. the core-only venv); fast_compile: every
-  executable compiled with FAST_COMPILE's options."""
+  executable compiled with FAST_COMPILE's options; as_user: without JAX_PLATFORMS, as in a
+  user's shell, so that the entry point picks the platforms itself (uwm_jax.host_platform);
+  kept at cpu on a host with an accelerator device, where the tests still run on the CPU.
+  """
   xla_flags = f"--xla_force_host_platform_device_count={num_devices}"
   if fast_compile:
     xla_flags += "".join(f" --{k}={v}" for k, v in FAST_COMPILE.items())
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, XLA_FLAGS=xla_flags)
+  if as_user and not (host_platform.tpu_evidence() or host_platform.gpu_evidence()):
+    del env["JAX_PLATFORMS"]
   return subprocess.Popen([python, "-m", module, *args], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -252,7 +253,11 @@ def test_bad_inputs_name_what_is_wrong(droid_dir, tmp_path):
   with pytest.raises(ValueError, match="'droid'.*schema has no.*steps/observation/side_cam"):
     convert.convert_rlds(droid_dir, str(tmp_path / "x"),
                          profiles.rlds_profile(["side_cam"], "action"), dataset="droid")
-  with pytest.raises(FileNotFoundError, match="'droid'.*does not exist"):
+  # The config's folder is missing: the field to set and the command that writes the data.
+  with pytest.raises(FileNotFoundError, match=r"'droid': converted data folder .*missing' "
+                     r"\(config\.data\.sources\.droid\.path\) does not exist; give "
+                     r"--config\.data\.sources\.droid\.path=DIR, a folder written by "
+                     r"`python -m uwm_jax\.data\.convert_rlds .*--out=DIR"):
     loader.make_train_loader(_config(str(tmp_path / "missing")), process_index=0,
                              process_count=1)
   # NaN in an episode's actions: dataset, episode and field are named.
@@ -378,6 +383,9 @@ def test_workers_log_their_shards_and_die_with_the_parent(droid_dir, tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   for k in range(3):
     assert f"droid shard {k}/3" in done.stderr, done.stderr[-3000:]
+  # ... and no library INFO line (TFDS: "Load dataset info from ...", one per shard and worker).
+  info = re.findall(r"INFO \[worker \d+\] [^\r\n]*", done.stderr)  # (after a progress bar)
+  assert len(info) == 3 and all(" droid shard " in line for line in info), info
   last = done.stdout.strip().splitlines()[-1]
   assert (f"episodes read {NUM_EPISODES}, kept {NUM_EPISODES}, skipped 0 (filters) + 0 (empty)"
           in last and "dataset.json: 7 episodes" in last), last

@@ -101,7 +101,8 @@ def test_missing_or_empty_index_file_is_one_clear_error(corpus, tmp_path):
   c = _index_config(corpus)
   check_sources(c)
   c.data.sources.ssv2.path = str(tmp_path / "missing.txt")
-  with pytest.raises(FileNotFoundError, match="'ssv2'.*missing.txt.*sources.ssv2.path"):
+  with pytest.raises(FileNotFoundError, match=r"'ssv2'.*missing.txt.*sources.ssv2.path.*give "
+                     r"--config\.data\.sources\.ssv2\.path=FILE, a text file listing"):
     check_sources(c)
   (tmp_path / "empty.txt").write_text("# nothing yet\n\n")
   c.data.sources.ssv2.path = str(tmp_path / "empty.txt")

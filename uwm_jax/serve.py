@@ -24,7 +24,6 @@ unless --host says otherwise. Protocol, history rule, modes and options: docs/se
 """
 
 import asyncio
-import logging
 import sys
 
 from absl import flags
@@ -61,8 +60,6 @@ flags.mark_flags_as_required(["checkpoint_dir"])
 
 def main(argv):
   del argv
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  logging.getLogger("websockets").setLevel(logging.WARNING)  # one ready line, no INFO lines
   try:
     server = server_lib.server_from_checkpoint(
         _CHECKPOINT_DIR.value, _STEP.value, robot=_ROBOT.value, host=_HOST.value,

@@ -24,7 +24,6 @@ missing dataset or init_from, a workdir that is a file or held by another run) e
 `error:` line and exit status 2, before anything expensive; --traceback shows the traceback.
 """
 
-import logging
 import time
 
 from absl import flags
@@ -45,8 +44,6 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   del argv
   config = cli_config.config_value(_CONFIG)  # a bad config file or field fails first
-  logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
   if config.train.get("host_huge_pages", False):  # may re-execute this command (same PID)
     host_allocator.reexec_with_huge_pages()
   # jax.distributed must start before anything touches a device (some modules create arrays

@@ -143,9 +143,6 @@ def droid_latency(calls: int) -> float:
 
 def main(argv):
   del argv
-  import logging  # pylint: disable=import-outside-toplevel
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  logging.getLogger("websockets").setLevel(logging.WARNING)
   # pylint: disable=import-outside-toplevel
   from uwm_jax import sampling
   from uwm_jax.serving import server as server_lib

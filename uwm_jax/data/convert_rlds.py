@@ -39,7 +39,7 @@ import numpy as np
 import tqdm
 from absl import app, flags
 
-from uwm_jax import cli_config
+from uwm_jax import cli_config, cli_logging
 from uwm_jax.data import array_record_format as fmt
 from uwm_jax.data import filters as filters_lib
 from uwm_jax.data import profiles as profiles_lib
@@ -375,20 +375,21 @@ def die_with_parent(parent_pid: int) -> None:
     os._exit(1)  # pylint: disable=protected-access
 
 
-def _init_worker(parent_pid: int, level: int) -> None:
+def _init_worker(parent_pid: int, level: int, libraries_hidden: bool) -> None:
   die_with_parent(parent_pid)
   # Spawned workers start without the parent's logging setup: without this their per-shard
-  # lines are dropped. They write to the parent's stderr.
+  # lines are dropped. They write to the parent's stderr, showing what the parent shows.
   logging.basicConfig(level=level, format="%(levelname)s [worker %(process)d] %(message)s")
+  cli_logging.show_libraries(not libraries_hidden)
 
 
 def run_in_workers(fn, jobs: Sequence) -> list:
-  """[fn(job) for job in jobs] in one spawned process per job; the workers log to stderr and
-  stop with this process (also when it is killed)."""
+  """[fn(job) for job in jobs] in one spawned process per job; the workers log to stderr as
+  this process does and stop with it (also when it is killed)."""
   context = multiprocessing.get_context("spawn")
   level = logging.getLogger().getEffectiveLevel()
   with context.Pool(len(jobs), initializer=_init_worker,
-                    initargs=(os.getpid(), level)) as pool:
+                    initargs=(os.getpid(), level, cli_logging.libraries_hidden())) as pool:
     return pool.map(fn, jobs)
 
 

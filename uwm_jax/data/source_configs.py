@@ -18,6 +18,10 @@ import ml_collections
 
 LEROBOT = "lerobot"  # the kind of a converted LeRobot dataset (`lerobot`)
 KINDS = ("synthetic", "array_record", "video_folder", "video_index", LEROBOT)
+# What writes an array_record dataset when its config names no `write_command` (docs/data.md);
+# DIR is the folder that `--config.data.sources.<name>.path` then names.
+CONVERSION_COMMANDS = ("python -m uwm_jax.data.convert_rlds droid|rlds --data_dir=TFDS_DIR "
+                       "--builder=BUILDER --out=DIR")
 
 
 def synthetic(weight: float = 1.0, num_episodes: int = 16, episode_len: int = 32,
@@ -33,9 +37,13 @@ def synthetic(weight: float = 1.0, num_episodes: int = 16, episode_len: int = 32
 
 def array_record(path: str = "", weight: float = 1.0, action_free: bool = False,
                  include: tuple = (), exclude: tuple = (), success_only: bool = False,
-                 max_episodes: int = 0,
-                 cache_decoded_frames: bool = False) -> ml_collections.ConfigDict:
+                 max_episodes: int = 0, cache_decoded_frames: bool = False,
+                 write_command: str = "") -> ml_collections.ConfigDict:
   """A dataset converted by `python -m uwm_jax.data.convert_rlds` (DROID, LIBERO, any RLDS).
+
+  write_command: the shell command that writes this dataset, with `--out=DIR` where DIR is the
+    folder `path` names (e.g. the DROID conversion); a missing folder's error shows it
+    (default: the generic CONVERSION_COMMANDS).
 
   The episode filters repeat the conversion's (docs/data.md) at load time, over the stored
   episode metadata, in stored (= TFDS) order:
@@ -50,7 +58,8 @@ def array_record(path: str = "", weight: float = 1.0, action_free: bool = False,
   return ml_collections.ConfigDict(dict(
       kind="array_record", weight=float(weight), action_free=bool(action_free), path=path,
       include=tuple(include), exclude=tuple(exclude), success_only=bool(success_only),
-      max_episodes=int(max_episodes), cache_decoded_frames=bool(cache_decoded_frames)))
+      max_episodes=int(max_episodes), cache_decoded_frames=bool(cache_decoded_frames),
+      write_command=str(write_command)))
 
 
 def _clip_fields(frame_stride: float, padding: str, min_bytes: int, max_bytes: int) -> dict:
