@@ -257,14 +257,13 @@ def test_a_bucket_run_commits_without_renames_and_writes_everything_there(gcs_ru
 @pytest.mark.slow
 def test_evaluate_and_serve_load_a_checkpoint_from_the_bucket(gcs_run):
   del gcs_run
-  overrides = {"offline_num_batches": 1, "prediction_samples": 2, "video_format": "gif"}
+  overrides = {"offline_num_batches": 1, "prediction_videos": False}
   result = evaluator.evaluate_checkpoint(RUN, eval_overrides=overrides, progress=False)
   assert result.step == RESUMED_STEPS
   assert np.isfinite(result.metrics["offline/action_mse_marginal"])
   assert result.output_dir == f"{RUN}/eval/step_{RESUMED_STEPS}"
   saved = json.loads(storage.read_text(f"{result.output_dir}/metrics.json"))
   assert saved["metrics"] == pytest.approx(result.metrics)
-  assert result.videos and all(storage.exists(v) for v in result.videos)
   rows = [json.loads(line) for line in
           storage.read_text(f"{RUN}/eval/metrics.jsonl").splitlines()]
   assert [r["step"] for r in rows] == [RESUMED_STEPS]

@@ -7,14 +7,18 @@ with a warning. Every record is one JSON object per line: {"step": int, "split":
 
 The workdir may be a gs:// URL (`uwm_jax.runs.storage`): an object cannot be appended to, so
 metrics.jsonl is then uploaded whole, at most every `GCS_UPLOAD_EVERY_S` seconds and at every
-`flush` (the training loop flushes before each checkpoint) and `close`; tensorboardX writes its
-event files to gs:// itself (google-cloud-storage), uploading at each flush.
+`flush` (the training loop flushes before each checkpoint) and `close`. TensorBoard events are
+then written to a local temporary folder and uploaded (whole files, `storage.write_atomic`) at
+the same moments: tensorboardX's own gs:// writer would re-upload at garbage collection, after
+`close`, and so hang a process whose bucket is gone (an emulator) for two minutes of retries.
 """
 
 import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 from typing import Any, Dict, List, Optional
 
 import jax
@@ -32,6 +36,10 @@ class _TensorBoard:
 
   def __init__(self, logdir: str):
     self._tbx = self._tf = None
+    self._remote = logdir if storage.is_url(logdir) else None  # uploaded from a local folder
+    if self._remote:
+      logdir = tempfile.mkdtemp(prefix="uwm_tensorboard_")
+    self._logdir = logdir
     try:
       # Late: optional writers, the first one installed is used.
       import tensorboardX  # pylint: disable=import-outside-toplevel
@@ -56,17 +64,30 @@ class _TensorBoard:
         for k, v in values.items():
           self._tf.summary.scalar(f"{prefix}/{k}", v, step=step)
 
+  def _upload(self):
+    if self._remote is None:
+      return
+    for folder, _, names in os.walk(self._logdir):
+      for name in names:
+        local = os.path.join(folder, name)
+        storage.write_atomic(os.path.join(self._remote, os.path.relpath(local, self._logdir)),
+                             storage.read_bytes(local))
+
   def flush(self):
     if self._tbx is not None:
       self._tbx.flush()
     elif self._tf is not None:
       self._writer.flush()
+    self._upload()
 
   def close(self):
     if self._tbx is not None:
       self._tbx.close()
     elif self._tf is not None:
       self._writer.close()
+    self._upload()
+    if self._remote is not None:
+      shutil.rmtree(self._logdir, ignore_errors=True)
 
 
 class MetricWriter:
