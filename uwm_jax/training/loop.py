@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from uwm_jax.data import loader as loader_lib
 from uwm_jax.data import sources as sources_lib
@@ -117,10 +118,16 @@ def _init_from_dir(path: str):
 
 
 def _write_stats(workdir: str, stats: dict) -> str:
-  """The statistics the loader must use, as a JSON file in the workdir (every process writes
-  the same content, atomically: `storage.write_atomic`)."""
+  """The statistics the loader must use, as a JSON file in the workdir, written atomically
+  (`storage.write_atomic`). On a filesystem every process writes the same content; on a bucket
+  process 0 uploads it and the others wait for it (all processes call this): GCS takes about
+  one update per second of an object, not one per host at once."""
   path = os.path.join(workdir, STATS_FILENAME)
-  storage.write_atomic(path, json.dumps(stats))
+  on_bucket = storage.is_url(workdir)
+  if not on_bucket or jax.process_index() == 0:
+    storage.write_atomic(path, json.dumps(stats))
+  if on_bucket and jax.process_count() > 1:
+    multihost_utils.sync_global_devices("dataset_stats_written")
   return path
 
 
