@@ -167,11 +167,16 @@ def test_another_hosts_lock_on_a_bucket_is_respected_until_its_heartbeat_expires
 
 
 # ------------------------------------------------------------------------------------ paths
-def test_gcs_workdir_is_accepted_and_other_urls_are_refused():
+def test_gcs_workdir_is_accepted_and_other_urls_are_refused(emulator):
   loop.prepare_workdir(RUN)  # defect 2: this raised "use a filesystem path ... not a URL"
   for bad in ("s3://bucket/run", "gs://"):
     with pytest.raises(ValueError):
       loop.prepare_workdir(bad)
+  with pytest.raises(FileNotFoundError, match="bucket gs://no-such-bucket does not exist"):
+    loop.prepare_workdir("gs://no-such-bucket/run")
+  with pytest.raises(FileNotFoundError, match="does not exist"):  # never created by gcsfs
+    ckpt.make_manager("gs://no-such-bucket/run/checkpoints")
+  assert not storage.isdir("gs://no-such-bucket")
 
 
 def test_a_dataset_on_a_bucket_is_one_line_saying_to_mount_it():
@@ -271,6 +276,19 @@ def test_evaluate_and_serve_load_a_checkpoint_from_the_bucket(gcs_run):
   # The policy server's loader (uwm_jax.serve) reads the same checkpoint.
   loaded = evaluator.load_checkpoint(f"{RUN}/checkpoints")
   assert loaded.step == RESUMED_STEPS and loaded.directory == ckpt.checkpoint_dir(RUN)
+
+
+@pytest.mark.slow
+def test_a_latent_cache_is_built_from_a_bucket_checkpoint_into_a_local_folder(gcs_run, tmp_path):
+  del gcs_run  # its checkpoint
+  from uwm_jax.model import latent_cache_builder  # pylint: disable=import-outside-toplevel
+  config = _config()
+  metas = latent_cache_builder.build_latent_caches_from_checkpoint(
+      config, ckpt.checkpoint_dir(RUN), str(tmp_path), batch_size=8)
+  assert len(metas["synthetic"]["episodes"]) == config.data.sources.synthetic.num_episodes
+  with pytest.raises(ValueError, match="mount the bucket"):
+    latent_cache_builder.build_latent_caches_from_checkpoint(
+        config, ckpt.checkpoint_dir(RUN), f"{RUN}/latents")
 
 
 def test_init_from_a_bucket_checkpoint(emulator, tmp_path):

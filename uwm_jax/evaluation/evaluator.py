@@ -66,7 +66,9 @@ class ConfigMismatchError(ValueError):
 def resolve_checkpoints_dir(path: str) -> str:
   """A `checkpoints` folder, or a workdir holding one (local or gs://) -> the `checkpoints`
   folder."""
-  path = storage.abspath(path).rstrip("/")
+  path = storage.abspath(path)
+  if storage.is_url(path):
+    path = path.rstrip("/")
   if not storage.isdir(path):
     raise FileNotFoundError(f"Checkpoint folder {path} does not exist.")
   inner = os.path.join(path, "checkpoints")

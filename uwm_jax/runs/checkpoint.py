@@ -185,6 +185,8 @@ def make_manager(directory: str, *, keep_last: Optional[int] = None, keep_every:
   handlers = {STATE: _pytree_handler(), PARAMS: _pytree_handler()}
   handlers.update({k: ocp.JsonCheckpointHandler() for k in (DATASET_STATS, CONFIG, DATA_ITER)})
   storage.require_gcs_or_local(directory, "checkpoint folder")
+  if not read_only:
+    storage.check_bucket(directory)
   # Orbax's array writer rejects relative paths (`--workdir` defaults to workdirs/<config>).
   directory = storage.abspath(directory)
   # A read-only manager (evaluation, init_from) makes Orbax warn "Given directory is read only"

@@ -283,6 +283,21 @@ def _blob(path):
   return _gcs_client(os.environ.get(EMULATOR_ENV, "")).bucket(bucket).blob(key)
 
 
+def check_bucket(path) -> None:
+  """Raise FileNotFoundError (one line) when the bucket of a gs:// path does not exist; call it
+  before writing there (Orbax creates its folder with gcsfs, which would create a missing
+  bucket). Needs only object listing permission."""
+  if not is_gcs(path):
+    return
+  from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
+  blob = _blob(path)
+  try:
+    next(iter(blob.client.list_blobs(blob.bucket, max_results=1)), None)
+  except exceptions.NotFound:
+    raise FileNotFoundError(f"{path}: bucket gs://{blob.bucket.name} does not exist (create "
+                            "it first, in the accelerators' region).") from None
+
+
 def _local_version(path) -> Version:
   st = os.stat(path)
   return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)

@@ -313,7 +313,8 @@ def prepare_workdir(workdir: str) -> None:
   if storage.is_gcs(workdir):
     if not os.fspath(workdir)[len(storage.GCS_PREFIX):].strip("/"):
       raise ValueError(f"--workdir={workdir}: name a bucket, e.g. gs://my-bucket/runs/droid.")
-    return  # nothing to create: the bucket is checked by the first write (the workdir lock)
+    storage.check_bucket(workdir)
+    return  # nothing to create on a bucket
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f"--workdir={workdir} is a file, not a folder.")
   try:
