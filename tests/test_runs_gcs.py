@@ -20,7 +20,7 @@ import pytest
 
 from tests import gcs_emulator
 from tests.helpers import FAST_COMPILE
-from tests.test_train_processes import OVERRIDES, _cli, _config, _losses, _wait_for
+from tests.test_train_processes import _cli, _config, _losses, _wait_for
 from uwm_jax.data import sources as sources_lib
 from uwm_jax.evaluation import evaluator
 from uwm_jax.runs import checkpoint as ckpt
