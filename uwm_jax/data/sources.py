@@ -10,6 +10,7 @@ from uwm_jax.data.converted import ConvertedSource
 from uwm_jax.data.episodes import EpisodeSource
 from uwm_jax.data.synthetic import SyntheticSource
 from uwm_jax.data.video_folder import VideoFolderSource, VideoIndexSource, check_decoder
+from uwm_jax.runs import storage
 
 
 def source_names(data_cfg) -> Tuple[str, ...]:
@@ -88,15 +89,19 @@ def check_sources(config) -> None:
   """Cheap checks of `config.data.sources` before anything expensive is built: every dataset
   has a known kind and a positive weight, and its folder or index file exists (a converted
   dataset: its dataset.json; the episode index is read later, by the loader); video clips need
-  the optional video decoder (`check_decoder`)."""
+  the optional video decoder (`check_decoder`). Datasets and latent caches are read as local
+  files (array_record readers, memory-mapped arrays): a URL there is one error line saying to
+  mount the bucket."""
   names = source_names(config.data)
   if not names:
     build_sources(config)  # raises the "sources is empty" error
+  storage.require_local(config.data.get("latent_cache_dir", ""), "config.data.latent_cache_dir")
   for name in names:
     src_cfg = config.data.sources[name]
     kind = src_cfg.get("kind", None)
     if kind not in source_configs.KINDS:
       raise ValueError(f"Dataset {name!r}: unknown kind {kind!r}; known: {source_configs.KINDS}.")
+    storage.require_local(src_cfg.get("path", ""), f"config.data.sources.{name}.path")
     check_source_data(name, src_cfg)
     if kind == "array_record":
       from uwm_jax.data.converted import load_dataset_json  # pylint: disable=import-outside-toplevel

@@ -39,6 +39,7 @@ from uwm_jax.model import block_layout
 from uwm_jax.model.layers import COMPUTE_DTYPES
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint as ckpt
+from uwm_jax.runs import storage
 from uwm_jax.runs.metrics_writer import MetricWriter
 
 log = logging.getLogger(__name__)
@@ -63,27 +64,27 @@ class ConfigMismatchError(ValueError):
 
 # ----------------------------------------------------------------------------- locations
 def resolve_checkpoints_dir(path: str) -> str:
-  """A `checkpoints` folder, or a workdir holding one -> the `checkpoints` folder."""
-  path = os.path.abspath(os.fspath(path))
-  if not os.path.isdir(path):
+  """A `checkpoints` folder, or a workdir holding one (local or gs://) -> the `checkpoints`
+  folder."""
+  path = storage.abspath(path)
+  if storage.is_url(path):
+    path = path.rstrip("/")
+  if not storage.isdir(path):
     raise FileNotFoundError(f"Checkpoint folder {path} does not exist.")
   inner = os.path.join(path, "checkpoints")
-  if os.path.isdir(inner):
+  if storage.isdir(inner):
     return inner
   return path
 
 
 def list_steps(checkpoints_dir: str) -> List[int]:
-  """Finished checkpoint steps (numeric folders holding a `params` item), ascending."""
-  steps = []
-  for name in os.listdir(checkpoints_dir):
-    if name.isdigit() and os.path.isdir(os.path.join(checkpoints_dir, name, "params")):
-      steps.append(int(name))
-  return sorted(steps)
+  """Finished checkpoint steps (committed step folders holding a `params` item), ascending."""
+  return [step for step in ckpt.finished_steps(checkpoints_dir)
+          if storage.isdir(os.path.join(checkpoints_dir, str(step), "params"))]
 
 
 def eval_dir(checkpoints_dir: str) -> str:
-  return os.path.join(os.path.dirname(os.path.abspath(checkpoints_dir)), EVAL_DIRNAME)
+  return os.path.join(os.path.dirname(storage.abspath(checkpoints_dir)), EVAL_DIRNAME)
 
 
 def env_tag(eval_overrides: Optional[dict] = None) -> str:
@@ -108,14 +109,12 @@ def metrics_split(eval_overrides: Optional[dict] = None) -> str:
 def evaluated_steps(checkpoints_dir: str, eval_overrides: Optional[dict] = None) -> List[int]:
   """Steps with a finished evaluation (metrics.json) under the run name these overrides give."""
   root = eval_dir(checkpoints_dir)
-  if not os.path.isdir(root):
-    return []
   steps = []
-  for name in os.listdir(root):
+  for name in storage.listdir(root):
     match = re.match(r"step_(\d+)", name)
     step = int(match.group(1)) if match else None
     if (step is not None and name == run_name(step, eval_overrides)
-        and os.path.exists(os.path.join(root, name, "metrics.json"))):
+        and storage.exists(os.path.join(root, name, "metrics.json"))):
       steps.append(step)
   return sorted(steps)
 
@@ -331,10 +330,10 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
     paths.extend(_prediction_videos(model, config, params, frozen, stats, k_videos, video_dir,
                                     eval_loader))
   metrics["eval_seconds"] = time.time() - t0
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-    json.dump({"step": step, "env": e.env, "metrics": metrics, "videos": paths,
-               "rollout_episodes": episode_outcomes}, f, indent=2)
+  storage.makedirs(out_dir)
+  storage.write_atomic(os.path.join(out_dir, "metrics.json"), json.dumps(
+      {"step": step, "env": e.env, "metrics": metrics, "videos": paths,
+       "rollout_episodes": episode_outcomes}, indent=2))
   return EvalResult(step, metrics, out_dir, paths)
 
 
@@ -464,7 +463,6 @@ def watch(checkpoint_dir: str, *, config=None, eval_overrides=None, interval_s: 
 
 def result_env(result: EvalResult) -> str:
   path = os.path.join(result.output_dir, "metrics.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f).get("env", "")
+  if storage.exists(path):
+    return json.loads(storage.read_text(path)).get("env", "")
   return ""

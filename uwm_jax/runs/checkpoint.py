@@ -7,9 +7,14 @@
   config         the resolved config (JSON)
   data_iter      every process's data-loader state (JSON: {"process_count", "states"})
 
-Saves are asynchronous and atomic (Orbax writes a temporary folder and renames it when every
-process has finished), keep the last K plus every M-th step, and every process takes part in
-every save and restore. Each final step folder also holds `checksums.json`
+Saves are asynchronous and atomic, and commit without renaming folders on a bucket. On a
+filesystem path Orbax writes a temporary folder (`<step>.orbax-checkpoint-tmp-*`) and renames it
+when every process has finished; on a `gs://` URL it writes the step folder in place and
+commits it by writing `<step>/commit_success.txt` last (GCS has no folder rename), and a step
+folder without that file is not a checkpoint (listing and `cleanup_tmp_directories` skip it).
+The last K plus every M-th step are kept, and every process takes part in every save and
+restore. The folder may be a local/shared path or a gs:// URL (`uwm_jax.runs.storage`: one GCS
+client setup, `STORAGE_EMULATOR_HOST` for an emulator). Each final step folder also holds `checksums.json`
 (`uwm_jax.runs.checksums`: size and crc32 of every file, written by process 0 once the step is
 final), verified before the step is restored; a step whose files do not match is corrupt and
 the restore falls back to the previous one. A params-only checkpoint (`save_params_checkpoint`) holds `params`,
@@ -35,6 +40,7 @@ from orbax.checkpoint import type_handlers
 from uwm_jax.tree_paths import path_name
 
 from uwm_jax.runs import checksums
+from uwm_jax.runs import storage
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +184,26 @@ def make_manager(directory: str, *, keep_last: Optional[int] = None, keep_every:
   )
   handlers = {STATE: _pytree_handler(), PARAMS: _pytree_handler()}
   handlers.update({k: ocp.JsonCheckpointHandler() for k in (DATASET_STATS, CONFIG, DATA_ITER)})
-  if "://" not in os.fspath(directory):
-    # Orbax's array writer rejects relative paths (`--workdir` defaults to workdirs/<config>).
-    directory = os.path.abspath(os.fspath(directory))
+  storage.require_gcs_or_local(directory, "checkpoint folder")
+  if not read_only:
+    storage.check_bucket(directory)
+  # Orbax's array writer rejects relative paths (`--workdir` defaults to workdirs/<config>).
+  directory = storage.abspath(directory)
   # A read-only manager (evaluation, init_from) makes Orbax warn "Given directory is read only"
   # on every load: that is the intended mode, not a problem, so the line is dropped.
   with _quiet_loggers(("absl",)) if read_only else contextlib.nullcontext():
-    return _Manager(epath.Path(directory), options=options, item_handlers=handlers)
+    return _Manager(storage.as_path(directory), options=options, item_handlers=handlers)
+
+
+def finished_steps(directory: str) -> List[int]:
+  """The committed steps of a `checkpoints` folder, ascending, from one listing (no manager):
+  numeric folders on a filesystem (Orbax writes the others under temporary names); on gs://
+  those holding Orbax's commit file."""
+  names = [n for n in storage.listdir(directory) if n.isdigit()]
+  if storage.is_url(directory):
+    names = [n for n in names
+             if ocp.utils.is_checkpoint_finalized(storage.as_path(directory) / n)]
+  return sorted(int(n) for n in names)
 
 
 # ------------------------------------------------------------------------------------ data iter
@@ -346,7 +365,7 @@ def load_params_checkpoint(directory: str, step: Optional[int] = None, *, device
   """(params, frozen, config, dataset_stats) of a checkpoint (latest step when None), whole on
   one device (default: the first local device; no mesh needed). `directory` is a
   `checkpoints` folder."""
-  if not os.path.isdir(os.fspath(directory)):
+  if not storage.isdir(directory):
     raise FileNotFoundError(f"Checkpoint folder {directory} does not exist.")
   manager = make_manager(directory, read_only=True)
   step = _resolve_step(manager, step)
@@ -374,7 +393,7 @@ def load_latest_params_checkpoint(directory: str, *, device=None
   """(step, params, frozen, config, dataset_stats) of the latest step that loads: a corrupt or
   unreadable step is skipped with one warning line. Raises NoUsableCheckpointError (one line
   per step) when none loads."""
-  if not os.path.isdir(os.fspath(directory)):
+  if not storage.isdir(directory):
     raise FileNotFoundError(f"Checkpoint folder {directory} does not exist.")
   with _quiet_loggers(("absl",)):
     steps = sorted(make_manager(directory, read_only=True).all_steps(), reverse=True)
@@ -419,7 +438,7 @@ def check_init_params(directory: str, abstract: Dict[str, Any], step: Optional[i
   {"params", "frozen"} of the model being trained. Returns the step to load; raises
   FileNotFoundError, CorruptCheckpointError, or ValueError listing every mismatched, missing
   or unexpected array."""
-  if not os.path.isdir(os.fspath(directory)):
+  if not storage.isdir(directory):
     raise FileNotFoundError(f"init_from: checkpoint folder {directory} does not exist.")
   manager = make_manager(directory, read_only=True)
   try:
@@ -459,10 +478,10 @@ def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
   if jax.process_index() == 0:
     src = os.path.join(os.fspath(manager.directory), str(step))
     dst_dir = os.path.join(os.path.dirname(os.fspath(manager.directory)), CORRUPT_DIRNAME)
-    os.makedirs(dst_dir, exist_ok=True)
+    storage.makedirs(dst_dir)
     dst = os.path.join(dst_dir, f"{step}-{int(time.time())}")
-    if os.path.exists(src):
-      os.rename(src, dst)
+    if storage.exists(src):
+      storage.move(src, dst)
       log.warning("Moved the unreadable checkpoint %s to %s.", src, dst)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f"set_aside_checkpoint_{step}")

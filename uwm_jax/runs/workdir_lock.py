@@ -10,8 +10,12 @@ with one info line, when
   - it was taken on this host and its PID no longer runs (a killed run; `kill -9` included), or
   - it was taken on another host and its heartbeat is older than `STALE_AFTER_S` (a PID on
     another host cannot be checked; a live holder refreshes the heartbeat well within it).
-Creating the file is atomic (O_EXCL), so of two trainers starting at once exactly one wins.
-The workdir must be a filesystem path (local or shared, e.g. NFS or gcsfuse).
+Creating the file is exclusive (`uwm_jax.runs.storage.create_exclusive`: O_EXCL on a filesystem,
+the generation precondition `ifGenerationMatch=0` on gs://), so of two trainers starting at
+once exactly one wins; a stale lock is deleted only at the version that was read
+(`storage.delete(if_version=...)`), so two trainers replacing the same stale lock cannot both
+delete and both create. The workdir is a filesystem path (local or shared, e.g. NFS) or a
+gs:// URL.
 """
 
 import datetime
@@ -21,7 +25,9 @@ import os
 import socket
 import threading
 import time
-from typing import Optional
+from typing import Optional, Tuple
+
+from uwm_jax.runs import storage
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +50,21 @@ def _pid_running(pid: int) -> bool:
   return True
 
 
-def _read(path: str) -> Optional[dict]:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except FileNotFoundError:
+def _read_versioned(path: str) -> Optional[Tuple[dict, storage.Version]]:
+  """(holder, version) of the lock file, None when there is none."""
+  found = storage.read_versioned(path)
+  if found is None:
     return None
+  data, version = found
+  try:
+    return json.loads(data), version
   except ValueError:
-    return {}  # half-written by a killed holder: stale
+    return {}, version  # half-written by a killed holder: stale
+
+
+def _read(path: str) -> Optional[dict]:
+  found = _read_versioned(path)
+  return None if found is None else found[0]
 
 
 def stale_reason(holder: dict, *, host: str, now: float) -> Optional[str]:
@@ -89,16 +102,9 @@ class WorkdirLock:
     self._record["heartbeat"] = time.time()
     data = json.dumps(self._record).encode()
     if exclusive:
-      fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-      try:
-        os.write(fd, data)
-      finally:
-        os.close(fd)
-      return
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
+      storage.create_exclusive(path, data)
+    else:
+      storage.write_atomic(path, data)
 
   def acquire(self) -> "WorkdirLock":
     host = socket.gethostname()
@@ -110,9 +116,10 @@ class WorkdirLock:
         self._write(self.path, exclusive=True)
         break
       except FileExistsError:
-        holder = _read(self.path)
-        if holder is None:
+        found = _read_versioned(self.path)
+        if found is None:
           continue  # released meanwhile
+        holder, version = found
         reason = stale_reason(holder, host=host, now=time.time())
         if reason is None:
           raise WorkdirLockedError(
@@ -121,10 +128,8 @@ class WorkdirLock:
               "if that run is dead.") from None
         log.info("Replacing the stale workdir lock %s (%s; %s).", self.path, describe(holder),
                  reason)
-        try:
-          os.remove(self.path)
-        except FileNotFoundError:
-          pass
+        # Only the version found stale: a lock another trainer took meanwhile stays.
+        storage.delete(self.path, if_version=version)
     else:
       raise WorkdirLockedError(f"Could not take the workdir lock {self.path}.")
     self._thread = threading.Thread(target=self._beat, name="workdir_lock", daemon=True)
@@ -148,7 +153,7 @@ class WorkdirLock:
       self._thread = None
     holder = _read(self.path)
     if holder and holder.get("pid") == os.getpid() and holder.get("host") == self._record["host"]:
-      os.remove(self.path)
+      storage.delete(self.path)
 
   def __enter__(self):
     return self.acquire()

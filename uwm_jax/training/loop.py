@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from uwm_jax.data import loader as loader_lib
 from uwm_jax.data import sources as sources_lib
@@ -41,6 +42,7 @@ from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint as ckpt_lib
 from uwm_jax.runs import metrics_writer as writer_lib
 from uwm_jax.runs import phases
+from uwm_jax.runs import storage
 from uwm_jax.runs import workdir_lock
 from uwm_jax.training import flops as flops_lib
 from uwm_jax.training import global_batch as global_batch_lib
@@ -116,12 +118,16 @@ def _init_from_dir(path: str):
 
 
 def _write_stats(workdir: str, stats: dict) -> str:
-  """The statistics the loader must use, as a JSON file (every process writes its own copy)."""
+  """The statistics the loader must use, as a JSON file in the workdir, written atomically
+  (`storage.write_atomic`). On a filesystem every process writes the same content; on a bucket
+  process 0 uploads it and the others wait for it (all processes call this): GCS takes about
+  one update per second of an object, not one per host at once."""
   path = os.path.join(workdir, STATS_FILENAME)
-  tmp = f"{path}.tmp{os.getpid()}.{jax.process_index()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(stats, f)
-  os.replace(tmp, path)
+  on_bucket = storage.is_url(workdir)
+  if not on_bucket or jax.process_index() == 0:
+    storage.write_atomic(path, json.dumps(stats))
+  if on_bucket and jax.process_count() > 1:
+    multihost_utils.sync_global_devices("dataset_stats_written")
   return path
 
 
@@ -302,10 +308,14 @@ def _non_finite_params_error(step: int, manager) -> FloatingPointError:
 
 
 def prepare_workdir(workdir: str) -> None:
-  """Create the workdir; errors say plainly when it is a URL, a file or not writable."""
-  if "://" in os.fspath(workdir):
-    raise ValueError(f"--workdir={workdir}: use a filesystem path that every host sees (NFS, "
-                     "Filestore, or a bucket mounted with gcsfuse), not a URL.")
+  """Create the workdir (a filesystem path every host sees, or a gs:// URL); errors say plainly
+  when it is another URL, a file or not writable."""
+  storage.require_gcs_or_local(workdir, "--workdir")
+  if storage.is_gcs(workdir):
+    if not os.fspath(workdir)[len(storage.GCS_PREFIX):].strip("/"):
+      raise ValueError(f"--workdir={workdir}: name a bucket, e.g. gs://my-bucket/runs/droid.")
+    storage.check_bucket(workdir)
+    return  # nothing to create on a bucket
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise NotADirectoryError(f"--workdir={workdir} is a file, not a folder.")
   try:
@@ -322,15 +332,11 @@ def check_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
   and `init_from` exists when the run starts from scratch."""
   mesh_lib.resolve_mesh_shape(config.train.mesh_shape, jax.device_count())
   sources_lib.check_sources(config)
-  resuming = any(name.isdigit() for name in _listdir(ckpt_lib.checkpoint_dir(workdir)))
+  resuming = bool(ckpt_lib.finished_steps(ckpt_lib.checkpoint_dir(workdir)))
   if config.init_from and not resuming:
     directory, _ = _init_from_dir(config.init_from)
-    if not os.path.isdir(directory):
+    if not storage.isdir(directory):
       raise FileNotFoundError(f"init_from: checkpoint folder {directory} does not exist.")
-
-
-def _listdir(path: str) -> List[str]:
-  return os.listdir(path) if os.path.isdir(path) else []
 
 
 def progress_fields(summary: Dict[str, float]) -> Dict[str, str]:
@@ -491,6 +497,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         behind.catch_up()  # every step up to the checkpoint is recorded (and checked) first
         if not params_are_finite(state.params):  # never save non-finite params
           raise _non_finite_params_error(step, manager)
+        writer.flush()  # the metrics up to a checkpoint reach the workdir before it does
         ckpt_lib.save_train_checkpoint(
             manager, step, state=state, inference_params=state.inference_params,
             dataset_stats=stats, config=saved_config, data_iter_state=data_iter_state,
