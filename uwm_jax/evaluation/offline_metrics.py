@@ -56,8 +56,8 @@ def make_eval_step(model, diffusion_cfg, dataset_stats: Optional[dict] = None,
   """
   schedule = make_schedule(diffusion_cfg)
   video = model.predicts_next_obs
-  samplers = {m: sampling.make_sampler(model, diffusion_cfg, m)
-              for m in sampling.supported_modes(model)}
+  modes = sampling.supported_modes(model)
+  samplers = {m: sampling.make_sampler(model, diffusion_cfg, m) for m in modes}
 
   def eval_step(params, frozen, batch, rng, scale_offset):
     scale, offset = scale_offset
