@@ -101,7 +101,8 @@ def test_conditional_modes_use_their_condition(setup):
 def test_dp_baseline_supports_only_the_policy():
   config = tiny_config("dp")
   model = UnifiedWorldModel(config.model)
-  assert list(sampling.make_samplers(model, config.diffusion)) == ["policy"]
+  assert sampling.supported_modes(model) == ("policy",)
+  assert sampling.supported_modes(UnifiedWorldModel(tiny_config().model)) == sampling.MODES
   with pytest.raises(ValueError, match="DP baseline"):
     sampling.make_sampler(model, config.diffusion, "video_prediction")
   params, frozen = model.init(jax.random.key(0))

@@ -1,6 +1,7 @@
 """Whole training runs: SIGKILL + auto-resume reproduces the uninterrupted loss sequence
-exactly; two processes joined through jax.distributed on 127.0.0.1 agree with one process;
-a non-finite loss stops training with a clear error and keeps the last good checkpoint.
+exactly; two processes joined through jax.distributed on 127.0.0.1 agree with one process, and
+wait for the embedded task's dataset that process 0 generates; a non-finite loss stops
+training with a clear error and keeps the last good checkpoint.
 
 Every run uses configs/tiny.py (synthetic data) on 8 CPU devices with a (8, 1, 1) mesh and
 fast (-O0) XLA compiles. Subprocesses run the real CLI, `python -m uwm_jax.train`.
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from tests.helpers import FAST_COMPILE
+from tests.helpers import FAST_COMPILE, skip_without
 from uwm_jax.dims import model_dims
 from uwm_jax.runs import checkpoint as ckpt
 from uwm_jax.runs import metrics_writer
@@ -59,13 +60,14 @@ def _config(**extra):
   return c
 
 
-def _cli(workdir, num_devices=8, extra_flags=(), **extra):
+def _cli(workdir, num_devices=8, extra_flags=(), config=f"{REPO}/configs/tiny.py",
+         stdout=subprocess.PIPE, **extra):
   flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **extra}.items()]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
              XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices} {FAST}")
-  cmd = [sys.executable, "-m", "uwm_jax.train", f"--config={REPO}/configs/tiny.py",
+  cmd = [sys.executable, "-m", "uwm_jax.train", f"--config={config}",
          f"--workdir={workdir}", *flags, *extra_flags]
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=stdout,
                           stderr=subprocess.STDOUT, text=True)
 
 
@@ -212,6 +214,79 @@ def test_two_processes_agree_with_one(reference, reference_workdir, tmp_path):
                           jax.tree.leaves(expected)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=PARAMS_RTOL, atol=PARAMS_ATOL,
                                err_msg=jax.tree_util.keystr(path))
+
+
+# configs/tiny.py's model on the embedded push task, its dataset generated on first use.
+PUSH_CONFIG = """from tests.helpers import tiny_push_config
+from uwm_jax.data import source_configs
+
+
+def get_config():
+  c = tiny_push_config()
+  c.data.sources = {{"tabletop_push": source_configs.array_record({path!r})}}
+  c.data.demo_task = "tabletop_push"
+  c.data.demo_episodes = 4
+  return c
+"""
+
+
+def _two_process_run(tmp_path, name, config, grace_s=90, timeout_s=600, **extra):
+  """`python -m uwm_jax.train` as two processes joined on 127.0.0.1, one CPU device each;
+  returns [(returncode, output)] per process. Outputs go to files (no pipe fills up while the
+  other process is read). Once one process has ended, the other gets grace_s to end too (a
+  process whose partner is gone waits for it until jax's own timeouts): then it is killed."""
+  address = f"127.0.0.1:{_free_port()}"
+  logs = [open(tmp_path / f"{name}_{i}.log", "w+") for i in range(2)]
+  procs = [_cli(tmp_path / name, num_devices=1, config=config, stdout=log, extra_flags=(
+      f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"), **extra)
+           for i, log in enumerate(logs)]
+  deadline = time.time() + timeout_s
+  try:
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+      if any(p.poll() is not None for p in procs):
+        deadline = min(deadline, time.time() + grace_s)
+      time.sleep(0.1)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+      p.wait()
+  outputs = []
+  for log in logs:
+    log.seek(0)
+    outputs.append(log.read())
+    log.close()
+  return [(p.returncode, out) for p, out in zip(procs, outputs)]
+
+
+@pytest.mark.multiprocess
+@skip_without("mujoco")
+def test_two_processes_wait_for_the_dataset_process_zero_generates(tmp_path):
+  """Process 0 generates the embedded task's dataset on first use while process 1 waits for it
+  (instead of failing on a dataset that does not exist yet); a generation that fails stops
+  both processes with its error."""
+  config = tmp_path / "push_config.py"
+  config.write_text(PUSH_CONFIG.format(path=str(tmp_path / "tabletop_push")))
+  # No training step: what matters is that both processes build their loaders on the data.
+  (code0, out0), (code1, out1) = _two_process_run(tmp_path, "run", config, num_steps=0)
+  assert code1 == 0, out1[-4000:]
+  assert code0 == 0, out0[-4000:]
+  assert "Generating 4 expert episodes of tabletop_push" in out0
+  assert re.search(r"wall time [\d.]+ (s|min): data generation ", out0), out0[-2000:]
+  assert "Waiting for process 0: generating the embedded task's datasets." in out1
+  for out in (out0, out1):
+    assert re.search(r"Training windows per source: \{'tabletop_push': [1-9]", out), out[-4000:]
+
+  # The dataset was generated with other settings: process 0's error ends both processes.
+  results = _two_process_run(tmp_path, "mismatch", config, num_steps=0,
+                             **{"data.demo_action_noise": 0.5})
+  for process, (code, out) in enumerate(results):
+    assert code == 2, out[-4000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "action_noise: 0.0 (dataset) vs 0.5 (config)" in last, \
+        (process, out[-4000:])
+  assert results[1][1].strip().splitlines()[-1].startswith(
+      "error: Process 0 failed generating the embedded task's datasets: ValueError: ")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -254,14 +254,12 @@ def base_config() -> ml_collections.ConfigDict:
 PRESETS = {
     "v4-8": {"train.mesh_shape": (4, 1, 1)},
     "v5e-8": {"train.mesh_shape": (8, 1, 1)},
-    # Compiled for v5p-8 (DROID, latent cache, batch 144): fsdp (1, 4, 1) 37.8 ms, 32.9% MFU,
-    # 6.5 GiB per chip; data parallel (4, 1, 1) 40.9 ms, 30.5%, 10.0 GiB (the AdamW update of
-    # the replicated fp32 state ran on every chip).
+    # FSDP: each chip updates a quarter of the AdamW state (data parallel updates all of it on
+    # every chip): faster and smaller compiled for v5p-8 (docs/results/tpu-compile-estimates.md).
     "v5p-8": {"train.mesh_shape": (1, 4, 1)},
-    # Compiled for v5p-64 (32 chips; DROID, latent cache, batch 144 = 4.5 per chip, so not
-    # data parallel): fsdp x tensor (1, 16, 2) 13.0 ms, 12.0% MFU, 2.2 GiB per chip; data x
-    # tensor (16, 1, 2) 17.6 ms, 8.9%. At batch 1152 (36 per chip) data parallel (32, 1, 1):
-    # 40.9 ms, 30.5%, as v5p-8's chips.
+    # 32 chips at batch 144 (4.5 per chip, so not data parallel): FSDP x tensor parallel, the
+    # fastest mesh compiled for v5p-64; a global batch of 36 per chip trains data parallel as
+    # v5p-8's chips do (docs/results/tpu-compile-estimates.md).
     "v5p-64": {"train.mesh_shape": (1, 16, 2)},
 }
 PRESET_COMMON = {"model.compute_dtype": "bfloat16", "model.scan_layers": False}

@@ -72,8 +72,8 @@ class TabletopSpec:
   success_radius: float = 0.03
   max_episode_steps: int = 120  # suggested rollout length
   # push: how far (radians) the pusher's start may be off the goal->puck line (see sample_layout;
-  # pi = anywhere around the puck). Measured: 60 degrees (no circling needed) made the cloned
-  # demo policy worse (0.04 vs 0.66), so the default keeps the full circle.
+  # pi = anywhere around the puck). 60 degrees (no circling needed) made the cloned demo policy
+  # far worse (docs/results/demo-recipe-rounds.md), so the default keeps the full circle.
   start_arc: float = float(np.pi)
   # Visual out-of-distribution shifts (names from OOD_SHIFTS; () = the in-distribution task).
   shifts: Tuple[str, ...] = ()

@@ -17,7 +17,6 @@ from uwm_jax.config_base import DROID_CAMERA_KEYS
 from uwm_jax.data import profiles
 from uwm_jax.policies import transforms as T
 
-ROBOT = "droid"
 PREFIXES = ("", "observation/")
 STATE = (("cartesian_position", 6), ("gripper_position", 1))
 MODEL_ACTION_DIM = 10
@@ -53,10 +52,9 @@ def make(config, dataset_stats) -> T.RobotTransforms:
     if sum(w for _, w in STATE) != m.low_dim_dim:
       raise ValueError(f"The DROID state is 7 numbers; model.low_dim_dim is {m.low_dim_dim}.")
   return T.RobotTransforms(
-      robot=ROBOT, camera_keys=tuple(m.camera_keys),
+      camera_keys=tuple(m.camera_keys),
       camera_sources=T.same_key_sources(m.camera_keys, PREFIXES),
       image_shape=tuple(m.image_shape), state_fields=fields,
       action_stats=T.stats_entry(dataset_stats, "action"),
       low_dim_stats=T.stats_entry(dataset_stats, "low_dim"),
-      model_action_dim=MODEL_ACTION_DIM, robot_action_dim=ROBOT_ACTION_DIM,
-      decode=decode_actions, encode=encode_actions)
+      robot_action_dim=ROBOT_ACTION_DIM, decode=decode_actions, encode=encode_actions)

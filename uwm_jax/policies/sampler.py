@@ -7,9 +7,9 @@ the other requests of the batch. Batches are padded (repeating the last request)
 smallest of `batch_sizes` that holds them, so only those sizes are ever compiled; `compile()`
 does that up front. With `parallel_calls=k`, a list of requests is split into k near-equal
 parts that run as concurrent calls of the compiled function (threads; the jitted call releases
-the GIL): on a CPU host one call of a small model keeps about one core busy, so on the 2-core
-machine two calls of batch 2 answer 4 requests in ~34 ms where one call of batch 4 takes ~52 ms
-and one of batch 1 ~21 ms (docs/results/serving-latency.md). `default_parallel_calls` picks k.
+the GIL): on a CPU host one call of a small model keeps about one core busy, so k calls on k
+cores answer a batch sooner than one call of all of it (docs/results/serving-latency.md).
+`default_parallel_calls` picks k.
 Requests, one per element (no batch axis):
 
   obs       (V, T_o, H, W, 3) uint8       every mode

@@ -110,14 +110,12 @@ class StateField:
 @dataclasses.dataclass
 class RobotTransforms:
   """Input/output transforms of one robot for one checkpoint (see the module docstring)."""
-  robot: str
   camera_keys: Tuple[str, ...]  # model order (model.camera_keys)
   camera_sources: Dict[str, Tuple[Source, ...]]  # model camera key -> accepted request keys
   image_shape: Tuple[int, int]  # model.image_shape
   state_fields: Tuple[StateField, ...]  # () when the model uses no low-dim input
   action_stats: Optional[dict]  # statistics entries (None = identity)
   low_dim_stats: Optional[dict]
-  model_action_dim: int
   robot_action_dim: int
   decode: Callable[[np.ndarray], np.ndarray] = lambda a: a  # (..., A) -> (..., A_robot)
   encode: Callable[[np.ndarray], np.ndarray] = lambda a: a  # inverse of decode

@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIRNAME = "checkpoints"
 STATE, PARAMS, DATASET_STATS, CONFIG, DATA_ITER = (
     "state", "params", "dataset_stats", "config", "data_iter")
-ITEM_NAMES = (STATE, PARAMS, DATASET_STATS, CONFIG, DATA_ITER)
 CORRUPT_DIRNAME = "corrupt_checkpoints"
 
 

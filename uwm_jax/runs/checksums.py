@@ -74,10 +74,6 @@ def write_manifest(step_dir: epath.PathLike) -> epath.Path:
   return path
 
 
-def has_manifest(step_dir: epath.PathLike) -> bool:
-  return (storage.as_path(step_dir) / MANIFEST_FILENAME).exists()
-
-
 def verify(step_dir: epath.PathLike, items: Optional[Iterable[str]] = None) -> bool:
   """Check the files of `items` (top-level folders of the step; None = every file) against the
   manifest. Returns False when the step has no manifest (unverified), True when every file

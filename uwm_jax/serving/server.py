@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 OBSERVE = "observe"  # push an observation into the history without sampling
 HEALTH_PATH = "/healthz"
-FRAME_MODES = (sampling.FORWARD_DYNAMICS, sampling.VIDEO_PREDICTION)
 RESERVED_KEYS = ("mode", "reset", "seed", "actions", "goal")
 
 
@@ -75,8 +74,7 @@ class PolicyServer:
   def __init__(self, model, diffusion_cfg, params, frozen, transforms: RobotTransforms,
                metadata: dict, options: ServerOptions):
     self.model, self.transforms, self.options = model, transforms, options
-    modes = sampling.MODES if model.predicts_next_obs else (sampling.POLICY,)
-    modes = tuple(m for m in modes if m != sampling.JOINT)
+    modes = tuple(m for m in sampling.supported_modes(model) if m != sampling.JOINT)
     # Policy requests are batched across clients; world-model queries run one per call (one
     # compiled size each keeps start-up short). A batch runs as `parallel_calls` concurrent
     # calls (policies.sampler.default_parallel_calls: on a CPU host, one per core).

@@ -18,11 +18,14 @@ sets it to every GPU of the node (docs/launch.md, "SLURM").
 
 A joined job also handles preemption: jax's preemption service catches SIGTERM and the
 training loop saves a checkpoint at a step every process agrees on, then stops.
+
+Work that one process does for all (generating the embedded task's dataset) runs through
+`on_process_zero`: the other processes wait for it and fail with its error.
 """
 
 import logging
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 
@@ -30,6 +33,12 @@ log = logging.getLogger(__name__)
 
 # What jax 0.10.2 raises from `jax.distributed.initialize()` when no cluster is detected.
 _NOTHING_DETECTED = "coordinator_address should be defined"
+# How long the other processes wait for process 0's work. A process that dies ends the wait
+# sooner (jax's heartbeats); this bounds a process 0 that hangs. Generating the embedded demo's
+# 600 episodes takes minutes; a day leaves room for far larger datasets on slow hosts.
+ON_PROCESS_ZERO_TIMEOUT_S = 24 * 3600
+_DONE = "done"
+_calls = 0  # on_process_zero calls so far: every process makes them in the same order
 
 
 def explicit_arguments(coordinator_address: str = "", num_processes: int = 0,
@@ -114,3 +123,49 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
     log.info("Single process (no multi-process job detected): %d devices (%s).",
              jax.device_count(), kind)
   return joined
+
+
+def _client():
+  """jax's coordination-service client (jax keeps it in its private state)."""
+  from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
+  client = jax_distributed.global_state.client
+  if client is None:
+    raise RuntimeError(f"{jax.process_count()} processes but no jax.distributed client: start "
+                       "the job through initialize_distributed.")
+  return client
+
+
+def on_process_zero(what: str, fn: Callable[[], Any],
+                    timeout_s: float = ON_PROCESS_ZERO_TIMEOUT_S) -> Any:
+  """`fn()` on process 0 while every other process waits for it to end (at most timeout_s).
+
+  Returns fn's result on process 0 and None on the others. When fn raises, process 0 raises
+  its error and every other process a RuntimeError with the same message, so the whole job
+  stops with one reason instead of the others running on without what fn makes. The wait goes
+  through jax's coordination service (a key process 0 sets), not through a device collective
+  (on CPU, gloo gives up on a peer that has not joined within 30 s): the timeout is ours. Every process must call it,
+  in the same order as its other calls; `what` names the work in messages ("generating ...").
+  """
+  global _calls
+  _calls += 1
+  if jax.process_count() == 1:
+    return fn()
+  key = f"uwm_jax/on_process_zero/{_calls}"
+  client = _client()
+  if jax.process_index() == 0:
+    try:
+      result = fn()
+    except Exception as e:
+      client.key_value_set(key, f"{type(e).__name__}: {e}")
+      raise
+    client.key_value_set(key, _DONE)
+    return result
+  log.info("Waiting for process 0: %s.", what)
+  try:
+    outcome = client.blocking_key_value_get(key, int(timeout_s * 1000))
+  except jax.errors.JaxRuntimeError as e:  # the timeout (DEADLINE_EXCEEDED) or a lost service
+    raise RuntimeError(f"Process 0 did not finish {what} (waited at most {timeout_s:.0f} s): "
+                       f"{e}") from None
+  if outcome != _DONE:
+    raise RuntimeError(f"Process 0 failed {what}: {outcome}")
+  return None
