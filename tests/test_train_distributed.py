@@ -85,6 +85,18 @@ def test_unused_gpus_warning_for_one_task_per_node():
   assert distributed.unused_gpus_warning(1, {}) is None
 
 
+def test_too_few_cpus_warning_for_an_srun_without_cpus_per_task():
+  one_per_node = {"SLURM_JOB_CPUS_PER_NODE": "64(x2)", "SLURM_NTASKS": "2",
+                  "SLURM_STEP_NUM_NODES": "2"}
+  warning = distributed.too_few_cpus_warning(1, one_per_node)
+  assert "1 of the 64 CPUs" in warning and "--cpus-per-task=64" in warning
+  assert distributed.too_few_cpus_warning(64, one_per_node) is None
+  one_per_gpu = dict(one_per_node, SLURM_NTASKS="16")  # 8 per node: 8 CPUs each
+  assert distributed.too_few_cpus_warning(8, one_per_gpu) is None
+  assert "1 of the 8 CPUs" in distributed.too_few_cpus_warning(1, one_per_gpu)
+  assert distributed.too_few_cpus_warning(1, {}) is None
+
+
 # ---------------------------------------------------------------------------- simulated jobs
 def test_single_process_without_any_cluster_environment():
   (report, err), = _run_probes([_clean_env()])
