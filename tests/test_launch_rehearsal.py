@@ -1,0 +1,192 @@
+"""Rehearsals of the production path: launch/tpu_vm.sh and launch/slurm_gpu.sh run for real
+against fake clouds whose machines are local processes (tests/fake_cluster).
+
+TPU: the fake `gcloud` creates a 2-worker slice (a queued resource), copies the project to each
+worker's home and runs `ssh --worker=...` commands as local processes; `install` builds each
+worker's ~/venv with pip from this machine's packages (PYTHON=this interpreter,
+--system-site-packages, no index: reinstalling jax per test would take minutes) and mounts the
+data bucket read-only (fake gcsfuse); `train` runs `python -m uwm_jax.train` on CPU jax, the
+two workers joined by jax's own Cloud TPU detection (the VM metadata on 127.0.0.1).
+SLURM: the fake `sbatch` runs the batch script under a controller, `srun` runs its tasks with
+the variables jax's SLURM detection reads, as SLURM does (see tests/fake_cluster/slurm.py).
+
+Every run trains configs/tiny.py for a few steps; the workdir is one parameter (WORKDIR).
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import fake_cluster
+from tests.fake_cluster import wait_for
+from uwm_jax.runs import metrics_writer
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START_TIMEOUT_S = 600  # install + start-up + compiling the tiny step on a loaded 2-core machine
+# The tiny config, quietly: a row per step, no evaluation, checkpoints only when asked.
+QUIET = ("--config.train.log_every=1 --config.train.eval_every=0 "
+         "--config.train.eval_at_end=False --config.train.tensorboard=False "
+         "--config.train.progress_bar=False --config.train.save_every=1000")
+
+
+def _steps(workdir):
+  """Steps logged in metrics.jsonl (a resumed run logs some twice)."""
+  if not os.path.exists(os.path.join(workdir, metrics_writer.METRICS_FILENAME)):
+    return []
+  return [r["step"] for r in metrics_writer.read_metrics(workdir)]
+
+
+def _checkpoints(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+
+
+def _alive(pid):
+  try:
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+      return f.read().split(") ", 1)[1][0] != "Z"
+  except (FileNotFoundError, IndexError, TypeError):
+    return False
+
+
+def _preempted_step(log):
+  steps = re.findall(r"Preempted: stopped after saving the checkpoint of step (\d+)", log)
+  assert steps, log[-3000:]
+  return int(steps[-1])
+
+
+def _read(path):
+  with open(path, encoding="utf-8", errors="replace") as f:
+    return f.read()
+
+
+# ------------------------------------------------------------------------------- Cloud TPU VM
+class _Launch:
+  """`launch/tpu_vm.sh STAGE` run by the test as a user runs it, its output in a file."""
+
+  def __init__(self, tmp_path, stage, env):
+    self.out_path = tmp_path / f"launch-{stage}-{time.time():.0f}.out"
+    with open(self.out_path, "w", encoding="utf-8") as out:
+      self.proc = subprocess.Popen(["bash", "launch/tpu_vm.sh", stage], cwd=REPO, env=env,
+                                   stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=subprocess.STDOUT)
+
+  def output(self):
+    return _read(self.out_path)
+
+  def wait(self, timeout_s=START_TIMEOUT_S):
+    try:
+      self.proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+      self.proc.kill()
+      raise AssertionError(f"launch/tpu_vm.sh did not end:\n{self.output()[-4000:]}") from None
+    return self.proc.returncode
+
+
+@pytest.fixture
+def tpu_cloud(tmp_path):
+  cloud = fake_cluster.TpuCloud(str(tmp_path / "cloud"), workers=2,
+                                crash_file=str(tmp_path / "crash.json"))
+  os.makedirs(os.path.join(cloud.gcs, "uwm-data", "droid"))
+  with open(os.path.join(cloud.gcs, "uwm-data", "droid", "README"), "w") as f:
+    f.write("converted data\n")
+  yield cloud
+  for w in range(cloud.workers):  # nothing left running
+    pid = cloud.trainer_pid(w)
+    if _alive(pid):
+      os.kill(pid, signal.SIGKILL)
+  cloud.close()
+
+
+def _tpu_env(cloud, tmp_path, workdir, num_steps, **extra):
+  return cloud.launch_env(
+      TPU_NAME="uwm-test", ZONE="us-central2-b", ACCELERATOR_TYPE="v4-16", QUEUED=1, POLL_S=0,
+      CONFIG="configs/tiny.py", WORKDIR=workdir,
+      TRAIN_ARGS=f"--config.num_steps={num_steps} {QUIET}",
+      PYTHON=sys.executable, VENV_ARGS="--system-site-packages --without-pip",
+      DATA_BUCKET="uwm-data", DATA_MOUNT="~/data", TPU_LOCKFILE="~/libtpu_lockfile",
+      LOG_DIR=str(tmp_path / "logs"), STOP_GRACE_S=60, **extra)
+
+
+@pytest.mark.parametrize("workdir_kind", ["local"])
+def test_tpu_slice_installs_trains_is_preempted_resumes_and_stops_on_a_crash(
+    tpu_cloud, tmp_path, workdir_kind):
+  assert workdir_kind == "local"
+  workdir = str(tmp_path / "run")
+  cloud = tpu_cloud
+
+  # 1. `all`: queued resource, install on both workers, train. SIGTERM to worker 1's trainer
+  #    (a maintenance event): both save a checkpoint at the same step and exit 143.
+  launch = _Launch(tmp_path, "all", _tpu_env(cloud, tmp_path, workdir, 1000))
+  wait_for(lambda: len(_steps(workdir)) >= 2 or launch.proc.poll() is not None,
+           START_TIMEOUT_S, "the first training steps")
+  assert launch.proc.poll() is None, launch.output()[-4000:]
+  trainers = [cloud.trainer_pid(w) for w in range(2)]
+  assert all(_alive(pid) for pid in trainers), trainers
+  os.kill(trainers[1], signal.SIGTERM)
+  assert launch.wait() == 143, launch.output()[-4000:]
+  out = launch.output()
+  assert "queued resource uwm-test-qr: ACTIVE" in out
+  assert "rerun" in out and "to resume" in out
+  logs = sorted((tmp_path / "logs").glob("*/worker-*.log"))
+  assert [p.name for p in logs] == ["worker-0.log", "worker-1.log"]
+  saved = {_preempted_step(_read(p)) for p in logs}
+  assert len(saved) == 1, saved  # one step, agreed by both workers
+  preempted_at = saved.pop()
+  assert _checkpoints(workdir)[-1] == preempted_at
+  assert "jax.distributed (detected by jax): process 1 of 2" in _read(logs[1])
+  assert not any(_alive(pid) for pid in trainers)
+  # The data bucket is mounted read-only once per worker, by install (train found it mounted).
+  for w in range(2):
+    home = cloud.homes[w]
+    assert cloud.mounts(w) == [(os.path.join(home, "data"), "uwm-data", "ro")]
+    assert _read(os.path.join(home, "data", "droid", "README")) == "converted data\n"
+  # Workers run the project installed from the committed tree into their own ~/venv.
+  where = subprocess.run([os.path.join(cloud.homes[0], "venv", "bin", "python"), "-c",
+                          "import uwm_jax; print(uwm_jax.__file__)"], env=cloud.machine_envs[0],
+                         cwd="/", capture_output=True, text=True, check=True).stdout
+  assert where.startswith(os.path.join(cloud.homes[0], "uwm_jax", "uwm_jax"))
+
+  # 2. What an unclean end leaves: on worker 0 a process holding the TPU (the lock file), on
+  #    worker 1 the lock file alone. `train` again stops them, removes it and resumes.
+  leftover = subprocess.Popen(
+      [os.path.join(cloud.homes[0], "venv", "bin", "python"), "-c",
+       "import jax, time; print('holding the TPU', flush=True); time.sleep(600)"],
+      env=cloud.machine_envs[0], stdout=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    assert leftover.stdout.readline() == "holding the TPU\n"
+    with open(os.path.join(cloud.homes[1], "libtpu_lockfile"), "w") as f:
+      f.write("12345")
+    rerun = _Launch(tmp_path, "train", _tpu_env(cloud, tmp_path, workdir, preempted_at + 3))
+    assert rerun.wait() == 0, rerun.output()[-4000:]
+    assert leftover.poll() is not None  # stopped by the rerun
+  finally:
+    if leftover.poll() is None:
+      leftover.kill()
+  out = rerun.output()
+  assert "Training finished on all 2 workers" in out
+  assert f"Training {preempted_at + 3} steps from step {preempted_at};" in out  # worker 0's log
+  assert sorted(set(_steps(workdir)))[-3:] == [preempted_at + 1, preempted_at + 2,
+                                               preempted_at + 3]
+  assert _checkpoints(workdir)[-1] == preempted_at + 3
+
+  # 3. Worker 1 dies mid-training (a hardware fault): worker 0 is stopped at once instead of
+  #    waiting at the next collective, `train` fails with worker 1's status and shows its log.
+  with open(tmp_path / "crash.json", "w") as f:
+    json.dump({"process": 1, "when": "training",
+               "metrics": os.path.join(workdir, metrics_writer.METRICS_FILENAME),
+               "after_step": preempted_at + 3}, f)
+  crash = _Launch(tmp_path, "train", _tpu_env(cloud, tmp_path, workdir, 1000))
+  assert crash.wait() == 1, crash.output()[-4000:]
+  out = crash.output()
+  assert "Worker 1 failed (exit status 1): stopping the other workers" in out
+  assert "(fake fault) simulated hardware failure during training" in out  # its log, printed
+  assert not _alive(cloud.trainer_pid(0)) and cloud.trainer_pid(0) is None
