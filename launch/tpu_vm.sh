@@ -152,7 +152,8 @@ wait_active() {
 
 # The settings launch/tpu_worker.sh reads, as `NAME=value` words before its command.
 worker_env() {
-  quote_words "DATA_BUCKET=${DATA_BUCKET}" "DATA_MOUNT=${DATA_MOUNT}" "TPU_LOCKFILE=${TPU_LOCKFILE}"
+  echo "DATA_BUCKET=$(quote "${DATA_BUCKET}") DATA_MOUNT=$(quote "${DATA_MOUNT}")" \
+    "TPU_LOCKFILE=$(quote "${TPU_LOCKFILE}")"
 }
 
 # launch/tpu_worker.sh ARGS... as installed on the workers.
@@ -185,9 +186,11 @@ venv_command() {
 }
 
 install() {
-  local tarball=/tmp/uwm_jax_src.tar.gz
+  local tarball
+  tarball=$(mktemp -d)/uwm_jax_src.tar.gz
   make_tarball "${tarball}"
   tpu tpu-vm scp "${tarball}" "${TPU_NAME}:~/uwm_jax_src.tar.gz" --worker=all
+  rm -rf "$(dirname "${tarball}")"
   on_all_workers "set -e; rm -rf ~/uwm_jax && tar xzf ~/uwm_jax_src.tar.gz -C ~ \
 && $(venv_command) \
 && $(gcsfuse_install_command) && $(worker_script mount) \
