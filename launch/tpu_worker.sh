@@ -69,10 +69,11 @@ holders() {
   fi
 }
 
+# The PIDs of those that still run (a zombie has ended: only its parent has not reaped it).
 alive() {
-  local pid
+  local pid state
   for pid in "$@"; do
-    kill -0 "${pid}" 2> /dev/null && echo "${pid}"
+    state=$(ps -o stat= -p "${pid}" 2> /dev/null) && [[ "${state}" != Z* ]] && echo "${pid}"
   done
 }
 
@@ -89,7 +90,8 @@ stop() {
     if [[ -n "${left}" ]]; then
       echo "${HOST}: PIDs $(echo ${left}) still running: SIGKILL"
       kill -KILL ${left} 2> /dev/null
-      while [[ -n "$(alive ${left})" ]]; do sleep 0.2; done
+      deadline=$((SECONDS + 10))
+      while [[ -n "$(alive ${left})" ]] && (( SECONDS < deadline )); do sleep 0.2; done
     fi
   fi
   if [[ -e "${TPU_LOCKFILE}" ]]; then
