@@ -108,8 +108,8 @@ def metadata_server(worker: int, workers: int = 2, accelerator_type: str = "v4-1
 
 
 class TpuCloud:
-  """A fake Google Cloud whose TPU VM slices have `workers` local workers, each with 4 CPU jax
-  devices, its own home (root/workers/W), host name NAME-w-W, metadata server and libtpu lock
+  """A fake Google Cloud whose TPU VM slices have `workers` local workers, each with 1 CPU jax
+  device, its own home (root/workers/W), host name tpu-w-W, metadata server and libtpu lock
   file (~/libtpu_lockfile: give the launch script TPU_LOCKFILE='~/libtpu_lockfile').
 
   Buckets for gcsfuse are folders under root/gcs. The workers' pip installs from what this
@@ -132,7 +132,7 @@ class TpuCloud:
       machine_dir = os.path.dirname(home)
       os.makedirs(machine_dir, exist_ok=True)
       self.machine_envs.append(machine_env(
-          home, devices=4, FAKE_HOSTNAME=f"tpu-w-{w}", FAKE_PROCESS_INDEX=w,
+          home, devices=1, FAKE_HOSTNAME=f"tpu-w-{w}", FAKE_PROCESS_INDEX=w,
           FAKE_CLOUD_TPU_VM=1, GCE_METADATA_IP=f"127.0.0.1:{self._servers[w].server_address[1]}",
           JAX_COORDINATOR_PORT=port, FAKE_LIBTPU_LOCKFILE=os.path.join(home, "libtpu_lockfile"),
           FAKE_MACHINE_DIR=machine_dir, FAKE_GCS_DIR=self.gcs,
@@ -182,10 +182,10 @@ class SlurmCluster:
       json.dump({"cpus_per_node": self.cpus_per_node, "machine_dir": MACHINE}, f)
 
   def launch_env(self, **settings) -> dict:
-    """The submitting user's environment: the fakes on PATH, CPU jax with 4 devices per task,
+    """The submitting user's environment: the fakes on PATH, CPU jax with 1 device per task,
     the tests' compilation cache (tasks inherit it: sbatch and srun export everything)."""
     env = _launch_env(FAKE_SLURM_DIR=self.root, **settings)
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4 "
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1 "
                "--xla_backend_optimization_level=0")
     for key in list(env):
       if key.startswith(("SLURM_", "SRUN_", "SBATCH_", "JAX_COORDINATOR", "JAX_NUM_PROCESSES",
