@@ -258,7 +258,6 @@ ended_workers() {
 
 train() {
   local args=("--config=${CONFIG}" "--workdir=${WORKDIR}")
-  [[ -n "${WORKDIR}" ]] || die "set BUCKET (runs go to gs://BUCKET/runs/TPU_NAME) or WORKDIR"
   [[ -n "${DATA}" ]] && args+=("--config.data.sources.${SOURCE}.path=${DATA}")
   [[ -n "${INIT_FROM}" ]] && args+=("--config.init_from=${INIT_FROM}")
   local command
@@ -334,6 +333,11 @@ delete() {
     tpu tpu-vm delete "${TPU_NAME}" --quiet
   fi
 }
+
+if [[ -z "${WORKDIR}" && ( "${STAGE}" == train || "${STAGE}" == all ) ]]; then
+  [[ "${DRY_RUN}" == 1 ]] || die "set BUCKET (runs go to gs://BUCKET/runs/TPU_NAME) or WORKDIR"
+  WORKDIR=gs://BUCKET/runs/${TPU_NAME}
+fi
 
 case "${STAGE}" in
   create) create ;;

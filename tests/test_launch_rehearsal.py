@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START_TIMEOUT_S = 600  # install + start-up + compiling the tiny step on a loaded 2-core machine
+TPU_NUM_STEPS = 30
 # The tiny config, quietly: a row per step, no evaluation, checkpoints only when asked.
 QUIET = ("--config.train.log_every=1 --config.train.eval_every=0 "
          "--config.train.eval_at_end=False --config.train.tensorboard=False "
@@ -116,16 +117,25 @@ def _tpu_env(cloud, tmp_path, workdir, num_steps, **extra):
       LOG_DIR=str(tmp_path / "logs"), STOP_GRACE_S=60, **extra)
 
 
+
+def _trainer_logs(tmp_path):
+  """The newest `train`'s worker logs (LOG_DIR/<time>/worker-W.log)."""
+  runs = sorted((tmp_path / "logs").iterdir())
+  return sorted(runs[-1].glob("worker-*.log"))
+
+
 @pytest.mark.parametrize("workdir_kind", ["local"])
-def test_tpu_slice_installs_trains_is_preempted_resumes_and_stops_on_a_crash(
+def test_tpu_slice_installs_trains_is_preempted_stops_on_a_crash_and_resumes(
     tpu_cloud, tmp_path, workdir_kind):
+  """One run of NUM_STEPS steps (so the step compiles once) through three `train`s."""
   assert workdir_kind == "local"
   workdir = str(tmp_path / "run")
   cloud = tpu_cloud
+  env = _tpu_env(cloud, tmp_path, workdir, TPU_NUM_STEPS)
 
-  # 1. `all`: queued resource, install on both workers, train. SIGTERM to worker 1's trainer
+  # 1. `all`: a queued resource, install on both workers, train. SIGTERM to worker 1's trainer
   #    (a maintenance event): both save a checkpoint at the same step and exit 143.
-  launch = _Launch(tmp_path, "all", _tpu_env(cloud, tmp_path, workdir, 1000))
+  launch = _Launch(tmp_path, "all", env)
   wait_for(lambda: len(_steps(workdir)) >= 2 or launch.proc.poll() is not None,
            START_TIMEOUT_S, "the first training steps")
   assert launch.proc.poll() is None, launch.output()[-4000:]
@@ -135,12 +145,13 @@ def test_tpu_slice_installs_trains_is_preempted_resumes_and_stops_on_a_crash(
   assert launch.wait() == 143, launch.output()[-4000:]
   out = launch.output()
   assert "queued resource uwm-test-qr: ACTIVE" in out
-  assert "rerun" in out and "to resume" in out
-  logs = sorted((tmp_path / "logs").glob("*/worker-*.log"))
+  assert "rerun 'launch/tpu_vm.sh train' to resume" in out
+  logs = _trainer_logs(tmp_path)
   assert [p.name for p in logs] == ["worker-0.log", "worker-1.log"]
   saved = {_preempted_step(_read(p)) for p in logs}
   assert len(saved) == 1, saved  # one step, agreed by both workers
   preempted_at = saved.pop()
+  assert preempted_at < TPU_NUM_STEPS - 5
   assert _checkpoints(workdir)[-1] == preempted_at
   assert "jax.distributed (detected by jax): process 1 of 2" in _read(logs[1])
   assert not any(_alive(pid) for pid in trainers)
@@ -155,17 +166,32 @@ def test_tpu_slice_installs_trains_is_preempted_resumes_and_stops_on_a_crash(
                          cwd="/", capture_output=True, text=True, check=True).stdout
   assert where.startswith(os.path.join(cloud.homes[0], "uwm_jax", "uwm_jax"))
 
-  # 2. What an unclean end leaves: on worker 0 a process holding the TPU (the lock file), on
-  #    worker 1 the lock file alone. `train` again stops them, removes it and resumes.
+  # 2. `train` again, and worker 1 dies after a step (a hardware fault): worker 0 is stopped at
+  #    once instead of waiting at the next collective; `train` fails with worker 1's status and
+  #    prints the end of its log.
+  with open(tmp_path / "crash.json", "w") as f:
+    json.dump({"process": 1, "when": "training",
+               "metrics": os.path.join(workdir, metrics_writer.METRICS_FILENAME)}, f)
+  crash = _Launch(tmp_path, "train", env)
+  assert crash.wait() == 1, crash.output()[-4000:]
+  out = crash.output()
+  assert f"Training {TPU_NUM_STEPS} steps from step {preempted_at};" in out  # resumed
+  assert "Worker 1 failed (exit status 1): stopping the other workers" in out
+  assert "(fake fault) simulated hardware failure during training" in out  # its log, printed
+  assert cloud.trainer_pid(0) is None and not os.path.exists(tmp_path / "crash.json")
+
+  # 3. What an unclean end leaves (a kill -9, a lost connection): the libtpu lock file on
+  #    worker 1, a process holding the TPU on worker 0. `train` stops the process, removes the
+  #    lock files, resumes and finishes.
+  with open(os.path.join(cloud.homes[1], "libtpu_lockfile"), "w") as f:
+    f.write("12345")
   leftover = subprocess.Popen(
       [os.path.join(cloud.homes[0], "venv", "bin", "python"), "-c",
        "import jax, time; print('holding the TPU', flush=True); time.sleep(600)"],
       env=cloud.machine_envs[0], stdout=subprocess.PIPE, text=True, start_new_session=True)
   try:
     assert leftover.stdout.readline() == "holding the TPU\n"
-    with open(os.path.join(cloud.homes[1], "libtpu_lockfile"), "w") as f:
-      f.write("12345")
-    rerun = _Launch(tmp_path, "train", _tpu_env(cloud, tmp_path, workdir, preempted_at + 3))
+    rerun = _Launch(tmp_path, "train", env)
     assert rerun.wait() == 0, rerun.output()[-4000:]
     assert leftover.poll() is not None  # stopped by the rerun
   finally:
@@ -173,20 +199,90 @@ def test_tpu_slice_installs_trains_is_preempted_resumes_and_stops_on_a_crash(
       leftover.kill()
   out = rerun.output()
   assert "Training finished on all 2 workers" in out
-  assert f"Training {preempted_at + 3} steps from step {preempted_at};" in out  # worker 0's log
-  assert sorted(set(_steps(workdir)))[-3:] == [preempted_at + 1, preempted_at + 2,
-                                               preempted_at + 3]
-  assert _checkpoints(workdir)[-1] == preempted_at + 3
+  assert f"Training {TPU_NUM_STEPS} steps from step {preempted_at};" in out
+  assert sorted(set(_steps(workdir))) == list(range(1, TPU_NUM_STEPS + 1))
+  assert _checkpoints(workdir)[-1] == TPU_NUM_STEPS
 
-  # 3. Worker 1 dies mid-training (a hardware fault): worker 0 is stopped at once instead of
-  #    waiting at the next collective, `train` fails with worker 1's status and shows its log.
+
+# --------------------------------------------------------------------------------------- SLURM
+@pytest.fixture
+def slurm_cluster(tmp_path):
+  cluster = fake_cluster.SlurmCluster(str(tmp_path / "slurm"))
+  yield cluster
+  cluster.kill_all()
+
+
+def _slurm_submit(cluster, tmp_path, workdir, **extra):
+  """Submit launch/slurm_gpu.sh's job (2 nodes, a task each); returns the job id."""
+  venv = tmp_path / "venv"
+  if not venv.exists():  # the user's venv (VENV): this machine's packages
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
+                    str(venv)], check=True, timeout=120)
+  settings = dict(WORKDIR=workdir, VENV=str(venv), NODES=2, GPUS_PER_NODE=1,
+                  CPUS_PER_NODE=cluster.cpus_per_node, CONFIG="configs/tiny.py",
+                  TRAIN_ARGS=f"--config.num_steps=1000 {QUIET}", JOB_NAME="uwm-test",
+                  SIGNAL_BEFORE=60, MAX_RESTARTS=1, TASK_WAIT_S=20)
+  settings.update(extra)
+  out = subprocess.run(["bash", "launch/slurm_gpu.sh"], cwd=REPO, capture_output=True, text=True,
+                       env=cluster.launch_env(**settings), timeout=120, check=True).stdout
+  return re.search(r"Submitted batch job (\d+)", out).group(1)
+
+
+def test_slurm_job_requeues_resume_take_over_the_lock_and_bound_crashes(slurm_cluster, tmp_path):
+  cluster = slurm_cluster
+  workdir = str(tmp_path / "run")
+  # FAKE_CRASH: the crash injection file, read by the tasks (tests/fake_cluster/machine).
+  job = _slurm_submit(cluster, tmp_path, workdir, FAKE_CRASH=str(tmp_path / "crash.json"))
+  out_path = os.path.join(workdir, f"slurm-{job}.out")
+
+  def output():
+    return _read(out_path) if os.path.exists(out_path) else ""
+
+  def restarted(n):
+    return f"start restart={n} nodes=node-{2 * n},node-{2 * n + 1}" in cluster.events(job)
+
+  def ended():
+    return cluster.state(job)[:1] in (["COMPLETED"], ["FAILED"], ["CANCELLED"])
+
+  # 1. Each node's task may use every CPU the job holds on it (srun --cpus-per-task).
+  wait_for(lambda: len(_steps(workdir)) >= 2 or ended(), START_TIMEOUT_S,
+           "the first training steps")
+  assert not ended(), output()[-4000:]
+  for process in range(2):
+    assert re.search(rf"process {process} of 2, 1 local / 2 global devices \(cpu\), "
+                     rf"{cluster.cpus_per_node} CPUs", output()), output()[-4000:]
+  assert "CPUs its job holds for it" not in output()
+
+  # 2. The time limit approaches (--signal=B:USR1@60): both tasks checkpoint at one step, exit
+  #    143, the job requeues itself and resumes from that checkpoint on other nodes.
+  cluster.request(job, "time_limit")
+  wait_for(lambda: restarted(1) or ended(), 300, "the requeue before the time limit")
+  saved = set(int(s) for s in re.findall(
+      r"Preempted: stopped after saving the checkpoint of step (\d+)", output()))
+  assert len(saved) == 1, output()[-4000:]
+  limit_step = saved.pop()
+  assert _checkpoints(workdir)[-1] == limit_step
+  assert "time limit in 60 s: checkpointing and requeueing" in output()
+  wait_for(lambda: f"Training 1000 steps from step {limit_step};" in output() or ended(),
+           START_TIMEOUT_S, "the requeued job to resume")
+  wait_for(lambda: max(_steps(workdir)) > limit_step + 1 or ended(), 300, "training again")
+
+  # 3. A node fails (every process killed at once, the workdir lock left behind, its heartbeat
+  #    fresh): SLURM requeues the job onto other nodes, and it takes over its own lock. Then
+  #    task 1 crashes after a step, in this run and the next (the crash file is read at
+  #    start-up): the first crash is requeued (MAX_RESTARTS=1), the second is not.
   with open(tmp_path / "crash.json", "w") as f:
-    json.dump({"process": 1, "when": "training",
-               "metrics": os.path.join(workdir, metrics_writer.METRICS_FILENAME),
-               "after_step": preempted_at + 3}, f)
-  crash = _Launch(tmp_path, "train", _tpu_env(cloud, tmp_path, workdir, 1000))
-  assert crash.wait() == 1, crash.output()[-4000:]
-  out = crash.output()
-  assert "Worker 1 failed (exit status 1): stopping the other workers" in out
-  assert "(fake fault) simulated hardware failure during training" in out  # its log, printed
-  assert not _alive(cloud.trainer_pid(0)) and cloud.trainer_pid(0) is None
+    json.dump({"process": 1, "when": "training", "times": 2,
+               "metrics": os.path.join(workdir, metrics_writer.METRICS_FILENAME)}, f)
+  cluster.request(job, "node_failure")
+  wait_for(lambda: restarted(2) or ended(), 120, "the requeue after the node failure")
+  wait_for(ended, 2 * START_TIMEOUT_S, "the job to end")
+  out = output()
+  assert re.search(r"Replacing the stale workdir lock .* on host node-2 .*it was taken by "
+                   rf"restart 1 of this SLURM job {job} \(this is restart 2\)", out), out[-4000:]
+  assert out.count(f"Training 1000 steps from step {limit_step};") >= 3  # restarts 1, 2, 3
+  assert cluster.state(job)[:2] == ["FAILED", "3"], (cluster.state(job), out[-4000:])
+  assert out.count("(fake fault) simulated hardware failure during training") == 2
+  assert "crash 1 of at most 1 requeued (MAX_RESTARTS)" in out
+  assert "not requeued: 2 crashes, more than MAX_RESTARTS=1" in out
+  assert not cluster.running_tasks(job)

@@ -1,9 +1,9 @@
 """Launch scripts: valid bash; a dry run prints the commands that matter; the queued-resource
-wait and the SLURM batch script's checkpoint-and-requeue run against local stand-ins of
-gcloud / srun / scancel / scontrol."""
+wait runs against a stand-in gcloud; the SLURM batch script's CPUs, environment,
+checkpoint-and-requeue and crash requeues run on the fake SLURM of tests/fake_cluster with a
+stand-in trainer (tests/test_launch_rehearsal.py runs the real trainer the same way)."""
 
 import os
-import signal
 import subprocess
 import time
 
@@ -29,8 +29,8 @@ def _commands(out):
 
 def test_tpu_dry_run_creates_installs_and_trains_on_every_worker():
   out = _run(["launch/tpu_vm.sh", "--dry-run", "all"], TPU_NAME="t1", ZONE="z1",
-             ACCELERATOR_TYPE="v5p-64", CONFIG="configs/libero90.py", WORKDIR="/mnt/uwm/r1",
-             TRAIN_ARGS="--config.seed=3", BUCKET="b1", DATA="/mnt/uwm/data/l90",
+             ACCELERATOR_TYPE="v5p-64", CONFIG="configs/libero90.py", BUCKET="b1",
+             TRAIN_ARGS="--config.seed=3", DATA_BUCKET="d1", DATA="/mnt/uwm-data/l90",
              SOURCE="libero_90")
   lines = _commands(out)
   assert lines[0].startswith("+ gcloud compute tpus tpu-vm create t1 --accelerator-type v5p-64")
@@ -42,13 +42,16 @@ def test_tpu_dry_run_creates_installs_and_trains_on_every_worker():
   assert "uv venv -q --python 3.11 --managed-python" in install[0]
   assert "-c ~/uwm_jax/requirements.txt -e \"$HOME/uwm_jax[tpu]\"" in install[0]
   assert "-r ~/uwm_jax/requirements.txt" not in install[0]
-  # gcsfuse installed from Google's repository, the bucket mounted before training.
-  assert "install -y gcsfuse" in install[0] and "gcsfuse --implicit-dirs b1 /mnt/uwm" in install[0]
-  train = lines[-1]
-  assert "--worker=all" in train and "gcsfuse --implicit-dirs b1 /mnt/uwm" in train
-  assert ("~/venv/bin/python -m uwm_jax.train --config=configs/libero90.py --workdir=/mnt/uwm/r1 "
-          "--config.data.sources.libero_90.path=/mnt/uwm/data/l90 --config.seed=3") in train
-  assert train.index("gcsfuse") < train.index("uwm_jax.train")
+  # gcsfuse from Google's repository; the data bucket mounted (read-only) by the worker script.
+  assert "install -y gcsfuse" in install[0]
+  assert "DATA_BUCKET=d1 DATA_MOUNT=/mnt/uwm-data" in install[0]
+  assert "bash ~/uwm_jax/launch/tpu_worker.sh mount" in install[0]
+  # train: first stop what an earlier run left, then one supervised ssh per worker.
+  stop, train = lines[-2:]
+  assert "--worker=all" in stop and "tpu_worker.sh stop 180" in stop
+  assert "--worker=0" in train
+  assert ("tpu_worker.sh train --config=configs/libero90.py --workdir=gs://b1/runs/t1 "
+          "--config.data.sources.libero_90.path=/mnt/uwm-data/l90 --config.seed=3") in train
   assert not any("queued-resources" in l for l in lines)
 
 
@@ -61,7 +64,8 @@ def test_tpu_dry_run_queued_resource_waits_until_active():
   # The state is polled before anything is installed.
   assert lines[1].startswith("+ gcloud compute tpus queued-resources describe t2-qr")
   assert "value(state.state)" in lines[1] and "until ACTIVE" in lines[1]
-  assert "uv pip install" in lines[4] and "uwm_jax.train" in lines[5]
+  assert "uv pip install" in lines[4] and "tpu_worker.sh stop" in lines[5]
+  assert "tpu_worker.sh train" in lines[6]
 
 
 def _fake_gcloud(tmp_path, states):
@@ -111,64 +115,118 @@ def test_slurm_dry_run_prints_the_batch_script():
   # Resubmission: requeue on preemption, a signal before the time limit, output appended.
   assert "#SBATCH --requeue" in out and "#SBATCH --signal=B:USR1@600" in out
   assert "trap on_time_limit USR1" in out and 'scontrol requeue "${SLURM_JOB_ID}"' in out
-  assert "srun --kill-on-bad-exit=1 python -m uwm_jax.train --config=configs/droid_cotrain.py " \
+  assert "srun --wait=120 --cpus-per-task=\"${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE}}\" " \
+         "\\\n  --export=ALL python -m uwm_jax.train --config=configs/droid_cotrain.py " \
          "--workdir=/shared/w --config.data.sources.droid.path=/shared/d/droid " \
          "--config.init_from=/shared/init/checkpoints --config.seed=3 &" in out
   assert out.rstrip().splitlines()[-1] == "+ sbatch /shared/w/uwm.sbatch"
 
 
-def _slurm_batch_script(tmp_path, trainer_body, **env):
-  """The generated batch script, with srun/scancel/scontrol replaced by local stand-ins: srun
-  runs `trainer_body` (bash) in the background as the training step would."""
-  out = _run(["launch/slurm_gpu.sh", "--dry-run"], WORKDIR=str(tmp_path / "w"),
-             VENV=str(tmp_path / "venv"), **env)
-  script = out.split("\n", 1)[1].rsplit("\n+ sbatch", 1)[0]
-  (tmp_path / "venv" / "bin").mkdir(parents=True)
-  (tmp_path / "venv" / "bin" / "activate").write_text("")
-  bin_dir = tmp_path / "bin"
-  bin_dir.mkdir()
-  stubs = {
-      "srun": f"#!/usr/bin/env bash\necho \"$*\" > {tmp_path}/srun_args\n{trainer_body}\n",
-      "scancel": f"#!/usr/bin/env bash\necho \"scancel $*\" >> {tmp_path}/calls\n"
-                 f"kill -TERM $(cat {tmp_path}/trainer_pid)\n",
-      "scontrol": f"#!/usr/bin/env bash\necho \"scontrol $*\" >> {tmp_path}/calls\n",
-  }
-  for name, body in stubs.items():
-    (bin_dir / name).write_text(body)
-    (bin_dir / name).chmod(0o755)
-  (tmp_path / "job.sh").write_text(script)
-  return [str(tmp_path / "job.sh")], dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}",
-                                         SLURM_JOB_ID="77", SLURM_JOB_NODELIST="n[1-2]")
+# A stand-in for `python -m uwm_jax.train` in the job's venv (VENV/bin/python), run by the fake
+# SLURM (tests/fake_cluster/slurm.py) as the tasks of a job: it records what each task saw and
+# acts out PLAN's line for the job's restart count: "exit N", or "run" (train until SIGTERM,
+# then exit 143 as the trainer does after its checkpoint).
+STAND_IN = """#!/usr/bin/env bash
+here=$(dirname "$0")
+echo "task ${SLURM_PROCID} restart ${SLURM_RESTART_COUNT:-0} cpus $(nproc)" \
+  "devices ${JAX_LOCAL_DEVICE_IDS:-none} args $*" >> "${here}/../tasks.log"
+action=$(sed -n "$(( ${SLURM_RESTART_COUNT:-0} + 1 ))p" "${here}/../plan")
+if [[ "${action}" == run ]]; then
+  trap 'echo "task ${SLURM_PROCID} saved" >> "${here}/../tasks.log"; exit 143' TERM
+  echo running > "${here}/../running.${SLURM_PROCID}"
+  for i in $(seq 1 600); do sleep 0.1; done
+  exit 0
+fi
+exit ${action#exit }
+"""
 
 
-# A stand-in trainer: on SIGTERM it "checkpoints" and exits 143, as uwm_jax.train does.
-# The pid file is written after the trap is set, so a test that waits for it cannot signal early.
-TRAINER = ("trap 'echo saved > {d}/checkpoint; exit 143' TERM; echo $$ > {d}/trainer_pid; "
-           "for i in $(seq 1 300); do sleep 0.1; done; exit 0")
+def _submit_stand_in(tmp_path, plan, **settings):
+  """Submit launch/slurm_gpu.sh's job, 2 nodes, to a fake SLURM cluster whose tasks run the
+  stand-in trainer; returns (cluster, job id, workdir)."""
+  from tests import fake_cluster  # pylint: disable=import-outside-toplevel
+  venv = tmp_path / "venv"
+  (venv / "bin").mkdir(parents=True)
+  (venv / "bin" / "activate").write_text(f'export PATH="{venv}/bin:$PATH"\n')
+  (venv / "bin" / "python").write_text(STAND_IN)
+  (venv / "bin" / "python").chmod(0o755)
+  (venv / "plan").write_text("\n".join(plan) + "\n")
+  cluster = fake_cluster.SlurmCluster(str(tmp_path / "slurm"))
+  workdir = str(tmp_path / "run")
+  env = cluster.launch_env(WORKDIR=workdir, VENV=str(venv), NODES=2, GPUS_PER_NODE=2,
+                           CPUS_PER_NODE=cluster.cpus_per_node, **settings)
+  out = subprocess.run(["bash", "launch/slurm_gpu.sh"], cwd=REPO, capture_output=True, text=True,
+                       env=env, timeout=60, check=True).stdout
+  return cluster, out.split("Submitted batch job ")[1].split()[0], workdir
 
 
-def test_slurm_batch_script_checkpoints_and_requeues_before_the_time_limit(tmp_path):
-  cmd, env = _slurm_batch_script(tmp_path, TRAINER.format(d=tmp_path), GPUS_PER_NODE="2")
-  job = subprocess.Popen(["bash", *cmd], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
-  deadline = time.time() + 20
-  while not (tmp_path / "trainer_pid").exists() and time.time() < deadline:
-    time.sleep(0.05)
-  job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@600 sends to the batch shell
-  out = job.communicate(timeout=60)[0]
-  assert job.returncode == 143, out
-  assert (tmp_path / "checkpoint").read_text() == "saved\n"
-  calls = (tmp_path / "calls").read_text().splitlines()
-  assert calls == ["scancel --signal=TERM 77", "scontrol requeue 77"]
-  assert "python -m uwm_jax.train" in (tmp_path / "srun_args").read_text()
+def _job_end(cluster, job, timeout_s=120):
+  from tests.fake_cluster import wait_for  # pylint: disable=import-outside-toplevel
+  try:
+    return wait_for(lambda: cluster.state(job)[:1] in (["COMPLETED"], ["FAILED"]) and
+                    cluster.state(job), timeout_s, f"job {job} to end")
+  finally:
+    cluster.kill_all()
 
 
-def test_slurm_batch_script_finished_run_is_not_requeued(tmp_path):
-  cmd, env = _slurm_batch_script(tmp_path, "exit 0")
-  job = subprocess.run(["bash", *cmd], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=60)
-  assert job.returncode == 0, job.stdout + job.stderr
-  assert not (tmp_path / "calls").exists()
+def _tasks(tmp_path):
+  return (tmp_path / "venv" / "tasks.log").read_text().splitlines()
+
+
+def test_slurm_tasks_get_the_jobs_cpus_and_environment(tmp_path):
+  """srun --cpus-per-task: each node's task may use every CPU the job holds on the node (since
+  Slurm 22.05 srun does not inherit sbatch's, and a task gets one); srun --export=ALL: the
+  tasks see the venv and JAX_LOCAL_DEVICE_IDS also when jobs are submitted with
+  --export=NONE. A finished run is not requeued."""
+  cluster, job, workdir = _submit_stand_in(tmp_path, ["exit 0"], SBATCH_EXPORT="NONE")
+  assert _job_end(cluster, job) == ["COMPLETED", "0", "0"]
+  cpus = cluster.cpus_per_node
+  assert sorted(_tasks(tmp_path)) == [
+      f"task {i} restart 0 cpus {cpus} devices 0,1 args -m uwm_jax.train "
+      f"--config=configs/droid.py --workdir={workdir}" for i in range(2)]
+  assert not any("requeue" in e for e in cluster.events(job))
+
+
+def test_slurm_checkpoints_and_requeues_before_the_time_limit(tmp_path):
+  """--signal=B:USR1@SIGNAL_BEFORE: the batch shell stops the tasks (SIGTERM: they checkpoint,
+  exit 143) and requeues the job, which runs again with SLURM_RESTART_COUNT=1."""
+  cluster, job, workdir = _submit_stand_in(tmp_path, ["run", "exit 0"])
+  from tests.fake_cluster import wait_for  # pylint: disable=import-outside-toplevel
+  wait_for(lambda: all((tmp_path / "venv" / f"running.{i}").exists() for i in range(2)), 60,
+           "both tasks running")
+  cluster.request(job, "time_limit")
+  assert _job_end(cluster, job) == ["COMPLETED", "1", "0"]
+  tasks = _tasks(tmp_path)
+  assert sum(" restart 0 " in l for l in tasks) == 2 and sum(" restart 1 " in l for l in tasks) == 2
+  assert {l for l in tasks if "saved" in l} == {"task 0 saved", "task 1 saved"}
+  out = open(os.path.join(workdir, f"slurm-{job}.out")).read()
+  assert "time limit in 600 s: checkpointing and requeueing" in out
+  assert "training exited with status 143" in out
+
+
+def test_slurm_preemption_is_requeued_by_slurm_and_not_counted_as_a_crash(tmp_path):
+  cluster, job, workdir = _submit_stand_in(tmp_path, ["run", "exit 0"], MAX_RESTARTS=0)
+  from tests.fake_cluster import wait_for  # pylint: disable=import-outside-toplevel
+  wait_for(lambda: all((tmp_path / "venv" / f"running.{i}").exists() for i in range(2)), 60,
+           "both tasks running")
+  cluster.request(job, "preempt")  # SIGTERM to the batch shell and, through srun, the tasks
+  assert _job_end(cluster, job) == ["COMPLETED", "1", "0"]
+  assert {l for l in _tasks(tmp_path) if "saved" in l} == {"task 0 saved", "task 1 saved"}
+  out = open(os.path.join(workdir, f"slurm-{job}.out")).read()
+  assert "SIGTERM: waiting for the trainers to checkpoint" in out
+  assert not os.path.exists(os.path.join(workdir, f"slurm-{job}.crashes"))
+
+
+def test_slurm_a_crash_is_requeued_at_most_max_restarts_times(tmp_path):
+  cluster, job, workdir = _submit_stand_in(tmp_path, ["exit 1"] * 5, MAX_RESTARTS=2)
+  assert _job_end(cluster, job) == ["FAILED", "2", "1"]  # restarts 1 and 2, then no more
+  assert sum("task 0 " in l for l in _tasks(tmp_path)) == 3
+  crashes = open(os.path.join(workdir, f"slurm-{job}.crashes")).read().splitlines()
+  assert [l.split()[:5] for l in crashes] == [["restart", str(r), "exit", "status", "1"]
+                                              for r in range(3)]
+  out = open(os.path.join(workdir, f"slurm-{job}.out")).read()
+  assert "crash 2 of at most 2 requeued (MAX_RESTARTS)" in out
+  assert "not requeued: 3 crashes, more than MAX_RESTARTS=2" in out
 
 
 def test_unknown_stage_fails():

@@ -7,11 +7,15 @@ What it does as SLURM does (the semantics the launch script relies on):
   - `sbatch FILE` reads the #SBATCH lines and starts a controller that runs FILE as the batch
     shell on the job's first node with the job's variables (SLURM_JOB_ID, SLURM_NTASKS,
     SLURM_JOB_NODELIST, SLURM_CPUS_PER_TASK, SLURM_JOB_CPUS_PER_NODE, ...).
+  - `sbatch --export=NONE` (or SBATCH_EXPORT=NONE) gives the batch shell only SLURM's
+    variables, and its sruns default to --export=NONE (SLURM_EXPORT_ENV).
   - `srun CMD` runs CMD as SLURM_NTASKS tasks, one per node with --ntasks-per-node=1, each with
     SLURM_PROCID, SLURM_LOCALID, SLURM_STEP_NODELIST, ...; a task may run on --cpus-per-task
     CPUs (or SRUN_CPUS_PER_TASK), else on ONE: since Slurm 22.05 srun does not read
     SLURM_CPUS_PER_TASK (sbatch's). --kill-on-bad-exit kills the other tasks (SIGKILL) when one
-    exits non-zero. --export=ALL (the default) passes the environment.
+    exits non-zero; else --wait=S kills them S s after the first task ended. --export=ALL (the
+    default) passes the environment. srun forwards the signals it gets to its tasks and exits
+    with the highest exit status of its tasks (a signal counted as 128 + its number).
   - A requeue (`scontrol requeue`, a preemption, a node failure of a --requeue job) ends every
     process of the job (SIGTERM, SIGKILL after KILL_WAIT_S) and runs the batch shell again on
     other nodes with SLURM_RESTART_COUNT one higher.
@@ -157,7 +161,14 @@ def _batch_env(job_id, submit, restart):
   cpus = config["cpus_per_node"]
   cpus_per_task = int(options.get("cpus-per-task", 1))
   names = [f"node-{restart * nodes + k}" for k in range(nodes)]
-  env = dict(submit["env"])
+  export = options.get("export", submit["env"].get("SBATCH_EXPORT", "ALL"))
+  if export == "ALL":
+    env = dict(submit["env"])
+  else:  # NONE: the job sees only SLURM's variables (and the cluster's tools on PATH)
+    env = {k: v for k, v in submit["env"].items() if k.startswith(("SLURM_", "FAKE_"))}
+    env.update(HOME=submit["env"].get("HOME", "/"), SLURM_EXPORT_ENV="NONE",
+               PATH=os.pathsep.join([os.path.dirname(os.path.abspath(__file__)) + "/bin",
+                                     "/usr/bin", "/bin"]))
   env.update({
       "SLURM_JOB_ID": str(job_id), "SLURM_JOBID": str(job_id),
       "SLURM_JOB_NAME": options.get("job-name", "job"),
@@ -257,7 +268,7 @@ def _controller(argv):
 
 # ---------------------------------------------------------------------------------------- srun
 _SRUN_VALUE_OPTIONS = {"--cpus-per-task", "-c", "--export", "--ntasks", "-n", "--kill-on-bad-exit",
-                       "-K"}
+                       "-K", "--wait", "-W"}
 
 
 def _srun_options(argv):
@@ -267,7 +278,8 @@ def _srun_options(argv):
     key, value = (arg.split("=", 1) + [None])[:2]
     if key not in _SRUN_VALUE_OPTIONS:
       raise SystemExit(f"srun (fake): unknown option {arg}")
-    if value is None and key in ("--cpus-per-task", "-c", "--export", "--ntasks", "-n"):
+    if value is None and key in ("--cpus-per-task", "-c", "--export", "--ntasks", "-n",
+                                 "--wait", "-W"):
       i += 1
       value = argv[i]
     options[key.lstrip("-")] = "1" if value is None else value
@@ -320,15 +332,22 @@ def srun(argv):
   for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
     signal.signal(sig, forward)
   kill_on_bad_exit = options.get("kill-on-bad-exit", options.get("K", "0")) != "0"
-  statuses = {}
+  wait_s = float(options.get("wait", options.get("W", 0))) or None
+  statuses, first_end = {}, None
   while len(statuses) < len(procs):
     for task, p in enumerate(procs):
       if task not in statuses and p.poll() is not None:
         statuses[task] = p.returncode
+        first_end = first_end or time.time()
         if p.returncode != 0:
           print(f"srun: error: task {task}: Exited with exit code {p.returncode}", file=sys.stderr)
           if kill_on_bad_exit:
             _signal_pids([q.pid for q in procs if q.poll() is None], signal.SIGKILL)
+    if wait_s and first_end and time.time() - first_end > wait_s:
+      print(f"srun: error: tasks still running {wait_s:.0f} s after the first ended: killing "
+            "them", file=sys.stderr)
+      _signal_pids([q.pid for q in procs if q.poll() is None], signal.SIGKILL)
+      wait_s = None
     time.sleep(0.05)
   # The highest exit code, a signal counted as 128 + its number.
   sys.exit(max(s if s >= 0 else 128 - s for s in statuses.values()))

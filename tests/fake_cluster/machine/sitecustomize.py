@@ -14,9 +14,10 @@ variables those fakes set:
                              at a clean exit (a kill -9 leaves it behind, as libtpu's does)
   FAKE_CRASH=PATH            fault injection for `python -m uwm_jax.train`: PATH holds JSON
                              {"process": I, "when": "start"|"training", "metrics": FILE,
-                             "after_step": S}; the process whose FAKE_PROCESS_INDEX is I dies
-                             (exit status 1) at start, or once FILE (a metrics.jsonl) has a row
-                             of a step above S; the file is removed when it fires (once)
+                             "times": N}; the process whose FAKE_PROCESS_INDEX is I dies (exit
+                             status 1) at start, or once FILE (a metrics.jsonl) has a row of a
+                             step above those it had at start (a step trained); it fires N (1)
+                             times, then the file is removed
 """
 
 import importlib.abc
@@ -95,31 +96,37 @@ def _crash_injection(path):
     return
 
   def fire(why):
-    try:
-      os.remove(path)
-    except FileNotFoundError:
-      return  # fired elsewhere already
+    times = int(spec.get("times", 1)) - 1
+    if times > 0:
+      with open(path, "w", encoding="utf-8") as f:
+        json.dump(dict(spec, times=times), f)
+    else:
+      try:
+        os.remove(path)
+      except FileNotFoundError:
+        return  # fired elsewhere already
     _die(why)
 
   if spec["when"] == "start":
     fire("simulated hardware failure at start-up")
 
-  def trained_past(step):
+  def last_step():
+    steps = [0]
     try:
       with open(spec["metrics"], encoding="utf-8") as f:
-        lines = f.read().splitlines()
+        for line in f:
+          try:
+            steps.append(int(json.loads(line).get("step", 0)))
+          except ValueError:
+            pass  # a line being written
     except FileNotFoundError:
-      return False
-    for line in lines:
-      try:
-        if json.loads(line).get("step", 0) > step:
-          return True
-      except ValueError:
-        pass  # a line being written
-    return False
+      pass
+    return max(steps)
+
+  at_start = last_step()
 
   def watch():
-    while not trained_past(spec.get("after_step", 0)):
+    while last_step() <= at_start:
       time.sleep(0.1)
     fire("simulated hardware failure during training")
 
