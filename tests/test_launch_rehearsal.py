@@ -170,15 +170,16 @@ def test_tpu_slice_installs_trains_is_preempted_stops_on_a_crash_and_resumes(
   #    once instead of waiting at the next collective; `train` fails with worker 1's status and
   #    prints the end of its log.
   with open(tmp_path / "crash.json", "w") as f:
-    json.dump({"process": 1, "when": "training",
-               "metrics": os.path.join(workdir, metrics_writer.METRICS_FILENAME)}, f)
+    json.dump([{"process": 1, "when": "training",
+                "metrics": os.path.join(workdir, metrics_writer.METRICS_FILENAME)}], f)
   crash = _Launch(tmp_path, "train", env)
   assert crash.wait() == 1, crash.output()[-4000:]
   out = crash.output()
   assert f"Training {TPU_NUM_STEPS} steps from step {preempted_at};" in out  # resumed
   assert "Worker 1 failed (exit status 1): stopping the other workers" in out
   assert "(fake fault) simulated hardware failure during training" in out  # its log, printed
-  assert cloud.trainer_pid(0) is None and not os.path.exists(tmp_path / "crash.json")
+  assert cloud.trainer_pid(0) is None
+  assert json.loads(_read(tmp_path / "crash.json")) == []  # the fault fired
 
   # 3. What an unclean end leaves (a kill -9, a lost connection): the libtpu lock file on
   #    worker 1, a process holding the TPU on worker 0. `train` stops the process, removes the
@@ -228,7 +229,15 @@ def _slurm_submit(cluster, tmp_path, workdir, **extra):
   return re.search(r"Submitted batch job (\d+)", out).group(1)
 
 
+def _lock(workdir):
+  try:
+    return json.loads(_read(os.path.join(workdir, "lock.json")))
+  except (FileNotFoundError, ValueError):
+    return {}
+
+
 def test_slurm_job_requeues_resume_take_over_the_lock_and_bound_crashes(slurm_cluster, tmp_path):
+  """One job through four runs (SLURM_RESTART_COUNT 0-3); the step compiles in runs 0 and 2."""
   cluster = slurm_cluster
   workdir = str(tmp_path / "run")
   # FAKE_CRASH: the crash injection file, read by the tasks (tests/fake_cluster/machine).
@@ -263,26 +272,28 @@ def test_slurm_job_requeues_resume_take_over_the_lock_and_bound_crashes(slurm_cl
   limit_step = saved.pop()
   assert _checkpoints(workdir)[-1] == limit_step
   assert "time limit in 60 s: checkpointing and requeueing" in output()
-  wait_for(lambda: f"Training 1000 steps from step {limit_step};" in output() or ended(),
-           START_TIMEOUT_S, "the requeued job to resume")
-  wait_for(lambda: max(_steps(workdir)) > limit_step + 1 or ended(), 300, "training again")
+  wait_for(lambda: output().count(f"Training 1000 steps from step {limit_step};") == 2
+           or ended(), START_TIMEOUT_S, "the requeued job to resume")
+  assert _lock(workdir).get("slurm_restart_count") == 1 and _lock(workdir)["host"] == "node-2"
 
-  # 3. A node fails (every process killed at once, the workdir lock left behind, its heartbeat
-  #    fresh): SLURM requeues the job onto other nodes, and it takes over its own lock. Then
-  #    task 1 crashes after a step, in this run and the next (the crash file is read at
-  #    start-up): the first crash is requeued (MAX_RESTARTS=1), the second is not.
+  # 3. A node fails (every process killed at once; the lock stays, its heartbeat fresh): SLURM
+  #    requeues the job onto other nodes, and it takes over its own lock. Then task 1 crashes
+  #    after a step in this run and at start-up in the next: the first crash is requeued
+  #    (MAX_RESTARTS=1), the second is not.
   with open(tmp_path / "crash.json", "w") as f:
-    json.dump({"process": 1, "when": "training", "times": 2,
-               "metrics": os.path.join(workdir, metrics_writer.METRICS_FILENAME)}, f)
+    json.dump([{"process": 1, "when": "training",
+                "metrics": os.path.join(workdir, metrics_writer.METRICS_FILENAME)},
+               {"process": 1, "when": "start"}], f)
   cluster.request(job, "node_failure")
   wait_for(lambda: restarted(2) or ended(), 120, "the requeue after the node failure")
   wait_for(ended, 2 * START_TIMEOUT_S, "the job to end")
   out = output()
   assert re.search(r"Replacing the stale workdir lock .* on host node-2 .*it was taken by "
                    rf"restart 1 of this SLURM job {job} \(this is restart 2\)", out), out[-4000:]
-  assert out.count(f"Training 1000 steps from step {limit_step};") >= 3  # restarts 1, 2, 3
-  assert cluster.state(job)[:2] == ["FAILED", "3"], (cluster.state(job), out[-4000:])
-  assert out.count("(fake fault) simulated hardware failure during training") == 2
+  assert out.count(f"Training 1000 steps from step {limit_step};") == 4  # restarts 1, 2
+  assert "(fake fault) simulated hardware failure during training" in out
   assert "crash 1 of at most 1 requeued (MAX_RESTARTS)" in out
+  assert restarted(3) and "(fake fault) simulated hardware failure at start-up" in out
   assert "not requeued: 2 crashes, more than MAX_RESTARTS=1" in out
+  assert cluster.state(job)[:2] == ["FAILED", "3"], (cluster.state(job), out[-4000:])
   assert not cluster.running_tasks(job)

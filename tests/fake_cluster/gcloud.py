@@ -64,8 +64,10 @@ class Cloud:
       self.state = {"nodes": {}, "queued": {}}
 
   def save(self):
-    with open(self.state_path, "w", encoding="utf-8") as f:
+    tmp = f"{self.state_path}.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
       json.dump(self.state, f)
+    os.replace(tmp, self.state_path)  # other calls run at the same time (one ssh per worker)
 
   def fail(self, message, status=1):
     print(f"ERROR: (gcloud.compute.tpus) {message}", file=sys.stderr)
@@ -115,7 +117,6 @@ class Cloud:
         shutil.copy(source, path)
     elif verb == "ssh":
       self.node(name)
-      self.save()
       sys.exit(run_on_workers(flags["--command"],
                               [(self.config["homes"][w], self.config["machine_env"][w])
                                for w in self.workers(flags)]))

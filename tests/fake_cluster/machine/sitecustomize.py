@@ -12,12 +12,12 @@ variables those fakes set:
   FAKE_LIBTPU_LOCKFILE=PATH  libtpu's lock: importing jax fails ("TPU in use") while PATH
                              exists; else this process creates it, holds it open and removes it
                              at a clean exit (a kill -9 leaves it behind, as libtpu's does)
-  FAKE_CRASH=PATH            fault injection for `python -m uwm_jax.train`: PATH holds JSON
-                             {"process": I, "when": "start"|"training", "metrics": FILE,
-                             "times": N}; the process whose FAKE_PROCESS_INDEX is I dies (exit
-                             status 1) at start, or once FILE (a metrics.jsonl) has a row of a
-                             step above those it had at start (a step trained); it fires N (1)
-                             times, then the file is removed
+  FAKE_CRASH=PATH            fault injection for `python -m uwm_jax.train`: PATH holds a JSON
+                             list of faults {"process": I, "when": "start"|"training",
+                             "metrics": FILE}; a trainer whose FAKE_PROCESS_INDEX is I takes the
+                             first fault for I and dies (exit status 1) at start, or once FILE
+                             (its metrics.jsonl) has a row of a step above those it had at start
+                             (it trained a step); a fault that fired is removed from the list
 """
 
 import importlib.abc
@@ -86,34 +86,40 @@ def _die(why):
   os._exit(1)  # pylint: disable=protected-access
 
 
-def _crash_injection(path):
+def _faults(path):
   try:
     with open(path, encoding="utf-8") as f:
-      spec = json.load(f)
+      return json.load(f)
   except (OSError, ValueError):
+    return []
+
+
+def _crash_injection(path):
+  process = int(os.environ.get("FAKE_PROCESS_INDEX", "-1"))
+  mine = [f for f in _faults(path) if f["process"] == process]
+  if not mine:
     return
-  if str(spec["process"]) != os.environ.get("FAKE_PROCESS_INDEX"):
-    return
+  fault = mine[0]
 
   def fire(why):
-    times = int(spec.get("times", 1)) - 1
-    if times > 0:
-      with open(path, "w", encoding="utf-8") as f:
-        json.dump(dict(spec, times=times), f)
-    else:
-      try:
-        os.remove(path)
-      except FileNotFoundError:
-        return  # fired elsewhere already
+    faults = _faults(path)
+    if fault not in faults:
+      return  # used up meanwhile
+    faults.remove(fault)
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(faults, f)
+    os.replace(tmp, path)
     _die(why)
 
-  if spec["when"] == "start":
+  if fault["when"] == "start":
     fire("simulated hardware failure at start-up")
+    return
 
   def last_step():
     steps = [0]
     try:
-      with open(spec["metrics"], encoding="utf-8") as f:
+      with open(fault["metrics"], encoding="utf-8") as f:
         for line in f:
           try:
             steps.append(int(json.loads(line).get("step", 0)))
