@@ -138,13 +138,16 @@ if [[ "\${requeue}" == 1 ]]; then
 elif [[ "\${status}" != 0 && "\${status}" != 143 && "\${preempted}" == 0 ]]; then
   # A crash: requeued at most MAX_RESTARTS times (counted in a file that survives requeues).
   crashes_file=$(quote "${WORKDIR}")/slurm-\${SLURM_JOB_ID}.crashes
-  echo "restart \${SLURM_RESTART_COUNT:-0} exit status \${status} \$(date -u +%FT%TZ)" >> "\${crashes_file}"
+  echo "restart \${SLURM_RESTART_COUNT:-0} exit status \${status} \$(date -u +%FT%TZ)" \\
+    >> "\${crashes_file}"
   crashes=\$(wc -l < "\${crashes_file}")
   if (( crashes <= ${MAX_RESTARTS} )); then
-    echo "crash \${crashes} of at most ${MAX_RESTARTS} requeued (MAX_RESTARTS): the job resumes from its latest checkpoint"
+    echo "crash \${crashes} of at most ${MAX_RESTARTS} requeued (MAX_RESTARTS):" \\
+      "the job resumes from its latest checkpoint"
     scontrol requeue "\${SLURM_JOB_ID}"
   else
-    echo "not requeued: \${crashes} crashes, more than MAX_RESTARTS=${MAX_RESTARTS} (\${crashes_file}); see the errors above"
+    echo "not requeued: \${crashes} crashes, more than MAX_RESTARTS=${MAX_RESTARTS}" \\
+      "(\${crashes_file}); see the errors above"
   fi
 fi
 exit "\${status}"

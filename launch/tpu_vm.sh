@@ -265,7 +265,8 @@ train() {
   command="$(worker_script train "${args[@]}")${TRAIN_ARGS:+ ${TRAIN_ARGS}}"
   local workers
   workers=$(num_workers)
-  echo "Stopping what an earlier run left on the ${workers} workers (trainer, TPU holders, ${TPU_LOCKFILE})"
+  echo "Stopping what an earlier run left on the ${workers} workers (trainer, TPU holders," \
+    "${TPU_LOCKFILE})"
   stop_workers "${STOP_GRACE_S}" || die "cannot reach every worker of ${TPU_NAME}"
   if [[ "${DRY_RUN}" == 1 ]]; then
     tpu tpu-vm ssh "${TPU_NAME}" --worker=0 --command "${command}"
@@ -283,14 +284,21 @@ train() {
   done
   tail -n +1 -f "${dir}/worker-0.log" 2> /dev/null &
   local tail_pid=$!
-  trap 'echo "Interrupted: stopping the workers (they checkpoint first)"; stop_workers "${STOP_GRACE_S}"; kill ${tail_pid} 2> /dev/null; exit 130' INT TERM
+  on_interrupt() {
+    echo "Interrupted: stopping the workers (they checkpoint first)"
+    stop_workers "${STOP_GRACE_S}"
+    kill "${tail_pid}" 2> /dev/null
+    exit 130
+  }
+  trap on_interrupt INT TERM
   while (( ended < workers )); do
     sleep 1
     ended=$(ended_workers "${dir}")
     if [[ -z "${failed}" ]]; then
       failed=$(first_failure "${dir}" "${workers}")
       if [[ -n "${failed}" ]]; then
-        echo "Worker ${failed} failed (exit status $(cat "${dir}/worker-${failed}.log.status")): stopping the other workers (they would wait forever at the next collective)"
+        echo "Worker ${failed} failed (exit status $(cat "${dir}/worker-${failed}.log.status")):" \
+          "stopping the other workers (they would wait forever at the next collective)"
         stop_workers 0 > "${dir}/stop.log" 2>&1 || cat "${dir}/stop.log"
       fi
     fi
@@ -313,13 +321,15 @@ train() {
   done
   if [[ -n "${failed}" ]]; then
     status=$(cat "${dir}/worker-${failed}.log.status")
-    echo "Worker ${failed} failed with exit status ${status}; the end of its log (${dir}/worker-${failed}.log):" >&2
+    echo "Worker ${failed} failed with exit status ${status}; the end of its log" \
+      "(${dir}/worker-${failed}.log):" >&2
     tail -n 40 "${dir}/worker-${failed}.log" >&2
     exit "${status}"
   fi
   for ((w = 0; w < workers; w++)); do
     if [[ "$(cat "${dir}/worker-${w}.log.status")" != 0 ]]; then
-      echo "The workers stopped after saving a checkpoint (preempted or stopped): rerun '$0 train' to resume."
+      echo "The workers stopped after saving a checkpoint (preempted or stopped):" \
+        "rerun '$0 train' to resume."
       exit 143
     fi
   done

@@ -81,7 +81,8 @@ stop() {
   local grace=${1:-0} pids left deadline
   pids=$(holders | sort -u | grep -vx "$$" | tr '\n' ' ')
   if [[ -n "${pids// /}" ]]; then
-    echo "${HOST}: stopping PIDs ${pids}(SIGTERM: a trainer checkpoints first; SIGKILL after ${grace} s)"
+    echo "${HOST}: stopping PIDs ${pids}(SIGTERM: a trainer checkpoints first;" \
+      "SIGKILL after ${grace} s)"
     kill -TERM ${pids} 2> /dev/null
     deadline=$((SECONDS + grace))
     while left=$(alive ${pids}); [[ -n "${left}" ]] && (( SECONDS < deadline )); do
@@ -105,8 +106,9 @@ train() {
   mount_data || exit 2
   cd "${HOME}/uwm_jax" || exit 2
   exec 3<&0  # this command's input: the ssh channel
+  : > "${LOG_FILE}"  # before `tail` follows it
   # Its own session: a hang-up of a terminal ssh allocated does not kill it without a checkpoint.
-  setsid "${VENV}/bin/python" -m uwm_jax.train "$@" < /dev/null > "${LOG_FILE}" 2>&1 &
+  setsid "${VENV}/bin/python" -m uwm_jax.train "$@" < /dev/null >> "${LOG_FILE}" 2>&1 &
   local pid=$!
   echo "${pid}" > "${PID_FILE}"
   tail -n +1 -f --pid="${pid}" "${LOG_FILE}" &

@@ -35,7 +35,8 @@ if _HOSTNAME:
 
 
 def _pretend_cloud_tpu_vm():
-  from jax._src.clusters import cloud_tpu_cluster, cluster  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from jax._src.clusters import cloud_tpu_cluster, cluster
   cluster.running_in_cloud_tpu_vm = True
   cloud_tpu_cluster.running_in_cloud_tpu_vm = True
   os.environ.pop("TPU_SKIP_MDS_QUERY", None)  # set by jax's import on a machine without TPUs
