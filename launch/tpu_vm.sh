@@ -224,6 +224,13 @@ stop() {
   stop_workers "${STOP_GRACE_S}"
 }
 
+# Returns once PID has ended (a zombie has: only its parent has not reaped it yet).
+supervisor_alive() {
+  while [[ "$(ps -o stat= -p "$1")" == [^Z]* ]]; do
+    sleep 2
+  done
+}
+
 # start_worker W LOG COMMAND: worker W's trainer, run in the foreground through its own ssh
 # (COMMAND: tpu_worker.sh train ...); its output goes to LOG and
 # its exit status to LOG.status. The ssh's input stays open while this script runs: when it
@@ -231,7 +238,7 @@ stop() {
 start_worker() {
   local worker=$1 log=$2 command=$3 supervisor=$$ status=0
   tpu tpu-vm ssh "${TPU_NAME}" --worker="${worker}" --command "${command}" \
-    < <(while kill -0 "${supervisor}" 2> /dev/null; do sleep 2; done) > "${log}" 2>&1 || status=$?
+    < <(supervisor_alive "${supervisor}" 2> /dev/null) > "${log}" 2>&1 || status=$?
   echo "${status}" > "${log}.status"
 }
 

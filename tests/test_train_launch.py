@@ -4,6 +4,7 @@ checkpoint-and-requeue and crash requeues run on the fake SLURM of tests/fake_cl
 stand-in trainer (tests/test_launch_rehearsal.py runs the real trainer the same way)."""
 
 import os
+import signal
 import subprocess
 import time
 
@@ -233,3 +234,150 @@ def test_unknown_stage_fails():
   proc = subprocess.run(["bash", "launch/tpu_vm.sh", "--dry-run", "bogus"], cwd=REPO,
                         capture_output=True, text=True, timeout=60)
   assert proc.returncode != 0 and "unknown stage" in proc.stderr
+
+
+# ------------------------------------------------------------------------- TPU worker script
+def _fake_tpu_machine(tmp_path, worker=0):
+  """A fake TPU VM worker (tests/fake_cluster): its home, with the project's worker script
+  installed as `install` does, and its environment."""
+  from tests import fake_cluster  # pylint: disable=import-outside-toplevel
+  home = tmp_path / f"w{worker}" / "home"
+  (home / "uwm_jax" / "launch").mkdir(parents=True)
+  (home / "uwm_jax" / "launch" / "tpu_worker.sh").write_text(
+      open(os.path.join(REPO, "launch", "tpu_worker.sh")).read())
+  (tmp_path / "gcs" / "data-bucket" / "droid").mkdir(parents=True, exist_ok=True)
+  (tmp_path / "gcs" / "data-bucket" / "droid" / "shard-0").write_text("data")
+  env = fake_cluster.machine_env(str(home), devices=1, FAKE_MACHINE_DIR=str(home.parent),
+                                 FAKE_GCS_DIR=str(tmp_path / "gcs"), FAKE_PROCESS_INDEX=worker,
+                                 DATA_BUCKET="data-bucket", DATA_MOUNT="~/data",
+                                 TPU_LOCKFILE="~/libtpu_lockfile")
+  return home, env
+
+
+def _worker(home, env, *args):
+  return subprocess.run(["bash", str(home / "uwm_jax" / "launch" / "tpu_worker.sh"), *args],
+                        cwd=str(home), env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_tpu_data_mount_is_read_only_and_idempotent(tmp_path):
+  """`install` mounts the data bucket and every `train` mounts it again: a bucket already
+  mounted is left alone (root may not even stat a user's FUSE mount: `sudo mkdir -p` on it
+  fails), one whose gcsfuse died is mounted again."""
+  home, env = _fake_tpu_machine(tmp_path)
+  for _ in range(2):
+    done = _worker(home, env, "mount")
+    assert done.returncode == 0, done.stdout + done.stderr
+  assert "already mounted" in done.stdout
+  mounts = (home.parent / "mounts").read_text().split("\n")
+  assert mounts[0] == f"{home}/data data-bucket ro" and mounts[1:] == [""]
+  assert (home / "data" / "droid" / "shard-0").read_text() == "data"
+  # gcsfuse died: the mount point no longer answers (the fake: it is not listed); remounted.
+  (home.parent / "mounts").write_text("")
+  done = _worker(home, env, "mount")
+  assert done.returncode == 0 and "mounted read-only" in done.stdout, done.stderr
+  assert (home.parent / "mounts").read_text() == f"{home}/data data-bucket ro\n"
+
+
+def test_tpu_stop_frees_the_tpu_of_what_an_earlier_run_left(tmp_path):
+  """A process still holding libtpu's lock file is stopped (SIGTERM, then SIGKILL after the
+  grace period when it ignores it), and the lock file is removed."""
+  home, env = _fake_tpu_machine(tmp_path)
+  lock = home / "libtpu_lockfile"
+  holder = subprocess.Popen(["bash", "-c", f"trap '' TERM; exec 3>{lock}; echo held; "
+                                           "while :; do sleep 0.1; done"],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    assert holder.stdout.readline() == "held\n"
+    t0 = time.time()
+    done = _worker(home, env, "stop", "2")
+    assert done.returncode == 0, done.stderr
+    assert holder.wait(timeout=10) == -9  # ignored SIGTERM: killed after 2 s
+    assert time.time() - t0 >= 2
+  finally:
+    if holder.poll() is None:
+      holder.kill()
+  assert f"stopping PIDs {holder.pid}" in done.stdout and "SIGKILL" in done.stdout
+  assert not lock.exists()
+
+
+# A stand-in trainer for a fake TPU VM worker (~/venv/bin/python): it acts out ~/plan, "exit N"
+# after a second, "run" (until SIGTERM, then exit 143 as the trainer does after its
+# checkpoint) or "hang" (a process waiting at a collective for a peer that died: deaf to
+# SIGTERM).
+TPU_STAND_IN = """#!/usr/bin/env bash
+echo "worker ${FAKE_PROCESS_INDEX} trains: $*"
+case "$(cat ~/plan)" in
+  exit*) sleep 1; echo "worker ${FAKE_PROCESS_INDEX}: error: a bad thing"; exit $(cut -d' ' -f2 ~/plan) ;;
+  run) trap 'echo "worker ${FAKE_PROCESS_INDEX}: checkpoint saved"; exit 143' TERM ;;
+  hang) trap '' TERM ;;
+esac
+while :; do sleep 0.1; done
+"""
+
+
+def _tpu_slice_of_stand_ins(tmp_path, plans):
+  """A fake TPU slice (tests/fake_cluster) whose workers run the stand-in trainer."""
+  from tests import fake_cluster  # pylint: disable=import-outside-toplevel
+  cloud = fake_cluster.TpuCloud(str(tmp_path / "cloud"), workers=len(plans))
+  env = cloud.launch_env(TPU_NAME="t5", WORKDIR="/w", STOP_GRACE_S=2,
+                         LOG_DIR=str(tmp_path / "logs"), TPU_LOCKFILE="~/libtpu_lockfile")
+  subprocess.run(["bash", "launch/tpu_vm.sh", "create"], cwd=REPO, env=env, check=True,
+                 capture_output=True, timeout=60)
+  for home, plan in zip(cloud.homes, plans):
+    os.makedirs(os.path.join(home, "uwm_jax", "launch"))
+    with open(os.path.join(home, "uwm_jax", "launch", "tpu_worker.sh"), "w") as f:
+      f.write(open(os.path.join(REPO, "launch", "tpu_worker.sh")).read())
+    os.makedirs(os.path.join(home, "venv", "bin"))
+    with open(os.path.join(home, "venv", "bin", "python"), "w") as f:
+      f.write(TPU_STAND_IN)
+    os.chmod(os.path.join(home, "venv", "bin", "python"), 0o755)
+    with open(os.path.join(home, "plan"), "w") as f:
+      f.write(plan)
+  return cloud, env
+
+
+def _alive(pid):
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().split(") ", 1)[1][0] != "Z"
+  except (FileNotFoundError, IndexError, TypeError):
+    return False
+
+
+def test_tpu_train_stops_every_worker_when_one_fails(tmp_path):
+  cloud, env = _tpu_slice_of_stand_ins(tmp_path, ["hang", "exit 3", "hang"])
+  try:
+    done = subprocess.run(["bash", "launch/tpu_vm.sh", "train"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "Worker 1 failed (exit status 3): stopping the other workers" in done.stdout
+    assert "worker 1: error: a bad thing" in done.stderr  # the end of its log
+    assert "worker 0 trains: -m uwm_jax.train --config=configs/droid.py --workdir=/w" \
+        in done.stdout  # worker 0's log, followed
+    logs = sorted(p.name for p in (tmp_path / "logs").glob("*/worker-*.log"))
+    assert logs == [f"worker-{w}.log" for w in range(3)]
+    assert all(cloud.trainer_pid(w) is None for w in range(3))  # all stopped
+  finally:
+    cloud.close()
+
+
+def test_tpu_train_preempted_worker_ends_the_run_with_a_checkpoint(tmp_path):
+  """SIGTERM to one worker (here the others do not follow by themselves, as jax's preemption
+  sync would make them): after STOP_GRACE_S the supervisor stops them with SIGTERM too, and
+  `train` exits 143 (rerun to resume)."""
+  cloud, env = _tpu_slice_of_stand_ins(tmp_path, ["run", "run"])
+  try:
+    launch = subprocess.Popen(["bash", "launch/tpu_vm.sh", "train"], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    from tests.fake_cluster import wait_for  # pylint: disable=import-outside-toplevel
+    pids = wait_for(lambda: all(_alive(cloud.trainer_pid(w)) for w in range(2)) and
+                    [cloud.trainer_pid(w) for w in range(2)], 60, "both trainers")
+    os.kill(pids[1], signal.SIGTERM)
+    out = launch.communicate(timeout=60)[0]
+    assert launch.returncode == 143, out
+    assert "worker 0: exit status 143" in out and "worker 1: exit status 143" in out
+    assert "rerun 'launch/tpu_vm.sh train' to resume" in out
+  finally:
+    if launch.poll() is None:
+      launch.kill()
+    cloud.close()
