@@ -31,7 +31,6 @@ from typing import Any, Callable, Dict, List, Optional
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import tqdm
@@ -517,11 +516,6 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
     loader.close()
   if preempted_at is not None:
-    if jax.process_count() > 1:
-      # No process exits before every process's part of the checkpoint is written and
-      # committed: a scheduler may kill the others as soon as one exits (srun
-      # --kill-on-bad-exit counts 143 as a bad exit).
-      multihost_utils.sync_global_devices(f"preempted_at_{preempted_at}")
     log.warning("Preempted: stopped after saving the checkpoint of step %d; rerun the same "
                 "command to resume.", preempted_at)
     raise Preempted(preempted_at)
