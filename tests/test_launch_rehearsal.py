@@ -100,10 +100,6 @@ def tpu_cloud(tmp_path):
   with open(os.path.join(cloud.gcs, "uwm-data", "droid", "README"), "w") as f:
     f.write("converted data\n")
   yield cloud
-  for w in range(cloud.workers):  # nothing left running
-    pid = cloud.trainer_pid(w)
-    if _alive(pid):
-      os.kill(pid, signal.SIGKILL)
   cloud.close()
 
 

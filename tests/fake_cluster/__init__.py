@@ -16,6 +16,7 @@ CPU jax, joined through jax.distributed on 127.0.0.1).
 import http.server
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -166,8 +167,13 @@ class TpuCloud:
       return None
 
   def close(self):
+    """Stop the metadata servers and any trainer still running on a worker."""
     for server in self._servers:
       server.shutdown()
+    for w in range(self.workers):
+      pid = self.trainer_pid(w)
+      if pid and slurm._alive(pid):  # pylint: disable=protected-access
+        os.kill(pid, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------------------- SLURM
