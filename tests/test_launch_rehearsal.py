@@ -50,13 +50,6 @@ def _checkpoints(workdir):
   return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
 
 
-def _alive(pid):
-  try:
-    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-      return f.read().split(") ", 1)[1][0] != "Z"
-  except (FileNotFoundError, IndexError, TypeError):
-    return False
-
 
 def _preempted_step(log):
   steps = re.findall(r"Preempted: stopped after saving the checkpoint of step (\d+)", log)
@@ -136,7 +129,7 @@ def test_tpu_slice_installs_trains_is_preempted_stops_on_a_crash_and_resumes(
            START_TIMEOUT_S, "the first training steps")
   assert launch.proc.poll() is None, launch.output()[-4000:]
   trainers = [cloud.trainer_pid(w) for w in range(2)]
-  assert all(_alive(pid) for pid in trainers), trainers
+  assert all(fake_cluster.alive(pid) for pid in trainers), trainers
   os.kill(trainers[1], signal.SIGTERM)
   assert launch.wait() == 143, launch.output()[-4000:]
   out = launch.output()
@@ -150,7 +143,7 @@ def test_tpu_slice_installs_trains_is_preempted_stops_on_a_crash_and_resumes(
   assert preempted_at < TPU_NUM_STEPS - 5
   assert _checkpoints(workdir)[-1] == preempted_at
   assert "jax.distributed (detected by jax): process 1 of 2" in _read(logs[1])
-  assert not any(_alive(pid) for pid in trainers)
+  assert not any(fake_cluster.alive(pid) for pid in trainers)
   # The data bucket is mounted read-only once per worker, by install (train found it mounted).
   for w in range(2):
     home = cloud.homes[w]

@@ -10,6 +10,9 @@ import time
 
 import pytest
 
+from tests import fake_cluster
+from tests.fake_cluster import wait_for
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ("launch/common.sh", "launch/tpu_vm.sh", "launch/slurm_gpu.sh")
 
@@ -145,7 +148,6 @@ exit ${action#exit }
 def _submit_stand_in(tmp_path, plan, **settings):
   """Submit launch/slurm_gpu.sh's job, 2 nodes, to a fake SLURM cluster whose tasks run the
   stand-in trainer; returns (cluster, job id, workdir)."""
-  from tests import fake_cluster  # pylint: disable=import-outside-toplevel
   venv = tmp_path / "venv"
   (venv / "bin").mkdir(parents=True)
   (venv / "bin" / "activate").write_text(f'export PATH="{venv}/bin:$PATH"\n')
@@ -162,7 +164,6 @@ def _submit_stand_in(tmp_path, plan, **settings):
 
 
 def _job_end(cluster, job, timeout_s=120):
-  from tests.fake_cluster import wait_for  # pylint: disable=import-outside-toplevel
   try:
     return wait_for(lambda: cluster.state(job)[:1] in (["COMPLETED"], ["FAILED"]) and
                     cluster.state(job), timeout_s, f"job {job} to end")
@@ -192,7 +193,6 @@ def test_slurm_checkpoints_and_requeues_before_the_time_limit(tmp_path):
   """--signal=B:USR1@SIGNAL_BEFORE: the batch shell stops the tasks (SIGTERM: they checkpoint,
   exit 143) and requeues the job, which runs again with SLURM_RESTART_COUNT=1."""
   cluster, job, workdir = _submit_stand_in(tmp_path, ["run", "exit 0"])
-  from tests.fake_cluster import wait_for  # pylint: disable=import-outside-toplevel
   wait_for(lambda: all((tmp_path / "venv" / f"running.{i}").exists() for i in range(2)), 60,
            "both tasks running")
   cluster.request(job, "time_limit")
@@ -207,7 +207,6 @@ def test_slurm_checkpoints_and_requeues_before_the_time_limit(tmp_path):
 
 def test_slurm_preemption_is_requeued_by_slurm_and_not_counted_as_a_crash(tmp_path):
   cluster, job, workdir = _submit_stand_in(tmp_path, ["run", "exit 0"], MAX_RESTARTS=0)
-  from tests.fake_cluster import wait_for  # pylint: disable=import-outside-toplevel
   wait_for(lambda: all((tmp_path / "venv" / f"running.{i}").exists() for i in range(2)), 60,
            "both tasks running")
   cluster.request(job, "preempt")  # SIGTERM to the batch shell and, through srun, the tasks
@@ -240,7 +239,6 @@ def test_unknown_stage_fails():
 def _fake_tpu_machine(tmp_path, worker=0):
   """A fake TPU VM worker (tests/fake_cluster): its home, with the project's worker script
   installed as `install` does, and its environment."""
-  from tests import fake_cluster  # pylint: disable=import-outside-toplevel
   home = tmp_path / f"w{worker}" / "home"
   (home / "uwm_jax" / "launch").mkdir(parents=True)
   (home / "uwm_jax" / "launch" / "tpu_worker.sh").write_text(
@@ -317,7 +315,6 @@ while :; do sleep 0.1; done
 
 def _tpu_slice_of_stand_ins(tmp_path, plans):
   """A fake TPU slice (tests/fake_cluster) whose workers run the stand-in trainer."""
-  from tests import fake_cluster  # pylint: disable=import-outside-toplevel
   cloud = fake_cluster.TpuCloud(str(tmp_path / "cloud"), workers=len(plans))
   env = cloud.launch_env(TPU_NAME="t5", WORKDIR="/w", STOP_GRACE_S=2,
                          LOG_DIR=str(tmp_path / "logs"), TPU_LOCKFILE="~/libtpu_lockfile")
@@ -335,13 +332,6 @@ def _tpu_slice_of_stand_ins(tmp_path, plans):
       f.write(plan)
   return cloud, env
 
-
-def _alive(pid):
-  try:
-    with open(f"/proc/{pid}/stat") as f:
-      return f.read().split(") ", 1)[1][0] != "Z"
-  except (FileNotFoundError, IndexError, TypeError):
-    return False
 
 
 def test_tpu_train_stops_every_worker_when_one_fails(tmp_path):
@@ -369,8 +359,7 @@ def test_tpu_train_preempted_worker_ends_the_run_with_a_checkpoint(tmp_path):
   try:
     launch = subprocess.Popen(["bash", "launch/tpu_vm.sh", "train"], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    from tests.fake_cluster import wait_for  # pylint: disable=import-outside-toplevel
-    pids = wait_for(lambda: all(_alive(cloud.trainer_pid(w)) for w in range(2)) and
+    pids = wait_for(lambda: all(fake_cluster.alive(cloud.trainer_pid(w)) for w in range(2)) and
                     [cloud.trainer_pid(w) for w in range(2)], 60, "both trainers")
     os.kill(pids[1], signal.SIGTERM)
     out = launch.communicate(timeout=60)[0]

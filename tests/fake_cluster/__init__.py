@@ -23,6 +23,7 @@ import threading
 import time
 
 from tests.fake_cluster import slurm
+from tests.fake_cluster.slurm import alive  # pylint: disable=unused-import (for tests)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.join(HERE, "bin")
@@ -172,7 +173,7 @@ class TpuCloud:
       server.shutdown()
     for w in range(self.workers):
       pid = self.trainer_pid(w)
-      if pid and slurm._alive(pid):  # pylint: disable=protected-access
+      if pid and alive(pid):
         os.kill(pid, signal.SIGKILL)
 
 

@@ -87,7 +87,10 @@ def _signal_pids(pids, sig):
       pass
 
 
-def _alive(pid):
+def alive(pid) -> bool:
+  """Whether PID runs (a zombie has ended: only its parent has not reaped it)."""
+  if not pid:
+    return False
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -105,7 +108,7 @@ def task_pids(job_id, root=None):
   steps = os.path.join(_job_dir(job_id, root), "steps")
   for name in os.listdir(steps) if os.path.isdir(steps) else []:
     pids += [int(p) for p in _read(os.path.join(steps, name), "").split()]
-  return [p for p in pids if _alive(p)]
+  return [p for p in pids if alive(p)]
 
 
 def request(job_id, what, root=None):
