@@ -50,7 +50,8 @@
 #      forever at the next collective) and the failed worker's log is printed; when a worker is
 #      preempted (SIGTERM), all save a checkpoint at the same step and exit 143.
 #   It exits 0 when training finished, 143 when the workers stopped after a checkpoint
-#   (preemption, `stop`, Ctrl-C), else the failed worker's status. Every worker runs the same
+#   (preemption, `stop` from another terminal), 130 after Ctrl-C (which stops them the same
+#   way), else the failed worker's status. Every worker runs the same
 #   command; jax.distributed.initialize() finds the other workers from the VM metadata.
 #   Rerunning `train` resumes from the latest checkpoint in WORKDIR.
 # The run lives as long as this supervisor: when it ends (Ctrl-C, a closed laptop, a dropped
