@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -153,16 +154,28 @@ def test_two_trainers_starting_at_once_on_a_bucket_one_wins(emulator):
       p.wait(timeout=30)
 
 
-def test_another_hosts_lock_on_a_bucket_is_respected_until_its_heartbeat_expires(emulator):
+def test_another_hosts_lock_on_a_bucket_is_respected_while_it_beats_then_waited_out(emulator):
+  """A holder on another host that refreshes its heartbeat stops the second trainer; once it
+  falls silent, the second trainer waits until the heartbeat is stale and takes over."""
   workdir = _fresh("hosts")
   path = f"{workdir}/{workdir_lock.LOCK_FILENAME}"
   record = {"host": f"not-{socket.gethostname()}", "pid": 1, "started": "x"}
+  stop = threading.Event()
+
+  def beat():
+    while not stop.wait(0.3):
+      storage.write_atomic(path, json.dumps({**record, "heartbeat": time.time()}))
+
   storage.write_atomic(path, json.dumps({**record, "heartbeat": time.time()}))
-  with pytest.raises(workdir_lock.WorkdirLockedError):
-    workdir_lock.WorkdirLock(workdir).acquire()
-  storage.write_atomic(path, json.dumps(
-      {**record, "heartbeat": time.time() - workdir_lock.STALE_AFTER_S - 1}))
-  with workdir_lock.WorkdirLock(workdir):
+  beating = threading.Thread(target=beat)
+  beating.start()
+  try:
+    with pytest.raises(workdir_lock.WorkdirLockedError, match="refreshed its heartbeat"):
+      workdir_lock.WorkdirLock(workdir, heartbeat_interval_s=0.3, stale_after_s=30).acquire()
+  finally:
+    stop.set()
+    beating.join()
+  with workdir_lock.WorkdirLock(workdir, heartbeat_interval_s=0.3, stale_after_s=2.0):
     assert json.loads(storage.read_text(path))["host"] == socket.gethostname()
 
 

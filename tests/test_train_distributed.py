@@ -7,18 +7,17 @@ TPU VM is simulated with a VM metadata server on 127.0.0.1. The preemption test 
 a real `python -m uwm_jax.train` run joined through jax.distributed.
 """
 
-import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
+from tests import fake_cluster
 from uwm_jax.training import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,6 +84,18 @@ def test_unused_gpus_warning_for_one_task_per_node():
   assert distributed.unused_gpus_warning(1, {}) is None
 
 
+def test_too_few_cpus_warning_for_an_srun_without_cpus_per_task():
+  one_per_node = {"SLURM_JOB_CPUS_PER_NODE": "64(x2)", "SLURM_NTASKS": "2",
+                  "SLURM_STEP_NUM_NODES": "2"}
+  warning = distributed.too_few_cpus_warning(1, one_per_node)
+  assert "1 of the 64 CPUs" in warning and "--cpus-per-task=64" in warning
+  assert distributed.too_few_cpus_warning(64, one_per_node) is None
+  one_per_gpu = dict(one_per_node, SLURM_NTASKS="16")  # 8 per node: 8 CPUs each
+  assert distributed.too_few_cpus_warning(8, one_per_gpu) is None
+  assert "1 of the 8 CPUs" in distributed.too_few_cpus_warning(1, one_per_gpu)
+  assert distributed.too_few_cpus_warning(1, {}) is None
+
+
 # ---------------------------------------------------------------------------- simulated jobs
 def test_single_process_without_any_cluster_environment():
   (report, err), = _run_probes([_clean_env()])
@@ -129,41 +140,10 @@ def test_slurm_one_task_per_node_drives_every_gpu():
     assert "GPUs of its node" in err
 
 
-class _MetadataHandler(http.server.BaseHTTPRequestHandler):
-  """The Cloud TPU VM metadata a worker of a 2-worker slice sees (what jax's GCE TPU
-  detection reads: agent-worker-number, worker-network-endpoints, tpu-env)."""
-  attributes = {}
-
-  def do_GET(self):  # pylint: disable=invalid-name
-    key = self.path.rsplit("/", 1)[-1]
-    if self.headers.get("Metadata-Flavor") != "Google" or key not in self.attributes:
-      self.send_response(404)
-      self.end_headers()
-      return
-    body = self.attributes[key].encode()
-    self.send_response(200)
-    self.send_header("Content-Length", str(len(body)))
-    self.end_headers()
-    self.wfile.write(body)
-
-  def log_message(self, *args):
-    pass
-
-
-def _metadata_server(worker: int):
-  attributes = {"agent-worker-number": str(worker),
-                "worker-network-endpoints": "127.0.0.1,127.0.0.1",
-                "tpu-env": "ACCELERATOR_TYPE: 'v4-16'\nTPU_PROCESS_BOUNDS: '1,1,2'\n"}
-  handler = type("Handler", (_MetadataHandler,), {"attributes": attributes})
-  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-  threading.Thread(target=server.serve_forever, daemon=True).start()
-  return server
-
-
 def test_cloud_tpu_slice_detected_by_jax():
   """Two workers of a TPU VM slice: no flag, no variable of ours; jax's detection reads the
   VM metadata, and never restricts the devices on TPU."""
-  servers = [_metadata_server(i) for i in range(2)]
+  servers = [fake_cluster.metadata_server(i) for i in range(2)]
   try:
     port = _free_port()
     envs = [_clean_env(PRETEND_CLOUD_TPU_VM=1, JAX_COORDINATOR_PORT=port,

@@ -16,6 +16,10 @@ gives each task only the GPU numbered `SLURM_LOCALID` (one task per GPU). `JAX_L
 (comma-separated, read by jax) overrides that; launch/slurm_gpu.sh runs one task per node and
 sets it to every GPU of the node (docs/launch.md, "SLURM").
 
+The start-up line also names the CPUs the process may run on (its input pipeline's share):
+since Slurm 22.05 `srun` does not inherit sbatch's `--cpus-per-task`, so a task started without
+it gets one CPU; a warning says so when a SLURM task has fewer CPUs than its job holds for it.
+
 A joined job also handles preemption: jax's preemption service catches SIGTERM and the
 training loop saves a checkpoint at a step every process agrees on, then stops.
 
@@ -25,6 +29,7 @@ Work that one process does for all (generating the embedded task's dataset) runs
 
 import logging
 import os
+import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -87,6 +92,32 @@ def unused_gpus_warning(local_device_count: int,
   return None
 
 
+def available_cpus() -> int:
+  """The CPUs this process may run on (its affinity: what a scheduler's cgroup leaves it)."""
+  return len(os.sched_getaffinity(0))
+
+
+def too_few_cpus_warning(cpus: int, environ: Optional[Mapping[str, str]] = None
+                         ) -> Optional[str]:
+  """A warning when a SLURM task may run on fewer CPUs than its job holds on its node per task
+  (`SLURM_JOB_CPUS_PER_NODE`, e.g. "64(x2)"): an srun without --cpus-per-task."""
+  env = os.environ if environ is None else environ
+  match = re.match(r"\d+", env.get("SLURM_JOB_CPUS_PER_NODE", ""))
+  try:
+    tasks = int(env.get("SLURM_NTASKS", "0") or 0)
+    nodes = int(env.get("SLURM_STEP_NUM_NODES", env.get("SLURM_NNODES", "0")) or 0)
+  except ValueError:
+    return None
+  if not match or not tasks or not nodes:
+    return None
+  per_task = int(match.group()) // max(1, tasks // nodes)
+  if cpus >= per_task:
+    return None
+  return (f"This SLURM task may run on {cpus} of the {per_task} CPUs its job holds for it, so "
+          f"its input pipeline gets {cpus}: pass srun --cpus-per-task={per_task} (since Slurm "
+          "22.05 srun does not inherit sbatch's --cpus-per-task; launch/slurm_gpu.sh passes it).")
+
+
 def _coordinator_address() -> str:
   """host:port of the coordinator jax connected to (jax keeps it in its private state)."""
   from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
@@ -98,7 +129,7 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
                            local_device_ids: Optional[Sequence[int]] = None) -> bool:
   """Join the multi-process job if there is one; True when jax.distributed started.
 
-  Logs one line either way: process index and count, local and global device counts.
+  Logs one line either way: process index and count, local and global device counts, CPUs.
   """
   address, count, index, source = explicit_arguments(coordinator_address, num_processes,
                                                      process_id)
@@ -111,17 +142,21 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
   else:
     joined = True
   kind = jax.devices()[0].device_kind
+  cpus = available_cpus()
   if joined:
     log.info("jax.distributed (%s): process %d of %d, %d local / %d global devices (%s), "
-             "coordinator %s.", source or "detected by jax", jax.process_index(),
-             jax.process_count(), jax.local_device_count(), jax.device_count(), kind,
+             "%d CPUs, coordinator %s.", source or "detected by jax", jax.process_index(),
+             jax.process_count(), jax.local_device_count(), jax.device_count(), kind, cpus,
              _coordinator_address())
     warning = unused_gpus_warning(jax.local_device_count())
     if warning:
       log.warning(warning)
   else:
-    log.info("Single process (no multi-process job detected): %d devices (%s).",
-             jax.device_count(), kind)
+    log.info("Single process (no multi-process job detected): %d devices (%s), %d CPUs.",
+             jax.device_count(), kind, cpus)
+  warning = too_few_cpus_warning(cpus)
+  if warning:
+    log.warning(warning)
   return joined
 
 
