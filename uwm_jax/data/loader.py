@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from uwm_jax.data import latent_cache
+from uwm_jax.data import batch_slots, latent_cache
 from uwm_jax.data import sources as sources_lib
 from uwm_jax.data import stats as stats_lib
 from uwm_jax.data.episodes import (EpisodeSource, concat_sources_windows, split_episodes,
@@ -106,49 +106,88 @@ class _Loader:
                                self.latent_caches)
     self.split = make_split(config, self.sources, max(1, int(config.data.eval_window_stride)))
 
-  def _batches(self, rows: grain.MapDataset) -> grain.MapDataset:
+  def _batches(self, rows: grain.MapDataset,
+               slot_prefix: Optional[str] = None) -> grain.MapDataset:
     """Global rows (source, episode, start) -> this host's batches, read by a thread pool.
 
-    Host p's batch j is the p-th contiguous block of global batch j.
+    Host p's batch j is the p-th contiguous block of global batch j. With `slot_prefix` (in
+    grain worker processes) a batch is written into a reused shared-memory slot
+    (`uwm_jax.data.batch_slots`) and yielded as its `SlotRef`.
     """
     p, P = self.process_index, self.process_count
-    return rows.batch(self.batch_size, drop_remainder=True)[p::P].map(
-        BatchReader(self.reader, int(self.config.data.read_threads)))
-
-  def _to_iter(self, ds: grain.MapDataset) -> grain.IterDataset:
     d = self.config.data
-    ahead = max(1, int(d.prefetch_batches))
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=ahead, prefetch_buffer_size=ahead))
-    if int(d.num_workers) > 0:
+    return rows.batch(self.batch_size, drop_remainder=True)[p::P].map(
+        BatchReader(self.reader, int(d.read_threads), slot_prefix,
+                    max_slots=_prefetch_batches(d) + SLOTS_BEYOND_PREFETCH))
+
+  def _pipeline(self, rows: grain.MapDataset,
+                start_batch: int = 0) -> Tuple[grain.IterDataset, Optional[str]]:
+    """This host's batches of `rows` from `start_batch` on, as grain reads them: in
+    `data.num_workers` worker processes (handed over in shared-memory slots where supported)
+    or in this process. Returns the dataset and the slots' name prefix (None without slots),
+    for `batch_slots.remove_slots` once its iterator is closed."""
+    d = self.config.data
+    workers = int(d.num_workers)
+    prefix = batch_slots.new_prefix() if workers > 0 and batch_slots.supported() else None
+    ahead = _prefetch_batches(d)
+    it = self._batches(rows, prefix)[start_batch:].to_iter_dataset(
+        grain.ReadOptions(num_threads=ahead, prefetch_buffer_size=ahead))
+    if workers > 0:
       if not flags.FLAGS.is_parsed():  # grain reads its absl flags; use their defaults
         flags.FLAGS.mark_as_parsed()  # when no app.run parsed them (tests, notebooks).
-      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(d.num_workers),
+      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                        per_worker_buffer_size=1))
-    return it
+      if prefix is not None:
+        it = it.map(batch_slots.SlotReader())
+    return it, prefix
+
+
+# Slots a worker may hold beyond its `data.prefetch_batches` batches read ahead: the batch its
+# loop is putting into grain's queue and the one in the queue, the one the main process reads
+# ahead and the one waiting behind it, the batch being placed and the one before it (its host
+# arrays are dropped by jax's next call). Beyond that a worker hands batches over grain's way.
+SLOTS_BEYOND_PREFETCH = 6
+
+
+def _prefetch_batches(data_config) -> int:
+  return max(1, int(data_config.prefetch_batches))
 
 
 class BatchReader:
   """(b, 3) rows -> one stacked batch; the b windows are read by `threads` threads.
 
   Memory stays at a few batches (`data.prefetch_batches` in flight per process) while decoding
-  runs in parallel inside each batch (Pillow and array_record release the GIL).
+  runs in parallel inside each batch (Pillow and array_record release the GIL). With
+  `slot_prefix` (in a grain worker) the batch is stacked straight into a shared-memory slot of
+  this process (at most `max_slots` of them) and its `batch_slots.SlotRef` is returned; while
+  every slot is in use, the stacked arrays are.
   """
 
-  def __init__(self, reader: WindowReader, threads: int):
+  def __init__(self, reader: WindowReader, threads: int, slot_prefix: Optional[str] = None,
+               max_slots: int = 1):
     self.reader = reader
     self.threads = max(1, threads)
+    self.slot_prefix = slot_prefix
+    self.max_slots = max_slots
     self._pool = None
+    self._slots = None
 
   def __getstate__(self):
-    return {**self.__dict__, "_pool": None}
+    return {**self.__dict__, "_pool": None, "_slots": None}
 
-  def __call__(self, rows: np.ndarray) -> dict:
+  def __call__(self, rows: np.ndarray):
     if self.threads == 1:
       samples = [self.reader(r) for r in rows]
     else:
       if self._pool is None:
         self._pool = concurrent.futures.ThreadPoolExecutor(self.threads)
       samples = list(self._pool.map(self.reader, rows))
+    if self.slot_prefix is not None:
+      if self._slots is None:
+        self._slots = batch_slots.SlotWriter(self.slot_prefix, self.max_slots)
+      ref = self._slots.write(samples)
+      if ref is not None:
+        return ref
     return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
 
 
@@ -200,6 +239,8 @@ class TrainLoader(_Loader):
     self._stream = self._global_stream()
     self._next_batch = 0
     self._iter: Optional[Iterator] = None
+    self._slot_prefix: Optional[str] = None
+    self._readers = {}  # slot prefix -> this host's batches (read_batch)
     # With grain worker processes each worker holds its own cache: nothing to fill here.
     self.cache_fill = (prefill_frame_caches(self.sources)
                        if int(config.data.num_workers) == 0 else None)
@@ -215,15 +256,22 @@ class TrainLoader(_Loader):
       return parts[0]
     return grain.MapDataset.mix(parts, self.weights)
 
-  def _host_batches(self, start_batch: int) -> grain.IterDataset:
-    return self._to_iter(self._batches(self._stream)[start_batch:])
+
+  def read_batch(self, j: int, slot_prefix: Optional[str] = None):
+    """This host's batch j of the stream (counted from the start), read in the calling process
+    as a grain worker reads it: a dict of arrays, or with `slot_prefix` its
+    `batch_slots.SlotRef` (in a slot of this process; map it with a `batch_slots.SlotReader`)."""
+    if slot_prefix not in self._readers:
+      self._readers[slot_prefix] = self._batches(self._stream, slot_prefix)
+    return self._readers[slot_prefix][j]
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict:
     if self._iter is None:
-      self._iter = iter(self._host_batches(self._next_batch))
+      pipeline, self._slot_prefix = self._pipeline(self._stream, self._next_batch)
+      self._iter = iter(pipeline)
     batch = next(self._iter)
     self._next_batch += 1
     return batch
@@ -247,10 +295,12 @@ class TrainLoader(_Loader):
     self._next_batch = int(state["next_batch"])
 
   def close(self) -> None:
-    """Stop worker processes (also done on garbage collection)."""
+    """Stop worker processes (also done on garbage collection) and free their shared memory."""
     it, self._iter = self._iter, None
     if it is not None and hasattr(it, "close"):
       it.close()
+    batch_slots.remove_slots(self._slot_prefix)
+    self._slot_prefix = None
 
 
 def _open_latent_caches(config, names, sources, frozen) -> Optional[list]:
@@ -293,7 +343,14 @@ class EvalLoader(_Loader):
     return self.num_batches
 
   def __iter__(self):
-    return iter(self._to_iter(self._batches(grain.MapDataset.source(self._rows))))
+    pipeline, prefix = self._pipeline(grain.MapDataset.source(self._rows))
+    it = iter(pipeline)
+    try:
+      yield from it
+    finally:
+      if hasattr(it, "close"):
+        it.close()
+      batch_slots.remove_slots(prefix)
 
 
 def make_train_loader(config, *, process_index=None, process_count=None,
