@@ -52,7 +52,7 @@ from uwm_jax.dims import model_dims
 
 _CONFIG = cli_config.define_config_flag("Config file (and overrides).")
 _SECONDS = flags.DEFINE_float("seconds", 60.0, "How long to load after the first batch (--mode="
-                               "serial/worker/split: CPU seconds timed per part).")
+                               "serial/worker/split: CPU seconds timed per part and handoff).")
 _WARMUP = flags.DEFINE_integer("warmup_batches", 2, "Batches not timed (start-up).")
 _FIXTURE = flags.DEFINE_integer(
     "fixture_episodes", 0, "If > 0: write a DROID-schema fixture of this many episodes at the "
@@ -80,6 +80,7 @@ _LATENT = flags.DEFINE_bool(
     "random_latent_cache", False, "Write a latent cache of random moments for the data (in a "
     "temporary folder) and read it (data.latent_cache_dir), as latent-cache training does: a "
     "window then decodes only its T_o current frames per view and reads its next obs' latents.")
+_ROUNDS = 3  # --mode=serial/worker/split: alternating rounds per handoff
 _VIDEO_SHAPE = (256, 340)  # H, W of the clips written (a typical web-video resolution)
 _VIDEO_FRAMES = 150  # frames per clip (5 s at 30 fps)
 
@@ -200,7 +201,7 @@ def _describe(config, loader) -> str:
   dims = model_dims(config.model)
   cached = loader.latent_caches is not None
   return (f"sources {loader.source_names} windows {loader.num_windows}; host batch "
-          f"{loader.batch_size}; workers {config.data.num_workers}; threads "
+          f"{loader.batch_size}; workers {loader.num_workers}; threads "
           f"{config.data.read_threads}; image {tuple(config.model.image_shape)} x "
           f"{dims.num_views} views; window {dims.window} frames; next obs "
           f"{'from the latent cache' if cached else 'decoded'}")
@@ -246,21 +247,26 @@ def _rate_line(part: str, label: str, rate: data_split.Rate, batch_size: int) ->
 
 
 def _measure_part(part: str, measure, max_slots: int, batch_size: int) -> List:
-  """Run `measure(handoff)` pinned to one core for each handoff; print and return the rates."""
+  """`measure(handoff, seconds)` for each handoff, pinned to one core, in `_ROUNDS` alternating
+  rounds (so that other work on the machine weighs on both alike); print and return the rates."""
   cores = os.sched_getaffinity(0)
-  rates = []
-  for label, make in _handoffs(max_slots):
-    handoff = make()
-    core = data_split.pin_to_one_core()
-    try:
-      rates.append(measure(handoff))
-    finally:
-      data_split.unpin(cores)
+  handoffs = [(label, make()) for label, make in _handoffs(max_slots)]
+  rates = [None] * len(handoffs)
+  core = data_split.pin_to_one_core()
+  try:
+    for _ in range(_ROUNDS):
+      for i, (_, handoff) in enumerate(handoffs):
+        rate = measure(handoff, _SECONDS.value / _ROUNDS)
+        rates[i] = rate if rates[i] is None else rates[i] + rate
+  finally:
+    data_split.unpin(cores)
+    for _, handoff in handoffs:
       handoff.close()
-    print(_rate_line(part, label, rates[-1], batch_size) + f" [core {core}]", flush=True)
+  for (label, _), rate in zip(handoffs, rates):
+    print(_rate_line(part, label, rate, batch_size) + f" [core {core}]", flush=True)
   if len(rates) == 2:
     print(f"{part}: the loader's handoff is {rates[1].windows_per_s / rates[0].windows_per_s:.2f}"
-          f"x grain's (same run, same core)")
+          f"x grain's (same run, same core, alternating rounds)")
   return rates
 
 
@@ -282,16 +288,16 @@ def _measure_split(config, mode: str) -> None:
           f"{jax.local_device_count()} {platform} device(s), release"
           + (" (+ one copy of the batch, standing in for the read of its bytes by a TPU/GPU "
              "transfer, which jax's zero-copy placement on CPU skips)" if copy else ""))
-    serial = _measure_part("serial", lambda h: data_split.serial_rate(
-        batches, place, h, _SECONDS.value, copy), len(batches), B)
+    serial = _measure_part("serial", lambda h, seconds: data_split.serial_rate(
+        batches, place, h, seconds, copy), len(batches), B)
     del batches
     gbps = data_split.memcpy_gb_per_s()
     print(f"bytes per window: {nbytes / 1e6:.2f} MB; one core copies {gbps:.1f} GB/s here "
           f"({gbps * 1e9 / nbytes:.0f} windows/s per copy of the batch)")
   if mode in ("worker", "split"):
     loader.read_batch(0)  # opens the files
-    worker = _measure_part("worker", lambda h: data_split.worker_rate(
-        loader.read_batch, h, _SECONDS.value, first=1), 2, B)
+    worker = _measure_part("worker", lambda h, seconds: data_split.worker_rate(
+        loader.read_batch, h, seconds, first=1), 2, B)
   loader.close()
   if serial and worker:
     target = _TARGET.value

@@ -52,6 +52,10 @@ class Rate:
   def windows_per_wall_s(self) -> float:
     return self.windows / self.seconds
 
+  def __add__(self, other: "Rate") -> "Rate":
+    return Rate(self.windows + other.windows, self.seconds + other.seconds,
+                self.cpu_seconds + other.cpu_seconds)
+
 
 class _Clock:
   """Accumulates wall and process CPU time over the timed sections."""

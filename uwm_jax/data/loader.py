@@ -8,7 +8,10 @@ interleaved by weight (`grain.MapDataset.mix`), and global batch j is samples
 process order (`host_batch_to_global`), are exactly global batch j for any number of hosts (the
 train step's per-row randomness then does not depend on the host count either). Batching
 happens before the grain worker processes split the work, so batches do not depend on
-`data.num_workers`.
+`data.num_workers` (-1, the default: from the host's cores, `resolve_num_workers`). Workers
+collate whole host batches and hand them to the main process in reused shared-memory slots
+(`uwm_jax.data.batch_slots`), so the main process's own work per batch is receiving it and
+placing it on the devices (docs/data.md, "Feeding a big host").
 
 The loader state is the index of the next batch (JSON: `{"next_batch": j, ...}`); restoring it
 rebuilds the pipeline from batch j, so a resumed run sees exactly the batches it would have
@@ -23,6 +26,7 @@ loader always decodes them (offline metrics encode with the codec).
 import concurrent.futures
 import dataclasses
 import logging
+import os
 import threading
 import time
 import zlib
@@ -53,6 +57,37 @@ def _process(process_index: Optional[int], process_count: Optional[int]) -> Tupl
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count}).")
   return int(process_index), int(process_count)
+
+
+# data.num_workers = -1: worker processes per host, from the cores this process may use.
+AUTO_WORKERS_MIN_CORES = 8  # below it, read in the main process (workers did not help on 2)
+AUTO_WORKERS_RESERVED = 2  # cores left to the main process and the accelerator runtime
+AUTO_WORKERS_MAX = 32  # each worker holds a few host batches in memory
+
+
+def usable_cores() -> int:
+  """Cores this process may run on (its affinity: what SLURM or a container gives it, not the
+  machine's count)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def resolve_num_workers(num_workers: int, cores: Optional[int] = None) -> int:
+  """`data.num_workers` -> grain worker processes: as given when >= 0; for -1 (auto), one per
+  usable core less `AUTO_WORKERS_RESERVED`, at most `AUTO_WORKERS_MAX`, and 0 (the main
+  process reads) with fewer than `AUTO_WORKERS_MIN_CORES` cores."""
+  num_workers = int(num_workers)
+  if num_workers >= 0:
+    return num_workers
+  if num_workers != -1:
+    raise ValueError(f"data.num_workers = {num_workers}: use a count >= 0, or -1 for one per "
+                     f"core (auto).")
+  cores = usable_cores() if cores is None else int(cores)
+  if cores < AUTO_WORKERS_MIN_CORES:
+    return 0
+  return min(cores - AUTO_WORKERS_RESERVED, AUTO_WORKERS_MAX)
 
 
 def _host_batch_size(batch_size: int, process_count: int) -> int:
@@ -105,6 +140,7 @@ class _Loader:
     self.reader = WindowReader(self.sources, config.model, self.dataset_stats,
                                self.latent_caches)
     self.split = make_split(config, self.sources, max(1, int(config.data.eval_window_stride)))
+    self.num_workers = resolve_num_workers(config.data.num_workers)
 
   def _batches(self, rows: grain.MapDataset,
                slot_prefix: Optional[str] = None) -> grain.MapDataset:
@@ -127,7 +163,7 @@ class _Loader:
     or in this process. Returns the dataset and the slots' name prefix (None without slots),
     for `batch_slots.remove_slots` once its iterator is closed."""
     d = self.config.data
-    workers = int(d.num_workers)
+    workers = self.num_workers
     prefix = batch_slots.new_prefix() if workers > 0 and batch_slots.supported() else None
     ahead = _prefetch_batches(d)
     it = self._batches(rows, prefix)[start_batch:].to_iter_dataset(
@@ -236,14 +272,18 @@ class TrainLoader(_Loader):
                          f"{model_dims(config.model).window} frames (all episodes too short "
                          f"or held out for validation).")
     logging.info("Training windows per source: %s; weights %s.", self.num_windows, self.weights)
+    logging.info("Input pipeline: %s (data.num_workers=%s, %d usable cores), %d read threads "
+                 "each, %d batches read ahead.",
+                 f"{self.num_workers} worker processes" if self.num_workers else
+                 "read in the main process", config.data.num_workers, usable_cores(),
+                 int(config.data.read_threads), _prefetch_batches(config.data))
     self._stream = self._global_stream()
     self._next_batch = 0
     self._iter: Optional[Iterator] = None
     self._slot_prefix: Optional[str] = None
     self._readers = {}  # slot prefix -> this host's batches (read_batch)
     # With grain worker processes each worker holds its own cache: nothing to fill here.
-    self.cache_fill = (prefill_frame_caches(self.sources)
-                       if int(config.data.num_workers) == 0 else None)
+    self.cache_fill = (prefill_frame_caches(self.sources) if self.num_workers == 0 else None)
 
   def _global_stream(self) -> grain.MapDataset:
     """Endless MapDataset of (source, episode, start) rows: the global sample order."""
