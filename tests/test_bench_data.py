@@ -36,9 +36,11 @@ def test_both_parts_time_the_loaders_batches_through_each_handoff(make):
     worker = data_split.worker_rate(loader.read_batch, handoff, seconds=0.05, first=0)
   finally:
     handoff.close()
-  assert serial.windows % (3 * loader.batch_size) == 0 and serial.windows >= 3 * loader.batch_size
+  total = serial.total
+  assert total.windows % (3 * loader.batch_size) == 0 and total.windows >= 3 * loader.batch_size
   assert worker.windows >= loader.batch_size and worker.windows % loader.batch_size == 0
-  assert serial.windows_per_s > 0 and worker.windows_per_s > 0
+  assert 0 < serial.transfer.cpu_seconds < total.cpu_seconds  # the copy is part of the total
+  assert serial.thread.windows_per_s > total.windows_per_s > 0 and worker.windows_per_s > 0
   for got, want in zip(received, batches * (len(received) // 3)):
     assert sorted(got) == sorted(want)
     for k in want:
@@ -48,7 +50,13 @@ def test_both_parts_time_the_loaders_batches_through_each_handoff(make):
 
 
 def test_cores_needed_adds_the_workers_and_the_main_process():
-  serial = data_split.Rate(windows=8000, seconds=2.0, cpu_seconds=1.0)  # 8000 windows/s per core
+  # The main process: 8000 windows/s per core in all, 16000 without the transfer copy.
+  serial = data_split.SerialRate(data_split.Rate(8000, seconds=2.0, cpu_seconds=1.0),
+                                 data_split.Rate(8000, seconds=1.0, cpu_seconds=0.5))
   worker = data_split.Rate(windows=250, seconds=1.0, cpu_seconds=1.0)
+  assert serial.thread.windows_per_s == pytest.approx(16000)
   assert data_split.cores_needed(4000, serial, worker) == pytest.approx(4000 / 250 + 0.5)
-  assert data_split.cores_needed(9000, serial, worker) is None  # the main process can't keep up
+  # Above one core of main process in all is fine (the runtime copies in threads of its own)...
+  assert data_split.cores_needed(12000, serial, worker) == pytest.approx(12000 / 250 + 1.5)
+  # ... above one core of the Python thread is not.
+  assert data_split.cores_needed(17000, serial, worker) is None

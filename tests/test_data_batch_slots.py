@@ -78,3 +78,12 @@ def test_names_of_slots_never_received_are_removed(prefix):
   assert len(_names(prefix)) == 3
   batch_slots.remove_slots(prefix)
   assert _names(prefix) == []
+
+
+def test_too_little_shared_memory_is_one_clear_error(prefix, monkeypatch):
+  class Full:
+    f_bavail, f_frsize = 0, 4096
+  monkeypatch.setattr(batch_slots.os, "statvfs", lambda path: Full())
+  with pytest.raises(OSError, match=r"/dev/shm has 0 MiB free.*--shm-size"):
+    batch_slots.SlotWriter(prefix, max_slots=1).write(_samples(4, 0))
+  assert _names(prefix) == []

@@ -240,10 +240,20 @@ def _handoffs(max_slots: int):
   return out
 
 
-def _rate_line(part: str, label: str, rate: data_split.Rate, batch_size: int) -> str:
+def _rate_line(part: str, label: str, rate, batch_size: int) -> str:
+  if isinstance(rate, data_split.SerialRate):
+    line = _rate_line(part, label, rate.total, batch_size)
+    if rate.transfer is not None:
+      line += (f"; of it the main thread {rate.thread.windows_per_s:.0f} windows/s, the "
+               f"transfer stand-in {rate.transfer.windows_per_s:.0f} windows/s")
+    return line
   return (f"{part}, {label} handoff: {rate.windows_per_s:.0f} windows/s per core "
           f"({rate.cpu_seconds / rate.windows * batch_size * 1e3:.1f} CPU ms per host batch "
           f"of {batch_size}; {rate.windows_per_wall_s:.0f} windows per wall second)")
+
+
+def _speed(rate) -> float:
+  return (rate.total if isinstance(rate, data_split.SerialRate) else rate).windows_per_s
 
 
 def _measure_part(part: str, measure, max_slots: int, batch_size: int) -> List:
@@ -265,8 +275,8 @@ def _measure_part(part: str, measure, max_slots: int, batch_size: int) -> List:
   for (label, _), rate in zip(handoffs, rates):
     print(_rate_line(part, label, rate, batch_size) + f" [core {core}]", flush=True)
   if len(rates) == 2:
-    print(f"{part}: the loader's handoff is {rates[1].windows_per_s / rates[0].windows_per_s:.2f}"
-          f"x grain's (same run, same core, alternating rounds)")
+    print(f"{part}: the loader's handoff is {_speed(rates[1]) / _speed(rates[0]):.2f}x grain's "
+          f"(same run, same core, alternating rounds)")
   return rates
 
 
@@ -286,8 +296,9 @@ def _measure_split(config, mode: str) -> None:
     copy = platform == "cpu"
     print(f"serial = the main process per host batch: receive, place on "
           f"{jax.local_device_count()} {platform} device(s), release"
-          + (" (+ one copy of the batch, standing in for the read of its bytes by a TPU/GPU "
-             "transfer, which jax's zero-copy placement on CPU skips)" if copy else ""))
+          + (" (+ one copy of the batch, the transfer stand-in: a TPU/GPU runtime reads the "
+             "batch's bytes in its own threads, jax's zero-copy placement on CPU does not)"
+             if copy else ""))
     serial = _measure_part("serial", lambda h, seconds: data_split.serial_rate(
         batches, place, h, seconds, copy), len(batches), B)
     del batches
@@ -305,11 +316,11 @@ def _measure_split(config, mode: str) -> None:
       need = data_split.cores_needed(target, s, w)
       if need is None:
         print(f"cores for {target:.0f} windows/s with {label} handoff: not reachable (the main "
-              f"process alone would need {target / s.windows_per_s:.2f} cores)")
+              f"thread alone would need {target / s.thread.windows_per_s:.2f} cores)")
       else:
         print(f"cores for {target:.0f} windows/s with {label} handoff: {need:.1f} "
               f"({target:.0f} / {w.windows_per_s:.0f} for the workers + {target:.0f} / "
-              f"{s.windows_per_s:.0f} for the main process)")
+              f"{s.total.windows_per_s:.0f} for the main process)")
 
 
 def main(argv):

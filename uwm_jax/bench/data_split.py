@@ -159,28 +159,52 @@ class SlotHandoff:
     batch_slots.remove_slots(self.slot_prefix)
 
 
+@dataclasses.dataclass
+class SerialRate:
+  """The main process's part: `total` (all of it, on one core) and of that the stand-in
+  transfer copy (`transfer`, None when not made)."""
+  total: Rate
+  transfer: Optional[Rate]
+
+  @property
+  def thread(self) -> Rate:
+    """Without the transfer copy: the work of the Python thread that runs the train loop."""
+    if self.transfer is None:
+      return self.total
+    return Rate(self.total.windows, self.total.seconds - self.transfer.seconds,
+                self.total.cpu_seconds - self.transfer.cpu_seconds)
+
+  def __add__(self, other: "SerialRate") -> "SerialRate":
+    transfer = (None if self.transfer is None or other.transfer is None
+                else self.transfer + other.transfer)
+    return SerialRate(self.total + other.total, transfer)
+
+
 def serial_rate(batches: List[Mapping[str, np.ndarray]],
                 place: Callable[[Mapping[str, np.ndarray]], dict], handoff,
-                seconds: float, transfer_copy: bool) -> Rate:
+                seconds: float, transfer_copy: bool) -> SerialRate:
   """The main process's cost per host batch, on one core, with the workers' output free.
 
   Rounds of len(batches) batches: each round first hands the batches over as the workers do
   (`handoff.send`, untimed: the workers' work), then times receiving them, placing them on the
   devices and releasing them. One untimed round first (a slot is mapped once). Rounds repeat
   until `seconds` of CPU time are timed. transfer_copy: also copy every placed batch into one
-  reused host buffer, standing in for the read of the bytes that a TPU or GPU transfer makes
-  and that jax's zero-copy placement on CPU devices skips.
+  reused host buffer (timed apart too), standing in for the read of the bytes that a TPU or
+  GPU transfer makes (in the runtime's threads) and that jax's zero-copy placement on CPU
+  devices skips; it is the first read of the batch's pages in this process.
   """
   staging = {}
+  copy_clock = _Clock()
 
   def consume(item):
     batch = handoff.receive(item)
     jax.block_until_ready(place(batch))
     if transfer_copy:
-      for key, value in batch.items():
-        if key not in staging:
-          staging[key] = np.ones(value.shape, value.dtype)
-        np.copyto(staging[key], value)
+      with copy_clock:
+        for key, value in batch.items():
+          if key not in staging:
+            staging[key] = np.ones(value.shape, value.dtype)
+          np.copyto(staging[key], value)
     return len(next(iter(batch.values())))
 
   windows, clock, first = 0, _Clock(), True
@@ -191,13 +215,14 @@ def serial_rate(batches: List[Mapping[str, np.ndarray]],
       for item in items:
         consume(item)
       handoff.settle()
-      first = False
+      first, copy_clock = False, _Clock()
       continue
     with clock:
       for item in items:
         windows += consume(item)
       handoff.settle()
-  return Rate(windows, clock.wall, clock.cpu)
+  transfer = Rate(windows, copy_clock.wall, copy_clock.cpu) if transfer_copy else None
+  return SerialRate(Rate(windows, clock.wall, clock.cpu), transfer)
 
 
 def worker_rate(read_batch: Callable, handoff, seconds: float, first: int = 0) -> Rate:
@@ -222,13 +247,14 @@ def worker_rate(read_batch: Callable, handoff, seconds: float, first: int = 0) -
   return Rate(windows, clock.wall, clock.cpu)
 
 
-def cores_needed(target_windows_per_s: float, serial: Rate, worker: Rate) -> Optional[float]:
-  """Cores for `target` windows/s: the workers' share plus the main process's share; None when
-  the main process alone (one core at most) cannot keep up."""
-  main = target_windows_per_s / serial.windows_per_s
-  if main > 1.0:
+def cores_needed(target_windows_per_s: float, serial: SerialRate,
+                 worker: Rate) -> Optional[float]:
+  """Cores for `target` windows/s: the workers' share plus the main process's; None when the
+  main process's Python thread alone (one core at most) cannot keep up."""
+  if target_windows_per_s / serial.thread.windows_per_s > 1.0:
     return None
-  return target_windows_per_s / worker.windows_per_s + main
+  return (target_windows_per_s / worker.windows_per_s +
+          target_windows_per_s / serial.total.windows_per_s)
 
 
 def memcpy_gb_per_s(nbytes: int = 256 << 20, repeats: int = 3) -> float:

@@ -109,6 +109,18 @@ def stack_into(out: Mapping[str, np.ndarray], samples: List[Mapping[str, np.ndar
     np.stack([s[key] for s in samples], out=dest)
 
 
+def check_room(size: int) -> None:
+  """Raise a clear error when /dev/shm cannot hold `size` more bytes (writing past its end would
+  kill the worker with SIGBUS; containers often give it 64 MB)."""
+  st = os.statvfs(_SHM_DIR)
+  free = st.f_bavail * st.f_frsize
+  if free < size:
+    raise OSError(f"{_SHM_DIR} has {free / 2**20:.0f} MiB free, a host batch needs "
+                  f"{size / 2**20:.0f} MiB of shared memory to reach the main process: give it "
+                  f"more (a container: docker run --shm-size=..., about data.num_workers x "
+                  f"(data.prefetch_batches + 6) batches), or lower data.num_workers.")
+
+
 class SlotWriter:
   """Worker side: the slots of this process, created on demand, reused once freed."""
 
@@ -126,6 +138,7 @@ class SlotWriter:
           return slot
       if len(self._slots) >= self.max_slots:
         return None
+      check_room(size)
       slot = shared_memory.SharedMemory(
           create=True, size=size, name=f"{self.prefix}_{os.getpid()}_{len(self._slots)}")
       slot.buf[0] = _IN_USE
