@@ -193,7 +193,7 @@ def test_worker_processes_hand_over_the_same_batches_in_reused_slots(converted, 
     per_process = collections.Counter(s.rsplit("_", 1)[0] for s in slots)
     assert len(per_process) == 2 and max(per_process.values()) <= per_worker
     assert len(slots) < n, slots  # slots were reused
-    prefix = workers._slot_prefix  # pylint: disable=protected-access
+    prefix = slots[0].rsplit("_", 2)[0]  # <prefix>_<pid>_<k>
   finally:
     workers.close()
   assert not [f for f in os.listdir("/dev/shm") if f.startswith(prefix + "_")]

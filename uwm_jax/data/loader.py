@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 import zlib
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -280,7 +281,7 @@ class TrainLoader(_Loader):
     self._stream = self._global_stream()
     self._next_batch = 0
     self._iter: Optional[Iterator] = None
-    self._slot_prefix: Optional[str] = None
+    self._remove_slots = lambda: None  # set with each pipeline
     self._readers = {}  # slot prefix -> this host's batches (read_batch)
     # With grain worker processes each worker holds its own cache: nothing to fill here.
     self.cache_fill = (prefill_frame_caches(self.sources) if self.num_workers == 0 else None)
@@ -296,7 +297,6 @@ class TrainLoader(_Loader):
       return parts[0]
     return grain.MapDataset.mix(parts, self.weights)
 
-
   def read_batch(self, j: int, slot_prefix: Optional[str] = None):
     """This host's batch j of the stream (counted from the start), read in the calling process
     as a grain worker reads it: a dict of arrays, or with `slot_prefix` its
@@ -310,8 +310,10 @@ class TrainLoader(_Loader):
 
   def __next__(self) -> dict:
     if self._iter is None:
-      pipeline, self._slot_prefix = self._pipeline(self._stream, self._next_batch)
+      pipeline, prefix = self._pipeline(self._stream, self._next_batch)
       self._iter = iter(pipeline)
+      # Also when the loader is dropped unclosed: after grain stopped the workers.
+      self._remove_slots = weakref.finalize(self._iter, batch_slots.remove_slots, prefix)
     batch = next(self._iter)
     self._next_batch += 1
     return batch
@@ -339,8 +341,7 @@ class TrainLoader(_Loader):
     it, self._iter = self._iter, None
     if it is not None and hasattr(it, "close"):
       it.close()
-    batch_slots.remove_slots(self._slot_prefix)
-    self._slot_prefix = None
+    self._remove_slots()
 
 
 def _open_latent_caches(config, names, sources, frozen) -> Optional[list]:
