@@ -103,7 +103,7 @@ def data_config() -> ml_collections.ConfigDict:
   d.normalize = True  # min-max normalise actions/low-dim to [-1, 1] (LIBERO: False).
   d.stats_path = ""  # JSON statistics to use instead of computing them (e.g. pretraining's).
   # grain worker processes per host: 0 = read in the main process; -1 = one per core this
-  # process may use less two (the main process, the runtime), at most 64, and 0 below 8 cores
+  # process may use less two (the main process, the runtime), at most 32, and 0 below 8 cores
   # (`uwm_jax.data.loader.resolve_num_workers`; docs/data.md, "Feeding a big host").
   d.num_workers = -1
   d.read_threads = 8  # threads reading the windows of one batch (in each worker).

@@ -318,9 +318,12 @@ def _measure_split(config, mode: str) -> None:
         print(f"cores for {target:.0f} windows/s with {label} handoff: not reachable (the main "
               f"thread alone would need {target / s.thread.windows_per_s:.2f} cores)")
       else:
+        main = target / s.total.windows_per_s
         print(f"cores for {target:.0f} windows/s with {label} handoff: {need:.1f} "
-              f"({target:.0f} / {w.windows_per_s:.0f} for the workers + {target:.0f} / "
-              f"{s.total.windows_per_s:.0f} for the main process)")
+              f"({target:.0f} / {w.windows_per_s:.0f} for the workers + {main:.2f} for the main "
+              f"process, {target / s.thread.windows_per_s:.2f} of it in its Python thread"
+              + ("; more than one core: only if the runtime reads the batch in threads of its "
+                 "own" if main > 1 else "") + ")")
 
 
 def main(argv):

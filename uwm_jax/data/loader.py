@@ -63,7 +63,7 @@ def _process(process_index: Optional[int], process_count: Optional[int]) -> Tupl
 # data.num_workers = -1: worker processes per host, from the cores this process may use.
 AUTO_WORKERS_MIN_CORES = 8  # below it, read in the main process (workers did not help on 2)
 AUTO_WORKERS_RESERVED = 2  # cores left to the main process and the accelerator runtime
-AUTO_WORKERS_MAX = 64  # each worker holds a few host batches in memory (~1 GB for DROID)
+AUTO_WORKERS_MAX = 32  # each holds up to prefetch_batches + 6 host batches (DROID: ~1.3 GB)
 
 
 def usable_cores() -> int:
