@@ -26,8 +26,8 @@ instead of decoding those frames, as training with data.latent_cache_dir does:
 
 With --video_fixture the loader reads only the clips (one action-free source; identity action
 statistics; a clip frame is decoded once and placed in every view). Decoded frames = 2 * T_o * V
-per window (current + next observations of every view; T_o * V with a latent cache). Peak RSS is the largest resident
-memory of this process plus its grain workers, sampled every 0.5 s.
+per window (current + next observations of every view; T_o * V with a latent cache). Peak RSS
+is the largest resident memory of this process plus its grain workers, sampled every 0.5 s.
 """
 
 import multiprocessing

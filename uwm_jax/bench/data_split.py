@@ -106,8 +106,7 @@ def local_placer() -> Callable[[Mapping[str, np.ndarray]], dict]:
 class GrainHandoff:
   """grain's own way: the worker copies each array into a new shared-memory segment, the main
   process maps it and unlinks it when the array is released (in a thread of its own)."""
-  name = "grain (a new shared-memory segment per batch)"
-  slot_prefix = None
+  slot_prefix = None  # the worker yields plain arrays
 
   def __init__(self):
     shared_memory_array.SharedMemoryArray.enable_async_del(1)  # as grain's main process does
@@ -122,7 +121,8 @@ class GrainHandoff:
   def settle(self) -> None:
     """Wait until the batches released so far are freed (grain's main process unlinks them in
     a thread: part of the main process's cost)."""
-    pool = shared_memory_array.SharedMemoryArray._del_thread_pool  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    pool = shared_memory_array.SharedMemoryArray._del_thread_pool
     if pool is not None:
       pool.apply(lambda: None)  # one thread: runs after every release queued before it
 
@@ -133,7 +133,6 @@ class GrainHandoff:
 class SlotHandoff:
   """The loader's way with worker processes (`uwm_jax.data.batch_slots`): the worker stacks the
   batch into a reused slot, the main process maps each slot once."""
-  name = "reused slots (the loader's)"
 
   def __init__(self, max_slots: int):
     self.slot_prefix = batch_slots.new_prefix()
