@@ -22,7 +22,7 @@ CPU-second on one pinned core (uwm_jax/bench/data_split.py). With --random_laten
 data get a latent cache of random moments, so that windows read their next obs' latents
 instead of decoding those frames, as training with data.latent_cache_dir does:
   python -m uwm_jax.bench.data --config=configs/droid.py --fixture_episodes=12 \\
-      --random_latent_cache --mode=split --seconds=20
+      --random_latent_cache --mode=split --seconds=10
 
 With --video_fixture the loader reads only the clips (one action-free source; identity action
 statistics; a clip frame is decoded once and placed in every view). Decoded frames = 2 * T_o * V
