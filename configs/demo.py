@@ -70,6 +70,7 @@ def get_config(variant: str = ""):
   # recorded actions stay the expert's (envs/demos.py).
   c.data.demo_action_noise = 0.5
   c.data.read_threads = 2
+  c.data.num_workers = 0  # the frame cache is filled ahead in this process (workers: one each)
 
   t = c.train
   t.log_every = 100

@@ -1,5 +1,6 @@
 """DROID as published (RLDS/TFDS tfrecord) -> array_record conversion -> grain windows."""
 
+import collections
 import json
 import os
 import re
@@ -140,6 +141,63 @@ def test_decoded_frame_cache_gives_the_same_frames_and_batches_and_decodes_once(
     assert want.keys() == got.keys()
     for k in want:
       np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+@pytest.mark.parametrize("latents", [False, True], ids=["frames", "latent_cache"])
+def test_worker_processes_hand_over_the_same_batches_in_reused_slots(converted, latents,
+                                                                     tmp_path, monkeypatch):
+  """Batches from 2 grain workers through reused shared-memory slots (data/batch_slots.py) are
+  bit for bit those read in this process, with and without a latent cache; consumed as the
+  train loop does (each batch placed on the device, then dropped), every batch comes in a slot
+  and a worker's slots are reused; closing the loader leaves no slot behind."""
+  import jax
+  from uwm_jax.bench.data_split import write_random_latent_cache
+  from uwm_jax.data import batch_slots
+  if not batch_slots.supported():
+    pytest.skip("needs /dev/shm (Linux)")
+  def config(num_workers):
+    c = _config(converted)
+    c.batch_size = 8
+    c.data.num_workers = num_workers
+    if latents:
+      c.data.latent_cache_dir = str(tmp_path / "latents")
+    return c
+
+  if latents:
+    names, srcs, _ = sources.build_sources(config(0))
+    write_random_latent_cache(str(tmp_path / "latents"), names, srcs, config(0).model)
+  readers = []
+
+  class Recording(batch_slots.SlotReader):
+    def __init__(self):
+      super().__init__()
+      readers.append(self)
+
+  monkeypatch.setattr(batch_slots, "SlotReader", Recording)
+  plain = loader.make_train_loader(config(0), process_index=0, process_count=1)
+  workers = loader.make_train_loader(config(2), process_index=0, process_count=1)
+  n = 20
+  try:
+    for _ in range(n):
+      want, got = next(plain), next(workers)
+      assert sorted(got) == sorted(want)
+      assert (batch_lib.NEXT_LATENT_MEAN in got) == latents
+      for k in want:
+        assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+        assert got[k].tobytes() == want[k].tobytes(), k
+      jax.block_until_ready(jax.device_put(got))
+      del got
+    (reader,) = readers
+    assert (reader.slot_batches, reader.other_batches) == (n, 0)
+    slots = list(reader._maps)  # pylint: disable=protected-access  # <prefix>_<pid>_<k>
+    per_worker = int(config(2).data.prefetch_batches) + loader.SLOTS_BEYOND_PREFETCH
+    per_process = collections.Counter(s.rsplit("_", 1)[0] for s in slots)
+    assert len(per_process) == 2 and max(per_process.values()) <= per_worker
+    assert len(slots) < n, slots  # slots were reused
+    prefix = slots[0].rsplit("_", 2)[0]  # <prefix>_<pid>_<k>
+  finally:
+    workers.close()
+  assert not [f for f in os.listdir("/dev/shm") if f.startswith(prefix + "_")]
 
 
 def test_statistics_equal_numpy_and_are_cached(converted, raw_episodes):

@@ -102,8 +102,11 @@ def data_config() -> ml_collections.ConfigDict:
   d.split_seed = 0  # np.random.default_rng seed of the train/val episode split.
   d.normalize = True  # min-max normalise actions/low-dim to [-1, 1] (LIBERO: False).
   d.stats_path = ""  # JSON statistics to use instead of computing them (e.g. pretraining's).
-  d.num_workers = 0  # grain worker processes per host (0 = in the main process).
-  d.read_threads = 8  # threads reading the windows of one batch.
+  # grain worker processes per host: 0 = read in the main process; -1 = one per core this
+  # process may use less two (the main process, the runtime), at most 32, and 0 below 8 cores
+  # (`uwm_jax.data.loader.resolve_num_workers`; docs/data.md, "Feeding a big host").
+  d.num_workers = -1
+  d.read_threads = 8  # threads reading the windows of one batch (in each worker).
   d.prefetch_batches = 2  # batches read ahead per process (memory: a few batches).
   d.eval_window_stride = 1  # eval: every k-th window start of each validation episode.
   d.eval_max_windows = 0  # eval: cap on validation windows, evenly spaced (0 = all).

@@ -55,11 +55,7 @@ def build_latent_cache(source: EpisodeSource, cache_dir: str, model_cfg, frozen,
   first = latent_cache.first_cached_frame(model_cfg)
   moments_fn = make_moments_fn(model_cfg)
   os.makedirs(cache_dir, exist_ok=True)
-  meta = {"format": latent_cache.FORMAT_VERSION, "augmentation": latent_cache.AUGMENTATION,
-          "source": source.name, "source_fingerprint": source.fingerprint(),
-          "model": latent_cache.model_meta(model_cfg),
-          "frozen_fingerprint": latent_cache.params_fingerprint(frozen), "first_frame": first,
-          "latent_shape": list(d.latent_shape), "episodes": {}}
+  meta = latent_cache.cache_meta(source, model_cfg, latent_cache.params_fingerprint(frozen))
   V, C, _, h, w = d.latent_shape
   episodes = range(source.num_episodes) if episodes is None else episodes
   mine = [int(e) for i, e in enumerate(episodes) if i % process_count == process_index]
