@@ -3,8 +3,8 @@
 grain's worker processes copy every array they yield into a new shared-memory segment, which
 the main process maps, reads and unlinks. For a DROID batch (144 windows, 150-300 MB) that is
 tens of thousands of 4 KiB pages faulted in by the main process and as many freed, per batch:
-work of the one main process that does not shrink with more workers (docs/data.md, "What does
-not scale with workers").
+work of the one main process that does not shrink with more workers (docs/data.md, "Feeding a
+big host").
 
 Here a worker writes each host batch into a slot instead: a shared-memory segment it creates
 once and reuses, mapped once by each process. The worker yields only a small `SlotRef` (the
