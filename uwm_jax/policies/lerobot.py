@@ -15,8 +15,6 @@ import numpy as np
 from uwm_jax.data import source_configs
 from uwm_jax.policies import transforms as T
 
-ROBOT = "lerobot"
-
 
 def source_entry(config):
   """(name, entry) of the checkpoint config's one LeRobot source, with its mapping resolved."""
@@ -56,10 +54,10 @@ def make(config, dataset_stats) -> T.RobotTransforms:
     return np.pad(actions, pad)
 
   return T.RobotTransforms(
-      robot=ROBOT, camera_keys=tuple(m.camera_keys),
+      camera_keys=tuple(m.camera_keys),
       camera_sources={view: (T.Source(cam),) for view, cam in zip(m.camera_keys, cameras)},
       image_shape=tuple(m.image_shape), state_fields=fields,
       action_stats=T.stats_entry(dataset_stats, "action"),
       low_dim_stats=T.stats_entry(dataset_stats, "low_dim"),
-      model_action_dim=model_action_dim, robot_action_dim=action_width,
+      robot_action_dim=action_width,
       decode=decode, encode=encode, low_dim_width=int(m.get("low_dim_dim", 0)))
