@@ -260,7 +260,7 @@ def test_latest_params_skip_a_truncated_step_with_one_warning(saved, tmp_path, c
     ckpt.load_params_checkpoint(copy, step=2)
   assert len(str(err.value).splitlines()) == 1 and os.path.join(copy, "2") in str(err.value)
   with caplog.at_level(logging.WARNING):
-    step, params, _, _, _ = ckpt.load_latest_params_checkpoint(copy)
+    step, params, _, _, _ = ckpt.load_params_step(copy)
   assert step == 1
   _assert_trees_equal(host_state.ema_params, params)
   assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING][0].startswith(
@@ -322,5 +322,5 @@ def test_loading_does_not_warn_about_the_read_only_manager(saved, caplog):
   _, _, directory = saved
   with caplog.at_level(logging.WARNING):
     ckpt.load_params_checkpoint(directory)
-    ckpt.load_latest_params_checkpoint(directory)
+    ckpt.load_params_step(directory)
   assert not [r for r in caplog.records if "read only" in r.getMessage()]

@@ -63,20 +63,6 @@ class ConfigMismatchError(ValueError):
 
 
 # ----------------------------------------------------------------------------- locations
-def resolve_checkpoints_dir(path: str) -> str:
-  """A `checkpoints` folder, or a workdir holding one (local or gs://) -> the `checkpoints`
-  folder."""
-  path = storage.abspath(path)
-  if storage.is_url(path):
-    path = path.rstrip("/")
-  if not storage.isdir(path):
-    raise FileNotFoundError(f"Checkpoint folder {path} does not exist.")
-  inner = os.path.join(path, "checkpoints")
-  if storage.isdir(inner):
-    return inner
-  return path
-
-
 def list_steps(checkpoints_dir: str) -> List[int]:
   """Finished checkpoint steps (committed step folders holding a `params` item), ascending."""
   return [step for step in ckpt.finished_steps(checkpoints_dir)
@@ -362,16 +348,9 @@ def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, config=N
   if compute_dtype and compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, not "
                      f"{compute_dtype!r}.")
-  directory = resolve_checkpoints_dir(checkpoint_dir)
-  steps = list_steps(directory)
-  if not steps:
-    raise FileNotFoundError(f"No checkpoint in {directory} (expected <step>/params folders).")
-  if step is not None and step not in steps:
-    raise FileNotFoundError(f"No checkpoint step {step} in {directory}; it has {steps}.")
-  if step is None:  # the latest step that loads (a corrupt one is skipped with a warning)
-    step, params, frozen, ckpt_config, stats = ckpt.load_latest_params_checkpoint(directory)
-  else:
-    params, frozen, ckpt_config, stats = ckpt.load_params_checkpoint(directory, step)
+  directory = ckpt.resolve_checkpoints_dir(checkpoint_dir)
+  # The given step, or the newest that loads (a corrupt one is skipped with a warning).
+  step, params, frozen, ckpt_config, stats = ckpt.load_params_step(directory, step)
   if config is not None:
     check_same_config(ckpt_config, config, os.path.join(directory, str(step)))
   full = merged_config(ckpt_config, config, eval_overrides)
@@ -438,7 +417,7 @@ def watch(checkpoint_dir: str, *, config=None, eval_overrides=None, interval_s: 
   corrupt step is skipped with one warning line)."""
   done, unreadable = 0, set()
   while True:
-    directory = resolve_checkpoints_dir(checkpoint_dir)
+    directory = ckpt.resolve_checkpoints_dir(checkpoint_dir)
     done_steps = evaluated_steps(directory, eval_overrides)
     todo = [s for s in list_steps(directory) if s not in done_steps]
     for step in todo:

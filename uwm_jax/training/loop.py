@@ -27,7 +27,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -109,12 +109,11 @@ def _check_batch_size(config, mesh) -> None:
                      f"{jax.process_count()} processes.")
 
 
-def _init_from_dir(path: str):
-  """init_from may name a `checkpoints` folder or a step folder inside one."""
-  path = os.fspath(path).rstrip("/")
-  if os.path.basename(path).isdigit():
-    return os.path.dirname(path), int(os.path.basename(path))
-  return path, None
+def _init_from(config) -> Tuple[str, Optional[int]]:
+  """(checkpoints folder, step or None) of `config.init_from`, a `checkpoints` folder or a
+  step folder inside one; `config.init_from_step` (>= 0) names the step instead."""
+  directory, step = ckpt_lib.split_step_folder(config.init_from)
+  return directory, (config.init_from_step if config.init_from_step >= 0 else step)
 
 
 def _write_stats(workdir: str, stats: dict) -> str:
@@ -221,24 +220,21 @@ def build_state(config, model, optimizer, mesh, manager, workdir):
     step, state, stats, data_iter = restored
     log.info("Resumed from %s at step %d.", manager.directory, step)
     return step, state, shardings, stats or None, data_iter
+  abstract_params = {"params": abstract.params, "frozen": abstract.frozen}
+  init_from = None
   if config.init_from:  # a checkpoint of another architecture fails before any compilation
-    directory, step = _init_from_dir(config.init_from)
-    ckpt_lib.check_init_params(directory, {"params": abstract.params, "frozen": abstract.frozen},
-                               config.init_from_step if config.init_from_step >= 0 else step)
+    directory, step = _init_from(config)
+    init_from = directory, ckpt_lib.check_init_params(directory, abstract_params, step)
   state = sharded_state.init_train_state(model, optimizer, jax.random.key(config.seed),
                                          shardings, ema, tc.compiler_options)
   stats = None
-  if config.init_from:
-    directory, step = _init_from_dir(config.init_from)
-    if config.init_from_step >= 0:
-      step = config.init_from_step
-    loaded, init_stats, init_step = ckpt_lib.load_init_params(
-        directory, {"params": abstract.params, "frozen": abstract.frozen},
-        {"params": shardings.params, "frozen": shardings.frozen}, step)
+  if init_from is not None:
+    loaded, init_stats = ckpt_lib.load_init_params(
+        *init_from, abstract_params, {"params": shardings.params, "frozen": shardings.frozen})
     state = state.replace(params=loaded["params"], frozen=loaded["frozen"])
     if ema:
       state = state.replace(ema_params=jax.tree.map(lambda x: x.copy(), loaded["params"]))
-    log.info("Initialised params from %s (step %d).", directory, init_step)
+    log.info("Initialised params from %s (step %d).", *init_from)
     if not tc.recompute_dataset_stats:
       stats = init_stats or None
       log.info("Keeping the pretraining run's normalisation statistics "
@@ -278,17 +274,12 @@ def params_are_finite(params) -> jax.Array:
 
 
 def last_good_checkpoint(manager) -> str:
-  """Where training can resume from: the latest step whose files match their checksums
-  (every saved step's params were checked finite before the save)."""
-  ckpt_lib.wait_for_checksums(manager)
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      verified = ckpt_lib.checksums.verify(ckpt_lib.step_dir(manager, step))
-    except ckpt_lib.checksums.CorruptCheckpointError:
-      continue
-    return (f"the last good checkpoint is step {step} in {manager.directory}"
-            + ("" if verified else f" (unverified: no {ckpt_lib.checksums.MANIFEST_FILENAME})"))
-  return "no good checkpoint was saved yet"
+  """Where training can resume from (`checkpoint.last_good_step`), as a phrase."""
+  good = ckpt_lib.last_good_step(manager)
+  if good is None:
+    return "no good checkpoint was saved yet"
+  return (f"the last good checkpoint is step {good.step} in {manager.directory}"
+          + ("" if good.verified else f" (unverified: no {ckpt_lib.checksums.MANIFEST_FILENAME})"))
 
 
 def _non_finite_error(step: int, row: Dict[str, float], manager) -> FloatingPointError:
@@ -334,7 +325,7 @@ def check_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
   sources_lib.check_sources(config)
   resuming = bool(ckpt_lib.finished_steps(ckpt_lib.checkpoint_dir(workdir)))
   if config.init_from and not resuming:
-    directory, _ = _init_from_dir(config.init_from)
+    directory, _ = ckpt_lib.split_step_folder(config.init_from)
     if not storage.isdir(directory):
       raise FileNotFoundError(f"init_from: checkpoint folder {directory} does not exist.")
 
