@@ -3,7 +3,7 @@
 import time
 
 from uwm_jax.runs import phases
-from uwm_jax.training import loop
+from uwm_jax.training import progress
 
 
 def test_format_seconds():
@@ -29,6 +29,6 @@ def test_phases_add_up_in_order_with_notes():
 
 def test_eta_line_from_the_measured_rate():
   now = time.mktime((2026, 12, 1, 12, 0, 0, 0, 0, -1))
-  line = loop.eta_line(rate=4.0, remaining=3600, now=now)
+  line = progress.eta_line(rate=4.0, remaining=3600, now=now)
   assert line == ("Measured 4 steps/s after compilation: the remaining 3600 steps take ~15.0 min "
                   "(until ~12:15).")
