@@ -2,11 +2,14 @@
 come out in the training orientation from every accepted key."""
 
 import numpy as np
+import pytest
 
 from configs import droid as droid_config
 from configs import libero as libero_config
+from tests.helpers import tiny_push_config
 from uwm_jax.data import profiles
 from uwm_jax.policies import droid, libero, make_transforms, robot_for_config
+from uwm_jax.policies.transforms import InvalidObservation
 
 
 def test_droid_output_inverts_the_training_encoding_on_random_rotations():
@@ -59,3 +62,24 @@ def test_libero_orientation_from_every_accepted_key():
   for frame in (from_raw, from_env, from_openpi):
     np.testing.assert_array_equal(frame.images, training)
   assert libero.ROBOT == robot_for_config(config)
+
+
+def test_world_model_query_inputs_and_their_errors():
+  """A forward-dynamics query's robot action chunk and an inverse-dynamics query's goal images
+  (one per camera, or T_o of them) become model inputs; a missing or misshapen one is one
+  clear error (the server answers it with an error frame)."""
+  config = tiny_push_config()
+  transforms = make_transforms("tabletop", config, {"action": {"min": [0.0, -2.0],
+                                                               "max": [2.0, 2.0]}})
+  np.testing.assert_allclose(transforms.action_chunk(np.full((4, 2), 2.0), (4, 2)), 1.0)
+  with pytest.raises(InvalidObservation, match="forward_dynamics needs 'actions'"):
+    transforms.action_chunk(None, (4, 2))
+  with pytest.raises(InvalidObservation, match="must have 4 rows"):
+    transforms.action_chunk(np.zeros((3, 2)), (4, 2))
+  top = np.random.default_rng(4).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+  goal = transforms.goal_frames({"front_rgb": np.zeros((32, 32, 3), np.uint8), "top_rgb": top}, 2)
+  assert goal.shape == (2, 2, 32, 32, 3)  # (V, T_o, H, W, 3)
+  np.testing.assert_array_equal(goal[0], 0)  # one image fills every time step
+  np.testing.assert_array_equal(goal[1], top)  # T_o images, one per step
+  with pytest.raises(InvalidObservation, match="inverse_dynamics needs 'goal'"):
+    transforms.goal_frames(None, 2)

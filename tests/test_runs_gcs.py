@@ -23,6 +23,7 @@ from tests.helpers import FAST_COMPILE
 from tests.test_train_processes import _cli, _config, _losses, _wait_for
 from uwm_jax.data import sources as sources_lib
 from uwm_jax.evaluation import evaluator
+from uwm_jax.policies import inference_checkpoint
 from uwm_jax.runs import checkpoint as ckpt
 from uwm_jax.runs import checksums, storage, workdir_lock
 from uwm_jax.training import loop, preflight, resume
@@ -274,7 +275,7 @@ def test_evaluate_and_serve_load_a_checkpoint_from_the_bucket(gcs_run):
   assert [r["step"] for r in rows] == [RESUMED_STEPS]
   assert evaluator.evaluated_steps(ckpt.checkpoint_dir(RUN)) == [RESUMED_STEPS]
   # The policy server's loader (uwm_jax.serve) reads the same checkpoint.
-  loaded = evaluator.load_checkpoint(f"{RUN}/checkpoints")
+  loaded = inference_checkpoint.load_checkpoint(f"{RUN}/checkpoints")
   assert loaded.step == RESUMED_STEPS and loaded.directory == ckpt.checkpoint_dir(RUN)
 
 

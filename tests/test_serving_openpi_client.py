@@ -16,7 +16,7 @@ from uwm_jax.evaluation import evaluator
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint
 from uwm_jax.serving import client as client_lib
-from uwm_jax.serving import server as server_lib
+from uwm_jax.serving import from_checkpoint, server_thread
 from tests.helpers import tiny_push_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,10 +52,10 @@ def tiny_server(tmp_path_factory):
                                     dataset_stats=stats, step=4)
   # parallel_calls left at its default, as the in-process evaluator's (on the 2-core CI host a
   # batch of 2 runs as two concurrent calls of 1).
-  server = server_lib.server_from_checkpoint(directory, port=0, api_key=KEY, max_batch=2,
+  server = from_checkpoint.make_server(directory, port=0, api_key=KEY, max_batch=2,
                                              batch_window_ms=200.0, max_message_mb=1.0)
   server.compile(printer=lambda line: None)
-  with server_lib.ServerThread(server) as port:
+  with server_thread.ServerThread(server) as port:
     yield server, port, directory
 
 
