@@ -33,7 +33,7 @@ from uwm_jax import policies as policies_lib
 from uwm_jax.data import loader as loader_lib
 from uwm_jax.data import normalization
 from uwm_jax.evaluation import offline_metrics, prediction_videos, rollout, tracking, videos
-from uwm_jax.evaluation.policies import LocalPolicy, RandomPolicy
+from uwm_jax.evaluation.rollout_policies import LocalPolicy, RandomPolicy
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.policies import inference_checkpoint
 from uwm_jax.runs import checkpoint as ckpt
