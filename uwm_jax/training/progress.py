@@ -10,7 +10,7 @@
 
 import os
 import time
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import jax
 import tqdm
@@ -36,9 +36,10 @@ class TrainClock(phases.PhaseClock):
           returns `eta_line` once, at `last`
   """
 
-  def __init__(self):
+  def __init__(self, now: Callable[[], float] = time.perf_counter):
     super().__init__()
-    self._mark = time.perf_counter()
+    self._now = now  # the clock's time source (seconds)
+    self._mark = now()
     self._start_step = self._num_steps = 0
     self._window = (self._mark, 0)  # (time, step) the rate window starts after
     self._eta_steps = (0, 0)  # (first, last) step of the ETA's timing
@@ -46,7 +47,7 @@ class TrainClock(phases.PhaseClock):
 
   def lap(self, phase: str) -> float:
     """Add the time since the previous lap to `phase`; -> the phase's seconds."""
-    now = time.perf_counter()
+    now = self._now()
     self.add(phase, now - self._mark)
     self._mark = now
     return self.seconds[phase]
@@ -69,22 +70,22 @@ class TrainClock(phases.PhaseClock):
       return None
     jax.block_until_ready(device_metrics)
     if step == first:
-      self._eta_t0 = time.perf_counter()
+      self._eta_t0 = self._now()
     elif step < self._num_steps:
-      rate = (step - first) / (time.perf_counter() - self._eta_t0)
+      rate = (step - first) / (self._now() - self._eta_t0)
       return eta_line(rate, self._num_steps - step)
     return None
 
   def restart_window(self, step: int) -> None:
     """The rate window restarts now, after `step` (its steps up to `step` are recorded)."""
-    self._window = (time.perf_counter(), step)
+    self._window = (self._now(), step)
 
   def window_rate(self, step: int) -> Optional[float]:
     """Steps per second from the window's start to `step` (None: no step); restarts it."""
     t0, first = self._window
     if step <= first:
       return None
-    now = time.perf_counter()
+    now = self._now()
     self._window = (now, step)
     return (step - first) / max(now - t0, 1e-9)
 
