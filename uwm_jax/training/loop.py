@@ -212,14 +212,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   preempted_at = None
   try:
     # -------------------------------------------------------------------------- compilation
-    log.info("Compiling the train step (minutes for large models) ...")
     clock.lap("setup")
     batch_shapes = sharded_state.abstract_batch(config.model, config.batch_size, cached,
                                                 mesh_lib.batch_sharding(mesh))
-    step_fn = sharded_state.make_jitted_train_step(config, model, optimizer, shardings, mesh)
-    step_fn = step_fn.lower(state, batch_shapes, train_rng).compile()
-    clock.start_training(start, config.num_steps)
-    log.info("Train step compiled in %.1f s.", clock.seconds["compilation"])
+    if start < config.num_steps:  # (a finished run, rerun, compiles nothing)
+      log.info("Compiling the train step (minutes for large models) ...")
+      step_fn = sharded_state.make_jitted_train_step(config, model, optimizer, shardings, mesh)
+      step_fn = step_fn.lower(state, batch_shapes, train_rng).compile()
+      clock.start_training(start, config.num_steps)
+      log.info("Train step compiled in %.1f s.", clock.seconds["compilation"])
 
     # -------------------------------------------------------------------------- training
     with progress.progress_bar(config, start) as bar:

@@ -90,11 +90,13 @@ class TrainClock(phases.PhaseClock):
     return (step - first) / max(now - t0, 1e-9)
 
   def finish(self) -> Tuple[Dict[str, float], Optional[float]]:
-    """Close the training phase; -> (phase seconds, the training phase's steps per second, None
-    when no step ran)."""
+    """Close the training phase, if training started; -> (phase seconds, the training phase's
+    steps per second, None when no step ran)."""
     trained = self._num_steps - self._start_step
-    seconds = self.lap("training")
-    return dict(self.seconds), (trained / seconds if trained > 0 else None)
+    if trained <= 0:
+      return dict(self.seconds), None
+    rate = trained / self.lap("training")
+    return dict(self.seconds), rate
 
 
 def progress_bar(config, start_step: int) -> tqdm.tqdm:
