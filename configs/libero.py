@@ -3,7 +3,7 @@
   python -m uwm_jax.summarize --config=configs/libero.py
 
 Data: LIBERO-90 demonstrations converted once (docs/data.md):
-  python -m uwm_jax.data.libero --hdf5_dir=/data/LIBERO/libero_90 --data_dir=/data/tfds
+  python -m uwm_jax.data.convert_libero --hdf5_dir=/data/LIBERO/libero_90 --data_dir=/data/tfds
   python -m uwm_jax.data.convert_rlds rlds --data_dir=/data/tfds --builder=libero_90 \
       --out=/data/uwm/libero_90 --camera_keys=agentview_rgb,eye_in_hand_rgb --action_key=action
   ... --config.data.sources.libero_90.path=/data/uwm/libero_90
@@ -19,7 +19,7 @@ from uwm_jax.data import source_configs
 def conversion_command(builder: str, hdf5_dir: str, suite: str) -> str:
   """The commands that write a LIBERO dataset (docs/data.md): the HDF5 demos to RLDS, then to
   array_record in DIR, the folder that --config.data.sources.<name>.path names."""
-  return (f"python -m uwm_jax.data.libero --hdf5_dir={hdf5_dir} --data_dir=/data/tfds "
+  return (f"python -m uwm_jax.data.convert_libero --hdf5_dir={hdf5_dir} --data_dir=/data/tfds "
           f"--suite={suite} && python -m uwm_jax.data.convert_rlds rlds --data_dir=/data/tfds "
           f"--builder={builder} --out=DIR "
           f"--camera_keys={','.join(config_base.LIBERO_CAMERA_KEYS)} --action_key=action")

@@ -4,7 +4,7 @@ The task is the config variant: book_caddy, soup_cheese, bowl_drawer, moka_moka 
 (the paper's Book-Caddy, Soup-Cheese, Bowl-Drawer, Moka-Moka, Mug-Mug; 50 demos each, 2 held
 out for validation). Append ",dp" for the DP baseline (e.g. `:book_caddy,dp`).
 
-  python -m uwm_jax.data.libero --hdf5_dir=/data/LIBERO/libero_10 --data_dir=/data/tfds \\
+  python -m uwm_jax.data.convert_libero --hdf5_dir=/data/LIBERO/libero_10 --data_dir=/data/tfds \\
       --suite=paper_tasks
   python -m uwm_jax.data.convert_rlds rlds --data_dir=/data/tfds --builder=libero_book_caddy \\
       --out=/data/uwm/libero_book_caddy --camera_keys=agentview_rgb,eye_in_hand_rgb \\
@@ -28,7 +28,8 @@ from configs import libero
 from uwm_jax.data import source_configs
 
 DATA_ROOT = "/data/uwm"  # task data at DATA_ROOT/libero_<task>; override the source's path
-# variant name -> the paper's task name (data written by `uwm_jax.data.libero` as libero_<task>).
+# variant name -> the paper's task name (data written by `uwm_jax.data.convert_libero` as
+# libero_<task>).
 TASKS = {
     "book_caddy": "Book-Caddy",
     "soup_cheese": "Soup-Cheese",

@@ -1,5 +1,6 @@
-"""Shared test utilities: tiny configs, structured synthetic batches, compile options, the parity
-measure, skip marks for optional dependencies, and running an entry point as a user does."""
+"""Shared test utilities: tiny configs, structured synthetic batches, random network inputs and
+perturbed params, compile options, the parity measure, skip marks for optional dependencies,
+and running an entry point as a user does."""
 
 import importlib.util
 import os
@@ -86,6 +87,32 @@ def structured_batch(model_cfg, batch_size: int, seed: int = 0, action_mask=None
     batch[batch_lib.LOW_DIM] = rng.uniform(-1, 1, shapes[batch_lib.LOW_DIM]).astype(np.float32)
   return batch
 
+
+
+# JAX is imported where used: importing this module must not start JAX before tests/conftest.py
+# has set XLA_FLAGS (the 8 CPU devices).
+def noise_net_inputs(model, batch_size: int = 3, seed: int = 0) -> tuple:
+  """Random inputs of `model.predict_noise` (batch_size <= 3): global conditioning, noisy
+  actions, their timesteps, noisy latent observations, their timesteps."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  d, B = model.dims, batch_size
+  ks = jax.random.split(jax.random.key(seed), 3)
+  return (jax.random.normal(ks[0], (B, d.global_cond_dim)),
+          jax.random.normal(ks[1], (B, d.action_len, d.action_dim)),
+          jnp.array([0, 50, 99])[:B],
+          jax.random.normal(ks[2], (B,) + d.latent_shape),
+          jnp.array([99, 3, 42])[:B])
+
+
+def perturbed_params(params, scale: float = 0.05, seed: int = 1):
+  """`params` plus scale * N(0, 1) noise: every parameter non-zero, so that the zero-initialised
+  layers (output heads, adaLN modulation) matter."""
+  import jax  # pylint: disable=import-outside-toplevel
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(
+      tree, [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

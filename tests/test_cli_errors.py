@@ -60,7 +60,7 @@ def test_bad_inputs_end_in_one_error_line_each(tmp_path):
                             f"--workdir={tmp_path / 'w6'}"],
           (f"converted data folder '{tmp_path / 'none'}' (config.data.sources.book_caddy.path) "
            "does not exist; give --config.data.sources.book_caddy.path=DIR",
-           "python -m uwm_jax.data.libero", "--builder=libero_book_caddy --out=DIR")),
+           "python -m uwm_jax.data.convert_libero", "--builder=libero_book_caddy --out=DIR")),
       "eval task": ("uwm_jax.evaluate", ["--env=libero/nope",
                                          f"--checkpoint_dir={tmp_path / 'no_checkpoints'}"],
                     "nope"),

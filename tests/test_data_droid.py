@@ -18,9 +18,9 @@ from uwm_jax.data import array_record_format as fmt
 from tests import fixtures
 from tests.helpers import run_cli
 from uwm_jax.data import convert_rlds as convert
-from uwm_jax.data import filters, loader, normalization, profiles, rlds_read
+from uwm_jax.data import droid_actions, filters, loader, normalization, profiles, rlds_read
 from uwm_jax.data import source_configs, sources
-from uwm_jax.data.converted import ConvertedSource
+from uwm_jax.data.array_record_source import ArrayRecordSource
 from uwm_jax.data.windows import WindowReader
 
 IMAGE = (36, 64)  # small frames keep the tests fast; the schema is otherwise DROID's own.
@@ -96,8 +96,8 @@ def test_windows_match_the_raw_rlds_episode(converted, raw_episodes, monkeypatch
     # Pillow vs TF JPEG decoders may differ by a few levels.
     np.testing.assert_allclose(sample["obs"][v], frames[sl.obs], atol=12)
     np.testing.assert_allclose(sample["next_obs"][v], frames[sl.next_obs], atol=12)
-  raw_act = profiles.droid_action_10d(raw["action_dict"]["cartesian_velocity"],
-                                      raw["action_dict"]["gripper_position"])
+  raw_act = droid_actions.droid_action_10d(raw["action_dict"]["cartesian_velocity"],
+                                           raw["action_dict"]["gripper_position"])
   np.testing.assert_allclose(
       normalization.denormalize(sample["action"], train.dataset_stats["action"]),
       raw_act[start:start + sl.window][sl.action], rtol=1e-5, atol=1e-6)
@@ -204,9 +204,10 @@ def test_statistics_equal_numpy_and_are_cached(converted, raw_episodes):
   c = _config(converted)
   c.model.low_dim_dim = 7
   stats = loader.make_train_loader(c, process_index=0, process_count=1).dataset_stats
-  acts = np.concatenate([profiles.droid_action_10d(e["steps"]["action_dict"]["cartesian_velocity"],
-                                                   e["steps"]["action_dict"]["gripper_position"])
-                         for e in raw_episodes])
+  acts = np.concatenate([
+      droid_actions.droid_action_10d(e["steps"]["action_dict"]["cartesian_velocity"],
+                                     e["steps"]["action_dict"]["gripper_position"])
+      for e in raw_episodes])
   low = np.concatenate([np.concatenate([e["steps"]["observation"]["cartesian_position"],
                                         e["steps"]["observation"]["gripper_position"]], 1)
                         for e in raw_episodes])
@@ -248,7 +249,7 @@ def test_conversion_filters_max_episodes_and_resumes_per_shard(droid_dir, raw_ep
   assert sorted(os.listdir(out)) == ["conversion.json", "shard-00000-of-00003",
                                      "shard-00002-of-00003"]
   with pytest.raises(ValueError, match=r"unfinished.*\[1\]"):
-    ConvertedSource("droid", out, prof.camera_keys, IMAGE, 10)
+    ArrayRecordSource("droid", out, prof.camera_keys, IMAGE, 10)
   stamp = os.path.getmtime(os.path.join(out, "shard-00000-of-00003", fmt.FRAMES))
   # A killed writer's temporary folder is deleted by the rerun; a live writer's is kept.
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -266,7 +267,7 @@ def test_conversion_filters_max_episodes_and_resumes_per_shard(droid_dir, raw_ep
     live.wait()
   assert convert.convert_rlds(droid_dir, out, prof, episode_filter=filt, progress=False)
   assert os.path.getmtime(os.path.join(out, "shard-00000-of-00003", fmt.FRAMES)) == stamp
-  src = ConvertedSource("droid", out, prof.camera_keys, IMAGE, 10)
+  src = ArrayRecordSource("droid", out, prof.camera_keys, IMAGE, 10)
   want = [e["episode_metadata"]["file_path"].decode() for e in raw_episodes
           if b"WEIRD" not in e["episode_metadata"]["recording_folderpath"]]
   assert [m["file_path"] for m in src.metadata] == want
@@ -282,7 +283,7 @@ def test_conversion_filters_max_episodes_and_resumes_per_shard(droid_dir, raw_ep
   meta = json.load(open(os.path.join(out2, fmt.DATASET_JSON)))
   assert meta["num_episodes"] == 2 and len(meta["shards"]) == 1
   assert not os.path.exists(os.path.join(out2, "shard-00002-of-00003"))
-  src = ConvertedSource("droid", out2, prof.camera_keys, IMAGE, 10)
+  src = ArrayRecordSource("droid", out2, prof.camera_keys, IMAGE, 10)
   assert [m["file_path"] for m in src.metadata] == [
       e["episode_metadata"]["file_path"].decode() for e in raw_episodes[:2]]
 
@@ -392,7 +393,7 @@ def test_max_episodes_takes_the_episodes_tfds_load_yields_first(shuffled_droid_d
   run = run_cli("uwm_jax.data.convert_rlds", "droid", f"--builder_dir={shuffled_droid_dir}",
                 f"--out={out}", "--include=WEIRD", "--max_episodes=12")
   assert run.returncode == 0, run.stderr[-3000:]
-  src = ConvertedSource("droid", out, profiles.droid_profile().camera_keys, (8, 8), 10)
+  src = ArrayRecordSource("droid", out, profiles.droid_profile().camera_keys, (8, 8), 10)
   assert [m["file_path"] for m in src.metadata] == [p for p in loaded if "/WEIRD/" in p][:12]
   converted = [d for d in os.listdir(out) if d.startswith("shard-")]
   assert 0 < len(converted) < ORDER_SHARDS  # files the selection never reaches are skipped
@@ -485,7 +486,7 @@ def test_action_free_samples_keep_the_sources_low_dim_observations(converted, ca
   np.testing.assert_array_equal(free[batch_lib.LOW_DIM], labelled[batch_lib.LOW_DIM])
   # Another robot's low-dim width: read as video without low-dim (zeros), with one warning.
   with caplog.at_level("WARNING"):
-    other = ConvertedSource("video", converted, c.model.camera_keys, IMAGE, 10, low_dim_dim=3,
-                            action_free=True)
+    other = ArrayRecordSource("video", converted, c.model.camera_keys, IMAGE, 10, low_dim_dim=3,
+                              action_free=True)
   assert other.low_dim(0) is None
   assert "do not fit model.low_dim_dim = 3" in caplog.text

@@ -33,7 +33,7 @@ from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.policies import transforms
 from uwm_jax.runs import checkpoint
 from uwm_jax.serving import client as client_lib
-from uwm_jax.training import loop
+from uwm_jax.training import loop, resume
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_PYTHON = os.path.join(ROOT, ".venv-lerobot", "bin", "python")
@@ -263,7 +263,7 @@ def test_mapping_errors_name_the_override(converted):
 def test_training_loader_reads_batches_and_saves_the_resolved_mapping(converted, tmp_path):
   """The config training saves in its checkpoints (the loader's) names the dataset's keys."""
   c = _config(converted)
-  loader, loader_config = loop.make_train_loader(c, None, str(tmp_path))
+  loader, loader_config = resume.make_run_loader(c, None, str(tmp_path))
   try:
     batch = next(loader)
   finally:

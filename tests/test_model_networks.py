@@ -3,37 +3,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import structured_batch, tiny_config
+from tests.helpers import noise_net_inputs, perturbed_params, structured_batch, tiny_config
 from uwm_jax.model.layers import sinusoidal_embedding
 from uwm_jax.model.patchify import patchify, unpatchify
 from uwm_jax.model.uwm import UnifiedWorldModel
 
 
-def _random_inputs(model, B=3, seed=0):
-  d = model.dims
-  ks = jax.random.split(jax.random.key(seed), 3)
-  return (jax.random.normal(ks[0], (B, d.global_cond_dim)),
-          jax.random.normal(ks[1], (B, d.action_len, d.action_dim)),
-          jnp.array([0, 50, 99])[:B],
-          jax.random.normal(ks[2], (B,) + d.latent_shape),
-          jnp.array([99, 3, 42])[:B])
-
-
 def test_zero_output_at_init():
   model = UnifiedWorldModel(tiny_config().model)
   params, _ = model.init(jax.random.key(0))
-  eps_a, eps_o = jax.jit(model.predict_noise)(params, *_random_inputs(model))
+  eps_a, eps_o = jax.jit(model.predict_noise)(params, *noise_net_inputs(model))
   assert eps_a.shape == (3,) + (model.dims.action_len, model.dims.action_dim)
   assert eps_o.shape == (3,) + model.dims.latent_shape
   assert not jnp.any(eps_a) and not jnp.any(eps_o)
-
-
-def _perturb(params, seed=1):
-  """Make every parameter non-zero so the zero-initialised layers matter."""
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(
-      tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
 def test_remat_alone_gives_the_same_gradients():
@@ -41,8 +23,8 @@ def test_remat_alone_gives_the_same_gradients():
   network match the plain ones to float32 rounding."""
   cfg = tiny_config()
   model = UnifiedWorldModel(cfg.model)
-  params = _perturb(model.init(jax.random.key(0))[0])
-  inputs = _random_inputs(model)
+  params = perturbed_params(model.init(jax.random.key(0))[0])
+  inputs = noise_net_inputs(model)
 
   def grads(m):
     loss = lambda p: sum(jnp.sum(jnp.square(o)) for o in m.predict_noise(p, *inputs))
@@ -59,8 +41,8 @@ def test_remat_alone_gives_the_same_gradients():
 def test_remat_and_bf16_run_close_to_fp32():
   cfg = tiny_config()
   model = UnifiedWorldModel(cfg.model)
-  params = _perturb(model.init(jax.random.key(0))[0])
-  inputs = _random_inputs(model)
+  params = perturbed_params(model.init(jax.random.key(0))[0])
+  inputs = noise_net_inputs(model)
   ref = jax.jit(model.predict_noise)(params, *inputs)
   cfg.model.remat = True
   cfg.model.compute_dtype = "bfloat16"

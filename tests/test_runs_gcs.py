@@ -24,9 +24,10 @@ from tests.helpers import FAST_COMPILE
 from tests.test_train_processes import _cli, _config, _losses, _wait_for
 from uwm_jax.data import sources as sources_lib
 from uwm_jax.evaluation import evaluator
+from uwm_jax.policies import inference_checkpoint
 from uwm_jax.runs import checkpoint as ckpt
 from uwm_jax.runs import checksums, storage, workdir_lock
-from uwm_jax.training import loop
+from uwm_jax.training import loop, preflight, resume
 
 pytestmark = pytest.mark.skipif(gcs_emulator.missing_reason() is not None,
                                 reason=str(gcs_emulator.missing_reason()))
@@ -181,12 +182,12 @@ def test_another_hosts_lock_on_a_bucket_is_respected_while_it_beats_then_waited_
 
 # ------------------------------------------------------------------------------------ paths
 def test_gcs_workdir_is_accepted_and_other_urls_are_refused(emulator):
-  loop.prepare_workdir(RUN)  # defect 2: this raised "use a filesystem path ... not a URL"
+  preflight.prepare_workdir(RUN)  # defect 2: this raised "use a filesystem path ... not a URL"
   for bad in ("s3://bucket/run", "gs://"):
     with pytest.raises(ValueError):
-      loop.prepare_workdir(bad)
+      preflight.prepare_workdir(bad)
   with pytest.raises(FileNotFoundError, match="bucket gs://no-such-bucket does not exist"):
-    loop.prepare_workdir("gs://no-such-bucket/run")
+    preflight.prepare_workdir("gs://no-such-bucket/run")
   with pytest.raises(FileNotFoundError, match="does not exist"):  # never created by gcsfs
     ckpt.make_manager("gs://no-such-bucket/run/checkpoints")
   assert not storage.isdir("gs://no-such-bucket")
@@ -265,10 +266,10 @@ def test_a_bucket_run_commits_without_renames_and_writes_everything_there(gcs_ru
     assert storage.exists(f"{folder}/commit_success.txt")  # Orbax's commit on GCS
     assert checksums.verify(folder)  # its checksums.json, written through gcsfs, verifies
   top = storage.listdir(RUN)
-  assert {"metrics.jsonl", loop.STATS_FILENAME, "tensorboard", "checkpoints"} <= set(top)
+  assert {"metrics.jsonl", resume.STATS_FILENAME, "tensorboard", "checkpoints"} <= set(top)
   assert workdir_lock.LOCK_FILENAME not in top  # released at the end
   assert any(n.startswith("events.out.tfevents") for n in storage.listdir(f"{RUN}/tensorboard"))
-  stats = json.loads(storage.read_text(f"{RUN}/{loop.STATS_FILENAME}"))
+  stats = json.loads(storage.read_text(f"{RUN}/{resume.STATS_FILENAME}"))
   assert stats == ckpt.load_params_checkpoint(ckpt.checkpoint_dir(RUN))[3]
 
 
@@ -287,7 +288,7 @@ def test_evaluate_and_serve_load_a_checkpoint_from_the_bucket(gcs_run):
   assert [r["step"] for r in rows] == [RESUMED_STEPS]
   assert evaluator.evaluated_steps(ckpt.checkpoint_dir(RUN)) == [RESUMED_STEPS]
   # The policy server's loader (uwm_jax.serve) reads the same checkpoint.
-  loaded = evaluator.load_checkpoint(f"{RUN}/checkpoints")
+  loaded = inference_checkpoint.load_checkpoint(f"{RUN}/checkpoints")
   assert loaded.step == RESUMED_STEPS and loaded.directory == ckpt.checkpoint_dir(RUN)
 
 
@@ -328,13 +329,13 @@ def test_init_from_a_bucket_checkpoint(emulator, tmp_path):
                               config=cfg, dataset_stats=stats, step=3)
   cfg.init_from = f"{init_dir}/3"
   workdir = str(tmp_path / "finetune")
-  loop.check_inputs(cfg, workdir)
+  preflight.check_inputs(cfg, workdir)
   manager = ckpt.make_manager(ckpt.checkpoint_dir(workdir))
-  start, state, _, got_stats, _ = loop.build_state(cfg, model, tx, mesh, manager, workdir)
+  start, state, _, got_stats, _ = resume.build_state(cfg, model, tx, mesh, manager)
   manager.close()
   assert start == 0 and got_stats == stats
   for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, b)
   cfg.init_from = f"{_fresh('missing')}/checkpoints"
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    loop.check_inputs(cfg, workdir)
+    preflight.check_inputs(cfg, workdir)

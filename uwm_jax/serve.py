@@ -29,7 +29,7 @@ import sys
 from absl import flags
 
 from uwm_jax import cli_config
-from uwm_jax.serving import server as server_lib
+from uwm_jax.serving import from_checkpoint
 
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Checkpoints folder or workdir.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
@@ -61,7 +61,7 @@ flags.mark_flags_as_required(["checkpoint_dir"])
 def main(argv):
   del argv
   try:
-    server = server_lib.server_from_checkpoint(
+    server = from_checkpoint.make_server(
         _CHECKPOINT_DIR.value, _STEP.value, robot=_ROBOT.value, host=_HOST.value,
         port=_PORT.value, api_key=_API_KEY.value, max_batch=max(1, _MAX_BATCH.value),
         parallel_calls=max(0, _PARALLEL.value),

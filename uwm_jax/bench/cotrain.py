@@ -198,16 +198,19 @@ def train_run(row: Row, seed: int, workdir: str) -> float:
 
 def evaluate_run(row: Row, seed: int, workdir: str, videos_dir: str) -> dict:
   """ID and OOD evaluations of the run's final checkpoint (each kept in <workdir>/eval/)."""
-  from uwm_jax.evaluation import evaluator  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from uwm_jax.evaluation import evaluator
+  from uwm_jax.policies import inference_checkpoint
+  # pylint: enable=import-outside-toplevel
   out, loaded = {}, None
   for tag, env in (("id", ID_ENV), ("ood", _OOD_ENV.value)):
     path = os.path.join(workdir, f"cotrain_eval_{tag}.json")
     found = _read_json(path)
     if not is_current(found, env, _EPISODES.value):
       if loaded is None:  # one load serves both evaluations
-        loaded = evaluator.load_checkpoint(os.path.join(workdir, "checkpoints"))
-      config = evaluator.merged_config(loaded.config,
-                                       eval_overrides=eval_overrides(env, _EPISODES.value))
+        loaded = inference_checkpoint.load_checkpoint(os.path.join(workdir, "checkpoints"))
+      config = inference_checkpoint.merged_config(
+          loaded.config, eval_overrides=eval_overrides(env, _EPISODES.value))
       out_dir = os.path.join(workdir, "eval", evaluator.run_name(loaded.step, {"env": env}))
       t0 = time.perf_counter()
       result = evaluator.evaluate_loaded(loaded.params, loaded.frozen, config,

@@ -21,7 +21,7 @@ training source and the policy server take the dataset's keys from there. Episod
 into input shards of `--episodes_per_shard`, each written to `<shard>.tmp-<PID>` and renamed
 when complete, split over `--num_processes` local processes and hosts
 (`--process_index/--process_count`) and resumed by rerunning the same command: the machinery of
-`uwm_jax.data.convert_rlds`. Bad input (a missing video, a feature the dataset lacks, a
+`uwm_jax.data.shard_conversion`. Bad input (a missing video, a feature the dataset lacks, a
 truncated parquet file, NaN in an action) stops with one line naming the file and field.
 """
 
@@ -36,7 +36,7 @@ from absl import app, flags
 
 from uwm_jax import cli_config
 from uwm_jax.data import array_record_format as fmt
-from uwm_jax.data import convert_rlds, convert_video
+from uwm_jax.data import convert_video, shard_conversion
 from uwm_jax.data import lerobot_read as lr
 # conversion.json's key of the dataset mapping (see `conversion_params`).
 from uwm_jax.data.lerobot_source import MAPPING_KEY as LEROBOT
@@ -93,7 +93,7 @@ def convert_episode_shard(folder: lr.LeRobotFolder, episodes: Sequence[lr.Episod
 def conversion_params(folder: lr.LeRobotFolder, mapping: lr.FeatureMapping, *,
                       image_shape: Optional[Tuple[int, int]], image_format: str,
                       episodes_per_shard: int, tolerance_s: float, dataset: str) -> dict:
-  """conversion.json: what `convert_rlds.finalize` reads, the mapping (LEROBOT) and the
+  """conversion.json: what `shard_conversion.finalize` reads, the mapping (LEROBOT) and the
   settings; a hash of the episode list makes a rerun over another dataset version refused."""
   if image_format not in IMAGE_FORMATS:
     raise ValueError(f"--image_format must be one of {IMAGE_FORMATS}, got {image_format!r}.")
@@ -140,8 +140,9 @@ def convert_lerobot(src: str, out_dir: str, *, cameras: Sequence[str] = (),
     part = folder.episodes[k * episodes_per_shard:(k + 1) * episodes_per_shard]
     return convert_episode_shard(folder, part, k, n, out_dir, params)
 
-  return convert_rlds.convert_shards(out_dir, params, convert_one, process_index=process_index,
-                                     process_count=process_count, progress=progress)
+  return shard_conversion.convert_shards(out_dir, params, convert_one,
+                                         process_index=process_index,
+                                         process_count=process_count, progress=progress)
 
 
 def parse_shape(text: str) -> Optional[Tuple[int, int]]:
@@ -185,7 +186,7 @@ def define_flags() -> None:
   flags.DEFINE_float("tolerance_s", lr.TOLERANCE_S, "largest distance between a step's "
                      "timestamp and its video frame (LeRobotDataset's tolerance_s).")
   flags.DEFINE_string("dataset", "", "name in messages (default: the folder name).")
-  convert_rlds.define_process_flags()
+  shard_conversion.define_process_flags()
 
 
 def main(argv: Sequence[str]) -> None:
@@ -197,7 +198,7 @@ def main(argv: Sequence[str]) -> None:
   lr.resolve_mapping(lr.read_dataset(args.src), _keys(args.cameras), _keys(args.state) or None,
                      args.action)
   logging.basicConfig(level=logging.INFO)
-  convert_rlds.convert_in_processes(_worker, args)
+  shard_conversion.convert_in_processes(_worker, args)
 
 
 if __name__ == "__main__":

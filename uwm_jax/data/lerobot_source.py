@@ -28,7 +28,7 @@ from typing import Dict
 import numpy as np
 
 from uwm_jax.data import filters as filters_lib
-from uwm_jax.data.converted import ConvertedSource, load_dataset_json
+from uwm_jax.data.array_record_source import ArrayRecordSource, load_dataset_json
 
 MAPPING_KEY = "lerobot"  # conversion.json's record of the mapping (written by convert_lerobot)
 RESOLVED_FIELDS = ("cameras", "state", "action", "state_widths", "action_width")
@@ -84,7 +84,7 @@ def _pad(x: np.ndarray, width: int) -> np.ndarray:
   return np.pad(np.asarray(x, np.float32), ((0, 0), (0, width - x.shape[1])))
 
 
-class LeRobotSource(ConvertedSource):
+class LeRobotSource(ArrayRecordSource):
   """Episodes of a converted LeRobot dataset: the mapped cameras as the model's views, the
   mapped state and the action padded to the model's widths."""
 

@@ -6,7 +6,7 @@ from typing import List, Tuple
 import ml_collections
 
 from uwm_jax.data import lerobot_source, source_configs
-from uwm_jax.data.converted import ConvertedSource
+from uwm_jax.data.array_record_source import ArrayRecordSource, load_dataset_json
 from uwm_jax.data.episodes import EpisodeSource
 from uwm_jax.data.synthetic import SyntheticSource
 from uwm_jax.data.video_folder import VideoFolderSource, VideoIndexSource, check_decoder
@@ -33,7 +33,7 @@ def build_source(name: str, src_cfg, model_cfg) -> EpisodeSource:
         episode_len=src_cfg.episode_len, action_free_fraction=src_cfg.action_free_fraction,
         seed=src_cfg.seed)
   if kind == "array_record":
-    return ConvertedSource.from_config(name, src_cfg, model_cfg)
+    return ArrayRecordSource.from_config(name, src_cfg, model_cfg)
   if kind == source_configs.LEROBOT:
     return lerobot_source.LeRobotSource.from_config(name, src_cfg, model_cfg)
   if kind == "video_index":
@@ -104,7 +104,6 @@ def check_sources(config) -> None:
     storage.require_local(src_cfg.get("path", ""), f"config.data.sources.{name}.path")
     check_source_data(name, src_cfg)
     if kind == "array_record":
-      from uwm_jax.data.converted import load_dataset_json  # pylint: disable=import-outside-toplevel
       load_dataset_json(src_cfg.path, name)
     elif kind == source_configs.LEROBOT:
       lerobot_source.resolve_fields(name, src_cfg)

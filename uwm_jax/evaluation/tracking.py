@@ -19,7 +19,7 @@ import numpy as np
 from uwm_jax import sampling
 from uwm_jax.data.profiles import concat_fields
 from uwm_jax.evaluation import rollout
-from uwm_jax.evaluation.policies import LocalPolicy
+from uwm_jax.evaluation.rollout_policies import LocalPolicy
 
 
 @dataclasses.dataclass

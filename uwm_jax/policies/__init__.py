@@ -1,7 +1,7 @@
 """Per-robot input/output transforms and the policy session shared by rollouts and serving.
 
-A pipeline stage after the model and before evaluation and serving (it imports data, model and
-sampling; evaluation and serving import it):
+A pipeline stage after training and before evaluation and serving (it imports data, model,
+sampling and runs; evaluation and serving import it):
 
   transforms.py   RobotTransforms: observation dict -> model inputs, model actions -> robot
   droid.py        DROID: three cameras, 10-d actions decoded to cartesian velocity + gripper
@@ -11,6 +11,9 @@ sampling; evaluation and serving import it):
   session.py      one stream of observations (a rollout slot, a server connection): padded
                   history, per-request RNG keys, temporal ensembling, executed horizon
   sampler.py      BatchedSampler: per-request keys, batches padded to compiled sizes
+  inference_checkpoint.py
+                  load_checkpoint: a checkpoint's inference params, config and statistics,
+                  what the evaluator and the server load
 
 `make_transforms(robot, config, stats)`; `robot_for_config(config)` guesses the robot.
 """

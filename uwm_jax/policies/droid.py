@@ -7,14 +7,14 @@ State (models with model.low_dim_dim = 7): `cartesian_position` (6) + `gripper_p
 as the conversion concatenates them (`uwm_jax.data.profiles.DROID_LOW_DIM`).
 Actions: the model's 10-d [linear velocity 3 | rot6d 6 | gripper 1], de-normalised, decoded
 to DROID's cartesian velocity (6: linear xyz + angular as Euler) + gripper position (1) by
-`uwm_jax.data.profiles.droid_action_from_10d`, the exact inverse of the training encoding
-`droid_action_10d`.
+`uwm_jax.data.droid_actions.droid_action_from_10d`, the exact inverse of the training
+encoding `droid_action_10d`.
 """
 
 import numpy as np
 
 from uwm_jax.config_base import DROID_CAMERA_KEYS
-from uwm_jax.data import profiles
+from uwm_jax.data import droid_actions
 from uwm_jax.policies import transforms as T
 
 PREFIXES = ("", "observation/")
@@ -25,7 +25,7 @@ ROBOT_ACTION_DIM = 7
 
 def decode_actions(actions: np.ndarray) -> np.ndarray:
   """(..., 10) de-normalised model actions -> (..., 7) [cartesian velocity 6 | gripper 1]."""
-  velocity, gripper = profiles.droid_action_from_10d(actions)
+  velocity, gripper = droid_actions.droid_action_from_10d(actions)
   return np.concatenate([velocity, gripper], axis=-1).astype(np.float32)
 
 
@@ -33,7 +33,7 @@ def encode_actions(actions: np.ndarray) -> np.ndarray:
   """(..., 7) robot actions -> (..., 10): the training encoding (`droid_action_10d`)."""
   a = np.asarray(actions, np.float64)
   flat = a.reshape(-1, ROBOT_ACTION_DIM)
-  out = profiles.droid_action_10d(flat[:, :6], flat[:, 6:7])
+  out = droid_actions.droid_action_10d(flat[:, :6], flat[:, 6:7])
   return out.reshape(a.shape[:-1] + (MODEL_ACTION_DIM,))
 
 

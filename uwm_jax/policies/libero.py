@@ -1,7 +1,7 @@
 """LIBERO (agentview + wrist cameras, 7-d actions), as the LIBERO training data has them.
 
 The training frames are LIBERO's renders flipped vertically (robosuite renders upside down;
-`uwm_jax.data.libero`, `uwm_jax.envs.libero_env.to_training_orientation`). Accepted request
+`uwm_jax.data.convert_libero`, `uwm_jax.envs.libero_env.to_training_orientation`). Accepted request
 keys per camera, first present wins:
   agentview_rgb / eye_in_hand_rgb                 already in the training orientation (what
                                                   `uwm_jax.envs.libero_env.LiberoEnv` returns)

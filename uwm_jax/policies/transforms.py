@@ -15,8 +15,10 @@ Input, one observation (one time step) -> `Frame`:
            (zero-padded to `low_dim_width` when the robot's state is narrower).
 Output: normalised model actions (..., H_a, A) -> de-normalised with the "action" entry ->
 the robot's decoder (identity, or DROID's 10-d -> 7-d) -> (..., H_a, A_robot) float32.
-`encode_actions` is the inverse (robot actions -> normalised model actions: forward-dynamics
-queries).
+`encode_actions` is the inverse (robot actions -> normalised model actions). A world-model
+query's own inputs: `action_chunk` (forward dynamics: the (H_a, A_robot) robot actions to
+predict the outcome of) and `goal_frames` (inverse dynamics: one goal image, or T_o of them,
+per camera).
 
 Bad input raises `InvalidObservation` with a message that names the key and the problem.
 """
@@ -170,6 +172,32 @@ class RobotTransforms:
     if self.action_stats is not None:
       a = np.asarray(normalization.normalize(a, self.action_stats), np.float32)
     return a
+
+  def action_chunk(self, actions, shape: Tuple[int, int]) -> np.ndarray:
+    """A forward-dynamics query's robot action chunk -> normalised model actions of `shape`,
+    the model's (H_a, A)."""
+    if actions is None:
+      raise InvalidObservation("forward_dynamics needs 'actions': the (H_a, A) robot action "
+                               "chunk")
+    a = self.encode_actions(actions)
+    if a.shape != tuple(shape):
+      raise InvalidObservation(f"'actions' must have {shape[0]} rows (the model's action "
+                               f"horizon), got shape {np.shape(actions)}")
+    return a
+
+  def goal_frames(self, goal, num_frames: int) -> np.ndarray:
+    """An inverse-dynamics query's goal: {camera key: (H, W, 3) or (T_o, H, W, 3) uint8} ->
+    (V, T_o, H, W, 3) at image_shape (one image per camera fills every time step)."""
+    if not isinstance(goal, Mapping):
+      raise InvalidObservation("inverse_dynamics needs 'goal': a dict of goal camera images")
+    stacks = {k: np.asarray(v) for k, v in goal.items() if isinstance(v, np.ndarray)}
+    frames = []
+    for t in range(num_frames):
+      frame = {k: (v[t] if v.ndim == 4 and len(v) == num_frames else v)
+               for k, v in stacks.items()}
+      frame.update({k: v for k, v in goal.items() if k not in stacks})
+      frames.append(self.images(frame))
+    return np.stack(frames, axis=1)
 
   def describe(self) -> dict:
     """JSON-able summary for the server's metadata."""
