@@ -1,11 +1,13 @@
 """Shared test utilities: tiny configs, structured synthetic batches, compile options, the parity
 measure, skip marks for optional dependencies, and running an entry point as a user does."""
 
+import functools
 import importlib.util
 import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -14,10 +16,39 @@ from uwm_jax import batch as batch_lib
 
 
 # XLA options for the tests' executables: -O0 compiles ~3x faster on CPU (steps run ~2x slower).
-# tests/conftest.py makes it every executable's default (XLA_FLAGS); FAST_COMPILE says so where a
-# config carries compiler options anyway, OPTIMIZED is for the few tests that run many steps.
+# tests/conftest.py makes it every executable's default (XLA_FLAGS, `xla_flags`); FAST_COMPILE
+# says so where a config carries compiler options anyway (a process whose XLA_FLAGS lack it, or
+# a bench), OPTIMIZED is for the few tests that run many steps.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 OPTIMIZED = {"xla_backend_optimization_level": 2}
+
+
+def xla_flags(num_devices: int = 8) -> str:
+  """XLA_FLAGS of the test processes and of every jax process a test starts: `num_devices`
+  host CPU devices, and compiles made for tests, which compile far more than they run.
+
+  --xla_backend_optimization_level=0: compiles 2-3x faster, runs ~2x slower.
+  --xla_cpu_use_fusion_emitters=false: XLA's older CPU code emitters for fused loops, which
+    compile the tiny train step in less than half the time of the (default) fusion emitters,
+    with the same results and speed.
+
+  One string for all: XLA_FLAGS are part of the persistent compilation cache's key, so a
+  subprocess (a CLI run, a second jax.distributed process) started with these flags and the
+  same device count loads what another process compiled (tests/conftest.py).
+  """
+  return (f"--xla_force_host_platform_device_count={num_devices} "
+          "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def perturbed(params, scale: float, seed: int = 1):
+  """params + scale * N(0, 1), a key per leaf: every parameter non-zero, so that the zero-
+  initialised layers of a fresh model matter. One compiled program (leaf by leaf eagerly,
+  every leaf shape compiles its own random and arithmetic ops: minutes on a 2-core CPU)."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(tree, [x + scale * jax.random.normal(k, x.shape, x.dtype)
+                                   for x, k in zip(leaves, keys)])
 
 
 def rel_err(got, want) -> float:
@@ -92,8 +123,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def start_cli(module: str, *args: str, num_devices: int = 1) -> subprocess.Popen:
   """Start `python -m <module> <args>` from the repository root on CPU, as a user runs it
   (entry points define absl flags, so they run in their own process, not inside pytest's)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, XLA_FLAGS=xla_flags(num_devices))
   return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import structured_batch, tiny_config
+from tests.helpers import perturbed, structured_batch, tiny_config
 from uwm_jax import sampling
 from uwm_jax.diffusion import make_schedule
 from uwm_jax.model.uwm import UnifiedWorldModel
@@ -16,11 +16,7 @@ def setup():
   config = tiny_config()
   model = UnifiedWorldModel(config.model)
   params, frozen = model.init(jax.random.key(0))
-  # Non-zero weights so outputs depend on the inputs.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(tree, [x + 0.005 * jax.random.normal(k, x.shape)
-                                     for x, k in zip(leaves, keys)])
+  params = perturbed(params, 0.005)  # non-zero weights so outputs depend on the inputs
   return config, model, params, frozen, structured_batch(config.model, B)
 
 

@@ -17,22 +17,13 @@ from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint
 from uwm_jax.serving import client as client_lib
 from uwm_jax.serving import server as server_lib
-from tests.helpers import tiny_push_config
+from tests.helpers import perturbed, tiny_push_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_PYTHON = os.path.join(ROOT, ".venv-robot-client", "bin", "python")
 SCRIPT = os.path.join(ROOT, "tests", "openpi_client_script.py")
 KEY = "test-key"
 ACTION_RANGE = (-0.5, 1.5)  # statistics: actions de-normalise into this range
-
-
-def _perturbed(params, scale=0.2):
-  """Random-init params plus noise: the zero-initialised output layers of a fresh model would
-  make its actions ignore the observations, and the history tests need them to matter."""
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  return jax.tree_util.tree_unflatten(tree, [
-      x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +34,9 @@ def tiny_server(tmp_path_factory):
   config.eval.num_episodes, config.eval.num_envs, config.eval.max_steps = 2, 2, 6
   config.eval.num_videos = 2
   params, frozen = UnifiedWorldModel(config.model).init(jax.random.PRNGKey(0))
-  params = _perturbed(params)
+  # Random-init params plus noise: the zero-initialised output layers of a fresh model would
+  # make its actions ignore the observations, and the history tests need them to matter.
+  params = perturbed(params, 0.2)
   lo, hi = ACTION_RANGE
   stats = {"action": {"min": [lo, lo], "max": [hi, hi]},
            "low_dim": {"min": [-0.24, -0.24], "max": [0.24, 0.24]}}
