@@ -36,10 +36,13 @@ def _spy_timesteps(model):
   return calls
 
 
-@pytest.mark.parametrize("mode,held", [
-    ("policy", ("obs", 90)), ("video_prediction", ("action", 90)),
-    ("forward_dynamics", ("action", 0)), ("inverse_dynamics", ("obs", 0)), ("joint", None)])
-@pytest.mark.parametrize("marginal", [90, 99])
+# A held marginal modality sits at config.diffusion.marginal_timestep (90 by default, and 99);
+# a conditional one at 0 and the joint mode holds none, whatever the marginal timestep.
+@pytest.mark.parametrize("mode,held,marginal", [
+    ("policy", ("obs", 90), 90), ("policy", ("obs", 90), 99),
+    ("video_prediction", ("action", 90), 90), ("video_prediction", ("action", 90), 99),
+    ("forward_dynamics", ("action", 0), 99), ("inverse_dynamics", ("obs", 0), 99),
+    ("joint", None, 99)])
 def test_modes_hold_other_modality_at_configured_timestep(setup, mode, held, marginal):
   config, _, params, frozen, batch = setup
   config.diffusion.marginal_timestep = marginal
