@@ -142,15 +142,13 @@ def test_the_core_venv_trains_checkpoints_and_resumes(tmp_path):
           "--config.train.log_every=1", "--config.train.eval_at_end=False",
           "--config.train.eval_every=0", "--config.train.progress_bar=False",
           "--config.train.host_huge_pages=False"]
-  first = run_cli("uwm_jax.train", *args, "--config.num_steps=2", python=python,
-                  fast_compile=True)
+  first = run_cli("uwm_jax.train", *args, "--config.num_steps=2", python=python)
   assert first.returncode == 0, first.stderr[-3000:]
   assert _checkpoint_steps(workdir)[-1] == 2
   rows = _train_rows(workdir)
   assert [row["step"] for row in rows] == [1, 2]
 
-  second = run_cli("uwm_jax.train", *args, "--config.num_steps=4", python=python,
-                   fast_compile=True)
+  second = run_cli("uwm_jax.train", *args, "--config.num_steps=4", python=python)
   assert second.returncode == 0, second.stderr[-3000:]
   assert "at step 2." in second.stderr and "from step 2;" in second.stderr, second.stderr[-3000:]
   assert _checkpoint_steps(workdir)[-1] == 4

@@ -47,8 +47,10 @@ def saved(tmp_path_factory):
   model, tx, abstract, shardings = _setup(cfg, (2, 4, 1), ema=True)
   state = sharded_state.init_train_state(model, tx, jax.random.key(3), shardings, ema=True,
                                          compiler_options=FAST_COMPILE)
-  # An EMA that differs from the params (a fresh state's EMA is a copy of them).
-  state = state.replace(ema_params=jax.tree.map(lambda x: x + 0.5, state.ema_params))
+  # An EMA that differs from the params (a fresh state's EMA is a copy of them); jitted, as
+  # eagerly every array shape compiles its own addition.
+  shift = jax.jit(lambda t: jax.tree.map(lambda x: x + 0.5, t), out_shardings=shardings.ema_params)
+  state = state.replace(ema_params=shift(state.ema_params))
   directory = str(tmp_path_factory.mktemp("run") / "checkpoints")
   manager = ckpt.make_manager(directory)
   for step in (1, 2):

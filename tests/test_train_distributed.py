@@ -18,6 +18,7 @@ import time
 import pytest
 
 from tests import fake_cluster
+from tests.helpers import xla_flags
 from uwm_jax.training import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,12 +33,13 @@ def _free_port():
 
 
 def _clean_env(num_cpu_devices=2, **extra):
-  """This process's environment without cluster or proxy variables, plus `extra`."""
+  """This process's environment without cluster or proxy variables (the compilation cache's
+  kept: tests/conftest.py), with the tests' XLA flags, plus `extra`."""
   env = {k: v for k, v in os.environ.items()
-         if not k.startswith(("SLURM_", "JAX_", "TPU_", "MEGASCALE_", "OMPI_"))
+         if (not k.startswith(("SLURM_", "JAX_", "TPU_", "MEGASCALE_", "OMPI_"))
+             or k.startswith(("JAX_COMPILATION_CACHE_", "JAX_PERSISTENT_CACHE_")))
          and "proxy" not in k.lower()}
-  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={num_cpu_devices}")
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO, XLA_FLAGS=xla_flags(num_cpu_devices))
   env.update({k: str(v) for k, v in extra.items()})
   return env
 
@@ -163,7 +165,8 @@ def test_cloud_tpu_slice_detected_by_jax():
 # ---------------------------------------------------------------------------------- preemption
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
   """A run joined through jax.distributed (here one process, as on a one-node SLURM job) that
-  gets SIGTERM saves a checkpoint at the next step, waits for it and exits with 143."""
+  gets SIGTERM saves a checkpoint at the next step, waits for it and exits with 143. The tiny
+  config on 8 devices: the train step tests/test_train_processes.py's runs compile too."""
   workdir = str(tmp_path / "run")
   address = f"127.0.0.1:{_free_port()}"
   flags = {"num_steps": 1000, "train.log_every": 1, "train.save_every": 1000,
@@ -172,8 +175,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
   cmd = [sys.executable, "-m", "uwm_jax.train", f"--config={REPO}/configs/tiny.py",
          f"--workdir={workdir}", *[f"--config.{k}={v}" for k, v in flags.items()],
          f"--coordinator_address={address}", "--num_processes=1", "--process_id=0"]
-  env = _clean_env(num_cpu_devices=1)
-  env["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+  env = _clean_env(num_cpu_devices=8)
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   metrics = os.path.join(workdir, "metrics.jsonl")
