@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
@@ -340,16 +341,21 @@ def test_non_finite_params_are_never_saved_though_loss_and_gradient_are_finite(t
   real = sharded_state.make_jitted_train_step  # the loop builds its step through sharded_state
 
   def poisoned(config, model, optimizer, state_shardings, mesh):
-    step_fn = real(config, model, optimizer, state_shardings, mesh)
+    jitted = real(config, model, optimizer, state_shardings, mesh)
     to_nan = jax.jit(lambda params: jax.tree.map(lambda x: x * jnp.nan, params),
                      out_shardings=state_shardings.params)
 
-    def train_step(state, batch, rng):
-      new, metrics = step_fn(state, batch, rng)
-      if int(new.step) >= 3:
-        new = new.replace(params=to_nan(new.params))
-      return new, metrics
-    return train_step
+    def poison(step_fn):
+      def train_step(state, batch, rng):
+        new, metrics = step_fn(state, batch, rng)
+        if int(new.step) >= 3:
+          new = new.replace(params=to_nan(new.params))
+        return new, metrics
+      return train_step
+
+    # The loop compiles ahead (`.lower(...).compile()`): the compiled step is wrapped.
+    return types.SimpleNamespace(lower=lambda *args: types.SimpleNamespace(
+        compile=lambda: poison(jitted.lower(*args).compile())))
 
   monkeypatch.setattr(sharded_state, "make_jitted_train_step", poisoned)
   with pytest.raises(FloatingPointError, match="params after step 3 are not finite") as err:
