@@ -289,4 +289,4 @@ def write_random_latent_cache(root: str, names, sources, model_cfg, seed: int = 
       moments[1] = np.abs(moments[1])
       latent_cache.write_npy_atomic(os.path.join(folder, file), moments)
       meta["episodes"][str(episode)] = {"file": file, "frames": length}
-    latent_cache.write_json_atomic(os.path.join(folder, "meta-0.json"), meta)
+    latent_cache.write_meta(folder, meta)

@@ -34,6 +34,8 @@ import numpy as np
 from array_record.python import array_record_module
 from PIL import Image
 
+from uwm_jax.runs import storage
+
 FORMAT = "uwm_array_record_v1"
 DATASET_JSON = "dataset.json"
 CONVERSION_JSON = "conversion.json"
@@ -141,7 +143,10 @@ class ShardWriter:
     with open(os.path.join(self.tmp, EPISODES), "w") as f:
       json.dump({**self.episodes, **summary}, f)
     shutil.rmtree(self.final, ignore_errors=True)
-    os.replace(self.tmp, self.final)
+    # A folder whose frames file the array_record library wrote: it cannot go through
+    # `storage.write_atomic` (one file's bytes), so the finished folder is renamed into place
+    # whole (one rename: datasets are local files, `storage.require_local`).
+    storage.move(self.tmp, self.final)
     return summary
 
   def abort(self) -> None:
@@ -161,7 +166,5 @@ def read_json(path: str) -> dict:
 
 
 def write_json_atomic(path: str, obj) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-  os.replace(tmp, path)
+  """The format's JSON files (conversion.json, dataset.json), readable: `storage.write_atomic`."""
+  storage.write_atomic(path, json.dumps(obj, indent=1, sort_keys=True))

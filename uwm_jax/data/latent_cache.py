@@ -35,6 +35,7 @@ fingerprints of the codec params and of the source, {episode: file, frames}) and
 
 import collections
 import hashlib
+import io
 import json
 import os
 import threading
@@ -46,6 +47,7 @@ import numpy as np
 from uwm_jax import batch as batch_lib
 from uwm_jax.data.episodes import EpisodeSource
 from uwm_jax.dims import model_dims
+from uwm_jax.runs import storage
 
 FORMAT_VERSION = 1
 AUGMENTATION = "next obs: eval transform (centre crop, no jitter); posterior sampled per step"
@@ -114,16 +116,16 @@ def has_array(path: str, shape) -> bool:
 
 
 def write_npy_atomic(path: str, array: np.ndarray) -> None:
-  tmp = path + ".tmp.npy"
-  np.save(tmp, array)
-  os.replace(tmp, path)
+  """`array` as a .npy file at `path`, replaced whole (`storage.write_atomic`)."""
+  buffer = io.BytesIO()
+  np.save(buffer, array)
+  storage.write_atomic(path, buffer.getvalue())
 
 
-def write_json_atomic(path: str, obj: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f)
-  os.replace(tmp, path)
+def write_meta(cache_dir: str, meta: dict, process_index: int = 0) -> None:
+  """A writer's `meta-<process_index>.json` in a cache folder, replaced whole
+  (`storage.write_atomic`)."""
+  storage.write_atomic(os.path.join(cache_dir, f"meta-{process_index}.json"), json.dumps(meta))
 
 
 class LatentCache:

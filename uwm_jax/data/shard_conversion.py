@@ -32,6 +32,7 @@ from absl import flags
 from uwm_jax import cli_logging
 from uwm_jax.data import array_record_format as fmt
 from uwm_jax.data import rlds_read
+from uwm_jax.runs import processes
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -75,16 +76,6 @@ def convert_shards(out_dir: str, params: dict, convert_one: Callable[[int], dict
   return finalize(out_dir)
 
 
-def _pid_running(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def remove_dead_writers_tmp(out_dir: str, shard_names: Sequence[str]) -> List[str]:
   """Delete `<shard>.tmp-<PID>` folders of these shards whose writer process is gone (a
   killed conversion's partial shards); a live writer's folder is left alone. Only this
@@ -96,7 +87,7 @@ def remove_dead_writers_tmp(out_dir: str, shard_names: Sequence[str]) -> List[st
     base, sep, pid = entry.rpartition(".tmp-")
     if not sep or base not in names or not pid.isdigit():
       continue
-    if int(pid) != os.getpid() and _pid_running(int(pid)):
+    if int(pid) != os.getpid() and processes.pid_running(int(pid)):
       continue
     shutil.rmtree(os.path.join(out_dir, entry), ignore_errors=True)
     removed.append(entry)

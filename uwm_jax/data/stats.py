@@ -69,11 +69,9 @@ def source_stats(source: EpisodeSource, use_low_dim: bool) -> Optional[dict]:
   if path and stats is not None:
     try:
       os.makedirs(os.path.dirname(path), exist_ok=True)
-      tmp = f"{path}.tmp{os.getpid()}"
-      with open(tmp, "w") as f:
-        json.dump({"source": source.name, "fingerprint": source.fingerprint(),
-                   "version": STATS_VERSION, "stats": stats}, f)
-      os.replace(tmp, path)
+      storage.write_atomic(path, json.dumps({"source": source.name,
+                                             "fingerprint": source.fingerprint(),
+                                             "version": STATS_VERSION, "stats": stats}))
     except OSError as e:  # read-only data: compute every time.
       logging.warning("Could not cache statistics of %s at %s: %s", source.name, path, e)
   return stats

@@ -24,7 +24,6 @@ clip and counted (`unreadable`), so a corrupt file never stops training.
 import json
 import logging
 import os
-import socket
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -32,6 +31,7 @@ from PIL import Image
 
 from uwm_jax.data.episodes import EpisodeSource
 from uwm_jax.dims import model_dims
+from uwm_jax.runs import storage
 
 # Frame-count cache beside the clips (not an index file: it is written by the loader).
 FRAME_COUNT_CACHE = "uwm_video_index.json"
@@ -210,10 +210,8 @@ class VideoClipsSource(EpisodeSource):
       out.append(int(entry["frames"]))
     if changed:
       try:
-        tmp = f"{cache_path}.tmp-{socket.gethostname()}-{os.getpid()}"  # hosts share it
-        with open(tmp, "w") as f:
-          json.dump(cache, f)
-        os.replace(tmp, cache_path)
+        # Hosts share it: the temporary name is unique per process (pid and a random part).
+        storage.write_atomic(cache_path, json.dumps(cache))
       except OSError as e:
         logging.warning("%s: could not cache frame counts in %s: %s", self.name, cache_path, e)
     return out

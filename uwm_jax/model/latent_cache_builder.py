@@ -71,7 +71,7 @@ def build_latent_cache(source: EpisodeSource, cache_dir: str, model_cfg, frozen,
                                            -(-(length - first) // batch_size))]
       latent_cache.write_npy_atomic(path, np.concatenate(moments, axis=1))
     meta["episodes"][str(episode)] = {"file": name, "frames": length}
-  latent_cache.write_json_atomic(os.path.join(cache_dir, f"meta-{process_index}.json"), meta)
+  latent_cache.write_meta(cache_dir, meta, process_index)
   return meta
 
 

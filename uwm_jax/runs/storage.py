@@ -1,7 +1,9 @@
 """Where a run's files live: a local (or mounted) path, or a `gs://` URL; one API for both.
 
 Everything the project reads or writes beside Orbax goes through here: metrics, dataset
-statistics, the workdir lock, checksum manifests, evaluation results. A URL goes through
+statistics, the workdir lock, checksum manifests, evaluation results; every file replaced whole
+(converted datasets' JSON files, latent caches, the video frame-count cache) is written by
+`write_atomic`. A URL goes through
 `etils.epath` with gcsfs (fsspec), the client Orbax itself uses for its own files (its arrays go
 through TensorStore's GCS driver), and TensorFlow is never needed: epath is told not to prefer
 `tf.io.gfile` when TensorFlow happens to be installed (`EPATH_USE_TF=false`), so a run behaves

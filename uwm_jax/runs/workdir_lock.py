@@ -44,7 +44,7 @@ import threading
 import time
 from typing import Callable, Optional, Tuple
 
-from uwm_jax.runs import storage
+from uwm_jax.runs import processes, storage
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,6 @@ STALE_AFTER_S = 5 * HEARTBEAT_INTERVAL_S
 
 class WorkdirLockedError(RuntimeError):
   """Another live trainer holds the workdir."""
-
-
-def _pid_running(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # someone else's live process
-    return True
-  return True
 
 
 def _read_versioned(path: str) -> Optional[Tuple[dict, storage.Version]]:
@@ -115,7 +105,7 @@ def stale_reason(holder: dict, *, host: str, now: float, job: Optional[dict] = N
   if holder.get("host") == host:
     if holder["pid"] == os.getpid():
       return "it was taken by this process"
-    if not _pid_running(int(holder["pid"])):
+    if not processes.pid_running(int(holder["pid"])):
       return f"PID {holder['pid']} is no longer running"
     return None
   reason = _earlier_run_of_this_job(holder, job or {})
