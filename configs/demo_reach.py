@@ -25,7 +25,7 @@ from uwm_jax.data import source_configs
 TASK = "tabletop_reach"
 DATA_PATH = f"workdirs/data/{TASK}"
 EPISODES = 30
-STEPS = 1500
+STEPS = 1000
 WARMUP_STEPS = 100
 
 
