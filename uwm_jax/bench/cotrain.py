@@ -27,7 +27,6 @@ writes <workdir>/results.json and every row's rollout and forward-dynamics video
 configs/demo_cotrain.py.
 """
 
-import json
 import os
 import time
 from typing import Dict, List
@@ -99,17 +98,14 @@ def main(argv):
       table = runs.summarize(results)
       fmt.write_json_atomic(results_path, dict(recipe(), table=table, runs=results))
   table = runs.summarize(results)
-  print(f"\nUWM cotraining on the embedded task: {_STEPS.value} steps per run, small labelled "
-        f"set {_LABELLED.value} episodes, {_EPISODES.value} episodes per rollout column, "
-        f"OOD = {_OOD_ENV.value}, video weight "
-        f"{_VIDEO_WEIGHT.value if _VIDEO_WEIGHT.value is not None else 'of the config'}; "
-        f"mean +- half the range over seeds {seeds} (per-seed values in brackets); "
-        f"wall time {(time.perf_counter() - t_start) / 60:.1f} min; videos in {videos_dir}")
-  print(runs.format_table(table))
-  print("\n".join(["Data (episodes; executed-action noise of the recording):"]
-                  + runs.dataset_lines(results, runs.ROW_NAMES)))
-  print(json.dumps(dict(recipe(), table=table)))
-
+  runs.print_report(
+      f"\nUWM cotraining on the embedded task: {_STEPS.value} steps per run, small labelled "
+      f"set {_LABELLED.value} episodes, {_EPISODES.value} episodes per rollout column, "
+      f"OOD = {_OOD_ENV.value}, video weight "
+      f"{_VIDEO_WEIGHT.value if _VIDEO_WEIGHT.value is not None else 'of the config'}; "
+      f"mean +- half the range over seeds {seeds} (per-seed values in brackets); "
+      f"wall time {(time.perf_counter() - t_start) / 60:.1f} min; videos in {videos_dir}",
+      table, results, runs.ROW_NAMES, recipe())
 
 if __name__ == "__main__":
   cli_config.run(main)

@@ -10,6 +10,7 @@ noise) and the check that refuses a finished run of another recipe, the evaluati
 
 import dataclasses
 import fcntl
+import json
 import os
 import resource
 import shutil
@@ -29,6 +30,7 @@ VIDEO_SOURCE = f"{TASK}_video"  # the action-free source (data.demo_generation's
 ID_ENV = TASK
 FD_METRIC = "offline/image_mse_forward"
 TRAIN_JSON = "cotrain_train.json"  # a finished training run's record (in its workdir)
+
 
 @dataclasses.dataclass(frozen=True)
 class Row:
@@ -50,13 +52,19 @@ ROWS = (
 ROW_NAMES = tuple(r.name for r in ROWS)
 
 
-def select_rows(names: Optional[Sequence[str]]) -> List[Row]:
+def select(rows: Sequence, names: Optional[Sequence[str]]) -> list:
+  """The rows (anything with a `.name`) named in `names`, in table order; all when empty."""
   if not names:
-    return list(ROWS)
-  unknown = [n for n in names if n not in ROW_NAMES]
+    return list(rows)
+  known = [r.name for r in rows]
+  unknown = [n for n in names if n not in known]
   if unknown:
-    raise ValueError(f"Unknown rows {unknown}; known: {', '.join(ROW_NAMES)}.")
-  return [r for r in ROWS if r.name in names]
+    raise ValueError(f"Unknown rows {unknown}; known: {', '.join(known)}.")
+  return [r for r in rows if r.name in names]
+
+
+def select_rows(names: Optional[Sequence[str]]) -> List[Row]:
+  return select(ROWS, names)
 
 
 def train_command(row: Row, seed: int, workdir: str, *, steps: int, labelled: int,
@@ -141,6 +149,16 @@ def dataset_lines(results: Dict[str, List[dict]], row_names: Sequence[str]) -> L
     if found:
       lines.append(f"{name}: {describe_datasets(found[0])}")
   return lines
+
+
+def print_report(header: str, table: List[dict], results: Dict[str, List[dict]],
+                 row_names: Sequence[str], recipe: dict) -> None:
+  """The header line, the table, every row's datasets and one JSON line (recipe + table)."""
+  print(header)
+  print(format_table(table))
+  print("\n".join(["Data (episodes; executed-action noise of the recording):"]
+                  + dataset_lines(results, row_names)))
+  print(json.dumps(dict(recipe, table=table)))
 
 
 def config_of(cmd: Sequence[str]):

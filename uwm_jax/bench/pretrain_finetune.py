@@ -40,7 +40,6 @@ cores): the table is rebuilt from every finished run's record on disk.
 """
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -100,12 +99,7 @@ TABLE_ORDER = PRETRAIN_ROWS + ROW_NAMES
 
 
 def select_rows(names: Optional[Sequence[str]]) -> List[FinetuneRow]:
-  if not names:
-    return list(ROWS)
-  unknown = [n for n in names if n not in ROW_NAMES]
-  if unknown:
-    raise ValueError(f"Unknown rows {unknown}; known: {', '.join(ROW_NAMES)}.")
-  return [r for r in ROWS if r.name in names]
+  return runs.select(ROWS, names)
 
 
 def pretrain_rows(rows: Sequence[FinetuneRow]) -> List[runs.Row]:
@@ -225,7 +219,7 @@ def main(argv):
       workdir = run_dir(root, 1, row.name, seed)
       trained = runs.run_training(cmd, workdir, f"stage 1 {row.name} seed {seed}")
       evaluated = runs.evaluate_checkpoint(f"{row.name}_seed{seed}", workdir, videos_dir,
-                                              envs1, _EPISODES.value)
+                                           envs1, _EPISODES.value)
       finish_run(row.name, seed, workdir, trained, evaluated, envs1)
       write_results()
     for row in stage2:
@@ -237,24 +231,20 @@ def main(argv):
                                    steps=pre_steps, labelled=_LABELLED.value)
         check_pretrained(row, seed, pre_cmd, run_dir(root, 1, row.pretrained, seed))
         pretrained = runs.run_recipe(pre_cmd[1:])
-      trained = runs.run_training(cmd, workdir, f"stage 2 {row.name} seed {seed}",
-                                     pretrained)
+      trained = runs.run_training(cmd, workdir, f"stage 2 {row.name} seed {seed}", pretrained)
       evaluated = runs.evaluate_checkpoint(f"{row.name}_seed{seed}", workdir, videos_dir,
-                                              envs2, _EPISODES.value)
+                                           envs2, _EPISODES.value)
       finish_run(row.name, seed, workdir, trained, evaluated, envs2)
       write_results()
   results, table = write_results()
-  print(f"\nPretrain -> finetune on the embedded task: stage 1 (push, P = {_LABELLED.value} "
-        f"labelled episodes, V = action-free episodes recorded like P) {pre_steps} steps; "
-        f"stage 2 ({DOWNSTREAM_CONFIG}, reach) {ft_steps} steps; {_EPISODES.value} episodes "
-        f"per rollout column, OOD = {envs1['ood']} / {envs2['ood']}; mean +- half the range "
-        f"over seeds (per-seed values in brackets); this invocation "
-        f"{(time.perf_counter() - t_start) / 60:.1f} min; videos in {videos_dir}")
-  print(runs.format_table(table))
-  print("\n".join(["Data (episodes; executed-action noise of the recording):"]
-                  + runs.dataset_lines(results, TABLE_ORDER)))
-  print(json.dumps(dict(recipe(pre_steps, ft_steps), table=table)))
-
+  runs.print_report(
+      f"\nPretrain -> finetune on the embedded task: stage 1 (push, P = {_LABELLED.value} "
+      f"labelled episodes, V = action-free episodes recorded like P) {pre_steps} steps; "
+      f"stage 2 ({DOWNSTREAM_CONFIG}, reach) {ft_steps} steps; {_EPISODES.value} episodes "
+      f"per rollout column, OOD = {envs1['ood']} / {envs2['ood']}; mean +- half the range "
+      f"over seeds (per-seed values in brackets); this invocation "
+      f"{(time.perf_counter() - t_start) / 60:.1f} min; videos in {videos_dir}",
+      table, results, TABLE_ORDER, recipe(pre_steps, ft_steps))
 
 if __name__ == "__main__":
   cli_config.run(main)
