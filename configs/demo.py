@@ -10,19 +10,13 @@ the two camera views plus the pusher's xy position as a low-dim observation — 
 goal pad are only in the images) in workdirs/demo, then rolls the policy out on 50 seeded
 episodes it never saw (re-planning every step, temporal ensembling of the chunks) and prints
 one line with the success rate (beside a random policy's), offline metrics and where the
-rollout and forward-dynamics videos are (workdirs/demo/eval/step_<N>/videos/).
+rollout and forward-dynamics videos are (workdirs/demo/eval/step_<N>/videos/); the last line
+gives the wall time of each phase.
 
-Measured on the idle 2-core CPU it was developed on, the README command with no data or
-workdir present: 8.6 minutes in all (~1 min data, 6.8 min training at ~10 steps/s, 47 s
-evaluation), success 90% (45/50; random policy 0%); the DP baseline (`:dp`, same data): 42%
-(21/50). On the slower 2-core kind (AMD EPYC, no AVX-512), idle: 26.7 minutes (2.2 min data,
-20.3 min training at ~3.3 steps/s, 3.3 min evaluation), success 82% (41/50); with the
-decoded-frame cache and malloc on huge pages (same numbers computed): 21.9 minutes (2.5 min data,
-16.0 min training at ~4.2 steps/s, 2.4 min evaluation), 82% (41/50); without the loop's duplicate
-end-of-run metrics and with one forward-dynamics compilation: 18.3 minutes (2.0 min data, 13.6
-min training at ~4.9 steps/s, 1.8 min evaluation), the same 82% (41/50). The last line of
-the run gives these phase times on any machine. docs/evaluation.md
-lists every measurement. Evaluate again any time with
+Expect 82% success (41/50; random policy 0%) in 18.3 minutes end to end, with no data or
+workdir present, on an idle 2-vCPU AMD EPYC 7003 VM (2026-12-02). The rate moves with the CPU
+kind and the seed: every run, per machine, in docs/results/demo-per-machine.md; how the recipe
+below was chosen in docs/results/demo-recipe-rounds.md. Evaluate again any time with
 `python -m uwm_jax.evaluate --checkpoint_dir=workdirs/demo`.
 """
 
@@ -58,10 +52,8 @@ def get_config(variant: str = ""):
   m.num_heads = 4
   m.num_registers = 4
   # Colour tells the puck (red) from the goal (green): no hue jitter (+-72 deg would rotate
-  # one into the other's range), mild brightness/contrast/saturation jitter and random crops.
-  # Measured (50 episodes, 200 demos, no low-dim, aliased renders): default jitter (hue 0.2)
-  # 2% (3000 steps, exec_steps 8); this augmentation 34% (exec_steps 4) and 48% (exec_steps 2);
-  # no augmentation at all 28% (exec_steps 2).
+  # one into the other's range), mild brightness/contrast/saturation jitter and random crops
+  # (against the default jitter and none: docs/results/demo-recipe-rounds.md, first round).
   m.hue = 0.0
   m.brightness = m.contrast = m.saturation = 0.1
   c.batch_size = 32
@@ -78,6 +70,7 @@ def get_config(variant: str = ""):
   # recorded actions stay the expert's (envs/demos.py).
   c.data.demo_action_noise = 0.5
   c.data.read_threads = 2
+  c.data.num_workers = 0  # the frame cache is filled ahead in this process (workers: one each)
 
   t = c.train
   t.log_every = 100
@@ -85,13 +78,15 @@ def get_config(variant: str = ""):
   t.eval_every = 0
   # The evaluator that runs right after training computes the same offline metrics
   # (e.offline_num_batches): the loop's own end-of-run pass would repeat them and compile a
-  # second eval step (~30 s on a 2-vCPU host).
+  # second eval step.
   t.eval_at_end = False
   t.eval_num_batches = 4
   t.keep_last = 1
   t.keep_every = 0
   t.async_checkpointing = False
-  t.ema_decay = 0.0  # EMA 0.999 measured 26% vs 48% for the raw params of the same run
+  # No EMA: the cosine schedule already anneals to 0, and EMA params did worse than the raw
+  # ones of the same run (docs/results/demo-recipe-rounds.md, second round).
+  t.ema_decay = 0.0
   t.compilation_cache_dir = "workdirs/compilation_cache"  # a rerun skips the compilations
 
   e = c.eval
@@ -99,7 +94,7 @@ def get_config(variant: str = ""):
   e.num_episodes = 50
   e.num_envs = 25
   # Re-plan after every action and execute the mean of every chunk's prediction for that step
-  # (ACT temporal ensembling). Measured on one checkpoint: 0.66 (exec 2, no ensemble) -> 0.84.
+  # (ACT temporal ensembling: docs/results/demo-recipe-rounds.md, third round).
   e.exec_steps = 1
   e.temporal_ensemble = True
   e.num_videos = 2

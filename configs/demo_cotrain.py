@@ -8,10 +8,10 @@ configs/demo.py's task, model and recipe, trained on the first LABELLED_EPISODES
 expert episodes (the same dataset, workdirs/data/tabletop_push, read with `max_episodes`) and on
 VIDEO_EPISODES expert episodes of other seeds recorded without actions
 (workdirs/data/tabletop_push_video, generated on first use; `action_mask` False, the action
-timestep pinned to pure noise: docs/model.md, "Action-free video"). The mixture draws a video
-window with probability VIDEO_WEIGHT / (1 + VIDEO_WEIGHT). The rows without video are
-configs/demo.py (and `:dp`) with `--config.data.sources.tabletop_push.max_episodes`; the
-experiment, its rows and its results: docs/evaluation.md, "Does action-free video help?".
+timestep pinned to pure noise: docs/model.md, "Training loss and the two timesteps"). The
+mixture draws a video window with probability VIDEO_WEIGHT / (1 + VIDEO_WEIGHT). The rows without
+video are configs/demo.py (and `:dp`) with `--config.data.sources.tabletop_push.max_episodes`;
+the experiment, its rows and its results: docs/results/cotraining.md.
 
 The video episodes are recorded by the clean expert (`data.demo_video_action_noise` 0: on-path
 states only) while the labelled ones carry the demo's recovery noise (`data.demo_action_noise`

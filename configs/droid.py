@@ -21,20 +21,20 @@ the weight import; see docs/training.md):
       --config.init_from=/ckpt/uwm_init_droid/checkpoints
 
 Reference run: global batch 144 (36 x 4 GPUs), 100k steps of constant-LR AdamW (1e-4), ~24 h on
-4 A100s (paper). The analytic count is ~1.41 TFLOP per sample per step, 89% of it the frozen VAE
-encoding the next frames. Checkpoints and offline evaluation (docs/evaluation.md, "Offline
-metrics") every 10k steps;
-action_mse_marginal on the validation split (raw action units) is the number to watch. This
-repository has not run the full recipe (no accelerator here); the paper's success rates after
-finetuning are in docs/evaluation.md, "Paper numbers".
-Memory: 4.7 GiB of fp32 params + AdamW state (+0.3 GiB frozen VAE) per device with the default
-data-parallel mesh; FSDP over 8 devices (--config.train.mesh_shape='(-1,8,1)') brings the state
-to 0.6 GiB per device; bf16 compute (--config.model.compute_dtype=bfloat16) and
---config.model.remat=True cut activation memory.
+4 A100s (the paper). Checkpoints and offline evaluation (docs/evaluation.md, "Offline metrics")
+every 10k steps; action_mse_marginal on the validation split (raw action units) is the number
+to watch. This repository has not run the full recipe; the paper's success rates after
+finetuning are in docs/evaluation.md, "Paper numbers". Memory per device, FLOPs per step, the
+mesh and precision options: docs/training.md; the TPU presets (`:v5p-8`, ...): docs/launch.md.
 """
 
 from uwm_jax import config_base
 from uwm_jax.data import source_configs
+
+# The command that writes the robot split (docs/data.md); DIR is the folder that
+# --config.data.sources.droid.path names. A missing folder's error shows it.
+CONVERT_ROBOT_SPLIT = ("python -m uwm_jax.data.convert_rlds droid --data_dir=/data/tfds "
+                       "--builder=droid --out=DIR --include=WEIRD --max_episodes=2000")
 
 
 def apply_pretraining(c) -> None:
@@ -61,7 +61,7 @@ def get_config(variant: str = ""):
   m.crop_shape = (224, 224)
   m.action_dim = 10
   m.num_registers = 8
-  c.data.sources.droid = source_configs.array_record("")
+  c.data.sources.droid = source_configs.array_record("", write_command=CONVERT_ROBOT_SPLIT)
   apply_pretraining(c)
   config_base.apply_variant(c, variant)
   return c

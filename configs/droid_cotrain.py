@@ -21,9 +21,16 @@ robot-only run (video adds no action supervision) and the image MSEs to be lower
 from configs import droid
 from uwm_jax.data import source_configs
 
+# The command that writes the action-free video split (docs/data.md); DIR is the folder that
+# --config.data.sources.droid_video.path names.
+CONVERT_VIDEO_SPLIT = ("python -m uwm_jax.data.convert_rlds droid --data_dir=/data/tfds "
+                       "--builder=droid --out=DIR --exclude=WEIRD --max_episodes=2000 "
+                       "--action_free")
+
 
 def get_config(variant: str = ""):
   c = droid.get_config(variant)
   c.data.sources.droid.weight = 1.0
-  c.data.sources.droid_video = source_configs.array_record("", weight=1.0, action_free=True)
+  c.data.sources.droid_video = source_configs.array_record(
+      "", weight=1.0, action_free=True, write_command=CONVERT_VIDEO_SPLIT)
   return c

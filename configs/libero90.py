@@ -1,6 +1,6 @@
 """UWM pretraining on LIBERO-90 (90 tasks x 50 demos, task-agnostic; docs/data.md).
 
-  python -m uwm_jax.data.libero --hdf5_dir=/data/LIBERO/libero_90 --data_dir=/data/tfds \\
+  python -m uwm_jax.data.convert_libero --hdf5_dir=/data/LIBERO/libero_90 --data_dir=/data/tfds \\
       --suite=libero_90
   python -m uwm_jax.data.convert_rlds rlds --data_dir=/data/tfds --builder=libero_90 \\
       --out=/data/uwm/libero_90 --camera_keys=agentview_rgb,eye_in_hand_rgb --action_key=action

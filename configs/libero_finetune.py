@@ -4,7 +4,7 @@ The task is the config variant: book_caddy, soup_cheese, bowl_drawer, moka_moka 
 (the paper's Book-Caddy, Soup-Cheese, Bowl-Drawer, Moka-Moka, Mug-Mug; 50 demos each, 2 held
 out for validation). Append ",dp" for the DP baseline (e.g. `:book_caddy,dp`).
 
-  python -m uwm_jax.data.libero --hdf5_dir=/data/LIBERO/libero_10 --data_dir=/data/tfds \\
+  python -m uwm_jax.data.convert_libero --hdf5_dir=/data/LIBERO/libero_10 --data_dir=/data/tfds \\
       --suite=paper_tasks
   python -m uwm_jax.data.convert_rlds rlds --data_dir=/data/tfds --builder=libero_book_caddy \\
       --out=/data/uwm/libero_book_caddy --camera_keys=agentview_rgb,eye_in_hand_rgb \\
@@ -28,7 +28,8 @@ from configs import libero
 from uwm_jax.data import source_configs
 
 DATA_ROOT = "/data/uwm"  # task data at DATA_ROOT/libero_<task>; override the source's path
-# variant name -> the paper's task name (data written by `uwm_jax.data.libero` as libero_<task>).
+# variant name -> the paper's task name (data written by `uwm_jax.data.convert_libero` as
+# libero_<task>).
 TASKS = {
     "book_caddy": "Book-Caddy",
     "soup_cheese": "Soup-Cheese",
@@ -48,12 +49,8 @@ def parse_variant(variant: str):
   return task, model_variant
 
 
-def get_config(variant: str = ""):
-  task, model_variant = parse_variant(variant)
-  c = libero.get_config(model_variant)
-  c.data.sources = ml_collections.ConfigDict(
-      {task: source_configs.array_record(f"{DATA_ROOT}/libero_{task}")})
-  c.data.normalize = False
+def apply_finetuning(c) -> None:
+  """The finetuning recipe above (also configs/lerobot_finetune.py's)."""
   c.batch_size = 72
   c.num_steps = 10_000
   o = c.optim
@@ -62,10 +59,22 @@ def get_config(variant: str = ""):
   o.warmup_steps = 1000
   o.grad_clip_norm = 1.0
   t = c.train
-  c.init_from = ""  # required: the LIBERO-90 run's checkpoints folder
+  c.init_from = ""  # required: the pretraining run's checkpoints folder
   t.log_every = 50
   t.save_every = 2_000
   t.eval_every = 2_000
   t.keep_last = 2
   t.keep_every = 0
+
+
+def get_config(variant: str = ""):
+  task, model_variant = parse_variant(variant)
+  c = libero.get_config(model_variant)
+  c.data.sources = ml_collections.ConfigDict(
+      {task: source_configs.array_record(f"{DATA_ROOT}/libero_{task}",
+                                         write_command=libero.conversion_command(
+                                             f"libero_{task}", "/data/LIBERO/libero_10",
+                                             "paper_tasks"))})
+  c.data.normalize = False
+  apply_finetuning(c)
   return c

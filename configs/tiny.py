@@ -39,6 +39,7 @@ def get_config(variant: str = ""):
   c.batch_size = 8
   # Data: deterministic moving shapes, no files (windows of 2 * 2 + 4 - 1 = 7 frames).
   c.data.sources.synthetic = source_configs.synthetic(num_episodes=16, episode_len=24)
+  c.data.num_workers = 0  # rendering 32x32 frames in the main process beats starting workers
   c.num_steps = 200
   c.optim.learning_rate = 1e-3
   # Training loop: frequent logs/checkpoints/evaluation so a 200-step CPU run shows all of them.

@@ -5,8 +5,10 @@
   python3 scripts/import_graph.py --check    # exit 1 if an import points back (the test runs this)
 
 The layering (README "Architecture"): neutral layers first, then the pipeline stages in order.
-A module may import the neutral layers and its own or an earlier stage, never a later one;
-the entry points (CLIs and benchmarks) sit on top and may import anything. Imports inside
+A module may import the neutral layers and its own or an earlier stage, never a later one nor
+a sibling (two stages of one rank: evaluation and serving both build on the policies layer
+and never import each other); the entry points (CLIs and benchmarks) sit on top and may import
+anything. Imports inside
 functions count as much as module-level ones (a late import is still a dependency); they are
 listed separately so the late ones stay few and visible.
 """
@@ -23,6 +25,7 @@ PACKAGE = "uwm_jax"
 # (layer, rank, module prefixes). Neutral layers import no pipeline stage (rank 0).
 LAYERS = (
     ("neutral", 0, ("uwm_jax.config_base", "uwm_jax.cli_config", "uwm_jax.cli_errors",
+                    "uwm_jax.extras", "uwm_jax.cli_logging", "uwm_jax.host_platform",
                     "uwm_jax.batch", "uwm_jax.dims", "uwm_jax.diffusion", "uwm_jax.tree_paths",
                     "uwm_jax.runs", "uwm_jax.envs")),
     ("data", 1, ("uwm_jax.data",)),
@@ -31,15 +34,20 @@ LAYERS = (
     # A checkpoint as a policy: per-robot transforms, observation history, batched sampler;
     # what the evaluator's rollouts and the policy server both run.
     ("policy", 4, ("uwm_jax.policies",)),
+    # Siblings: the evaluator's rollouts and the policy server each run the policies layer.
     ("evaluate", 5, ("uwm_jax.evaluation",)),
-    ("serve", 6, ("uwm_jax.serving",)),
-    ("entry", 7, ("uwm_jax.train", "uwm_jax.evaluate", "uwm_jax.summarize",
-                  "uwm_jax.import_weights", "uwm_jax.serve", "uwm_jax.bench", "uwm_jax.__init__")),
+    ("serve", 5, ("uwm_jax.serving",)),
+    ("entry", 6, ("uwm_jax.train", "uwm_jax.evaluate", "uwm_jax.summarize",
+                  "uwm_jax.import_weights", "uwm_jax.serve", "uwm_jax.bench",
+                  "uwm_jax.check_install", "uwm_jax.__init__")),
 )
 
 
 def layer_of(module: str):
-  """(name, rank) of the layer owning `module`; the longest matching prefix wins."""
+  """(name, rank) of the layer owning `module`; the longest matching prefix wins (the package
+  itself, its `__init__.py`, is listed as `uwm_jax.__init__`)."""
+  if module == PACKAGE:
+    module = PACKAGE + ".__init__"
   best = None
   for name, rank, prefixes in LAYERS:
     for prefix in prefixes:
@@ -84,11 +92,12 @@ def collect(root: pathlib.Path = ROOT):
 
 
 def back_pointing(edges):
-  """The imports from a layer to a later one (or from a neutral layer to any stage)."""
+  """The imports from a layer to a later one or a sibling (or from a neutral layer to any
+  stage)."""
   bad = []
   for src, dst, line, top in edges:
     (src_layer, src_rank), (dst_layer, dst_rank) = layer_of(src), layer_of(dst)
-    if dst_rank > src_rank:
+    if dst_rank > src_rank or (dst_rank == src_rank and dst_layer != src_layer):
       bad.append((src, dst, line, top, src_layer, dst_layer))
   return bad
 

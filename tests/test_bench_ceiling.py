@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from helpers import tiny_config
+from tests.helpers import tiny_config
 from uwm_jax.bench import ceiling
 from uwm_jax.bench import step_components
 from uwm_jax.bench import timing

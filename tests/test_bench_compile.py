@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from helpers import tiny_config
+from tests.helpers import tiny_config
 from uwm_jax.bench import compile as compile_lib
 
 HAVE_LIBTPU = importlib.util.find_spec("libtpu") is not None

@@ -1,7 +1,9 @@
 """DROID as published (RLDS/TFDS tfrecord) -> array_record conversion -> grain windows."""
 
+import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,9 +18,9 @@ from uwm_jax.data import array_record_format as fmt
 from tests import fixtures
 from tests.helpers import run_cli
 from uwm_jax.data import convert_rlds as convert
-from uwm_jax.data import filters, loader, normalization, profiles, rlds_read
+from uwm_jax.data import droid_actions, filters, loader, normalization, profiles, rlds_read
 from uwm_jax.data import source_configs, sources
-from uwm_jax.data.converted import ConvertedSource
+from uwm_jax.data.array_record_source import ArrayRecordSource
 from uwm_jax.data.windows import WindowReader
 
 IMAGE = (36, 64)  # small frames keep the tests fast; the schema is otherwise DROID's own.
@@ -94,8 +96,8 @@ def test_windows_match_the_raw_rlds_episode(converted, raw_episodes, monkeypatch
     # Pillow vs TF JPEG decoders may differ by a few levels.
     np.testing.assert_allclose(sample["obs"][v], frames[sl.obs], atol=12)
     np.testing.assert_allclose(sample["next_obs"][v], frames[sl.next_obs], atol=12)
-  raw_act = profiles.droid_action_10d(raw["action_dict"]["cartesian_velocity"],
-                                      raw["action_dict"]["gripper_position"])
+  raw_act = droid_actions.droid_action_10d(raw["action_dict"]["cartesian_velocity"],
+                                           raw["action_dict"]["gripper_position"])
   np.testing.assert_allclose(
       normalization.denormalize(sample["action"], train.dataset_stats["action"]),
       raw_act[start:start + sl.window][sl.action], rtol=1e-5, atol=1e-6)
@@ -141,13 +143,71 @@ def test_decoded_frame_cache_gives_the_same_frames_and_batches_and_decodes_once(
       np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
+@pytest.mark.parametrize("latents", [False, True], ids=["frames", "latent_cache"])
+def test_worker_processes_hand_over_the_same_batches_in_reused_slots(converted, latents,
+                                                                     tmp_path, monkeypatch):
+  """Batches from 2 grain workers through reused shared-memory slots (data/batch_slots.py) are
+  bit for bit those read in this process, with and without a latent cache; consumed as the
+  train loop does (each batch placed on the device, then dropped), every batch comes in a slot
+  and a worker's slots are reused; closing the loader leaves no slot behind."""
+  import jax
+  from uwm_jax.bench.data_split import write_random_latent_cache
+  from uwm_jax.data import batch_slots
+  if not batch_slots.supported():
+    pytest.skip("needs /dev/shm (Linux)")
+  def config(num_workers):
+    c = _config(converted)
+    c.batch_size = 8
+    c.data.num_workers = num_workers
+    if latents:
+      c.data.latent_cache_dir = str(tmp_path / "latents")
+    return c
+
+  if latents:
+    names, srcs, _ = sources.build_sources(config(0))
+    write_random_latent_cache(str(tmp_path / "latents"), names, srcs, config(0).model)
+  readers = []
+
+  class Recording(batch_slots.SlotReader):
+    def __init__(self):
+      super().__init__()
+      readers.append(self)
+
+  monkeypatch.setattr(batch_slots, "SlotReader", Recording)
+  plain = loader.make_train_loader(config(0), process_index=0, process_count=1)
+  workers = loader.make_train_loader(config(2), process_index=0, process_count=1)
+  n = 20
+  try:
+    for _ in range(n):
+      want, got = next(plain), next(workers)
+      assert sorted(got) == sorted(want)
+      assert (batch_lib.NEXT_LATENT_MEAN in got) == latents
+      for k in want:
+        assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+        assert got[k].tobytes() == want[k].tobytes(), k
+      jax.block_until_ready(jax.device_put(got))
+      del got
+    (reader,) = readers
+    assert (reader.slot_batches, reader.other_batches) == (n, 0)
+    slots = list(reader._maps)  # pylint: disable=protected-access  # <prefix>_<pid>_<k>
+    per_worker = int(config(2).data.prefetch_batches) + loader.SLOTS_BEYOND_PREFETCH
+    per_process = collections.Counter(s.rsplit("_", 1)[0] for s in slots)
+    assert len(per_process) == 2 and max(per_process.values()) <= per_worker
+    assert len(slots) < n, slots  # slots were reused
+    prefix = slots[0].rsplit("_", 2)[0]  # <prefix>_<pid>_<k>
+  finally:
+    workers.close()
+  assert not [f for f in os.listdir("/dev/shm") if f.startswith(prefix + "_")]
+
+
 def test_statistics_equal_numpy_and_are_cached(converted, raw_episodes):
   c = _config(converted)
   c.model.low_dim_dim = 7
   stats = loader.make_train_loader(c, process_index=0, process_count=1).dataset_stats
-  acts = np.concatenate([profiles.droid_action_10d(e["steps"]["action_dict"]["cartesian_velocity"],
-                                                   e["steps"]["action_dict"]["gripper_position"])
-                         for e in raw_episodes])
+  acts = np.concatenate([
+      droid_actions.droid_action_10d(e["steps"]["action_dict"]["cartesian_velocity"],
+                                     e["steps"]["action_dict"]["gripper_position"])
+      for e in raw_episodes])
   low = np.concatenate([np.concatenate([e["steps"]["observation"]["cartesian_position"],
                                         e["steps"]["observation"]["gripper_position"]], 1)
                         for e in raw_episodes])
@@ -189,7 +249,7 @@ def test_conversion_filters_max_episodes_and_resumes_per_shard(droid_dir, raw_ep
   assert sorted(os.listdir(out)) == ["conversion.json", "shard-00000-of-00003",
                                      "shard-00002-of-00003"]
   with pytest.raises(ValueError, match=r"unfinished.*\[1\]"):
-    ConvertedSource("droid", out, prof.camera_keys, IMAGE, 10)
+    ArrayRecordSource("droid", out, prof.camera_keys, IMAGE, 10)
   stamp = os.path.getmtime(os.path.join(out, "shard-00000-of-00003", fmt.FRAMES))
   # A killed writer's temporary folder is deleted by the rerun; a live writer's is kept.
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -207,7 +267,7 @@ def test_conversion_filters_max_episodes_and_resumes_per_shard(droid_dir, raw_ep
     live.wait()
   assert convert.convert_rlds(droid_dir, out, prof, episode_filter=filt, progress=False)
   assert os.path.getmtime(os.path.join(out, "shard-00000-of-00003", fmt.FRAMES)) == stamp
-  src = ConvertedSource("droid", out, prof.camera_keys, IMAGE, 10)
+  src = ArrayRecordSource("droid", out, prof.camera_keys, IMAGE, 10)
   want = [e["episode_metadata"]["file_path"].decode() for e in raw_episodes
           if b"WEIRD" not in e["episode_metadata"]["recording_folderpath"]]
   assert [m["file_path"] for m in src.metadata] == want
@@ -223,7 +283,7 @@ def test_conversion_filters_max_episodes_and_resumes_per_shard(droid_dir, raw_ep
   meta = json.load(open(os.path.join(out2, fmt.DATASET_JSON)))
   assert meta["num_episodes"] == 2 and len(meta["shards"]) == 1
   assert not os.path.exists(os.path.join(out2, "shard-00002-of-00003"))
-  src = ConvertedSource("droid", out2, prof.camera_keys, IMAGE, 10)
+  src = ArrayRecordSource("droid", out2, prof.camera_keys, IMAGE, 10)
   assert [m["file_path"] for m in src.metadata] == [
       e["episode_metadata"]["file_path"].decode() for e in raw_episodes[:2]]
 
@@ -252,7 +312,11 @@ def test_bad_inputs_name_what_is_wrong(droid_dir, tmp_path):
   with pytest.raises(ValueError, match="'droid'.*schema has no.*steps/observation/side_cam"):
     convert.convert_rlds(droid_dir, str(tmp_path / "x"),
                          profiles.rlds_profile(["side_cam"], "action"), dataset="droid")
-  with pytest.raises(FileNotFoundError, match="'droid'.*does not exist"):
+  # The config's folder is missing: the field to set and the command that writes the data.
+  with pytest.raises(FileNotFoundError, match=r"'droid': converted data folder .*missing' "
+                     r"\(config\.data\.sources\.droid\.path\) does not exist; give "
+                     r"--config\.data\.sources\.droid\.path=DIR, a folder written by "
+                     r"`python -m uwm_jax\.data\.convert_rlds .*--out=DIR"):
     loader.make_train_loader(_config(str(tmp_path / "missing")), process_index=0,
                              process_count=1)
   # NaN in an episode's actions: dataset, episode and field are named.
@@ -329,7 +393,7 @@ def test_max_episodes_takes_the_episodes_tfds_load_yields_first(shuffled_droid_d
   run = run_cli("uwm_jax.data.convert_rlds", "droid", f"--builder_dir={shuffled_droid_dir}",
                 f"--out={out}", "--include=WEIRD", "--max_episodes=12")
   assert run.returncode == 0, run.stderr[-3000:]
-  src = ConvertedSource("droid", out, profiles.droid_profile().camera_keys, (8, 8), 10)
+  src = ArrayRecordSource("droid", out, profiles.droid_profile().camera_keys, (8, 8), 10)
   assert [m["file_path"] for m in src.metadata] == [p for p in loaded if "/WEIRD/" in p][:12]
   converted = [d for d in os.listdir(out) if d.startswith("shard-")]
   assert 0 < len(converted) < ORDER_SHARDS  # files the selection never reaches are skipped
@@ -378,6 +442,9 @@ def test_workers_log_their_shards_and_die_with_the_parent(droid_dir, tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   for k in range(3):
     assert f"droid shard {k}/3" in done.stderr, done.stderr[-3000:]
+  # ... and no library INFO line (TFDS: "Load dataset info from ...", one per shard and worker).
+  info = re.findall(r"INFO \[worker \d+\] [^\r\n]*", done.stderr)  # (after a progress bar)
+  assert len(info) == 3 and all(" droid shard " in line for line in info), info
   last = done.stdout.strip().splitlines()[-1]
   assert (f"episodes read {NUM_EPISODES}, kept {NUM_EPISODES}, skipped 0 (filters) + 0 (empty)"
           in last and "dataset.json: 7 episodes" in last), last
@@ -419,7 +486,7 @@ def test_action_free_samples_keep_the_sources_low_dim_observations(converted, ca
   np.testing.assert_array_equal(free[batch_lib.LOW_DIM], labelled[batch_lib.LOW_DIM])
   # Another robot's low-dim width: read as video without low-dim (zeros), with one warning.
   with caplog.at_level("WARNING"):
-    other = ConvertedSource("video", converted, c.model.camera_keys, IMAGE, 10, low_dim_dim=3,
-                            action_free=True)
+    other = ArrayRecordSource("video", converted, c.model.camera_keys, IMAGE, 10, low_dim_dim=3,
+                              action_free=True)
   assert other.low_dim(0) is None
   assert "do not fit model.low_dim_dim = 3" in caplog.text

@@ -9,7 +9,7 @@ from configs import libero as libero_config
 from uwm_jax import batch as batch_lib
 from tests import fixtures
 from tests.helpers import run_cli
-from uwm_jax.data import libero, loader, rlds_read, source_configs
+from uwm_jax.data import convert_libero, loader, rlds_read, source_configs
 from uwm_jax.data.windows import WindowReader
 
 IMAGE = (32, 32)
@@ -20,9 +20,9 @@ def hdf5_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("libero_10")
   frames = {}
   for i, builder in enumerate(("libero_book_caddy", "libero_mug_mug")):
-    stem = libero.PAPER_TASKS[builder][1]
+    stem = convert_libero.PAPER_TASKS[builder][1]
     frames[builder] = fixtures.write_libero_hdf5_fixture(
-        str(d / (stem + libero.DEMO_SUFFIX)), num_demos=3 if i == 0 else 12,
+        str(d / (stem + convert_libero.DEMO_SUFFIX)), num_demos=3 if i == 0 else 12,
         lengths=(30, 24, 27), image_shape=IMAGE, seed=i)
   return str(d), frames
 
@@ -36,11 +36,11 @@ def _rlds_episodes(builder_dir):
 
 def test_paper_task_becomes_rlds_with_upright_images(hdf5_dir, tmp_path):
   d, frames = hdf5_dir
-  (path,) = libero.convert_suite(d, str(tmp_path / "tfds"), "Book-Caddy")
+  (path,) = convert_libero.convert_suite(d, str(tmp_path / "tfds"), "Book-Caddy")
   assert path.endswith(os.path.join("libero_book_caddy", "1.0.0"))
   eps = _rlds_episodes(path)
   assert len(eps) == 3
-  stem = libero.PAPER_TASKS["libero_book_caddy"][1]
+  stem = convert_libero.PAPER_TASKS["libero_book_caddy"][1]
   for i, ep in enumerate(eps):
     assert ep["episode_metadata"]["file_path"].decode() == f"{stem}/demo_{i}"
     for v, cam in enumerate(("agentview_rgb", "eye_in_hand_rgb")):
@@ -54,7 +54,7 @@ def test_paper_task_becomes_rlds_with_upright_images(hdf5_dir, tmp_path):
 
 def test_demos_in_index_order_and_libero90_to_training_windows(hdf5_dir, tmp_path):
   d, frames = hdf5_dir
-  (path,) = libero.convert_suite(d, str(tmp_path / "tfds"), "libero_90")
+  (path,) = convert_libero.convert_suite(d, str(tmp_path / "tfds"), "libero_90")
   eps = _rlds_episodes(path)
   names = [e["episode_metadata"]["file_path"].decode().split("/")[1] for e in eps]
   # Files in sorted order (LIVING_ROOM... before STUDY...), demos in index order (2 before 10).
@@ -88,15 +88,15 @@ def test_demos_in_index_order_and_libero90_to_training_windows(hdf5_dir, tmp_pat
 
 def test_libero_bad_inputs(tmp_path):
   with pytest.raises(ValueError, match="Unknown LIBERO task 'Cup-Cup'"):
-    libero.task_file(str(tmp_path), "Cup-Cup")
+    convert_libero.task_file(str(tmp_path), "Cup-Cup")
   with pytest.raises(FileNotFoundError, match="Moka-Moka"):
-    libero.task_file(str(tmp_path), "moka_moka")
+    convert_libero.task_file(str(tmp_path), "moka_moka")
   path = str(tmp_path / "bad_demo.hdf5")
   fixtures.write_libero_hdf5_fixture(path, num_demos=2, lengths=(10,), image_shape=(8, 8),
                                      nan_demo=1)
   with pytest.raises(ValueError, match=r"bad_demo.hdf5.*episode demo_1.*'actions'.*NaN"):
-    list(libero.read_hdf5_episodes(path))
+    list(convert_libero.read_hdf5_episodes(path))
   with pytest.raises(ValueError, match=r"episode demo_0.*'obs/wrist_rgb'"):
-    list(libero.read_hdf5_episodes(path, camera_keys=("agentview_rgb", "wrist_rgb")))
+    list(convert_libero.read_hdf5_episodes(path, camera_keys=("agentview_rgb", "wrist_rgb")))
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    list(libero.read_hdf5_episodes(str(tmp_path / "none.hdf5")))
+    list(convert_libero.read_hdf5_episodes(str(tmp_path / "none.hdf5")))

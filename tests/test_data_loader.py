@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -95,6 +96,20 @@ def test_restore_with_worker_processes_and_across_epochs():
     _assert_batches_equal(_take(loader, 6), ref_batches)
   finally:
     loader.close()
+
+
+def test_worker_count_auto_follows_the_usable_cores():
+  assert loader_lib.resolve_num_workers(0, cores=208) == 0  # a count is taken as given
+  assert loader_lib.resolve_num_workers(3, cores=2) == 3
+  assert loader_lib.resolve_num_workers(-1, cores=2) == 0  # small hosts: the main process reads
+  assert loader_lib.resolve_num_workers(-1, cores=7) == 0
+  assert loader_lib.resolve_num_workers(-1, cores=8) == 6  # two cores left to the main process
+  assert loader_lib.resolve_num_workers(-1, cores=20) == 18
+  assert loader_lib.resolve_num_workers(-1, cores=208) == 32  # a v5p host: capped (memory)
+  assert loader_lib.resolve_num_workers(-1) == loader_lib.resolve_num_workers(
+      -1, cores=len(os.sched_getaffinity(0)))  # this process's cores, not the machine's
+  with pytest.raises(ValueError, match="num_workers = -2"):
+    loader_lib.resolve_num_workers(-2)
 
 
 def test_hosts_are_disjoint_and_cover_the_global_batch():
@@ -246,7 +261,8 @@ def test_nan_in_actions_names_dataset_episode_and_field():
 
 def test_validation_split_holds_out_the_reference_episodes():
   """The reference holds out default_rng(0).choice(N, round(0.05 N), replace=False) episodes of
-  a dataset (docs/data.md, "Validation split"); a permutation prefix picks other episodes."""
+  a dataset (docs/data.md, "Windows and the validation split"); a permutation prefix picks other
+  episodes."""
   from uwm_jax.data.episodes import split_episodes
   n = 2000
   train, val = split_episodes(np.zeros(n, bool), 0.05, 0)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from uwm_jax.data import profiles, rotation
+from uwm_jax.data import droid_actions, rotation
 
 
 def _rx(a):
@@ -70,8 +70,8 @@ def test_droid_10d_action_round_trip():
   rng = np.random.default_rng(3)
   vel = np.concatenate([rng.uniform(-1, 1, (30, 3)), rng.uniform(-1.4, 1.4, (30, 3))], axis=1)
   grip = rng.uniform(0, 1, (30, 1))
-  a10 = profiles.droid_action_10d(vel, grip)
+  a10 = droid_actions.droid_action_10d(vel, grip)
   assert a10.shape == (30, 10) and a10.dtype == np.float32
-  vel2, grip2 = profiles.droid_action_from_10d(a10)
+  vel2, grip2 = droid_actions.droid_action_from_10d(a10)
   np.testing.assert_allclose(vel2, vel, atol=1e-5)
   np.testing.assert_allclose(grip2, grip, atol=1e-7)

@@ -79,7 +79,9 @@ def test_video_mixed_with_robot_data(video_dir):
 
 
 def test_missing_or_empty_video_folder(tmp_path):
-  with pytest.raises(FileNotFoundError, match="'video'.*does not exist"):
+  with pytest.raises(FileNotFoundError, match=r"'video': video folder .*none' \(config\.data"
+                     r"\.sources\.video\.path\) does not exist; give --config\.data\.sources"
+                     r"\.video\.path=DIR, a folder of video files"):
     loader.make_train_loader(_config(str(tmp_path / "none")), process_index=0, process_count=1)
   with pytest.raises(ValueError, match="'video'.*no usable video"):
     loader.make_train_loader(_config(str(tmp_path)), process_index=0, process_count=1)

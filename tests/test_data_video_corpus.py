@@ -14,8 +14,8 @@ from tests import fixtures
 from tests.helpers import run_cli
 from uwm_jax import batch as batch_lib
 from uwm_jax.data import array_record_format as fmt
-from uwm_jax.data import convert_rlds, convert_video, loader, source_configs
-from uwm_jax.data.converted import ConvertedSource
+from uwm_jax.data import convert_video, loader, shard_conversion, source_configs
+from uwm_jax.data.array_record_source import ArrayRecordSource
 from uwm_jax.data.sources import build_source, check_sources
 from uwm_jax.data.video_folder import VideoFolderSource, read_index_file
 from uwm_jax.data.windows import SOURCE, WindowReader
@@ -101,7 +101,8 @@ def test_missing_or_empty_index_file_is_one_clear_error(corpus, tmp_path):
   c = _index_config(corpus)
   check_sources(c)
   c.data.sources.ssv2.path = str(tmp_path / "missing.txt")
-  with pytest.raises(FileNotFoundError, match="'ssv2'.*missing.txt.*sources.ssv2.path"):
+  with pytest.raises(FileNotFoundError, match=r"'ssv2'.*missing.txt.*sources.ssv2.path.*give "
+                     r"--config\.data\.sources\.ssv2\.path=FILE, a text file listing"):
     check_sources(c)
   (tmp_path / "empty.txt").write_text("# nothing yet\n\n")
   c.data.sources.ssv2.path = str(tmp_path / "empty.txt")
@@ -117,7 +118,7 @@ def _convert(folder, out, **kw):
 def test_conversion_round_trip_equals_decoding_at_load(corpus, tmp_path):
   out = tmp_path / "k400_uwm"
   assert _convert(corpus / "k400", out)
-  summary = convert_rlds.conversion_summary(str(out))
+  summary = shard_conversion.conversion_summary(str(out))
   assert "episodes read 3, kept 2, skipped 0 (size) + 1 (unreadable) + 0 (empty) (e.g. " \
          "corrupt.mp4)" in summary
   c = tiny.get_config()
@@ -139,7 +140,7 @@ def test_conversion_round_trip_equals_decoding_at_load(corpus, tmp_path):
       assert error < 0.5 * np.abs(a[key].astype(int) - later[key].astype(int)).mean()
       np.testing.assert_array_equal(a[key][0], a[key][1])  # padding "same": every view
   assert _convert(corpus / "k400", tmp_path / "none", padding="none")
-  frames = ConvertedSource("v", str(tmp_path / "none"), CAMS, SHAPE, 4).frames(0, np.arange(2))
+  frames = ArrayRecordSource("v", str(tmp_path / "none"), CAMS, SHAPE, 4).frames(0, np.arange(2))
   assert frames[0].any() and not frames[1].any()
 
 
@@ -150,14 +151,14 @@ def test_interrupted_conversion_resumes(corpus, tmp_path):
   done = out / fmt.shard_dirname(0, n)
   assert done.is_dir() and not (out / fmt.DATASET_JSON).exists()
   with pytest.raises(ValueError, match="unfinished"):
-    ConvertedSource("v", str(out), CAMS, SHAPE, 4, action_free=True)
+    ArrayRecordSource("v", str(out), CAMS, SHAPE, 4, action_free=True)
   killed = out / f"{fmt.shard_dirname(1, n)}.tmp-999999999"  # a killed writer's folder
   killed.mkdir()
   stamp = os.stat(done / fmt.FRAMES).st_mtime_ns
   assert _convert(corpus / "ssv2", out)
   assert os.stat(done / fmt.FRAMES).st_mtime_ns == stamp  # the finished shard was kept
   assert not killed.exists()
-  assert ConvertedSource("v", str(out), CAMS, SHAPE, 4).num_episodes == 2
+  assert ArrayRecordSource("v", str(out), CAMS, SHAPE, 4).num_episodes == 2
   with pytest.raises(ValueError, match="other parameters.*frame_stride"):
     _convert(corpus / "ssv2", out, frame_stride=3.0)
 

@@ -19,7 +19,7 @@ def entry_points():
 
 def test_the_known_entry_points_are_found():
   assert {"uwm_jax.train", "uwm_jax.evaluate", "uwm_jax.summarize", "uwm_jax.import_weights",
-          "uwm_jax.data.convert_rlds", "uwm_jax.data.libero"} <= set(entry_points())
+          "uwm_jax.data.convert_rlds", "uwm_jax.data.convert_libero"} <= set(entry_points())
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from tests.helpers import skip_without, structured_batch, tiny_push_config
 from uwm_jax import batch as batch_lib, sampling
 from uwm_jax.evaluation import evaluator
 from uwm_jax.model.uwm import UnifiedWorldModel
+from uwm_jax.policies import inference_checkpoint
 from uwm_jax.runs import checkpoint
 
 pytestmark = skip_without("mujoco")  # the embedded task's rollouts
@@ -123,7 +124,7 @@ def test_low_dim_model_gets_low_dim_in_rollouts_tracking_and_videos(tmp_path):
 def test_checkpoint_loads_for_inference_unrolled_and_split(tiny_checkpoint):
   directory, config = tiny_checkpoint
   assert config.model.scan_layers  # trained (saved) scanned
-  loaded = evaluator.load_checkpoint(directory)
+  loaded = inference_checkpoint.load_checkpoint(directory)
   dit = loaded.params["noise_net"]["dit"]
   assert sorted(dit) == [f"blocks_{i}" for i in range(config.model.depth)]
   assert "kernel_1" in dit["blocks_0"]["adaLN_modulation"]
@@ -135,11 +136,11 @@ def test_checkpoint_loads_in_another_compute_dtype(tiny_checkpoint):
   compute in that precision, parameters unchanged; a wrong name is one clear error."""
   directory, config = tiny_checkpoint
   assert config.model.compute_dtype == "float32"
-  fp32 = evaluator.load_checkpoint(directory)
-  loaded = evaluator.load_checkpoint(directory, compute_dtype="bfloat16")
+  fp32 = inference_checkpoint.load_checkpoint(directory)
+  loaded = inference_checkpoint.load_checkpoint(directory, compute_dtype="bfloat16")
   assert loaded.config.model.compute_dtype == "bfloat16"
-  assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), loaded.params,
-                                   fp32.params))
+  loaded_params, fp32_params = jax.device_get((loaded.params, fp32.params))  # numpy: no compiles
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), loaded_params, fp32_params))
   batch = {k: v[:1] for k, v in structured_batch(loaded.config.model, 1).items()
            if k == batch_lib.OBS}
   sampler = sampling.make_sampler(UnifiedWorldModel(loaded.config.model),
@@ -149,7 +150,7 @@ def test_checkpoint_loads_in_another_compute_dtype(tiny_checkpoint):
   action = sampler(*args)["action"]
   assert action.shape[0] == 1 and bool(jax.numpy.isfinite(action).all())
   with pytest.raises(ValueError, match="compute_dtype must be one of float32, bfloat16"):
-    evaluator.load_checkpoint(directory, compute_dtype="fp16")
+    inference_checkpoint.load_checkpoint(directory, compute_dtype="fp16")
 
 
 def test_missing_checkpoint_is_one_clear_error(tmp_path):
@@ -164,7 +165,7 @@ def test_checkpoint_of_another_config_is_one_clear_error(tiny_checkpoint):
   directory, _ = tiny_checkpoint
   other = tiny_push_config()
   other.model.embed_dim = 32
-  with pytest.raises(evaluator.ConfigMismatchError,
+  with pytest.raises(inference_checkpoint.ConfigMismatchError,
                      match=r"model.embed_dim: checkpoint 64 vs config 32"):
     evaluator.evaluate_checkpoint(directory, config=other, progress=False)
 

@@ -8,7 +8,7 @@ import pytest
 from uwm_jax import config_base
 from uwm_jax.evaluation import rollout
 from uwm_jax.envs import libero_env
-from uwm_jax.evaluation.policies import RandomPolicy
+from uwm_jax.evaluation.rollout_policies import RandomPolicy
 
 BDDL = """(define (problem LIBERO_Study_Tabletop_Manipulation)
   (:domain robosuite)

@@ -8,7 +8,7 @@ import numpy as np
 from tests.helpers import skip_without
 from uwm_jax.envs import remote
 from uwm_jax.evaluation import rollout
-from uwm_jax.evaluation.policies import RandomPolicy, ReplayPolicy
+from uwm_jax.evaluation.rollout_policies import RandomPolicy, ReplayPolicy
 
 pytestmark = skip_without("mujoco")
 

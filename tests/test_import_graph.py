@@ -1,6 +1,7 @@
 """The layering of README "Architecture": no import points back (scripts/import_graph.py)."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -19,17 +20,34 @@ def test_no_import_points_back():
   assert "0 back-pointing imports" in out.stdout
 
 
-def test_a_back_pointing_import_is_flagged(tmp_path):
-  """Training importing evaluation (even inside a function) fails the check."""
-  for path, text in {"uwm_jax/__init__.py": "",
-                     "uwm_jax/training/__init__.py": "",
-                     "uwm_jax/training/loop.py": "def f():\n  from uwm_jax.evaluation import x\n",
-                     "uwm_jax/evaluation/__init__.py": "",
-                     "uwm_jax/evaluation/x.py": "from uwm_jax.training import loop\n"}.items():
+def _only_flagged(tmp_path, files, line):
+  """Write `files` (path -> text, each package's __init__.py added) as a package under
+  tmp_path: the check fails with exactly one back-pointing import, `line`."""
+  for path in list(files):
+    files.setdefault(str(pathlib.PurePosixPath(path).parent / "__init__.py"), "")
+  for path, text in files.items():
     (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / path).write_text(text)
   out = _run(f"--root={tmp_path}")
   assert out.returncode == 1
-  assert ("BACK-POINTING: uwm_jax.training.loop (train) imports uwm_jax.evaluation.x (evaluate)"
-          in out.stdout)
+  assert f"BACK-POINTING: {line}" in out.stdout
   assert "1 back-pointing imports" in out.stdout
+
+
+def test_a_back_pointing_import_is_flagged(tmp_path):
+  """Training importing evaluation (even inside a function) fails the check."""
+  _only_flagged(tmp_path, {"uwm_jax/__init__.py": "",
+                           "uwm_jax/training/loop.py":
+                               "def f():\n  from uwm_jax.evaluation import x\n",
+                           "uwm_jax/evaluation/x.py": "from uwm_jax.training import loop\n"},
+                "uwm_jax.training.loop (train) imports uwm_jax.evaluation.x (evaluate)")
+
+
+def test_serving_importing_evaluation_is_flagged(tmp_path):
+  """Serving and evaluation are siblings: the server loads checkpoints through the policies
+  layer, never through the evaluator."""
+  _only_flagged(tmp_path, {"uwm_jax/__init__.py": "",
+                           "uwm_jax/serving/server.py": "from uwm_jax.evaluation import x\n",
+                           "uwm_jax/evaluation/x.py": "from uwm_jax.policies import session\n",
+                           "uwm_jax/policies/session.py": ""},
+                "uwm_jax.serving.server (serve) imports uwm_jax.evaluation.x (evaluate)")

@@ -5,8 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import tiny_config
-from tests.test_model_networks import _perturb, _random_inputs
+from tests.helpers import noise_net_inputs, perturbed_params, tiny_config
 from uwm_jax.dims import model_dims
 from uwm_jax.model import block_layout
 from uwm_jax.model.uwm import UnifiedWorldModel
@@ -14,7 +13,7 @@ from uwm_jax.model.uwm import UnifiedWorldModel
 
 def _trained_params(cfg):
   params, _ = UnifiedWorldModel(cfg.model).init(jax.random.key(0))
-  return _perturb(params)  # every parameter non-zero, the zero-initialised modulation included
+  return perturbed_params(params)  # every parameter non-zero: the zero-initialised modulation too
 
 
 @pytest.mark.parametrize("scan_layers", [True, False])
@@ -34,7 +33,7 @@ def test_training_and_inference_layouts_compute_the_same_noise(scan_layers):
   own, _ = inference.init(jax.random.key(0))
   assert (jax.tree.structure(own) == jax.tree.structure(inf_params) and
           jax.tree.map(np.shape, own) == jax.tree.map(np.shape, inf_params))
-  inputs = _random_inputs(trained)
+  inputs = noise_net_inputs(trained)
   out_t = jax.jit(trained.predict_noise)(params, *inputs)
   out_i = jax.jit(inference.predict_noise)(inf_params, *inputs)
   assert np.abs(out_t[0]).max() > 0

@@ -3,37 +3,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import structured_batch, tiny_config
+from tests.helpers import noise_net_inputs, perturbed_params, structured_batch, tiny_config
 from uwm_jax.model.layers import sinusoidal_embedding
 from uwm_jax.model.patchify import patchify, unpatchify
 from uwm_jax.model.uwm import UnifiedWorldModel
 
 
-def _random_inputs(model, B=3, seed=0):
-  d = model.dims
-  ks = jax.random.split(jax.random.key(seed), 3)
-  return (jax.random.normal(ks[0], (B, d.global_cond_dim)),
-          jax.random.normal(ks[1], (B, d.action_len, d.action_dim)),
-          jnp.array([0, 50, 99])[:B],
-          jax.random.normal(ks[2], (B,) + d.latent_shape),
-          jnp.array([99, 3, 42])[:B])
-
-
 def test_zero_output_at_init():
   model = UnifiedWorldModel(tiny_config().model)
   params, _ = model.init(jax.random.key(0))
-  eps_a, eps_o = jax.jit(model.predict_noise)(params, *_random_inputs(model))
+  eps_a, eps_o = jax.jit(model.predict_noise)(params, *noise_net_inputs(model))
   assert eps_a.shape == (3,) + (model.dims.action_len, model.dims.action_dim)
   assert eps_o.shape == (3,) + model.dims.latent_shape
   assert not jnp.any(eps_a) and not jnp.any(eps_o)
-
-
-def _perturb(params, seed=1):
-  """Make every parameter non-zero so the zero-initialised layers matter."""
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(
-      tree, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
 def test_remat_alone_gives_the_same_gradients():
@@ -41,8 +23,8 @@ def test_remat_alone_gives_the_same_gradients():
   network match the plain ones to float32 rounding."""
   cfg = tiny_config()
   model = UnifiedWorldModel(cfg.model)
-  params = _perturb(model.init(jax.random.key(0))[0])
-  inputs = _random_inputs(model)
+  params = perturbed_params(model.init(jax.random.key(0))[0])
+  inputs = noise_net_inputs(model)
 
   def grads(m):
     loss = lambda p: sum(jnp.sum(jnp.square(o)) for o in m.predict_noise(p, *inputs))
@@ -51,16 +33,17 @@ def test_remat_alone_gives_the_same_gradients():
   ref = grads(model)
   cfg.model.remat = True
   out = grads(UnifiedWorldModel(cfg.model))
+  ref, out = jax.device_get((ref, out))  # compared in numpy: eager ops compile one by one
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(ref)[0], jax.tree.leaves(out)):
-    scale = float(jnp.abs(a).max()) + 1e-12
-    assert float(jnp.abs(a - b).max()) <= 1e-5 * scale, jax.tree_util.keystr(path)
+    scale = float(np.abs(a).max()) + 1e-12
+    assert float(np.abs(a - b).max()) <= 1e-5 * scale, jax.tree_util.keystr(path)
 
 
 def test_remat_and_bf16_run_close_to_fp32():
   cfg = tiny_config()
   model = UnifiedWorldModel(cfg.model)
-  params = _perturb(model.init(jax.random.key(0))[0])
-  inputs = _random_inputs(model)
+  params = perturbed_params(model.init(jax.random.key(0))[0])
+  inputs = noise_net_inputs(model)
   ref = jax.jit(model.predict_noise)(params, *inputs)
   cfg.model.remat = True
   cfg.model.compute_dtype = "bfloat16"
@@ -92,8 +75,9 @@ def test_dp_baseline_predicts_actions_only():
   params, frozen = model.init(jax.random.key(0))
   assert frozen == {}
   d = model.dims
-  eps_a, eps_o = model.predict_noise(params, jnp.zeros((2, d.global_cond_dim)),
-                                     jnp.zeros((2, d.action_len, d.action_dim)), jnp.array([1, 2]))
+  eps_a, eps_o = jax.jit(model.predict_noise)(params, jnp.zeros((2, d.global_cond_dim)),
+                                              jnp.zeros((2, d.action_len, d.action_dim)),
+                                              jnp.array([1, 2]))
   assert eps_o is None and eps_a.shape == (2, d.action_len, d.action_dim)
 
 
@@ -114,8 +98,8 @@ def test_global_cond_layout_and_low_dim():
   F = cfg.model.image_feature_dim
   single = jax.jit(model.image_encoder.apply)({"params": params["image_encoder"]}, obs[:, 1, 0])
   np.testing.assert_allclose(cond[:, 2 * F:3 * F], single, rtol=1e-5, atol=1e-6)
-  with pytest.raises(ValueError, match="low_dim"):
-    model.global_cond(params, obs, None)
+  with pytest.raises(ValueError, match="low_dim"):  # raised while tracing: nothing to compile
+    jax.eval_shape(model.global_cond, params, obs, None)
 
 
 def test_coordinate_channels_reach_the_encoder():
@@ -148,18 +132,21 @@ def test_cpu_matmul_convolution_equals_xla_convolution(kernel, stride, channels)
   x = jax.random.normal(kx, (2, 13, 10, channels))
   k = jax.random.normal(kk, (kernel, kernel, channels, 5))
   pad = kernel // 2
-  got = resnet._matmul_conv(x, k, stride, pad)  # pylint: disable=protected-access
-  want = resnet._xla_conv(x, k, stride, pad)  # pylint: disable=protected-access
+  # jitted (eagerly, each slice and pad of the im2col path compiles on its own)
+  conv = lambda f: jax.jit(lambda a, b: f(a, b, stride, pad))
+  got = conv(resnet._matmul_conv)(x, k)  # pylint: disable=protected-access
+  want = conv(resnet._xla_conv)(x, k)  # pylint: disable=protected-access
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
-  loss = lambda f: jax.grad(lambda a, b: jnp.sum(jnp.sin(f(a, b, stride, pad))), (0, 1))(x, k)
+  loss = lambda f: jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.sin(f(a, b, stride, pad))),
+                                    (0, 1)))(x, k)
   for g, w in zip(loss(resnet._matmul_conv), loss(resnet._xla_conv)):  # pylint: disable=protected-access
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-3)
 
 
 def test_bf16_matmuls_on_cpu_accumulate_and_return_through_float32():
   """layers.matmul / Dense on CPU: bf16 operands, products summed in fp32, rounded once to
-  bf16 (XLA:CPU runs a bf16-result dot on a slow path: docs/training.md, "bf16 on CPU");
+  bf16 (XLA:CPU runs a bf16-result dot on a slow path: docs/results/cpu-bf16.md);
   compiled for TPU or GPU, the plain bf16 dot."""
   from uwm_jax.model import layers
   x = jax.random.normal(jax.random.key(0), (8, 2048)).astype(jnp.bfloat16)

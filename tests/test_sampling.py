@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import structured_batch, tiny_config
+from tests.helpers import perturbed_params, structured_batch, tiny_config
 from uwm_jax import sampling
 from uwm_jax.diffusion import make_schedule
 from uwm_jax.model.uwm import UnifiedWorldModel
@@ -16,11 +16,7 @@ def setup():
   config = tiny_config()
   model = UnifiedWorldModel(config.model)
   params, frozen = model.init(jax.random.key(0))
-  # Non-zero weights so outputs depend on the inputs.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(tree, [x + 0.005 * jax.random.normal(k, x.shape)
-                                     for x, k in zip(leaves, keys)])
+  params = perturbed_params(params, 0.005)  # non-zero weights so outputs depend on the inputs
   return config, model, params, frozen, structured_batch(config.model, B)
 
 
@@ -40,10 +36,13 @@ def _spy_timesteps(model):
   return calls
 
 
-@pytest.mark.parametrize("mode,held", [
-    ("policy", ("obs", 90)), ("video_prediction", ("action", 90)),
-    ("forward_dynamics", ("action", 0)), ("inverse_dynamics", ("obs", 0)), ("joint", None)])
-@pytest.mark.parametrize("marginal", [90, 99])
+# A held marginal modality sits at config.diffusion.marginal_timestep (90 by default, and 99);
+# a conditional one at 0 and the joint mode holds none, whatever the marginal timestep.
+@pytest.mark.parametrize("mode,held,marginal", [
+    ("policy", ("obs", 90), 90), ("policy", ("obs", 90), 99),
+    ("video_prediction", ("action", 90), 90), ("video_prediction", ("action", 90), 99),
+    ("forward_dynamics", ("action", 0), 99), ("inverse_dynamics", ("obs", 0), 99),
+    ("joint", None, 99)])
 def test_modes_hold_other_modality_at_configured_timestep(setup, mode, held, marginal):
   config, _, params, frozen, batch = setup
   config.diffusion.marginal_timestep = marginal
@@ -101,7 +100,8 @@ def test_conditional_modes_use_their_condition(setup):
 def test_dp_baseline_supports_only_the_policy():
   config = tiny_config("dp")
   model = UnifiedWorldModel(config.model)
-  assert list(sampling.make_samplers(model, config.diffusion)) == ["policy"]
+  assert sampling.supported_modes(model) == ("policy",)
+  assert sampling.supported_modes(UnifiedWorldModel(tiny_config().model)) == sampling.MODES
   with pytest.raises(ValueError, match="DP baseline"):
     sampling.make_sampler(model, config.diffusion, "video_prediction")
   params, frozen = model.init(jax.random.key(0))

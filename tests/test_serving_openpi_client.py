@@ -16,23 +16,14 @@ from uwm_jax.evaluation import evaluator
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint
 from uwm_jax.serving import client as client_lib
-from uwm_jax.serving import server as server_lib
-from tests.helpers import tiny_push_config
+from uwm_jax.serving import from_checkpoint, server_thread
+from tests.helpers import perturbed_params, tiny_push_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_PYTHON = os.path.join(ROOT, ".venv-robot-client", "bin", "python")
 SCRIPT = os.path.join(ROOT, "tests", "openpi_client_script.py")
 KEY = "test-key"
 ACTION_RANGE = (-0.5, 1.5)  # statistics: actions de-normalise into this range
-
-
-def _perturbed(params, scale=0.2):
-  """Random-init params plus noise: the zero-initialised output layers of a fresh model would
-  make its actions ignore the observations, and the history tests need them to matter."""
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  return jax.tree_util.tree_unflatten(tree, [
-      x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +34,9 @@ def tiny_server(tmp_path_factory):
   config.eval.num_episodes, config.eval.num_envs, config.eval.max_steps = 2, 2, 6
   config.eval.num_videos = 2
   params, frozen = UnifiedWorldModel(config.model).init(jax.random.PRNGKey(0))
-  params = _perturbed(params)
+  # Noise on the random init: the zero-initialised output layers of a fresh model would make
+  # its actions ignore the observations, and the history tests need them to matter.
+  params = perturbed_params(params, scale=0.2)
   lo, hi = ACTION_RANGE
   stats = {"action": {"min": [lo, lo], "max": [hi, hi]},
            "low_dim": {"min": [-0.24, -0.24], "max": [0.24, 0.24]}}
@@ -52,10 +45,10 @@ def tiny_server(tmp_path_factory):
                                     dataset_stats=stats, step=4)
   # parallel_calls left at its default, as the in-process evaluator's (on the 2-core CI host a
   # batch of 2 runs as two concurrent calls of 1).
-  server = server_lib.server_from_checkpoint(directory, port=0, api_key=KEY, max_batch=2,
+  server = from_checkpoint.make_server(directory, port=0, api_key=KEY, max_batch=2,
                                              batch_window_ms=200.0, max_message_mb=1.0)
   server.compile(printer=lambda line: None)
-  with server_lib.ServerThread(server) as port:
+  with server_thread.ServerThread(server) as port:
     yield server, port, directory
 
 

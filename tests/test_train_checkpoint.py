@@ -13,7 +13,7 @@ from tests.helpers import FAST_COMPILE
 from uwm_jax.model.uwm import UnifiedWorldModel
 from uwm_jax.runs import checkpoint as ckpt
 from uwm_jax.runs import checksums
-from uwm_jax.training import loop
+from uwm_jax.training import loop, resume
 from uwm_jax.training import mesh as mesh_lib
 from uwm_jax.training import optimizer as optim_lib
 from uwm_jax.training import sharded_state
@@ -47,8 +47,10 @@ def saved(tmp_path_factory):
   model, tx, abstract, shardings = _setup(cfg, (2, 4, 1), ema=True)
   state = sharded_state.init_train_state(model, tx, jax.random.key(3), shardings, ema=True,
                                          compiler_options=FAST_COMPILE)
-  # An EMA that differs from the params (a fresh state's EMA is a copy of them).
-  state = state.replace(ema_params=jax.tree.map(lambda x: x + 0.5, state.ema_params))
+  # An EMA that differs from the params (a fresh state's EMA is a copy of them); jitted, as
+  # eagerly every array shape compiles its own addition.
+  shift = jax.jit(lambda t: jax.tree.map(lambda x: x + 0.5, t), out_shardings=shardings.ema_params)
+  state = state.replace(ema_params=shift(state.ema_params))
   directory = str(tmp_path_factory.mktemp("run") / "checkpoints")
   manager = ckpt.make_manager(directory)
   for step in (1, 2):
@@ -173,19 +175,19 @@ def test_init_from_loads_params_and_keeps_pretraining_stats(saved, tmp_path):
   model, tx, _, _ = _setup(cfg, (8, 1, 1))
   mesh = mesh_lib.make_mesh((8, 1, 1))
   manager = ckpt.make_manager(ckpt.checkpoint_dir(workdir))
-  start, state, _, stats, data_iter = loop.build_state(cfg, model, tx, mesh, manager, workdir)
+  start, state, _, stats, data_iter = resume.build_state(cfg, model, tx, mesh, manager)
   manager.close()
   assert start == 0 and data_iter is None and stats == STATS
   _assert_trees_equal(host_state.ema_params, jax.device_get(state.params))
   assert int(state.step) == 0
-  loader, _ = loop.make_train_loader(cfg, stats, workdir)
+  loader, _ = resume.make_run_loader(cfg, stats, workdir)
   try:
     assert loader.dataset_stats == STATS  # the data is normalised with the pretraining stats
   finally:
     loader.close()
   cfg.train.recompute_dataset_stats = True
   manager = ckpt.make_manager(ckpt.checkpoint_dir(workdir))
-  _, _, _, stats, _ = loop.build_state(cfg, model, tx, mesh, manager, workdir)
+  _, _, _, stats, _ = resume.build_state(cfg, model, tx, mesh, manager)
   manager.close()
   assert stats is None  # the loader computes its own
 
@@ -260,7 +262,7 @@ def test_latest_params_skip_a_truncated_step_with_one_warning(saved, tmp_path, c
     ckpt.load_params_checkpoint(copy, step=2)
   assert len(str(err.value).splitlines()) == 1 and os.path.join(copy, "2") in str(err.value)
   with caplog.at_level(logging.WARNING):
-    step, params, _, _, _ = ckpt.load_latest_params_checkpoint(copy)
+    step, params, _, _, _ = ckpt.load_params_step(copy)
   assert step == 1
   _assert_trees_equal(host_state.ema_params, params)
   assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING][0].startswith(
@@ -322,5 +324,5 @@ def test_loading_does_not_warn_about_the_read_only_manager(saved, caplog):
   _, _, directory = saved
   with caplog.at_level(logging.WARNING):
     ckpt.load_params_checkpoint(directory)
-    ckpt.load_latest_params_checkpoint(directory)
+    ckpt.load_params_step(directory)
   assert not [r for r in caplog.records if "read only" in r.getMessage()]

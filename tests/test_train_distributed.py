@@ -7,18 +7,18 @@ TPU VM is simulated with a VM metadata server on 127.0.0.1. The preemption test 
 a real `python -m uwm_jax.train` run joined through jax.distributed.
 """
 
-import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
+from tests import fake_cluster
+from tests.helpers import xla_flags
 from uwm_jax.training import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,12 +33,13 @@ def _free_port():
 
 
 def _clean_env(num_cpu_devices=2, **extra):
-  """This process's environment without cluster or proxy variables, plus `extra`."""
+  """This process's environment without cluster or proxy variables (the compilation cache's
+  kept: tests/conftest.py), with the tests' XLA flags, plus `extra`."""
   env = {k: v for k, v in os.environ.items()
-         if not k.startswith(("SLURM_", "JAX_", "TPU_", "MEGASCALE_", "OMPI_"))
+         if (not k.startswith(("SLURM_", "JAX_", "TPU_", "MEGASCALE_", "OMPI_"))
+             or k.startswith(("JAX_COMPILATION_CACHE_", "JAX_PERSISTENT_CACHE_")))
          and "proxy" not in k.lower()}
-  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={num_cpu_devices}")
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO, XLA_FLAGS=xla_flags(num_cpu_devices))
   env.update({k: str(v) for k, v in extra.items()})
   return env
 
@@ -85,6 +86,18 @@ def test_unused_gpus_warning_for_one_task_per_node():
   assert distributed.unused_gpus_warning(1, {}) is None
 
 
+def test_too_few_cpus_warning_for_an_srun_without_cpus_per_task():
+  one_per_node = {"SLURM_JOB_CPUS_PER_NODE": "64(x2)", "SLURM_NTASKS": "2",
+                  "SLURM_STEP_NUM_NODES": "2"}
+  warning = distributed.too_few_cpus_warning(1, one_per_node)
+  assert "1 of the 64 CPUs" in warning and "--cpus-per-task=64" in warning
+  assert distributed.too_few_cpus_warning(64, one_per_node) is None
+  one_per_gpu = dict(one_per_node, SLURM_NTASKS="16")  # 8 per node: 8 CPUs each
+  assert distributed.too_few_cpus_warning(8, one_per_gpu) is None
+  assert "1 of the 8 CPUs" in distributed.too_few_cpus_warning(1, one_per_gpu)
+  assert distributed.too_few_cpus_warning(1, {}) is None
+
+
 # ---------------------------------------------------------------------------- simulated jobs
 def test_single_process_without_any_cluster_environment():
   (report, err), = _run_probes([_clean_env()])
@@ -129,41 +142,10 @@ def test_slurm_one_task_per_node_drives_every_gpu():
     assert "GPUs of its node" in err
 
 
-class _MetadataHandler(http.server.BaseHTTPRequestHandler):
-  """The Cloud TPU VM metadata a worker of a 2-worker slice sees (what jax's GCE TPU
-  detection reads: agent-worker-number, worker-network-endpoints, tpu-env)."""
-  attributes = {}
-
-  def do_GET(self):  # pylint: disable=invalid-name
-    key = self.path.rsplit("/", 1)[-1]
-    if self.headers.get("Metadata-Flavor") != "Google" or key not in self.attributes:
-      self.send_response(404)
-      self.end_headers()
-      return
-    body = self.attributes[key].encode()
-    self.send_response(200)
-    self.send_header("Content-Length", str(len(body)))
-    self.end_headers()
-    self.wfile.write(body)
-
-  def log_message(self, *args):
-    pass
-
-
-def _metadata_server(worker: int):
-  attributes = {"agent-worker-number": str(worker),
-                "worker-network-endpoints": "127.0.0.1,127.0.0.1",
-                "tpu-env": "ACCELERATOR_TYPE: 'v4-16'\nTPU_PROCESS_BOUNDS: '1,1,2'\n"}
-  handler = type("Handler", (_MetadataHandler,), {"attributes": attributes})
-  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-  threading.Thread(target=server.serve_forever, daemon=True).start()
-  return server
-
-
 def test_cloud_tpu_slice_detected_by_jax():
   """Two workers of a TPU VM slice: no flag, no variable of ours; jax's detection reads the
   VM metadata, and never restricts the devices on TPU."""
-  servers = [_metadata_server(i) for i in range(2)]
+  servers = [fake_cluster.metadata_server(i) for i in range(2)]
   try:
     port = _free_port()
     envs = [_clean_env(PRETEND_CLOUD_TPU_VM=1, JAX_COORDINATOR_PORT=port,
@@ -183,7 +165,8 @@ def test_cloud_tpu_slice_detected_by_jax():
 # ---------------------------------------------------------------------------------- preemption
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
   """A run joined through jax.distributed (here one process, as on a one-node SLURM job) that
-  gets SIGTERM saves a checkpoint at the next step, waits for it and exits with 143."""
+  gets SIGTERM saves a checkpoint at the next step, waits for it and exits with 143. The tiny
+  config on 8 devices: the train step tests/test_train_processes.py's runs compile too."""
   workdir = str(tmp_path / "run")
   address = f"127.0.0.1:{_free_port()}"
   flags = {"num_steps": 1000, "train.log_every": 1, "train.save_every": 1000,
@@ -192,8 +175,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
   cmd = [sys.executable, "-m", "uwm_jax.train", f"--config={REPO}/configs/tiny.py",
          f"--workdir={workdir}", *[f"--config.{k}={v}" for k, v in flags.items()],
          f"--coordinator_address={address}", "--num_processes=1", "--process_id=0"]
-  env = _clean_env(num_cpu_devices=1)
-  env["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+  env = _clean_env(num_cpu_devices=8)
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   metrics = os.path.join(workdir, "metrics.jsonl")

@@ -138,7 +138,7 @@ def test_loss_with_cached_moments_equals_the_vae_path():
   schedule = make_schedule(config.diffusion)
   moments_fn = latent_cache_builder.make_moments_fn(m)  # what build_latent_cache stores, per frame
 
-  def losses(batch, key):
+  def losses(params, frozen, batch, key):  # the weights as arguments, not program constants
     loss = lambda b, k: compute_loss(model, schedule, params, frozen, b, k)[1]
     next_obs = batch.pop(batch_lib.NEXT_OBS)
     B, V, T = next_obs.shape[:3]
@@ -154,7 +154,7 @@ def test_loss_with_cached_moments_equals_the_vae_path():
             "std_zero": loss(cached(mean, jnp.zeros_like(std)), key),
             "min_std": jnp.min(std)}
 
-  out = jax.jit(losses)(batch, jax.random.key(5))
+  out = jax.jit(losses)(params, frozen, batch, jax.random.key(5))
   assert float(out["min_std"]) > 0.01  # a real posterior: the sample depends on the key
   for name in ("loss", "action_loss", "dynamics_loss"):
     np.testing.assert_allclose(out["exact"][name], out["vae"][name], rtol=1e-6, err_msg=name)

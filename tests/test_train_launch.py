@@ -1,6 +1,7 @@
 """Launch scripts: valid bash; a dry run prints the commands that matter; the queued-resource
-wait and the SLURM batch script's checkpoint-and-requeue run against local stand-ins of
-gcloud / srun / scancel / scontrol."""
+wait runs against a stand-in gcloud; the SLURM batch script's CPUs, environment,
+checkpoint-and-requeue and crash requeues run on the fake SLURM of tests/fake_cluster with a
+stand-in trainer (tests/test_launch_rehearsal.py runs the real trainer the same way)."""
 
 import os
 import signal
@@ -8,6 +9,9 @@ import subprocess
 import time
 
 import pytest
+
+from tests import fake_cluster
+from tests.fake_cluster import wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ("launch/common.sh", "launch/tpu_vm.sh", "launch/slurm_gpu.sh")
@@ -29,8 +33,8 @@ def _commands(out):
 
 def test_tpu_dry_run_creates_installs_and_trains_on_every_worker():
   out = _run(["launch/tpu_vm.sh", "--dry-run", "all"], TPU_NAME="t1", ZONE="z1",
-             ACCELERATOR_TYPE="v5p-64", CONFIG="configs/libero90.py", WORKDIR="/mnt/uwm/r1",
-             TRAIN_ARGS="--config.seed=3", BUCKET="b1", DATA="/mnt/uwm/data/l90",
+             ACCELERATOR_TYPE="v5p-64", CONFIG="configs/libero90.py", BUCKET="b1",
+             TRAIN_ARGS="--config.seed=3", DATA_BUCKET="d1", DATA="/mnt/uwm-data/l90",
              SOURCE="libero_90")
   lines = _commands(out)
   assert lines[0].startswith("+ gcloud compute tpus tpu-vm create t1 --accelerator-type v5p-64")
@@ -42,13 +46,16 @@ def test_tpu_dry_run_creates_installs_and_trains_on_every_worker():
   assert "uv venv -q --python 3.11 --managed-python" in install[0]
   assert "-c ~/uwm_jax/requirements.txt -e \"$HOME/uwm_jax[tpu]\"" in install[0]
   assert "-r ~/uwm_jax/requirements.txt" not in install[0]
-  # gcsfuse installed from Google's repository, the bucket mounted before training.
-  assert "install -y gcsfuse" in install[0] and "gcsfuse --implicit-dirs b1 /mnt/uwm" in install[0]
-  train = lines[-1]
-  assert "--worker=all" in train and "gcsfuse --implicit-dirs b1 /mnt/uwm" in train
-  assert ("~/venv/bin/python -m uwm_jax.train --config=configs/libero90.py --workdir=/mnt/uwm/r1 "
-          "--config.data.sources.libero_90.path=/mnt/uwm/data/l90 --config.seed=3") in train
-  assert train.index("gcsfuse") < train.index("uwm_jax.train")
+  # gcsfuse from Google's repository; the data bucket mounted (read-only) by the worker script.
+  assert "install -y gcsfuse" in install[0]
+  assert "DATA_BUCKET=d1 DATA_MOUNT=/mnt/uwm-data" in install[0]
+  assert "bash ~/uwm_jax/launch/tpu_worker.sh mount" in install[0]
+  # train: first stop what an earlier run left, then one supervised ssh per worker.
+  stop, train = lines[-2:]
+  assert "--worker=all" in stop and "tpu_worker.sh stop 180" in stop
+  assert "--worker=0" in train
+  assert ("tpu_worker.sh train --config=configs/libero90.py --workdir=gs://b1/runs/t1 "
+          "--config.data.sources.libero_90.path=/mnt/uwm-data/l90 --config.seed=3") in train
   assert not any("queued-resources" in l for l in lines)
 
 
@@ -61,7 +68,8 @@ def test_tpu_dry_run_queued_resource_waits_until_active():
   # The state is polled before anything is installed.
   assert lines[1].startswith("+ gcloud compute tpus queued-resources describe t2-qr")
   assert "value(state.state)" in lines[1] and "until ACTIVE" in lines[1]
-  assert "uv pip install" in lines[4] and "uwm_jax.train" in lines[5]
+  assert "uv pip install" in lines[4] and "tpu_worker.sh stop" in lines[5]
+  assert "tpu_worker.sh train" in lines[6]
 
 
 def _fake_gcloud(tmp_path, states):
@@ -111,67 +119,254 @@ def test_slurm_dry_run_prints_the_batch_script():
   # Resubmission: requeue on preemption, a signal before the time limit, output appended.
   assert "#SBATCH --requeue" in out and "#SBATCH --signal=B:USR1@600" in out
   assert "trap on_time_limit USR1" in out and 'scontrol requeue "${SLURM_JOB_ID}"' in out
-  assert "srun --kill-on-bad-exit=1 python -m uwm_jax.train --config=configs/droid_cotrain.py " \
+  assert "srun --wait=120 --cpus-per-task=\"${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE}}\" " \
+         "\\\n  --export=ALL python -m uwm_jax.train --config=configs/droid_cotrain.py " \
          "--workdir=/shared/w --config.data.sources.droid.path=/shared/d/droid " \
          "--config.init_from=/shared/init/checkpoints --config.seed=3 &" in out
   assert out.rstrip().splitlines()[-1] == "+ sbatch /shared/w/uwm.sbatch"
 
 
-def _slurm_batch_script(tmp_path, trainer_body, **env):
-  """The generated batch script, with srun/scancel/scontrol replaced by local stand-ins: srun
-  runs `trainer_body` (bash) in the background as the training step would."""
-  out = _run(["launch/slurm_gpu.sh", "--dry-run"], WORKDIR=str(tmp_path / "w"),
-             VENV=str(tmp_path / "venv"), **env)
-  script = out.split("\n", 1)[1].rsplit("\n+ sbatch", 1)[0]
-  (tmp_path / "venv" / "bin").mkdir(parents=True)
-  (tmp_path / "venv" / "bin" / "activate").write_text("")
-  bin_dir = tmp_path / "bin"
-  bin_dir.mkdir()
-  stubs = {
-      "srun": f"#!/usr/bin/env bash\necho \"$*\" > {tmp_path}/srun_args\n{trainer_body}\n",
-      "scancel": f"#!/usr/bin/env bash\necho \"scancel $*\" >> {tmp_path}/calls\n"
-                 f"kill -TERM $(cat {tmp_path}/trainer_pid)\n",
-      "scontrol": f"#!/usr/bin/env bash\necho \"scontrol $*\" >> {tmp_path}/calls\n",
-  }
-  for name, body in stubs.items():
-    (bin_dir / name).write_text(body)
-    (bin_dir / name).chmod(0o755)
-  (tmp_path / "job.sh").write_text(script)
-  return [str(tmp_path / "job.sh")], dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}",
-                                         SLURM_JOB_ID="77", SLURM_JOB_NODELIST="n[1-2]")
+# A stand-in for `python -m uwm_jax.train` in the job's venv (VENV/bin/python), run by the fake
+# SLURM (tests/fake_cluster/slurm.py) as the tasks of a job: it records what each task saw and
+# acts out PLAN's line for the job's restart count: "exit N", or "run" (train until SIGTERM,
+# then exit 143 as the trainer does after its checkpoint).
+STAND_IN = """#!/usr/bin/env bash
+here=$(dirname "$0")
+echo "task ${SLURM_PROCID} restart ${SLURM_RESTART_COUNT:-0} cpus $(nproc)" \
+  "devices ${JAX_LOCAL_DEVICE_IDS:-none} args $*" >> "${here}/../tasks.log"
+action=$(sed -n "$(( ${SLURM_RESTART_COUNT:-0} + 1 ))p" "${here}/../plan")
+if [[ "${action}" == run ]]; then
+  trap 'echo "task ${SLURM_PROCID} saved" >> "${here}/../tasks.log"; exit 143' TERM
+  echo running > "${here}/../running.${SLURM_PROCID}"
+  for i in $(seq 1 600); do sleep 0.1; done
+  exit 0
+fi
+exit ${action#exit }
+"""
 
 
-# A stand-in trainer: on SIGTERM it "checkpoints" and exits 143, as uwm_jax.train does.
-# The pid file is written after the trap is set, so a test that waits for it cannot signal early.
-TRAINER = ("trap 'echo saved > {d}/checkpoint; exit 143' TERM; echo $$ > {d}/trainer_pid; "
-           "for i in $(seq 1 300); do sleep 0.1; done; exit 0")
+def _submit_stand_in(tmp_path, plan, **settings):
+  """Submit launch/slurm_gpu.sh's job, 2 nodes, to a fake SLURM cluster whose tasks run the
+  stand-in trainer; returns (cluster, job id, workdir)."""
+  venv = tmp_path / "venv"
+  (venv / "bin").mkdir(parents=True)
+  (venv / "bin" / "activate").write_text(f'export PATH="{venv}/bin:$PATH"\n')
+  (venv / "bin" / "python").write_text(STAND_IN)
+  (venv / "bin" / "python").chmod(0o755)
+  (venv / "plan").write_text("\n".join(plan) + "\n")
+  cluster = fake_cluster.SlurmCluster(str(tmp_path / "slurm"))
+  workdir = str(tmp_path / "run")
+  env = cluster.launch_env(WORKDIR=workdir, VENV=str(venv), NODES=2, GPUS_PER_NODE=2,
+                           CPUS_PER_NODE=cluster.cpus_per_node, **settings)
+  out = subprocess.run(["bash", "launch/slurm_gpu.sh"], cwd=REPO, capture_output=True, text=True,
+                       env=env, timeout=60, check=True).stdout
+  return cluster, out.split("Submitted batch job ")[1].split()[0], workdir
 
 
-def test_slurm_batch_script_checkpoints_and_requeues_before_the_time_limit(tmp_path):
-  cmd, env = _slurm_batch_script(tmp_path, TRAINER.format(d=tmp_path), GPUS_PER_NODE="2")
-  job = subprocess.Popen(["bash", *cmd], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
-  deadline = time.time() + 20
-  while not (tmp_path / "trainer_pid").exists() and time.time() < deadline:
-    time.sleep(0.05)
-  job.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@600 sends to the batch shell
-  out = job.communicate(timeout=60)[0]
-  assert job.returncode == 143, out
-  assert (tmp_path / "checkpoint").read_text() == "saved\n"
-  calls = (tmp_path / "calls").read_text().splitlines()
-  assert calls == ["scancel --signal=TERM 77", "scontrol requeue 77"]
-  assert "python -m uwm_jax.train" in (tmp_path / "srun_args").read_text()
+def _job_end(cluster, job, timeout_s=120):
+  try:
+    return wait_for(lambda: cluster.state(job)[:1] in (["COMPLETED"], ["FAILED"]) and
+                    cluster.state(job), timeout_s, f"job {job} to end")
+  finally:
+    cluster.kill_all()
 
 
-def test_slurm_batch_script_finished_run_is_not_requeued(tmp_path):
-  cmd, env = _slurm_batch_script(tmp_path, "exit 0")
-  job = subprocess.run(["bash", *cmd], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=60)
-  assert job.returncode == 0, job.stdout + job.stderr
-  assert not (tmp_path / "calls").exists()
+def _tasks(tmp_path):
+  return (tmp_path / "venv" / "tasks.log").read_text().splitlines()
+
+
+def test_slurm_tasks_get_the_jobs_cpus_and_environment(tmp_path):
+  """srun --cpus-per-task: each node's task may use every CPU the job holds on the node (since
+  Slurm 22.05 srun does not inherit sbatch's, and a task gets one); srun --export=ALL: the
+  tasks see the venv and JAX_LOCAL_DEVICE_IDS also when jobs are submitted with
+  --export=NONE. A finished run is not requeued."""
+  cluster, job, workdir = _submit_stand_in(tmp_path, ["exit 0"], SBATCH_EXPORT="NONE")
+  assert _job_end(cluster, job) == ["COMPLETED", "0", "0"]
+  cpus = cluster.cpus_per_node
+  assert sorted(_tasks(tmp_path)) == [
+      f"task {i} restart 0 cpus {cpus} devices 0,1 args -m uwm_jax.train "
+      f"--config=configs/droid.py --workdir={workdir}" for i in range(2)]
+  assert not any("requeue" in e for e in cluster.events(job))
+
+
+def test_slurm_checkpoints_and_requeues_before_the_time_limit(tmp_path):
+  """--signal=B:USR1@SIGNAL_BEFORE: the batch shell stops the tasks (SIGTERM: they checkpoint,
+  exit 143) and requeues the job, which runs again with SLURM_RESTART_COUNT=1."""
+  cluster, job, workdir = _submit_stand_in(tmp_path, ["run", "exit 0"])
+  wait_for(lambda: all((tmp_path / "venv" / f"running.{i}").exists() for i in range(2)), 60,
+           "both tasks running")
+  cluster.request(job, "time_limit")
+  assert _job_end(cluster, job) == ["COMPLETED", "1", "0"]
+  tasks = _tasks(tmp_path)
+  assert sum(" restart 0 " in l for l in tasks) == 2 and sum(" restart 1 " in l for l in tasks) == 2
+  assert {l for l in tasks if "saved" in l} == {"task 0 saved", "task 1 saved"}
+  out = open(os.path.join(workdir, f"slurm-{job}.out")).read()
+  assert "time limit in 600 s: checkpointing and requeueing" in out
+  assert "training exited with status 143" in out
+
+
+def test_slurm_preemption_is_requeued_by_slurm_and_not_counted_as_a_crash(tmp_path):
+  cluster, job, workdir = _submit_stand_in(tmp_path, ["run", "exit 0"], MAX_RESTARTS=0)
+  wait_for(lambda: all((tmp_path / "venv" / f"running.{i}").exists() for i in range(2)), 60,
+           "both tasks running")
+  cluster.request(job, "preempt")  # SIGTERM to the batch shell and, through srun, the tasks
+  assert _job_end(cluster, job) == ["COMPLETED", "1", "0"]
+  assert {l for l in _tasks(tmp_path) if "saved" in l} == {"task 0 saved", "task 1 saved"}
+  out = open(os.path.join(workdir, f"slurm-{job}.out")).read()
+  assert "SIGTERM: waiting for the trainers to checkpoint" in out
+  assert not os.path.exists(os.path.join(workdir, f"slurm-{job}.crashes"))
+
+
+def test_slurm_a_crash_is_requeued_at_most_max_restarts_times(tmp_path):
+  cluster, job, workdir = _submit_stand_in(tmp_path, ["exit 1"] * 5, MAX_RESTARTS=2)
+  assert _job_end(cluster, job) == ["FAILED", "2", "1"]  # restarts 1 and 2, then no more
+  assert sum("task 0 " in l for l in _tasks(tmp_path)) == 3
+  crashes = open(os.path.join(workdir, f"slurm-{job}.crashes")).read().splitlines()
+  assert [l.split()[:5] for l in crashes] == [["restart", str(r), "exit", "status", "1"]
+                                              for r in range(3)]
+  out = open(os.path.join(workdir, f"slurm-{job}.out")).read()
+  assert "crash 2 of at most 2 requeued (MAX_RESTARTS)" in out
+  assert "not requeued: 3 crashes, more than MAX_RESTARTS=2" in out
 
 
 def test_unknown_stage_fails():
   proc = subprocess.run(["bash", "launch/tpu_vm.sh", "--dry-run", "bogus"], cwd=REPO,
                         capture_output=True, text=True, timeout=60)
   assert proc.returncode != 0 and "unknown stage" in proc.stderr
+
+
+# ------------------------------------------------------------------------- TPU worker script
+def _fake_tpu_machine(tmp_path, worker=0):
+  """A fake TPU VM worker (tests/fake_cluster): its home, with the project's worker script
+  installed as `install` does, and its environment."""
+  home = tmp_path / f"w{worker}" / "home"
+  (home / "uwm_jax" / "launch").mkdir(parents=True)
+  (home / "uwm_jax" / "launch" / "tpu_worker.sh").write_text(
+      open(os.path.join(REPO, "launch", "tpu_worker.sh")).read())
+  (tmp_path / "gcs" / "data-bucket" / "droid").mkdir(parents=True, exist_ok=True)
+  (tmp_path / "gcs" / "data-bucket" / "droid" / "shard-0").write_text("data")
+  env = fake_cluster.machine_env(str(home), devices=1, FAKE_MACHINE_DIR=str(home.parent),
+                                 FAKE_GCS_DIR=str(tmp_path / "gcs"), FAKE_PROCESS_INDEX=worker,
+                                 DATA_BUCKET="data-bucket", DATA_MOUNT="~/data",
+                                 TPU_LOCKFILE="~/libtpu_lockfile")
+  return home, env
+
+
+def _worker(home, env, *args):
+  return subprocess.run(["bash", str(home / "uwm_jax" / "launch" / "tpu_worker.sh"), *args],
+                        cwd=str(home), env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_tpu_data_mount_is_read_only_and_idempotent(tmp_path):
+  """`install` mounts the data bucket and every `train` mounts it again: a bucket already
+  mounted is left alone (root may not even stat a user's FUSE mount: `sudo mkdir -p` on it
+  fails), one whose gcsfuse died is mounted again."""
+  home, env = _fake_tpu_machine(tmp_path)
+  for _ in range(2):
+    done = _worker(home, env, "mount")
+    assert done.returncode == 0, done.stdout + done.stderr
+  assert "already mounted" in done.stdout
+  mounts = (home.parent / "mounts").read_text().split("\n")
+  assert mounts[0] == f"{home}/data data-bucket ro" and mounts[1:] == [""]
+  assert (home / "data" / "droid" / "shard-0").read_text() == "data"
+  # gcsfuse died: the mount point no longer answers (the fake: it is not listed); remounted.
+  (home.parent / "mounts").write_text("")
+  done = _worker(home, env, "mount")
+  assert done.returncode == 0 and "mounted read-only" in done.stdout, done.stderr
+  assert (home.parent / "mounts").read_text() == f"{home}/data data-bucket ro\n"
+
+
+def test_tpu_stop_frees_the_tpu_of_what_an_earlier_run_left(tmp_path):
+  """A process still holding libtpu's lock file is stopped (SIGTERM, then SIGKILL after the
+  grace period when it ignores it), and the lock file is removed."""
+  home, env = _fake_tpu_machine(tmp_path)
+  lock = home / "libtpu_lockfile"
+  holder = subprocess.Popen(["bash", "-c", f"trap '' TERM; exec 3>{lock}; echo held; "
+                                           "while :; do sleep 0.1; done"],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    assert holder.stdout.readline() == "held\n"
+    t0 = time.time()
+    done = _worker(home, env, "stop", "2")
+    assert done.returncode == 0, done.stderr
+    assert holder.wait(timeout=10) == -9  # ignored SIGTERM: killed after 2 s
+    assert time.time() - t0 >= 2
+  finally:
+    if holder.poll() is None:
+      holder.kill()
+  assert f"stopping PIDs {holder.pid}" in done.stdout and "SIGKILL" in done.stdout
+  assert not lock.exists()
+
+
+# A stand-in trainer for a fake TPU VM worker (~/venv/bin/python): it acts out ~/plan, "exit N"
+# after a second, "run" (until SIGTERM, then exit 143 as the trainer does after its
+# checkpoint) or "hang" (a process waiting at a collective for a peer that died: deaf to
+# SIGTERM).
+TPU_STAND_IN = """#!/usr/bin/env bash
+echo "worker ${FAKE_PROCESS_INDEX} trains: $*"
+case "$(cat ~/plan)" in
+  exit*) sleep 1; echo "worker ${FAKE_PROCESS_INDEX}: error: a bad thing"; exit $(cut -d' ' -f2 ~/plan) ;;
+  run) trap 'echo "worker ${FAKE_PROCESS_INDEX}: checkpoint saved"; exit 143' TERM ;;
+  hang) trap '' TERM ;;
+esac
+while :; do sleep 0.1; done
+"""
+
+
+def _tpu_slice_of_stand_ins(tmp_path, plans):
+  """A fake TPU slice (tests/fake_cluster) whose workers run the stand-in trainer."""
+  cloud = fake_cluster.TpuCloud(str(tmp_path / "cloud"), workers=len(plans))
+  env = cloud.launch_env(TPU_NAME="t5", WORKDIR="/w", STOP_GRACE_S=2,
+                         LOG_DIR=str(tmp_path / "logs"), TPU_LOCKFILE="~/libtpu_lockfile")
+  subprocess.run(["bash", "launch/tpu_vm.sh", "create"], cwd=REPO, env=env, check=True,
+                 capture_output=True, timeout=60)
+  for home, plan in zip(cloud.homes, plans):
+    os.makedirs(os.path.join(home, "uwm_jax", "launch"))
+    with open(os.path.join(home, "uwm_jax", "launch", "tpu_worker.sh"), "w") as f:
+      f.write(open(os.path.join(REPO, "launch", "tpu_worker.sh")).read())
+    os.makedirs(os.path.join(home, "venv", "bin"))
+    with open(os.path.join(home, "venv", "bin", "python"), "w") as f:
+      f.write(TPU_STAND_IN)
+    os.chmod(os.path.join(home, "venv", "bin", "python"), 0o755)
+    with open(os.path.join(home, "plan"), "w") as f:
+      f.write(plan)
+  return cloud, env
+
+
+
+def test_tpu_train_stops_every_worker_when_one_fails(tmp_path):
+  cloud, env = _tpu_slice_of_stand_ins(tmp_path, ["hang", "exit 3", "hang"])
+  try:
+    done = subprocess.run(["bash", "launch/tpu_vm.sh", "train"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "Worker 1 failed (exit status 3): stopping the other workers" in done.stdout
+    assert "worker 1: error: a bad thing" in done.stderr  # the end of its log
+    assert "worker 0 trains: -m uwm_jax.train --config=configs/droid.py --workdir=/w" \
+        in done.stdout  # worker 0's log, followed
+    logs = sorted(p.name for p in (tmp_path / "logs").glob("*/worker-*.log"))
+    assert logs == [f"worker-{w}.log" for w in range(3)]
+    assert all(cloud.trainer_pid(w) is None for w in range(3))  # all stopped
+  finally:
+    cloud.close()
+
+
+def test_tpu_train_preempted_worker_ends_the_run_with_a_checkpoint(tmp_path):
+  """SIGTERM to one worker (here the others do not follow by themselves, as jax's preemption
+  sync would make them): after STOP_GRACE_S the supervisor stops them with SIGTERM too, and
+  `train` exits 143 (rerun to resume)."""
+  cloud, env = _tpu_slice_of_stand_ins(tmp_path, ["run", "run"])
+  try:
+    launch = subprocess.Popen(["bash", "launch/tpu_vm.sh", "train"], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pids = wait_for(lambda: all(fake_cluster.alive(cloud.trainer_pid(w)) for w in range(2)) and
+                    [cloud.trainer_pid(w) for w in range(2)], 60, "both trainers")
+    os.kill(pids[1], signal.SIGTERM)
+    out = launch.communicate(timeout=60)[0]
+    assert launch.returncode == 143, out
+    assert "worker 0: exit status 143" in out and "worker 1: exit status 143" in out
+    assert "rerun 'launch/tpu_vm.sh train' to resume" in out
+  finally:
+    if launch.poll() is None:
+      launch.kill()
+    cloud.close()

@@ -1,9 +1,13 @@
 """Whole training runs: SIGKILL + auto-resume reproduces the uninterrupted loss sequence
-exactly; two processes joined through jax.distributed on 127.0.0.1 agree with one process;
-a non-finite loss stops training with a clear error and keeps the last good checkpoint.
+exactly; two processes joined through jax.distributed on 127.0.0.1 agree with one process, and
+wait for the embedded task's dataset that process 0 generates; a non-finite loss stops
+training with a clear error and keeps the last good checkpoint.
 
-Every run uses configs/tiny.py (synthetic data) on 8 CPU devices with a (8, 1, 1) mesh and
-fast (-O0) XLA compiles. Subprocesses run the real CLI, `python -m uwm_jax.train`.
+Every run uses configs/tiny.py (synthetic data) on 8 CPU devices with a (8, 1, 1) mesh and the
+tests' XLA flags (tests.helpers.xla_flags). Subprocesses run the real CLI, `python -m
+uwm_jax.train`. The one-process runs, in this process or as a CLI, compile one and the same
+train step (same config, flags and device count), so the compilation cache serves it to all but
+the first; the failure tests break the state or the batch outside that step for the same reason.
 """
 
 import math
@@ -20,7 +24,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from tests.helpers import FAST_COMPILE
+from tests.helpers import skip_without, xla_flags
+from uwm_jax import batch as batch_lib
 from uwm_jax.dims import model_dims
 from uwm_jax.runs import checkpoint as ckpt
 from uwm_jax.runs import metrics_writer
@@ -30,7 +35,6 @@ pytestmark = pytest.mark.slow  # whole training runs, several of them as subproc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 30
-FAST = "--xla_backend_optimization_level=0"
 # Tolerance between one process and two: the gradient all-reduce crosses processes (gloo),
 # which may sum in another order; anything wrong (data, rng, sharding) moves the loss by > 1e-2.
 MULTIPROCESS_RTOL = 1e-5
@@ -55,17 +59,16 @@ def _config(**extra):
   for key, value in {**OVERRIDES, **extra}.items():
     section, _, field = key.rpartition(".")
     setattr(c[section] if section else c, field, value)
-  c.train.compiler_options = FAST_COMPILE
   return c
 
 
-def _cli(workdir, num_devices=8, extra_flags=(), **extra):
+def _cli(workdir, num_devices=8, extra_flags=(), config=f"{REPO}/configs/tiny.py",
+         stdout=subprocess.PIPE, **extra):
   flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **extra}.items()]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices} {FAST}")
-  cmd = [sys.executable, "-m", "uwm_jax.train", f"--config={REPO}/configs/tiny.py",
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, XLA_FLAGS=xla_flags(num_devices))
+  cmd = [sys.executable, "-m", "uwm_jax.train", f"--config={config}",
          f"--workdir={workdir}", *flags, *extra_flags]
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=stdout,
                           stderr=subprocess.STDOUT, text=True)
 
 
@@ -95,7 +98,7 @@ def reference_workdir(tmp_path_factory):
   # The phases the CLI's last line reports, and the training phase's measured rate.
   assert list(result.phase_seconds) == ["setup", "compilation", "training"]
   assert all(s > 0 for s in result.phase_seconds.values())
-  assert result.steps_per_s == pytest.approx((NUM_STEPS - 1) / result.phase_seconds["training"])
+  assert result.steps_per_s == pytest.approx(NUM_STEPS / result.phase_seconds["training"])
   assert calls == [10, 20, 30] and result.last_eval_metrics == {"num_batches": 1, "step": 30}
   assert [r["step"] for r in metrics_writer.read_metrics(workdir, "eval")] == [10, 20, 30]
   return workdir
@@ -214,10 +217,98 @@ def test_two_processes_agree_with_one(reference, reference_workdir, tmp_path):
                                err_msg=jax.tree_util.keystr(path))
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+# configs/tiny.py's model on the embedded push task, its dataset generated on first use.
+PUSH_CONFIG = """from tests.helpers import tiny_push_config
+from uwm_jax.data import source_configs
+
+
+def get_config():
+  c = tiny_push_config()
+  c.data.sources = {{"tabletop_push": source_configs.array_record({path!r})}}
+  c.data.demo_task = "tabletop_push"
+  c.data.demo_episodes = 4
+  return c
+"""
+
+
+def _two_process_run(tmp_path, name, config, grace_s=90, timeout_s=600, **extra):
+  """`python -m uwm_jax.train` as two processes joined on 127.0.0.1, one CPU device each;
+  returns [(returncode, output)] per process. Outputs go to files (no pipe fills up while the
+  other process is read). Once one process has ended, the other gets grace_s to end too (a
+  process whose partner is gone waits for it until jax's own timeouts): then it is killed."""
+  address = f"127.0.0.1:{_free_port()}"
+  logs = [open(tmp_path / f"{name}_{i}.log", "w+") for i in range(2)]
+  procs = [_cli(tmp_path / name, num_devices=1, config=config, stdout=log, extra_flags=(
+      f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"), **extra)
+           for i, log in enumerate(logs)]
+  deadline = time.time() + timeout_s
+  try:
+    while time.time() < deadline and any(p.poll() is None for p in procs):
+      if any(p.poll() is not None for p in procs):
+        deadline = min(deadline, time.time() + grace_s)
+      time.sleep(0.1)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+      p.wait()
+  outputs = []
+  for log in logs:
+    log.seek(0)
+    outputs.append(log.read())
+    log.close()
+  return [(p.returncode, out) for p, out in zip(procs, outputs)]
+
+
+@pytest.mark.multiprocess
+@skip_without("mujoco")
+def test_two_processes_wait_for_the_dataset_process_zero_generates(tmp_path):
+  """Process 0 generates the embedded task's dataset on first use while process 1 waits for it
+  (instead of failing on a dataset that does not exist yet); a generation that fails stops
+  both processes with its error."""
+  config = tmp_path / "push_config.py"
+  config.write_text(PUSH_CONFIG.format(path=str(tmp_path / "tabletop_push")))
+  # No training step: what matters is that both processes build their loaders on the data.
+  (code0, out0), (code1, out1) = _two_process_run(tmp_path, "run", config, num_steps=0)
+  assert code1 == 0, out1[-4000:]
+  assert code0 == 0, out0[-4000:]
+  assert "Generating 4 expert episodes of tabletop_push" in out0
+  assert re.search(r"wall time [\d.]+ (s|min): data generation ", out0), out0[-2000:]
+  assert "Waiting for process 0: generating the embedded task's datasets." in out1
+  for out in (out0, out1):
+    assert re.search(r"Training windows per source: \{'tabletop_push': [1-9]", out), out[-4000:]
+
+  # The dataset was generated with other settings: process 0's error ends both processes.
+  results = _two_process_run(tmp_path, "mismatch", config, num_steps=0,
+                             **{"data.demo_action_noise": 0.5})
+  for process, (code, out) in enumerate(results):
+    assert code == 2, out[-4000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "action_noise: 0.0 (dataset) vs 0.5 (config)" in last, \
+        (process, out[-4000:])
+  assert results[1][1].strip().splitlines()[-1].startswith(
+      "error: Process 0 failed generating the embedded task's datasets: ValueError: ")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+  """Step 2's batch carries NaN actions (the run's own train step, so the cache serves it):
+  its loss is not finite, training stops there and step 1's checkpoint stays the last."""
   workdir = str(tmp_path / "nan")
   cfg = _config(**{"train.save_every": 1})
-  cfg.optim.learning_rate = 1e30  # step 1 is fine; its update makes step 2 overflow
+  real = loop.global_batch_lib.batch_placer
+
+  def poisoned_placer(mesh):
+    place, placed = real(mesh), []
+
+    def poisoned(host_batch):
+      placed.append(True)
+      if len(placed) == 2:
+        action = host_batch[batch_lib.ACTION]
+        host_batch = dict(host_batch, **{batch_lib.ACTION: np.full_like(action, np.nan)})
+      return place(host_batch)
+    return poisoned
+
+  monkeypatch.setattr(loop.global_batch_lib, "batch_placer", poisoned_placer)
   with pytest.raises(FloatingPointError, match="Non-finite training metrics at step 2") as err:
     loop.train(cfg, workdir)
   assert "last good checkpoint is step 1" in str(err.value)
@@ -237,25 +328,30 @@ def test_a_step_is_finite_only_with_a_finite_loss_and_gradient_norm():
   assert not loop.metrics_are_finite({"loss": 1.0, "grad_norm": 1.0, "finite": 0.0})
 
 
-def test_non_finite_params_are_never_saved_even_without_the_guard(tmp_path, monkeypatch):
-  """nan_guard off, and a step whose loss and gradient norm are finite but whose update is
-  not: that step is not saved, and the error names the last checkpoint that verifies."""
+def test_non_finite_params_are_never_saved_though_loss_and_gradient_are_finite(tmp_path,
+                                                                               monkeypatch):
+  """Params that turn non-finite after step 3 while that step's loss and gradient norm stay
+  finite (what the in-step non-finite guard checks, so it cannot see this): step 3 is not
+  saved, and the error names the last checkpoint that verifies. The params are broken after
+  the run's own (cached) train step."""
   import jax.numpy as jnp
   workdir = str(tmp_path / "nan_params")
-  cfg = _config(**{"train.save_every": 1, "train.nan_guard": False, "num_steps": 5})
-  real = sharded_state.make_train_step  # the loop builds its step through sharded_state
+  cfg = _config(**{"train.save_every": 1, "num_steps": 5})
+  real = sharded_state.make_jitted_train_step  # the loop builds its step through sharded_state
 
-  def poisoned(*args, **kwargs):
-    step_fn = real(*args, **kwargs)
+  def poisoned(config, model, optimizer, state_shardings, mesh):
+    step_fn = real(config, model, optimizer, state_shardings, mesh)
+    to_nan = jax.jit(lambda params: jax.tree.map(lambda x: x * jnp.nan, params),
+                     out_shardings=state_shardings.params)
 
     def train_step(state, batch, rng):
       new, metrics = step_fn(state, batch, rng)
-      bad = new.step >= 3
-      return new.replace(params=jax.tree.map(lambda x: jnp.where(bad, jnp.nan, x),
-                                             new.params)), metrics
+      if int(new.step) >= 3:
+        new = new.replace(params=to_nan(new.params))
+      return new, metrics
     return train_step
 
-  monkeypatch.setattr(sharded_state, "make_train_step", poisoned)
+  monkeypatch.setattr(sharded_state, "make_jitted_train_step", poisoned)
   with pytest.raises(FloatingPointError, match="params after step 3 are not finite") as err:
     loop.train(cfg, workdir)
   assert "last good checkpoint is step 2" in str(err.value)

@@ -44,14 +44,16 @@ def test_action_loss_over_labelled_samples_only_ignores_video_samples():
 
 @pytest.mark.slow
 def test_overfits_one_batch_both_losses_drop_10x():
+  """One batch, 1,500 steps at 3e-3 (cosine): both losses fall more than 10x, the dynamics
+  loss (the slower one) with a third to spare."""
   config = tiny_config(augment=False)
-  config.num_steps = 2500
+  config.num_steps = 1500
   config.optim.schedule = "cosine"
   config.optim.warmup_steps = 50
-  config.optim.learning_rate = 1e-3
+  config.optim.learning_rate = 3e-3
   model, schedule, step, state = _setup(config)
   batch = structured_batch(config.model, 8)
-  # 2500 steps: optimized code (conftest's default level 0 would run them ~2x slower)
+  # 1500 steps: optimized code (conftest's default level 0 would run them ~2x slower)
   step = step.lower(state, batch, jax.random.key(1)).compile(OPTIMIZED)
   eval_keys = [jax.random.key(100 + i) for i in range(8)]
   losses = jax.jit(lambda p, k: compute_loss(model, schedule, p, state.frozen, batch, k,

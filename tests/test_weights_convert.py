@@ -1,5 +1,7 @@
 """`python -m uwm_jax.import_weights init`: a fresh model whose ResNet-18 starts from torchvision."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -25,13 +27,30 @@ def tiny_resnet_pth(tmp_path_factory):
   return path
 
 
+def info_lines(stderr: str) -> list:
+  """The INFO lines of a CLI's log (absl's format: `I<mmdd> <time> <thread> <file>:<line>] ...`)."""
+  return [line for line in stderr.splitlines() if re.match(r"I\d{4} ", line)]
+
+
 @pytest.fixture(scope="module")
-def init_checkpoint(tiny_resnet_pth, tmp_path_factory):
+def init_run(tiny_resnet_pth, tmp_path_factory):
   out_dir = str(tmp_path_factory.mktemp("init_ckpt") / "checkpoints")
   out = run_cli("uwm_jax.import_weights", "init", "--config=configs/tiny.py",
                 f"--resnet={tiny_resnet_pth}", f"--out={out_dir}", "--seed=5")
   assert out.returncode == 0, out.stderr[-3000:]
-  return out_dir
+  return out_dir, out
+
+
+@pytest.fixture(scope="module")
+def init_checkpoint(init_run):
+  return init_run[0]
+
+
+def test_the_import_logs_no_library_info_lines(init_run):
+  """Orbax logs ~60 INFO lines per save; only `--verbosity` shows them (test_latent_cache_cli)."""
+  _, out = init_run
+  assert not info_lines(out.stderr), out.stderr[-3000:]
+  assert out.stdout.strip().splitlines()[-1].startswith("Wrote ")
 
 
 def test_init_checkpoint_with_imagenet_resnet(tiny_resnet_pth, init_checkpoint):
@@ -65,9 +84,11 @@ def test_latent_cache_cli(init_checkpoint, tmp_path):
   root = str(tmp_path / "latents")
   common = ("latent_cache", "--config=configs/tiny.py", f"--checkpoint={init_checkpoint}",
             f"--out={root}")
-  out = run_cli("uwm_jax.import_weights", *common, "--batch_size=16",
+  out = run_cli("uwm_jax.import_weights", *common, "--batch_size=16", "--verbosity=0",
                 "--config.data.sources.synthetic.num_episodes=5")  # as the train CLI takes it
   assert out.returncode == 0, out.stderr[-3000:]
+  # --verbosity=0: every logger's INFO lines, the libraries' too (Orbax restoring the codec).
+  assert any("checkpoint" in line for line in info_lines(out.stderr)), out.stderr[-3000:]
   cfg = load_config("configs/tiny.py")
   cache = latent_cache.LatentCache(latent_cache.source_cache_dir(root, "synthetic"), cfg.model)
   assert len(cache.episodes) == 5

@@ -1,5 +1,6 @@
 """ResNet-18 import: torchvision .pth (BatchNorm discarded, docs/model.md) and GroupNorm weights."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -25,8 +26,8 @@ def _randomize(module, scale=0.1):
 
 
 def _flax_features(params, images):
-  return np.asarray(ResNet18GN(FEATURES, WIDTH).apply(
-      {"params": params}, jnp.asarray(images.numpy().transpose(0, 2, 3, 1))))
+  apply = jax.jit(ResNet18GN(FEATURES, WIDTH).apply)  # eagerly, each op compiles on its own
+  return np.asarray(apply({"params": params}, jnp.asarray(images.numpy().transpose(0, 2, 3, 1))))
 
 
 @pytest.fixture(scope="module")

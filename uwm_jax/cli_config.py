@@ -20,7 +20,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from uwm_jax import cli_errors
+from uwm_jax import cli_errors, cli_logging
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELP_ARGS = ("--help", "-h", "-?", "--helpshort")
@@ -61,8 +61,13 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
   return holder.value
 
 
+# Names of the config flags defined with `define_config_flag` (their files are checked by `run`).
+_CONFIG_FLAG_NAMES = []
+
+
 def define_config_flag(help_string: str, *, lock_config: bool = True):
   """The `--config` flag of an entry point (a FlagHolder; `.value` is the ConfigDict or None)."""
+  _CONFIG_FLAG_NAMES.append("config")
   return config_flags.DEFINE_config_file("config", None, help_string, lock_config=lock_config)
 
 
@@ -71,13 +76,20 @@ def config_arg(name: str = "config") -> str:
   return config_flags.get_config_filename(flags.FLAGS[name]) or ""
 
 
-def config_value(flag_holder, flag_name: str = "config"):
-  """The value of a config flag (`define_config_flag`); a missing file is one clear error
-  (ml_collections reports it as "Configuration is not available because of an earlier
-  failure" with the load attempts)."""
+def check_config_file(flag_name: str = "config") -> None:
+  """A config flag naming a file that does not exist is one clear error (ml_collections
+  reports it, when the value is first read, as "Configuration is not available because of an
+  earlier failure" with the load attempts, over several lines)."""
+  if not flags.FLAGS[flag_name].present:
+    return
   path, _ = split_spec(config_arg(flag_name))
   if path and not os.path.isfile(path):
     raise FileNotFoundError(f"--{flag_name}: config file {path} does not exist.")
+
+
+def config_value(flag_holder, flag_name: str = "config"):
+  """The value of a config flag (`define_config_flag`); a missing file is one clear error."""
+  check_config_file(flag_name)
   return flag_holder.value
 
 
@@ -91,7 +103,16 @@ def default_workdir(config_spec: str) -> str:
 def run(main: Callable) -> None:
   """`app.run(main)` for every entry point. `--help` prints the entry point's docstring (which
   opens with a worked example) and its flags, and exits 0 (absl's own --help exits 1); an
-  error is one `error:` line and exit status 2 (`cli_errors.run`; `--traceback` shows it all)."""
+  error is one `error:` line and exit status 2 (`cli_errors.run`; `--traceback` shows it all).
+  The log shows the project's progress and every warning; libraries' INFO lines only with
+  `--verbosity=0` (DEBUG too with `--verbosity=1`; `uwm_jax.cli_logging`)."""
   if any(arg in HELP_ARGS for arg in sys.argv[1:]):
     app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
-  cli_errors.run(main)
+
+  def checked_main(argv):
+    cli_logging.show_libraries(cli_logging.verbosity_given())
+    for name in _CONFIG_FLAG_NAMES:
+      check_config_file(name)
+    return main(argv)
+
+  cli_errors.run(checked_main)

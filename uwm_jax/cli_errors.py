@@ -16,6 +16,8 @@ from typing import Callable
 
 from absl import app, flags
 
+from uwm_jax import extras
+
 _TRACEBACK = flags.DEFINE_bool("traceback", False,
                                "On an error, print the full Python traceback instead of one line.")
 
@@ -39,7 +41,10 @@ def _unescape(text: str) -> str:
 
 def readable_message(error: BaseException) -> str:
   """The message of `error` for a person: unescaped, blank lines dropped, at most 40 lines;
-  an unknown config field reads `unknown config field 'sav_every' (did you mean ...)`."""
+  an unknown config field reads `unknown config field 'sav_every' (did you mean ...)`, a missing
+  optional dependency names the extra that installs it (`extras`)."""
+  if isinstance(error, ModuleNotFoundError) and extras.missing_module_message(error):
+    return extras.missing_module_message(error)
   lines = [line.rstrip() for line in _unescape(str(error)).splitlines() if line.strip()]
   if not lines:
     return type(error).__name__

@@ -102,8 +102,11 @@ def data_config() -> ml_collections.ConfigDict:
   d.split_seed = 0  # np.random.default_rng seed of the train/val episode split.
   d.normalize = True  # min-max normalise actions/low-dim to [-1, 1] (LIBERO: False).
   d.stats_path = ""  # JSON statistics to use instead of computing them (e.g. pretraining's).
-  d.num_workers = 0  # grain worker processes per host (0 = in the main process).
-  d.read_threads = 8  # threads reading the windows of one batch.
+  # grain worker processes per host: 0 = read in the main process; -1 = one per core this
+  # process may use less two (the main process, the runtime), at most 32, and 0 below 8 cores
+  # (`uwm_jax.data.loader.resolve_num_workers`; docs/data.md, "Feeding a big host").
+  d.num_workers = -1
+  d.read_threads = 8  # threads reading the windows of one batch (in each worker).
   d.prefetch_batches = 2  # batches read ahead per process (memory: a few batches).
   d.eval_window_stride = 1  # eval: every k-th window start of each validation episode.
   d.eval_max_windows = 0  # eval: cap on validation windows, evenly spaced (0 = all).
@@ -252,20 +255,18 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # Accelerator presets: `--config=configs/droid.py:v5p-8` (or `:dp,v5p-8`). The settings
-# `python -m uwm_jax.bench.compile` compiled for that TPU topology (docs/training.md, "Compiled
+# `python -m uwm_jax.bench.compile` compiled for that TPU topology (docs/launch.md, "Compiled
 # for TPUs"): bf16 compute, unrolled DiT blocks (XLA then schedules across blocks, and its cost
 # analysis sees every block), the mesh. Pair them with a latent cache (data.latent_cache_dir).
 PRESETS = {
     "v4-8": {"train.mesh_shape": (4, 1, 1)},
     "v5e-8": {"train.mesh_shape": (8, 1, 1)},
-    # Compiled for v5p-8 (DROID, latent cache, batch 144): fsdp (1, 4, 1) 37.8 ms, 32.9% MFU,
-    # 6.5 GiB per chip; data parallel (4, 1, 1) 40.9 ms, 30.5%, 10.0 GiB (the AdamW update of
-    # the replicated fp32 state ran on every chip).
+    # FSDP: each chip updates a quarter of the AdamW state (data parallel updates all of it on
+    # every chip): faster and smaller compiled for v5p-8 (docs/results/tpu-compile-estimates.md).
     "v5p-8": {"train.mesh_shape": (1, 4, 1)},
-    # Compiled for v5p-64 (32 chips; DROID, latent cache, batch 144 = 4.5 per chip, so not
-    # data parallel): fsdp x tensor (1, 16, 2) 13.0 ms, 12.0% MFU, 2.2 GiB per chip; data x
-    # tensor (16, 1, 2) 17.6 ms, 8.9%. At batch 1152 (36 per chip) data parallel (32, 1, 1):
-    # 40.9 ms, 30.5%, as v5p-8's chips.
+    # 32 chips at batch 144 (4.5 per chip, so not data parallel): FSDP x tensor parallel, the
+    # fastest mesh compiled for v5p-64; a global batch of 36 per chip trains data parallel as
+    # v5p-8's chips do (docs/results/tpu-compile-estimates.md).
     "v5p-64": {"train.mesh_shape": (1, 16, 2)},
 }
 PRESET_COMMON = {"model.compute_dtype": "bfloat16", "model.scan_layers": False}

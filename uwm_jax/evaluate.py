@@ -24,8 +24,6 @@ the checkpoint's own evaluation), appends to `<workdir>/eval/metrics.jsonl` and 
 status 2 (`uwm_jax.cli_errors`; --traceback for the traceback).
 """
 
-import logging
-
 from absl import flags
 
 from uwm_jax import cli_config
@@ -71,7 +69,6 @@ def _policy_factory():
 
 def main(argv):
   del argv
-  logging.getLogger("absl").setLevel(logging.WARNING)
   config = cli_config.config_value(_CONFIG) if _CONFIG.present else None
   if _WATCH.value:
     interval = config.eval.watch_interval_s if config is not None else 60.0

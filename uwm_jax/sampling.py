@@ -14,7 +14,7 @@ codec's latent space; `UnifiedWorldModel.decode_latent` turns them into frames.
 """
 
 import dataclasses
-from typing import Callable, Dict, Optional
+from typing import Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -124,8 +124,7 @@ def make_sampler(model, diffusion_cfg, mode: str, unroll: bool = False) -> Calla
   return jax.jit(sample)
 
 
-def make_samplers(model, diffusion_cfg, modes=None) -> Dict[str, Callable]:
-  """Every mode the model supports (the DP baseline supports only the policy)."""
-  if modes is None:
-    modes = MODES if model.predicts_next_obs else (POLICY,)
-  return {m: make_sampler(model, diffusion_cfg, m) for m in modes}
+def supported_modes(model) -> Tuple[str, ...]:
+  """The modes `model` can sample: all of MODES, or only the policy for the DP baseline (a model
+  that does not predict next observations)."""
+  return MODES if model.predicts_next_obs else (POLICY,)

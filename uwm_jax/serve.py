@@ -9,6 +9,12 @@ Then, on the robot (openpi-client, unchanged):
   policy = websocket_client_policy.WebsocketClientPolicy("ROBOT-PC", 8000, api_key="SECRET")
   actions = policy.infer({"exterior_image_1_left": img1, ...})["actions"]   # (H, 7)
 
+A checkpoint finetuned on a LeRobot dataset (configs/lerobot_finetune.py) takes the dataset's
+own keys and answers in its action space:
+  python -m uwm_jax.serve --checkpoint_dir=/ckpt/uwm_so101/checkpoints --robot=lerobot
+  policy.infer({"observation.images.front": img, "observation.images.wrist": img2,
+                "observation.state": state})["actions"]                      # (H, 6)
+
 or run the embedded task's rollouts as a client in another process:
   python -m uwm_jax.evaluate --checkpoint_dir=workdirs/demo --policy_server=127.0.0.1:8000
 
@@ -18,17 +24,16 @@ unless --host says otherwise. Protocol, history rule, modes and options: docs/se
 """
 
 import asyncio
-import logging
 import sys
 
 from absl import flags
 
 from uwm_jax import cli_config
-from uwm_jax.serving import server as server_lib
+from uwm_jax.serving import from_checkpoint
 
 _CHECKPOINT_DIR = flags.DEFINE_string("checkpoint_dir", None, "Checkpoints folder or workdir.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-_ROBOT = flags.DEFINE_enum("robot", "", ["", "droid", "libero", "tabletop"],
+_ROBOT = flags.DEFINE_enum("robot", "", ["", "droid", "libero", "tabletop", "lerobot"],
                            "Input/output transforms (default: from the checkpoint's config).")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind (0.0.0.0 = every interface).")
 _PORT = flags.DEFINE_integer("port", 8000, "Port (websocket and GET /healthz).")
@@ -55,10 +60,8 @@ flags.mark_flags_as_required(["checkpoint_dir"])
 
 def main(argv):
   del argv
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  logging.getLogger("websockets").setLevel(logging.WARNING)  # one ready line, no INFO lines
   try:
-    server = server_lib.server_from_checkpoint(
+    server = from_checkpoint.make_server(
         _CHECKPOINT_DIR.value, _STEP.value, robot=_ROBOT.value, host=_HOST.value,
         port=_PORT.value, api_key=_API_KEY.value, max_batch=max(1, _MAX_BATCH.value),
         parallel_calls=max(0, _PARALLEL.value),

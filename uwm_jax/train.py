@@ -13,9 +13,10 @@ Finetuning: add --config.init_from=PRETRAIN_WORKDIR/checkpoints.
 
 Around the training loop (`uwm_jax.training.loop.train`) this wires the stages together: the
 embedded task's datasets are generated first when the config asks for them
-(`config.data.demo_episodes`, `uwm_jax.data.demo_generation`), the loop receives the offline
-evaluation as its callback (`uwm_jax.evaluation.offline_metrics.make_validation_evaluate`), and
-with `config.eval.after_training` the final checkpoint is evaluated and summarised in one line.
+(`config.data.demo_episodes`, `uwm_jax.data.demo_generation`; by process 0 while the other
+processes of a multi-process run wait), the loop receives the offline evaluation as its
+callback (`uwm_jax.evaluation.offline_metrics.make_validation_evaluate`), and with
+`config.eval.after_training` the final checkpoint is evaluated and summarised in one line.
 The last line gives the wall time of each phase (data generation, setup, compilation,
 training, evaluation); the log names the measured step rate and an ETA once it is known.
 
@@ -24,7 +25,6 @@ missing dataset or init_from, a workdir that is a file or held by another run) e
 `error:` line and exit status 2, before anything expensive; --traceback shows the traceback.
 """
 
-import logging
 import time
 
 from absl import flags
@@ -45,8 +45,6 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   del argv
   config = cli_config.config_value(_CONFIG)  # a bad config file or field fails first
-  logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter
   if config.train.get("host_huge_pages", False):  # may re-execute this command (same PID)
     host_allocator.reexec_with_huge_pages()
   # jax.distributed must start before anything touches a device (some modules create arrays
@@ -65,10 +63,12 @@ def main(argv):
   if config.train.compilation_cache_dir:  # reruns load their executables instead of compiling
     jax.config.update("jax_compilation_cache_dir", config.train.compilation_cache_dir)
   clock = phases.PhaseClock()
-  if jax.process_index() == 0:
-    t0 = time.perf_counter()
-    if demo_generation.prepare(config):  # the embedded task's datasets, on first use
-      clock.add("data generation", time.perf_counter() - t0)
+  # The embedded task's datasets, on first use: process 0 writes them while the others wait
+  # (they would otherwise read a dataset that does not exist yet).
+  t0 = time.perf_counter()
+  if distributed.on_process_zero("generating the embedded task's datasets",
+                                 lambda: demo_generation.prepare(config)):
+    clock.add("data generation", time.perf_counter() - t0)
   result = loop.train(config, workdir, make_evaluate=offline_metrics.make_validation_evaluate)
   clock.update(result.phase_seconds, {"training": f"{config.num_steps} steps, "
                                       f"{result.steps_per_s:.3g} steps/s"}

@@ -209,13 +209,6 @@ def format_estimate(e: Estimate) -> str:
 
 
 # ---------------------------------------------------------------- compilation
-def abstract_batch(model_cfg, batch_size: int, latent_cache: bool, sharding) -> dict:
-  """ShapeDtypeStructs of a training batch (`batch.expected_shapes`, `batch.DTYPES`)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  shapes = B_.expected_shapes(model_cfg, batch_size, latent_cache)
-  return {k: jax.ShapeDtypeStruct(s, B_.DTYPES[k], sharding=sharding) for k, s in shapes.items()}
-
-
 def abstract_key(sharding):
   import jax  # pylint: disable=import-outside-toplevel
   k = jax.eval_shape(lambda: jax.random.key(0))
@@ -238,8 +231,8 @@ def compile_train_step(config, devices, latent_cache: bool):
                                                   tc.fsdp_min_size, log_decisions=False)
   step = sharded_state.make_jitted_train_step(config, model, optimizer, shardings, mesh)
   args = (sharded_state.with_shardings(abstract, shardings),
-          abstract_batch(config.model, config.batch_size, latent_cache,
-                         mesh_lib.batch_sharding(mesh)),
+          sharded_state.abstract_batch(config.model, config.batch_size, latent_cache,
+                                       mesh_lib.batch_sharding(mesh)),
           abstract_key(mesh_lib.replicated(mesh)))
   t0 = time.perf_counter()
   compiled = step.lower(*args).compile()

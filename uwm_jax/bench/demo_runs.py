@@ -294,15 +294,18 @@ def evaluate_checkpoint(label: str, workdir: str, videos_dir: str, envs: Dict[st
   metrics and prediction videos with "id"), each kept in <workdir>/cotrain_eval_<tag>.json and
   reused while env and episode count stay; its videos copied into `videos_dir` as
   <label>_<tag>_<name>. -> success per tag, the FD MSE, wall and CPU seconds."""
-  from uwm_jax.evaluation import evaluator  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from uwm_jax.evaluation import evaluator
+  from uwm_jax.policies import inference_checkpoint
+  # pylint: enable=import-outside-toplevel
   out, loaded = {}, None
   for tag, env in envs.items():
     path = os.path.join(workdir, f"cotrain_eval_{tag}.json")
     found = read_json(path)
     if not is_current(found, env, num_episodes):
       if loaded is None:  # one load serves every evaluation
-        loaded = evaluator.load_checkpoint(os.path.join(workdir, "checkpoints"))
-      config = evaluator.merged_config(
+        loaded = inference_checkpoint.load_checkpoint(os.path.join(workdir, "checkpoints"))
+      config = inference_checkpoint.merged_config(
           loaded.config, eval_overrides=eval_overrides(env, num_episodes, tag == "id"))
       out_dir = os.path.join(workdir, "eval", evaluator.run_name(loaded.step, {"env": env}))
       t0, c0 = time.perf_counter(), cpu_seconds()

@@ -143,16 +143,13 @@ def droid_latency(calls: int) -> float:
 
 def main(argv):
   del argv
-  import logging  # pylint: disable=import-outside-toplevel
-  logging.getLogger("absl").setLevel(logging.WARNING)
-  logging.getLogger("websockets").setLevel(logging.WARNING)
   # pylint: disable=import-outside-toplevel
   from uwm_jax import sampling
-  from uwm_jax.serving import server as server_lib
+  from uwm_jax.serving import from_checkpoint, server_thread
   # pylint: enable=import-outside-toplevel
   counts = [int(c) for c in _CLIENTS.value]
   max_batch = _MAX_BATCH.value or max(counts)
-  server = server_lib.server_from_checkpoint(_CHECKPOINT_DIR.value, port=0,
+  server = from_checkpoint.make_server(_CHECKPOINT_DIR.value, port=0,
                                              max_batch=max_batch,
                                              parallel_calls=_PARALLEL.value)
   print(f"compiling ({server.metadata['robot']}, step {server.metadata['checkpoint_step']}) ...",
@@ -169,7 +166,7 @@ def main(argv):
   # pools its rounds.
   inproc_times = []
   pooled = {(c, label): ([], 0.0) for c in counts for label, _, _ in settings}
-  with server_lib.ServerThread(server) as port:
+  with server_thread.ServerThread(server) as port:
     for r in range(_ROUNDS.value):
       inproc_times.extend(sampler_times(server))  # batch 1: one call whatever the split
       for clients in counts:

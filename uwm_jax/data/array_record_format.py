@@ -28,7 +28,7 @@ import json
 import os
 import shutil
 import struct
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from array_record.python import array_record_module
@@ -70,6 +70,15 @@ def encode_image(image: np.ndarray, image_format: str = "png") -> bytes:
   kwargs = {"quality": 95} if fmt == "JPEG" else {"compress_level": 1}
   Image.fromarray(np.asarray(image, np.uint8)).save(buf, format=fmt, **kwargs)
   return buf.getvalue()
+
+
+def resize_image(image: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+  """(h, w, 3) uint8 -> (H, W, 3) uint8 (bilinear, no crop; unchanged when already that size).
+  The LeRobot conversion and the policy server's request images both go through it."""
+  H, W = int(shape[0]), int(shape[1])
+  if image.shape[:2] == (H, W):
+    return image
+  return np.asarray(Image.fromarray(image).resize((W, H), Image.BILINEAR))
 
 
 def decode_image(data: bytes) -> np.ndarray:

@@ -21,7 +21,7 @@ stored. The clips (listed in sorted / index order) are cut into input shards of
 `--clips_per_shard`; each becomes one output shard, written to `<shard>.tmp-<PID>` and renamed
 when complete, split over `--num_processes` local processes and hosts
 (`--process_index/--process_count`), resumed by rerunning the same command: the machinery of
-`uwm_jax.data.convert_rlds`. Clips outside [--min_bytes, --max_bytes] or that fail to decode
+`uwm_jax.data.shard_conversion`. Clips outside [--min_bytes, --max_bytes] or that fail to decode
 are skipped and counted; the last line names the first few.
 """
 
@@ -37,7 +37,7 @@ from absl import app, flags
 
 from uwm_jax import cli_config
 from uwm_jax.data import array_record_format as fmt
-from uwm_jax.data import convert_rlds
+from uwm_jax.data import shard_conversion
 from uwm_jax.data import video_folder
 
 SKIPPED_COUNTS = ("skipped_size", "skipped_unreadable", "skipped_empty")
@@ -101,7 +101,7 @@ def convert_clip_shard(paths: Sequence[str], names: Sequence[str], shard: int, n
       images = {fmt.CLIP_CAMERA: [fmt.encode_image(f, JPEG) for f in frames]}
       writer.add_episode(images, None, None, {"file_path": name}, input_index=i)
     summary = writer.close(**counts, **{
-        convert_rlds.SKIPPED_EXAMPLES: skipped[:video_folder.NAMED_UNREADABLE]})
+        shard_conversion.SKIPPED_EXAMPLES: skipped[:video_folder.NAMED_UNREADABLE]})
   except BaseException:
     writer.abort()
     raise
@@ -112,7 +112,7 @@ def conversion_params(root: str, paths: Sequence[str], names: Sequence[str], *,
                       image_shape: Tuple[int, int], frame_stride: float, padding: str,
                       clips_per_shard: int, min_bytes: int, max_bytes: int,
                       dataset: str) -> dict:
-  """conversion.json: what `convert_rlds.finalize` / `conversion_summary` read, plus the clip
+  """conversion.json: what `shard_conversion.finalize` / `conversion_summary` read, plus the clip
   settings and a hash of the clip list (a rerun over another list is refused)."""
   if padding not in video_folder.PADDINGS:
     raise ValueError(f"--padding must be one of {video_folder.PADDINGS}, got {padding!r}.")
@@ -156,11 +156,12 @@ def convert_video(out_dir: str, *, folder: str = "", index_file: str = "",
     part = slice(k * clips_per_shard, (k + 1) * clips_per_shard)
     return convert_clip_shard(paths[part], names[part], k, n, out_dir, params)
 
-  return convert_rlds.convert_shards(out_dir, params, convert_one, process_index=process_index,
-                                     process_count=process_count, progress=progress)
+  return shard_conversion.convert_shards(out_dir, params, convert_one,
+                                         process_index=process_index,
+                                         process_count=process_count, progress=progress)
 
 
-def _parse_shape(text: str) -> Tuple[int, int]:
+def parse_shape(text: str) -> Tuple[int, int]:
   try:
     h, w = (int(x) for x in text.split(","))
   except ValueError:
@@ -174,7 +175,7 @@ def _worker(args_and_index):
   args, index, count = args_and_index
   return convert_video(
       args.out, folder=args.folder, index_file=args.index,
-      image_shape=_parse_shape(args.image_shape), frame_stride=args.frame_stride,
+      image_shape=parse_shape(args.image_shape), frame_stride=args.frame_stride,
       padding=args.padding, clips_per_shard=args.clips_per_shard,
       extensions=[e for e in args.extensions.split(",") if e], min_bytes=args.min_bytes,
       max_bytes=args.max_bytes, process_index=index, process_count=count,
@@ -202,7 +203,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("min_bytes", 1024, "skip smaller files.")
   flags.DEFINE_integer("max_bytes", 2**30, "skip larger files.")
   flags.DEFINE_string("dataset", "", "name in messages (default: the folder / index name).")
-  convert_rlds.define_process_flags()
+  shard_conversion.define_process_flags()
 
 
 def main(argv: Sequence[str]) -> None:
@@ -210,10 +211,10 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments {argv[1:]}.")
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   args = types.SimpleNamespace(**{name: FLAGS[name].value for name in FLAG_NAMES})
-  _parse_shape(args.image_shape)  # a bad value is one error line, before any worker starts
+  parse_shape(args.image_shape)  # a bad value is one error line, before any worker starts
   clip_list(args.folder, args.index)
   logging.basicConfig(level=logging.INFO)
-  convert_rlds.convert_in_processes(_worker, args)
+  shard_conversion.convert_in_processes(_worker, args)
 
 
 if __name__ == "__main__":

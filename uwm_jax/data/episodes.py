@@ -95,8 +95,8 @@ def split_episodes(action_free: np.ndarray, val_fraction: float,
                    seed: int) -> tuple:
   """(train_episodes, val_episodes) int64 arrays; validation holds robot episodes only.
 
-  The reference's rule (docs/data.md, "Validation split"): round(val_fraction * N) of the N
-  robot episodes, clamped to [1, N - 1] when val_fraction > 0 and N >= 2, chosen by
+  The reference's rule (docs/data.md, "Windows and the validation split"): round(val_fraction * N)
+  of the N robot episodes, clamped to [1, N - 1] when val_fraction > 0 and N >= 2, chosen by
   `np.random.default_rng(seed).choice(N, k, replace=False)` (seed 0 by default, as the
   reference), so the same data gives the same validation episodes. Action-free episodes
   always train.

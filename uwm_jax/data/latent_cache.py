@@ -45,6 +45,7 @@ import numpy as np
 
 from uwm_jax import batch as batch_lib
 from uwm_jax.data.episodes import EpisodeSource
+from uwm_jax.dims import model_dims
 
 FORMAT_VERSION = 1
 AUGMENTATION = "next obs: eval transform (centre crop, no jitter); posterior sampled per step"
@@ -87,6 +88,15 @@ def model_meta(model_cfg) -> dict:
 def first_cached_frame(model_cfg) -> int:
   """The first frame of an episode that can be a next observation."""
   return batch_lib.window_slices(model_cfg.num_obs_frames, model_cfg.action_len).next_obs.start
+
+
+def cache_meta(source: EpisodeSource, model_cfg, frozen_fingerprint: str) -> dict:
+  """The `meta-<process>.json` of a cache of `source` without its episodes (the writer adds
+  `{episode: {"file", "frames"}}` under "episodes" as it writes them)."""
+  return {"format": FORMAT_VERSION, "augmentation": AUGMENTATION, "source": source.name,
+          "source_fingerprint": source.fingerprint(), "model": model_meta(model_cfg),
+          "frozen_fingerprint": frozen_fingerprint, "first_frame": first_cached_frame(model_cfg),
+          "latent_shape": list(model_dims(model_cfg).latent_shape), "episodes": {}}
 
 
 def source_cache_dir(root: str, source_name: str) -> str:

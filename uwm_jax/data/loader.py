@@ -8,7 +8,10 @@ interleaved by weight (`grain.MapDataset.mix`), and global batch j is samples
 process order (`host_batch_to_global`), are exactly global batch j for any number of hosts (the
 train step's per-row randomness then does not depend on the host count either). Batching
 happens before the grain worker processes split the work, so batches do not depend on
-`data.num_workers`.
+`data.num_workers` (-1, the default: from the host's cores, `resolve_num_workers`). Workers
+collate whole host batches and hand them to the main process in reused shared-memory slots
+(`uwm_jax.data.batch_slots`), so the main process's own work per batch is receiving it and
+placing it on the devices (docs/data.md, "Feeding a big host").
 
 The loader state is the index of the next batch (JSON: `{"next_batch": j, ...}`); restoring it
 rebuilds the pipeline from batch j, so a resumed run sees exactly the batches it would have
@@ -23,8 +26,10 @@ loader always decodes them (offline metrics encode with the codec).
 import concurrent.futures
 import dataclasses
 import logging
+import os
 import threading
 import time
+import weakref
 import zlib
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -33,7 +38,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from uwm_jax.data import latent_cache
+from uwm_jax.data import batch_slots, latent_cache
 from uwm_jax.data import sources as sources_lib
 from uwm_jax.data import stats as stats_lib
 from uwm_jax.data.episodes import (EpisodeSource, concat_sources_windows, split_episodes,
@@ -53,6 +58,37 @@ def _process(process_index: Optional[int], process_count: Optional[int]) -> Tupl
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} not in [0, {process_count}).")
   return int(process_index), int(process_count)
+
+
+# data.num_workers = -1: worker processes per host, from the cores this process may use.
+AUTO_WORKERS_MIN_CORES = 8  # below it, read in the main process (workers did not help on 2)
+AUTO_WORKERS_RESERVED = 2  # cores left to the main process and the accelerator runtime
+AUTO_WORKERS_MAX = 32  # each holds up to prefetch_batches + 6 host batches (DROID: ~1.3 GB)
+
+
+def usable_cores() -> int:
+  """Cores this process may run on (its affinity: what SLURM or a container gives it, not the
+  machine's count)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def resolve_num_workers(num_workers: int, cores: Optional[int] = None) -> int:
+  """`data.num_workers` -> grain worker processes: as given when >= 0; for -1 (auto), one per
+  usable core less `AUTO_WORKERS_RESERVED`, at most `AUTO_WORKERS_MAX`, and 0 (the main
+  process reads) with fewer than `AUTO_WORKERS_MIN_CORES` cores."""
+  num_workers = int(num_workers)
+  if num_workers >= 0:
+    return num_workers
+  if num_workers != -1:
+    raise ValueError(f"data.num_workers = {num_workers}: use a count >= 0, or -1 for one per "
+                     f"core (auto).")
+  cores = usable_cores() if cores is None else int(cores)
+  if cores < AUTO_WORKERS_MIN_CORES:
+    return 0
+  return min(cores - AUTO_WORKERS_RESERVED, AUTO_WORKERS_MAX)
 
 
 def _host_batch_size(batch_size: int, process_count: int) -> int:
@@ -105,50 +141,90 @@ class _Loader:
     self.reader = WindowReader(self.sources, config.model, self.dataset_stats,
                                self.latent_caches)
     self.split = make_split(config, self.sources, max(1, int(config.data.eval_window_stride)))
+    self.num_workers = resolve_num_workers(config.data.num_workers)
 
-  def _batches(self, rows: grain.MapDataset) -> grain.MapDataset:
+  def _batches(self, rows: grain.MapDataset,
+               slot_prefix: Optional[str] = None) -> grain.MapDataset:
     """Global rows (source, episode, start) -> this host's batches, read by a thread pool.
 
-    Host p's batch j is the p-th contiguous block of global batch j.
+    Host p's batch j is the p-th contiguous block of global batch j. With `slot_prefix` (in
+    grain worker processes) a batch is written into a reused shared-memory slot
+    (`uwm_jax.data.batch_slots`) and yielded as its `SlotRef`.
     """
     p, P = self.process_index, self.process_count
-    return rows.batch(self.batch_size, drop_remainder=True)[p::P].map(
-        BatchReader(self.reader, int(self.config.data.read_threads)))
-
-  def _to_iter(self, ds: grain.MapDataset) -> grain.IterDataset:
     d = self.config.data
-    ahead = max(1, int(d.prefetch_batches))
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=ahead, prefetch_buffer_size=ahead))
-    if int(d.num_workers) > 0:
+    return rows.batch(self.batch_size, drop_remainder=True)[p::P].map(
+        BatchReader(self.reader, int(d.read_threads), slot_prefix,
+                    max_slots=_prefetch_batches(d) + SLOTS_BEYOND_PREFETCH))
+
+  def _pipeline(self, rows: grain.MapDataset,
+                start_batch: int = 0) -> Tuple[grain.IterDataset, Optional[str]]:
+    """This host's batches of `rows` from `start_batch` on, as grain reads them: in
+    `data.num_workers` worker processes (handed over in shared-memory slots where supported)
+    or in this process. Returns the dataset and the slots' name prefix (None without slots),
+    for `batch_slots.remove_slots` once its iterator is closed."""
+    d = self.config.data
+    workers = self.num_workers
+    prefix = batch_slots.new_prefix() if workers > 0 and batch_slots.supported() else None
+    ahead = _prefetch_batches(d)
+    it = self._batches(rows, prefix)[start_batch:].to_iter_dataset(
+        grain.ReadOptions(num_threads=ahead, prefetch_buffer_size=ahead))
+    if workers > 0:
       if not flags.FLAGS.is_parsed():  # grain reads its absl flags; use their defaults
         flags.FLAGS.mark_as_parsed()  # when no app.run parsed them (tests, notebooks).
-      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(d.num_workers),
+      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                        per_worker_buffer_size=1))
-    return it
+      if prefix is not None:
+        it = it.map(batch_slots.SlotReader())
+    return it, prefix
+
+
+# Slots a worker may hold beyond its `data.prefetch_batches` batches read ahead: the batch its
+# loop is putting into grain's queue and the one in the queue, the one the main process reads
+# ahead and the one waiting behind it, the batch being placed and the one before it (its host
+# arrays are dropped by jax's next call). Beyond that a worker hands batches over grain's way.
+SLOTS_BEYOND_PREFETCH = 6
+
+
+def _prefetch_batches(data_config) -> int:
+  return max(1, int(data_config.prefetch_batches))
 
 
 class BatchReader:
   """(b, 3) rows -> one stacked batch; the b windows are read by `threads` threads.
 
   Memory stays at a few batches (`data.prefetch_batches` in flight per process) while decoding
-  runs in parallel inside each batch (Pillow and array_record release the GIL).
+  runs in parallel inside each batch (Pillow and array_record release the GIL). With
+  `slot_prefix` (in a grain worker) the batch is stacked straight into a shared-memory slot of
+  this process (at most `max_slots` of them) and its `batch_slots.SlotRef` is returned; while
+  every slot is in use, the stacked arrays are.
   """
 
-  def __init__(self, reader: WindowReader, threads: int):
+  def __init__(self, reader: WindowReader, threads: int, slot_prefix: Optional[str] = None,
+               max_slots: int = 1):
     self.reader = reader
     self.threads = max(1, threads)
+    self.slot_prefix = slot_prefix
+    self.max_slots = max_slots
     self._pool = None
+    self._slots = None
 
   def __getstate__(self):
-    return {**self.__dict__, "_pool": None}
+    return {**self.__dict__, "_pool": None, "_slots": None}
 
-  def __call__(self, rows: np.ndarray) -> dict:
+  def __call__(self, rows: np.ndarray):
     if self.threads == 1:
       samples = [self.reader(r) for r in rows]
     else:
       if self._pool is None:
         self._pool = concurrent.futures.ThreadPoolExecutor(self.threads)
       samples = list(self._pool.map(self.reader, rows))
+    if self.slot_prefix is not None:
+      if self._slots is None:
+        self._slots = batch_slots.SlotWriter(self.slot_prefix, self.max_slots)
+      ref = self._slots.write(samples)
+      if ref is not None:
+        return ref
     return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
 
 
@@ -197,12 +273,18 @@ class TrainLoader(_Loader):
                          f"{model_dims(config.model).window} frames (all episodes too short "
                          f"or held out for validation).")
     logging.info("Training windows per source: %s; weights %s.", self.num_windows, self.weights)
+    logging.info("Input pipeline: %s (data.num_workers=%s, %d usable cores), %d read threads "
+                 "each, %d batches read ahead.",
+                 f"{self.num_workers} worker processes" if self.num_workers else
+                 "read in the main process", config.data.num_workers, usable_cores(),
+                 int(config.data.read_threads), _prefetch_batches(config.data))
     self._stream = self._global_stream()
     self._next_batch = 0
     self._iter: Optional[Iterator] = None
+    self._remove_slots = lambda: None  # set with each pipeline
+    self._readers = {}  # slot prefix -> this host's batches (read_batch)
     # With grain worker processes each worker holds its own cache: nothing to fill here.
-    self.cache_fill = (prefill_frame_caches(self.sources)
-                       if int(config.data.num_workers) == 0 else None)
+    self.cache_fill = (prefill_frame_caches(self.sources) if self.num_workers == 0 else None)
 
   def _global_stream(self) -> grain.MapDataset:
     """Endless MapDataset of (source, episode, start) rows: the global sample order."""
@@ -215,15 +297,23 @@ class TrainLoader(_Loader):
       return parts[0]
     return grain.MapDataset.mix(parts, self.weights)
 
-  def _host_batches(self, start_batch: int) -> grain.IterDataset:
-    return self._to_iter(self._batches(self._stream)[start_batch:])
+  def read_batch(self, j: int, slot_prefix: Optional[str] = None):
+    """This host's batch j of the stream (counted from the start), read in the calling process
+    as a grain worker reads it: a dict of arrays, or with `slot_prefix` its
+    `batch_slots.SlotRef` (in a slot of this process; map it with a `batch_slots.SlotReader`)."""
+    if slot_prefix not in self._readers:
+      self._readers[slot_prefix] = self._batches(self._stream, slot_prefix)
+    return self._readers[slot_prefix][j]
 
   def __iter__(self):
     return self
 
   def __next__(self) -> dict:
     if self._iter is None:
-      self._iter = iter(self._host_batches(self._next_batch))
+      pipeline, prefix = self._pipeline(self._stream, self._next_batch)
+      self._iter = iter(pipeline)
+      # Also when the loader is dropped unclosed: after grain stopped the workers.
+      self._remove_slots = weakref.finalize(self._iter, batch_slots.remove_slots, prefix)
     batch = next(self._iter)
     self._next_batch += 1
     return batch
@@ -247,10 +337,11 @@ class TrainLoader(_Loader):
     self._next_batch = int(state["next_batch"])
 
   def close(self) -> None:
-    """Stop worker processes (also done on garbage collection)."""
+    """Stop worker processes (also done on garbage collection) and free their shared memory."""
     it, self._iter = self._iter, None
     if it is not None and hasattr(it, "close"):
       it.close()
+    self._remove_slots()
 
 
 def _open_latent_caches(config, names, sources, frozen) -> Optional[list]:
@@ -293,7 +384,14 @@ class EvalLoader(_Loader):
     return self.num_batches
 
   def __iter__(self):
-    return iter(self._to_iter(self._batches(grain.MapDataset.source(self._rows))))
+    pipeline, prefix = self._pipeline(grain.MapDataset.source(self._rows))
+    it = iter(pipeline)
+    try:
+      yield from it
+    finally:
+      if hasattr(it, "close"):
+        it.close()
+      batch_slots.remove_slots(prefix)
 
 
 def make_train_loader(config, *, process_index=None, process_count=None,

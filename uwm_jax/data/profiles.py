@@ -4,10 +4,10 @@ Profiles:
   droid   published DROID (builder `droid` / `droid_100`): cameras exterior_image_1_left,
           exterior_image_2_left, wrist_image_left; 10-d actions
           [linear velocity 3 | rot6d(angular velocity as Euler) 6 | gripper position 1]
-          (`droid_action_10d`; inverse for deployment `droid_action_from_10d`); low-dim
+          (`uwm_jax.data.droid_actions`, also used at deployment); low-dim
           cartesian_position (6) + gripper_position (1).
   rlds    any RLDS dataset: camera keys, an action field and low-dim fields named on the
-          command line (LIBERO converted by `uwm_jax.data.libero`: `--camera_keys
+          command line (LIBERO converted by `uwm_jax.data.convert_libero`: `--camera_keys
           agentview_rgb,eye_in_hand_rgb --action_key action`); `--action_free` reads it
           without actions (video).
 """
@@ -18,7 +18,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from uwm_jax.config_base import DROID_CAMERA_KEYS
-from uwm_jax.data import rotation
+from uwm_jax.data.droid_actions import droid_action_10d
 from uwm_jax.data.rlds_read import as_text, get_path
 
 DROID_VELOCITY = "steps/action_dict/cartesian_velocity"
@@ -26,25 +26,6 @@ DROID_GRIPPER = "steps/action_dict/gripper_position"
 DROID_LOW_DIM = ("steps/observation/cartesian_position", "steps/observation/gripper_position")
 DROID_METADATA = ("episode_metadata/recording_folderpath", "episode_metadata/file_path")
 LANGUAGE = "steps/language_instruction"
-
-
-def droid_action_10d(cartesian_velocity: np.ndarray, gripper_position: np.ndarray) -> np.ndarray:
-  """(L, 6) [linear xyz | angular as Euler (a, b, c)] + (L, 1) -> (L, 10) float32.
-
-  Angular part -> R = Rx(a) Ry(b) Rz(c) -> first two rows (see `uwm_jax.data.rotation`).
-  """
-  v = np.asarray(cartesian_velocity, np.float64)
-  g = np.asarray(gripper_position, np.float64).reshape(len(v), 1)
-  return np.concatenate([v[:, :3], rotation.euler_to_rot6d(v[:, 3:6]), g], axis=1).astype(
-      np.float32)
-
-
-def droid_action_from_10d(action: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-  """Inverse for deployment: (..., 10) de-normalised -> ((..., 6) cartesian velocity with the
-  same Euler convention, (..., 1) gripper position)."""
-  a = np.asarray(action, np.float64)
-  euler = rotation.rot6d_to_euler(a[..., 3:9])
-  return np.concatenate([a[..., :3], euler], axis=-1), a[..., 9:10]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ import tqdm
 
 from uwm_jax.data import normalization
 from uwm_jax.data.episodes import EpisodeSource, check_finite, robot_episodes
+from uwm_jax.runs import storage
 
 STATS_VERSION = "minmax-v1"
 CACHE_DIR = "uwm_stats"
@@ -103,11 +104,10 @@ def dataset_stats(data_cfg, model_cfg, sources: List[EpisodeSource]) -> dict:
   used as stored (LIBERO). Otherwise computed/cached per source and merged.
   """
   use_low = bool(model_cfg.low_dim_dim)
-  if data_cfg.stats_path:
-    if not os.path.exists(data_cfg.stats_path):
+  if data_cfg.stats_path:  # a local path or a gs:// URL (a run's dataset_stats.json)
+    if not storage.exists(data_cfg.stats_path):
       raise FileNotFoundError(f"data.stats_path {data_cfg.stats_path!r} does not exist.")
-    with open(data_cfg.stats_path) as f:
-      stats = json.load(f)
+    stats = json.loads(storage.read_text(data_cfg.stats_path))
   elif not data_cfg.normalize:
     stats = {normalization.ACTION: normalization.identity_entry(model_cfg.action_dim)}
     if use_low:

@@ -27,7 +27,6 @@ import os
 import socket
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import imageio.v2 as imageio
 import numpy as np
 from PIL import Image
 
@@ -62,8 +61,23 @@ def read_index_file(path: str) -> List[str]:
           if line and not line.startswith("#")]
 
 
+def check_decoder() -> None:
+  """Import the video decoder: imageio and imageio-ffmpeg (its ffmpeg binary), optional (the
+  `data` extra), so imported only here and in `video_reader`: the training core loads without
+  them. A missing one raises ModuleNotFoundError (`VideoClipsSource` checks first, or every clip
+  would count as unreadable)."""
+  import imageio.v2  # pylint: disable=import-outside-toplevel,unused-import
+  import imageio_ffmpeg  # pylint: disable=import-outside-toplevel,unused-import
+
+
+def video_reader(path: str):
+  """imageio's ffmpeg reader of `path` (a context manager; imageio: see `check_decoder`)."""
+  import imageio.v2 as imageio  # pylint: disable=import-outside-toplevel  # optional
+  return imageio.get_reader(path, format="ffmpeg")
+
+
 def count_frames(path: str) -> int:
-  with imageio.get_reader(path, format="ffmpeg") as r:
+  with video_reader(path) as r:
     return int(r.count_frames())
 
 
@@ -108,7 +122,7 @@ def read_clip_frames(path: str, wanted: Sequence[int], image_shape: Tuple[int, i
                      ) -> Dict[int, np.ndarray]:
   """{source frame index: (H, W, 3) uint8 resized frame} for the wanted source frames."""
   out = {}
-  with imageio.get_reader(path, format="ffmpeg") as r:
+  with video_reader(path) as r:
     for i in sorted(set(int(i) for i in wanted)):
       out[i] = resize_cover_crop(np.asarray(r.get_data(i))[..., :3], image_shape)
   return out
@@ -133,6 +147,7 @@ class VideoClipsSource(EpisodeSource):
       raise ValueError(f"Dataset {name!r}: frame_stride must be > 0, got {frame_stride}.")
     if padding not in PADDINGS:
       raise ValueError(f"Dataset {name!r}: padding must be 'same' or 'none', got {padding!r}.")
+    check_decoder()
     self.name = name
     self.root = os.path.abspath(root)
     self.camera_keys = tuple(camera_keys)

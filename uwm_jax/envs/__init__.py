@@ -4,7 +4,7 @@
   "tabletop_reach"        the same scene, reach the goal pad with the pusher
   "tabletop_push_ood"     the out-of-distribution variant: the same task and seeded layouts,
                           with altered lighting, table colour, a distractor and moved cameras
-                          (docs/evaluation.md, "The out-of-distribution variant"); one shift
+                          (docs/embedded_task.md, "The out-of-distribution variant"); one shift
                           alone: "tabletop_push_ood_<shift>" (lighting, table, distractor,
                           camera); the same for tabletop_reach
   "libero/<task>"         a LIBERO task (optional extra `libero`): a paper name

@@ -14,7 +14,7 @@ float32 = pusher xy, puck xy, goal xy}. Control runs at 1 / (substeps * timestep
 
 `scripted_expert` is a closed-loop state-based expert (>= 95% success).
 
-Out-of-distribution variant (docs/evaluation.md, "The out-of-distribution variant"):
+Out-of-distribution variant (docs/embedded_task.md, "The out-of-distribution variant"):
 `TabletopSpec.shifts` names visual changes from OOD_SHIFTS, applied to the scene when the model
 is built (`load_model`): "lighting" (a dimmer, warm headlight plus a directional light from the
 side), "table" (a wood-brown table top instead of the light beige one), "distractor" (a yellow
@@ -72,8 +72,8 @@ class TabletopSpec:
   success_radius: float = 0.03
   max_episode_steps: int = 120  # suggested rollout length
   # push: how far (radians) the pusher's start may be off the goal->puck line (see sample_layout;
-  # pi = anywhere around the puck). Measured: 60 degrees (no circling needed) made the cloned
-  # demo policy worse (0.04 vs 0.66), so the default keeps the full circle.
+  # pi = anywhere around the puck). 60 degrees (no circling needed) made the cloned demo policy
+  # far worse (docs/results/demo-recipe-rounds.md), so the default keeps the full circle.
   start_arc: float = float(np.pi)
   # Visual out-of-distribution shifts (names from OOD_SHIFTS; () = the in-distribution task).
   shifts: Tuple[str, ...] = ()

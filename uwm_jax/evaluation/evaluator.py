@@ -1,8 +1,8 @@
 """Evaluate one checkpoint: offline metrics, rollouts, tracking, videos, JSON + TensorBoard.
 
 `evaluate_checkpoint(checkpoints_dir, step)` loads only the inference params, dataset
-statistics and config of a checkpoint (`uwm_jax.runs.checkpoint.load_params_checkpoint`)
-and, as `config.eval` asks (the protocol: docs/evaluation.md, "Protocol"):
+statistics and config of a checkpoint (`uwm_jax.policies.inference_checkpoint`, as the policy
+server does) and, as `config.eval` asks (the protocol: docs/evaluation.md, "Protocol"):
   - offline metrics on the validation split (`uwm_jax.evaluation.offline_metrics`);
   - closed-loop rollouts with their success rate and a few rollout videos;
   - inverse-dynamics trajectory tracking beside the policy on the same budget;
@@ -25,28 +25,25 @@ import time
 from typing import Dict, List, Optional
 
 import jax
-import ml_collections
 import numpy as np
 
-from uwm_jax import config_base, sampling
+from uwm_jax import sampling
 from uwm_jax import envs as envs_lib
 from uwm_jax import policies as policies_lib
 from uwm_jax.data import loader as loader_lib
 from uwm_jax.data import normalization
 from uwm_jax.evaluation import offline_metrics, prediction_videos, rollout, tracking, videos
-from uwm_jax.evaluation.policies import LocalPolicy, RandomPolicy
-from uwm_jax.model import block_layout
-from uwm_jax.model.layers import COMPUTE_DTYPES
+from uwm_jax.evaluation.rollout_policies import LocalPolicy, RandomPolicy
 from uwm_jax.model.uwm import UnifiedWorldModel
+from uwm_jax.policies import inference_checkpoint
 from uwm_jax.runs import checkpoint as ckpt
+from uwm_jax.runs import storage
 from uwm_jax.runs.metrics_writer import MetricWriter
 
 log = logging.getLogger(__name__)
 
 EVAL_DIRNAME = "eval"
 SERVED_SUFFIX = "_policy_server"  # eval/step_<N>_policy_server: rollouts through a server
-# Config sections that must agree between a checkpoint and a config given beside it.
-MATCHING_SECTIONS = ("model", "diffusion")
 
 
 @dataclasses.dataclass
@@ -57,33 +54,15 @@ class EvalResult:
   videos: List[str]
 
 
-class ConfigMismatchError(ValueError):
-  """A checkpoint was trained with another config than the one given."""
-
-
 # ----------------------------------------------------------------------------- locations
-def resolve_checkpoints_dir(path: str) -> str:
-  """A `checkpoints` folder, or a workdir holding one -> the `checkpoints` folder."""
-  path = os.path.abspath(os.fspath(path))
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"Checkpoint folder {path} does not exist.")
-  inner = os.path.join(path, "checkpoints")
-  if os.path.isdir(inner):
-    return inner
-  return path
-
-
 def list_steps(checkpoints_dir: str) -> List[int]:
-  """Finished checkpoint steps (numeric folders holding a `params` item), ascending."""
-  steps = []
-  for name in os.listdir(checkpoints_dir):
-    if name.isdigit() and os.path.isdir(os.path.join(checkpoints_dir, name, "params")):
-      steps.append(int(name))
-  return sorted(steps)
+  """Finished checkpoint steps (committed step folders holding a `params` item), ascending."""
+  return [step for step in ckpt.finished_steps(checkpoints_dir)
+          if storage.isdir(os.path.join(checkpoints_dir, str(step), "params"))]
 
 
 def eval_dir(checkpoints_dir: str) -> str:
-  return os.path.join(os.path.dirname(os.path.abspath(checkpoints_dir)), EVAL_DIRNAME)
+  return os.path.join(os.path.dirname(storage.abspath(checkpoints_dir)), EVAL_DIRNAME)
 
 
 def env_tag(eval_overrides: Optional[dict] = None) -> str:
@@ -108,59 +87,14 @@ def metrics_split(eval_overrides: Optional[dict] = None) -> str:
 def evaluated_steps(checkpoints_dir: str, eval_overrides: Optional[dict] = None) -> List[int]:
   """Steps with a finished evaluation (metrics.json) under the run name these overrides give."""
   root = eval_dir(checkpoints_dir)
-  if not os.path.isdir(root):
-    return []
   steps = []
-  for name in os.listdir(root):
+  for name in storage.listdir(root):
     match = re.match(r"step_(\d+)", name)
     step = int(match.group(1)) if match else None
     if (step is not None and name == run_name(step, eval_overrides)
-        and os.path.exists(os.path.join(root, name, "metrics.json"))):
+        and storage.exists(os.path.join(root, name, "metrics.json"))):
       steps.append(step)
   return sorted(steps)
-
-
-# ----------------------------------------------------------------------------- config checks
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-  return out
-
-
-def check_same_config(checkpoint_config, config, checkpoint_path: str = "") -> None:
-  """Raise ConfigMismatchError naming the fields where the model/diffusion configs differ."""
-  diffs = []
-  for section in MATCHING_SECTIONS:
-    a = _flatten(json.loads(checkpoint_config[section].to_json_best_effort()), f"{section}.")
-    b = _flatten(json.loads(config[section].to_json_best_effort()), f"{section}.")
-    for key in sorted(set(a) | set(b)):
-      if a.get(key) != b.get(key):
-        diffs.append(f"{key}: checkpoint {a.get(key)!r} vs config {b.get(key)!r}")
-  if diffs:
-    shown = "; ".join(diffs[:6]) + (f"; ... ({len(diffs)} fields)" if len(diffs) > 6 else "")
-    raise ConfigMismatchError(f"Checkpoint {checkpoint_path} was trained with another config: "
-                              f"{shown}.")
-
-
-def merged_config(checkpoint_config, config=None, eval_overrides: Optional[dict] = None):
-  """The checkpoint's config whose `eval` section is: the defaults, updated with the
-  checkpoint's (or, when given, `config`'s) eval fields, then with `eval_overrides`."""
-  out = ml_collections.ConfigDict(checkpoint_config.to_dict())
-  section = config_base.eval_config()  # also fills fields newer than the checkpoint
-  source = config.eval if config is not None else out.get("eval", {})
-  for key, value in source.items():
-    if key in section:
-      section[key] = type(section[key])(value)
-  for key, value in (eval_overrides or {}).items():
-    if key not in section:
-      raise KeyError(f"Unknown eval field {key!r}; known: {sorted(section.keys())}.")
-    section[key] = type(section[key])(value)
-  out.eval = section
-  return out
 
 
 # ----------------------------------------------------------------------------- parts
@@ -331,55 +265,11 @@ def evaluate_loaded(params, frozen, config, stats, *, step: int, out_dir: str,
     paths.extend(_prediction_videos(model, config, params, frozen, stats, k_videos, video_dir,
                                     eval_loader))
   metrics["eval_seconds"] = time.time() - t0
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-    json.dump({"step": step, "env": e.env, "metrics": metrics, "videos": paths,
-               "rollout_episodes": episode_outcomes}, f, indent=2)
+  storage.makedirs(out_dir)
+  storage.write_atomic(os.path.join(out_dir, "metrics.json"), json.dumps(
+      {"step": step, "env": e.env, "metrics": metrics, "videos": paths,
+       "rollout_episodes": episode_outcomes}, indent=2))
   return EvalResult(step, metrics, out_dir, paths)
-
-
-@dataclasses.dataclass
-class LoadedCheckpoint:
-  """What inference needs from a checkpoint (`load_checkpoint`)."""
-  directory: str  # the `checkpoints` folder
-  step: int
-  params: dict
-  frozen: dict
-  config: ml_collections.ConfigDict  # the checkpoint's config with a complete `eval` section
-  stats: dict  # dataset statistics
-
-
-def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, config=None,
-                    eval_overrides: Optional[dict] = None,
-                    compute_dtype: str = "") -> LoadedCheckpoint:
-  """The inference params, frozen codec, config (`merged_config`) and dataset statistics of a
-  checkpoint (latest step when None): what the evaluator and the policy server
-  (`uwm_jax.serve`) load, in the inference layout whatever layout training used
-  (`model.block_layout.inference_layout`: DiT blocks unrolled, modulation kernels split; the
-  returned config says so: model.scan_layers False, model.split_modulation True). `config`: a
-  config the checkpoint must match (model, diffusion). `compute_dtype` ("float32" or
-  "bfloat16"; "" = the checkpoint's): the precision the networks compute in (the parameters
-  stay float32), e.g. bf16 for a CPU policy server (docs/serving.md, "Latency")."""
-  if compute_dtype and compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, not "
-                     f"{compute_dtype!r}.")
-  directory = resolve_checkpoints_dir(checkpoint_dir)
-  steps = list_steps(directory)
-  if not steps:
-    raise FileNotFoundError(f"No checkpoint in {directory} (expected <step>/params folders).")
-  if step is not None and step not in steps:
-    raise FileNotFoundError(f"No checkpoint step {step} in {directory}; it has {steps}.")
-  if step is None:  # the latest step that loads (a corrupt one is skipped with a warning)
-    step, params, frozen, ckpt_config, stats = ckpt.load_latest_params_checkpoint(directory)
-  else:
-    params, frozen, ckpt_config, stats = ckpt.load_params_checkpoint(directory, step)
-  if config is not None:
-    check_same_config(ckpt_config, config, os.path.join(directory, str(step)))
-  full = merged_config(ckpt_config, config, eval_overrides)
-  if compute_dtype:
-    full.model.compute_dtype = compute_dtype
-  params, full.model = block_layout.inference_layout(params, full.model)
-  return LoadedCheckpoint(directory, step, params, frozen, full, stats)
 
 
 def evaluate_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, config=None,
@@ -392,7 +282,8 @@ def evaluate_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *, conf
   eval_env = (eval_overrides or {}).get("env") or (config.eval.env if config is not None else "")
   if eval_env:
     envs_lib.check_env_name(eval_env)  # fail before loading anything
-  loaded = load_checkpoint(checkpoint_dir, step, config=config, eval_overrides=eval_overrides)
+  loaded = inference_checkpoint.load_checkpoint(checkpoint_dir, step, config=config,
+                                                eval_overrides=eval_overrides)
   directory, step = loaded.directory, loaded.step
   params, frozen, full, stats = loaded.params, loaded.frozen, loaded.config, loaded.stats
   root = eval_dir(directory)
@@ -439,7 +330,7 @@ def watch(checkpoint_dir: str, *, config=None, eval_overrides=None, interval_s: 
   corrupt step is skipped with one warning line)."""
   done, unreadable = 0, set()
   while True:
-    directory = resolve_checkpoints_dir(checkpoint_dir)
+    directory = ckpt.resolve_checkpoints_dir(checkpoint_dir)
     done_steps = evaluated_steps(directory, eval_overrides)
     todo = [s for s in list_steps(directory) if s not in done_steps]
     for step in todo:
@@ -464,7 +355,6 @@ def watch(checkpoint_dir: str, *, config=None, eval_overrides=None, interval_s: 
 
 def result_env(result: EvalResult) -> str:
   path = os.path.join(result.output_dir, "metrics.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f).get("env", "")
+  if storage.exists(path):
+    return json.loads(storage.read_text(path)).get("env", "")
   return ""

@@ -40,7 +40,6 @@ ACTION_METRICS = {"action_mse_marginal": sampling.POLICY,
 IMAGE_METRICS = {"image_mse_marginal": sampling.VIDEO_PREDICTION,
                  "image_mse_forward": sampling.FORWARD_DYNAMICS,
                  "image_mse_joint": sampling.JOINT}
-LOSS_METRICS = ("loss", "action_loss", "dynamics_loss")
 METRICS = tuple(ACTION_METRICS) + tuple(IMAGE_METRICS)
 
 
@@ -57,7 +56,7 @@ def make_eval_step(model, diffusion_cfg, dataset_stats: Optional[dict] = None,
   """
   schedule = make_schedule(diffusion_cfg)
   video = model.predicts_next_obs
-  modes = sampling.MODES if video else (sampling.POLICY,)
+  modes = sampling.supported_modes(model)
   samplers = {m: sampling.make_sampler(model, diffusion_cfg, m) for m in modes}
 
   def eval_step(params, frozen, batch, rng, scale_offset):

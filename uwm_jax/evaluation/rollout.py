@@ -15,7 +15,7 @@ Env protocol (duck-typed): `camera_keys`, `reset(seed=None, init_state=None) -> 
 Policy protocol: `policy(observations, context) -> (B, n, A)` actions in environment units,
 where `observations[b]` lists slot b's env observations since the previous call (the reset
 observation first in an episode; empty for idle slots). Observation history, input/output
-transforms and ensembling belong to the policy: `uwm_jax.evaluation.policies.LocalPolicy`
+transforms and ensembling belong to the policy: `uwm_jax.evaluation.rollout_policies.LocalPolicy`
 (in-process, through `uwm_jax.policies`) or `uwm_jax.serving.client.RemotePolicy` (a policy
 server, the same transforms on the server side).
 """

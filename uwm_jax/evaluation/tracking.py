@@ -14,13 +14,12 @@ ablation script forgets the flip).
 import dataclasses
 from typing import List, Optional, Sequence
 
-import h5py
 import numpy as np
 
 from uwm_jax import sampling
 from uwm_jax.data.profiles import concat_fields
 from uwm_jax.evaluation import rollout
-from uwm_jax.evaluation.policies import LocalPolicy
+from uwm_jax.evaluation.rollout_policies import LocalPolicy
 
 
 @dataclasses.dataclass
@@ -111,6 +110,7 @@ def libero_hdf5_demos(path: str, camera_keys: Sequence[str], max_demos: int = 0,
                       flip: bool = True) -> List[Demo]:
   """Demos of a LIBERO `*_demo.hdf5` file: data/demo_i/obs/<camera key> frames and
   data/demo_i/states[0] as the initial simulator state, in demo index order."""
+  import h5py  # pylint: disable=import-outside-toplevel  # optional: LIBERO demo files only
   out = []
   with h5py.File(path, "r") as f:
     if "data" not in f:

@@ -7,9 +7,10 @@ by an integer factor with nearest-neighbour sampling so that videos are watchabl
 import os
 from typing import Sequence
 
-import imageio.v2 as imageio
 import numpy as np
 from PIL import Image
+
+from uwm_jax.runs import storage
 
 VIDEO_FORMATS = ("mp4", "gif")
 
@@ -102,25 +103,32 @@ def label_rows(frame: np.ndarray, labels: Sequence[str], gap: int = 1,
 
 def write_video(path: str, frames: Sequence[np.ndarray], fps: float = 10.0,
                 min_height: int = 128) -> str:
-  """Write frames to `path` (.mp4 or .gif, chosen by the extension); returns the path."""
+  """Write frames to `path` (.mp4 or .gif, chosen by the extension; a local path or gs://);
+  returns the path."""
   ext = os.path.splitext(path)[1].lstrip(".").lower()
   if ext not in VIDEO_FORMATS:
     raise ValueError(f"Unknown video format {ext!r} for {path}; use one of {VIDEO_FORMATS}.")
   if not len(frames):
     raise ValueError(f"No frames to write to {path}.")
   frames = [upscale(to_uint8(f), min_height) for f in frames]
+  with storage.local_file(path) as local:  # a gs:// path: written locally, then uploaded
+    _write_frames(local, ext, frames, fps)
+  return path
+
+
+def _write_frames(path: str, ext: str, frames: Sequence[np.ndarray], fps: float) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if ext == "gif":
     images = [Image.fromarray(f) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], loop=0,
                    duration=max(1, int(round(1000 / fps))))
-    return path
+    return
   # imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp: Python code run in a child forked
   # from this multithreaded (JAX) process, which can deadlock (JAX warns "os.fork() was
   # called"). Without it ffmpeg is exec'ed directly; it then shares our Ctrl-C, which is fine. (Read by imageio-ffmpeg at each call.)
   os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
+  import imageio.v2 as imageio  # pylint: disable=import-outside-toplevel  # optional: mp4 only
   with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1,
                           pixelformat="yuv420p") as writer:
     for f in frames:
       writer.append_data(pad_to_multiple(f))
-  return path

@@ -10,7 +10,7 @@ Every layout holds the same numbers and computes the same function up to float r
 (tests/test_model_block_layout.py).
 
 Inference runs unrolled and split (`inference_layout`, applied when a checkpoint is loaded for
-the evaluator and the policy server; docs/training.md, "Where the time goes (CPU)"): inside the
+the evaluator and the policy server; docs/results/policy-inference-layout.md): inside the
 sampler's loop over diffusion steps XLA:CPU copies each scanned block's parameter slice out of
 the stack on every iteration (~130 MB per block for the DROID config), and with one modulation
 kernel every step multiplies all of its rows although only the timestep rows change. Training

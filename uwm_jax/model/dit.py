@@ -43,8 +43,8 @@ class ConditionDense(nn.Module):
     per part, `bias`; sum_i SiLU(part_i) @ kernel_<i> + bias. The same function up to float
     rounding, but the observation condition's product is its own matmul, which does not change
     across diffusion steps: XLA hoists it out of the sampler's loop, so each step multiplies only
-    the timestep embedding's rows (512 of 5120 for the DROID config, whose modulation kernels are
-    74% of the parameters: docs/model.md).
+    the timestep embedding's rows (512 of 5120 for the DROID config, whose modulation kernels hold
+    most of the parameters: `python -m uwm_jax.summarize`).
   """
   features: int
   dtype: Any = jnp.float32

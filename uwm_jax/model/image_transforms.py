@@ -67,8 +67,9 @@ def rgb_to_hsv(rgb: jax.Array) -> jax.Array:
 
 def _pick(i: jax.Array, options) -> jax.Array:
   """options[i] per element, i in [0, len(options)), as a chain of selects. (`jnp.choose`
-  lowers to a gather with a full index array per element: on a v5p it made the colour jitter
-  of a DROID batch move 212 GB per chip, 90 ms, more than the rest of the step.)"""
+  lowers to a gather with a full index array per element: on a v5p the colour jitter of a
+  DROID batch then took longer than the rest of the step,
+  docs/results/tpu-image-transforms-fix.md.)"""
   out = options[-1]
   for k in range(len(options) - 2, -1, -1):
     out = jnp.where(i == k, options[k], out)

@@ -20,6 +20,7 @@ from uwm_jax.data.episodes import EpisodeSource
 from uwm_jax.data.sources import build_sources
 from uwm_jax.model.codecs import make_codec
 from uwm_jax.model.image_transforms import transform_views
+from uwm_jax.runs import storage
 from uwm_jax.runs.checkpoint import load_params_checkpoint
 
 
@@ -54,11 +55,7 @@ def build_latent_cache(source: EpisodeSource, cache_dir: str, model_cfg, frozen,
   first = latent_cache.first_cached_frame(model_cfg)
   moments_fn = make_moments_fn(model_cfg)
   os.makedirs(cache_dir, exist_ok=True)
-  meta = {"format": latent_cache.FORMAT_VERSION, "augmentation": latent_cache.AUGMENTATION,
-          "source": source.name, "source_fingerprint": source.fingerprint(),
-          "model": latent_cache.model_meta(model_cfg),
-          "frozen_fingerprint": latent_cache.params_fingerprint(frozen), "first_frame": first,
-          "latent_shape": list(d.latent_shape), "episodes": {}}
+  meta = latent_cache.cache_meta(source, model_cfg, latent_cache.params_fingerprint(frozen))
   V, C, _, h, w = d.latent_shape
   episodes = range(source.num_episodes) if episodes is None else episodes
   mine = [int(e) for i, e in enumerate(episodes) if i % process_count == process_index]
@@ -111,7 +108,9 @@ def build_latent_caches_from_checkpoint(config, checkpoint_dir: str, root: str, 
                                         batch_size: int = 64, process_index: int = 0,
                                         process_count: int = 1) -> Dict[str, dict]:
   """`build_latent_caches` with the codec params of a checkpoint (the latest step of a
-  `checkpoints` folder); its codec must be the config's. -> {source name: meta}."""
+  `checkpoints` folder, local or gs://); its codec must be the config's. The cache `root` is
+  written as local files (a mounted bucket is fine). -> {source name: meta}."""
+  storage.require_local(root, "latent cache folder")
   _, frozen, ckpt_config, _ = load_params_checkpoint(checkpoint_dir)
   if ckpt_config.model.codec != config.model.codec:
     raise ValueError(f"The checkpoint {checkpoint_dir} has model.codec "

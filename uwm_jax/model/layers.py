@@ -19,10 +19,9 @@ def dot_general_f32_on_cpu(lhs: jax.Array, rhs: jax.Array, dimension_numbers, pr
   """`lax.dot_general`; on CPU, bf16 operands give a float32 result that is then rounded once to
   bf16 (products summed in fp32: what a bf16 matmul is on TPU and GPU anyway).
 
-  XLA:CPU runs a bf16-result dot on a slow path (~120 GFLOP/s on a 2-vCPU AVX-512-BF16 Xeon,
-  below its fp32 ~210) and a float32-result one on its bf16 kernels (~460): docs/training.md,
-  "bf16 on CPU". Other platforms keep the plain dot: compiled for v5p-8, the float32 result
-  made the DROID step slower (40.0 vs 37.8 ms) and larger (7.08 vs 6.54 GiB per chip).
+  XLA:CPU runs a bf16-result dot on a slow path (slower than float32) and a float32-result one
+  on its bf16 kernels. Other platforms keep the plain dot: compiled for v5p-8, the float32
+  result made the DROID step slower and larger (both: docs/results/cpu-bf16.md).
   float32 operands: the plain dot everywhere.
   """
   def plain(a, b):

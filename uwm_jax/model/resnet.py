@@ -45,7 +45,7 @@ class Conv(nn.Module):
   """A bias-free square convolution with `nn.Conv`'s parameter (`kernel` (k, k, C, F),
   LeCun-normal init) and result. On CPU it runs as one matmul over im2col patches: XLA:CPU's
   convolutions, their backward pass above all, are 2-3x slower than the same work as a matmul
-  (docs/training.md, "Where the time goes"); other platforms use XLA's convolution."""
+  (docs/results/cpu-convolutions.md); other platforms use XLA's convolution."""
   features: int
   kernel_size: int
   stride: int = 1

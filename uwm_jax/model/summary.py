@@ -1,6 +1,5 @@
 """Shape and parameter summaries computed with `jax.eval_shape` (nothing is allocated)."""
 
-import dataclasses
 from typing import Dict
 
 import jax
@@ -63,7 +62,3 @@ def describe(config) -> str:
   for name, n in parameter_counts(model).items():
     lines.append(f"  {name:<36s} {n:>14,d}")
   return "\n".join(lines)
-
-
-def dims_dict(config) -> dict:
-  return dataclasses.asdict(UnifiedWorldModel(config.model).dims)

@@ -1,23 +1,28 @@
 """Per-robot input/output transforms and the policy session shared by rollouts and serving.
 
-A pipeline stage after the model and before evaluation and serving (it imports data, model and
-sampling; evaluation and serving import it):
+A pipeline stage after training and before evaluation and serving (it imports data, model,
+sampling and runs; evaluation and serving import it):
 
   transforms.py   RobotTransforms: observation dict -> model inputs, model actions -> robot
   droid.py        DROID: three cameras, 10-d actions decoded to cartesian velocity + gripper
   libero.py       LIBERO: agentview + wrist with the LIBERO flip, 7-d actions
   tabletop.py     the embedded MuJoCo tasks
+  lerobot.py      a robot recorded as a LeRobot dataset: the dataset's own keys and action space
   session.py      one stream of observations (a rollout slot, a server connection): padded
                   history, per-request RNG keys, temporal ensembling, executed horizon
   sampler.py      BatchedSampler: per-request keys, batches padded to compiled sizes
+  inference_checkpoint.py
+                  load_checkpoint: a checkpoint's inference params, config and statistics,
+                  what the evaluator and the server load
 
 `make_transforms(robot, config, stats)`; `robot_for_config(config)` guesses the robot.
 """
 
 from uwm_jax import envs as envs_lib
 from uwm_jax.config_base import DROID_CAMERA_KEYS
+from uwm_jax.data import source_configs
 
-ROBOTS = ("droid", "libero", "tabletop")
+ROBOTS = ("droid", "libero", "tabletop", "lerobot")
 
 
 def make_transforms(robot: str, config, dataset_stats):
@@ -29,13 +34,19 @@ def make_transforms(robot: str, config, dataset_stats):
     from uwm_jax.policies import libero as module
   elif robot == "tabletop":
     from uwm_jax.policies import tabletop as module
+  elif robot == "lerobot":
+    from uwm_jax.policies import lerobot as module
   else:
     raise ValueError(f"Unknown robot {robot!r}; known: {', '.join(ROBOTS)}.")
   return module.make(config, dataset_stats)
 
 
 def robot_for_config(config) -> str:
-  """The robot a checkpoint was trained for: from config.eval.env, else its cameras."""
+  """The robot a checkpoint was trained for: a LeRobot source, else config.eval.env, else its
+  cameras."""
+  sources = config.get("data", {}).get("sources", {})
+  if any(sources[n].get("kind") == source_configs.LEROBOT for n in sources):
+    return "lerobot"
   env = config.get("eval", {}).get("env", "")
   if env in envs_lib.EMBEDDED_TASKS:
     return "tabletop"

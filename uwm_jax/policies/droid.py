@@ -7,17 +7,16 @@ State (models with model.low_dim_dim = 7): `cartesian_position` (6) + `gripper_p
 as the conversion concatenates them (`uwm_jax.data.profiles.DROID_LOW_DIM`).
 Actions: the model's 10-d [linear velocity 3 | rot6d 6 | gripper 1], de-normalised, decoded
 to DROID's cartesian velocity (6: linear xyz + angular as Euler) + gripper position (1) by
-`uwm_jax.data.profiles.droid_action_from_10d`, the exact inverse of the training encoding
-`droid_action_10d`.
+`uwm_jax.data.droid_actions.droid_action_from_10d`, the exact inverse of the training
+encoding `droid_action_10d`.
 """
 
 import numpy as np
 
 from uwm_jax.config_base import DROID_CAMERA_KEYS
-from uwm_jax.data import profiles
+from uwm_jax.data import droid_actions
 from uwm_jax.policies import transforms as T
 
-ROBOT = "droid"
 PREFIXES = ("", "observation/")
 STATE = (("cartesian_position", 6), ("gripper_position", 1))
 MODEL_ACTION_DIM = 10
@@ -26,7 +25,7 @@ ROBOT_ACTION_DIM = 7
 
 def decode_actions(actions: np.ndarray) -> np.ndarray:
   """(..., 10) de-normalised model actions -> (..., 7) [cartesian velocity 6 | gripper 1]."""
-  velocity, gripper = profiles.droid_action_from_10d(actions)
+  velocity, gripper = droid_actions.droid_action_from_10d(actions)
   return np.concatenate([velocity, gripper], axis=-1).astype(np.float32)
 
 
@@ -34,7 +33,7 @@ def encode_actions(actions: np.ndarray) -> np.ndarray:
   """(..., 7) robot actions -> (..., 10): the training encoding (`droid_action_10d`)."""
   a = np.asarray(actions, np.float64)
   flat = a.reshape(-1, ROBOT_ACTION_DIM)
-  out = profiles.droid_action_10d(flat[:, :6], flat[:, 6:7])
+  out = droid_actions.droid_action_10d(flat[:, :6], flat[:, 6:7])
   return out.reshape(a.shape[:-1] + (MODEL_ACTION_DIM,))
 
 
@@ -53,10 +52,9 @@ def make(config, dataset_stats) -> T.RobotTransforms:
     if sum(w for _, w in STATE) != m.low_dim_dim:
       raise ValueError(f"The DROID state is 7 numbers; model.low_dim_dim is {m.low_dim_dim}.")
   return T.RobotTransforms(
-      robot=ROBOT, camera_keys=tuple(m.camera_keys),
+      camera_keys=tuple(m.camera_keys),
       camera_sources=T.same_key_sources(m.camera_keys, PREFIXES),
       image_shape=tuple(m.image_shape), state_fields=fields,
       action_stats=T.stats_entry(dataset_stats, "action"),
       low_dim_stats=T.stats_entry(dataset_stats, "low_dim"),
-      model_action_dim=MODEL_ACTION_DIM, robot_action_dim=ROBOT_ACTION_DIM,
-      decode=decode_actions, encode=encode_actions)
+      robot_action_dim=ROBOT_ACTION_DIM, decode=decode_actions, encode=encode_actions)

@@ -1,7 +1,7 @@
 """LIBERO (agentview + wrist cameras, 7-d actions), as the LIBERO training data has them.
 
 The training frames are LIBERO's renders flipped vertically (robosuite renders upside down;
-`uwm_jax.data.libero`, `uwm_jax.envs.libero_env.to_training_orientation`). Accepted request
+`uwm_jax.data.convert_libero`, `uwm_jax.envs.libero_env.to_training_orientation`). Accepted request
 keys per camera, first present wins:
   agentview_rgb / eye_in_hand_rgb                 already in the training orientation (what
                                                   `uwm_jax.envs.libero_env.LiberoEnv` returns)
@@ -16,7 +16,6 @@ de-normalised with the checkpoint's statistics (LIBERO trains on raw actions: id
 from uwm_jax.envs import libero_env
 from uwm_jax.policies import transforms as T
 
-ROBOT = "libero"
 OPENPI_KEYS = {"agentview_rgb": "observation/image", "eye_in_hand_rgb": "observation/wrist_image"}
 
 
@@ -40,7 +39,7 @@ def make(config, dataset_stats) -> T.RobotTransforms:
     raise ValueError(f"LIBERO actions are {libero_env.ACTION_DIM}-d; model.action_dim is "
                      f"{m.action_dim}.")
   return T.RobotTransforms(
-      robot=ROBOT, camera_keys=tuple(m.camera_keys), camera_sources=camera_sources(m.camera_keys),
+      camera_keys=tuple(m.camera_keys), camera_sources=camera_sources(m.camera_keys),
       image_shape=tuple(m.image_shape), state_fields=(),
       action_stats=T.stats_entry(dataset_stats, "action"), low_dim_stats=None,
-      model_action_dim=int(m.action_dim), robot_action_dim=libero_env.ACTION_DIM)
+      robot_action_dim=libero_env.ACTION_DIM)

@@ -7,9 +7,9 @@ the other requests of the batch. Batches are padded (repeating the last request)
 smallest of `batch_sizes` that holds them, so only those sizes are ever compiled; `compile()`
 does that up front. With `parallel_calls=k`, a list of requests is split into k near-equal
 parts that run as concurrent calls of the compiled function (threads; the jitted call releases
-the GIL): on a CPU host one call of a small model keeps about one core busy, so on the 2-core
-machine two calls of batch 2 answer 4 requests in ~34 ms where one call of batch 4 takes ~52 ms
-and one of batch 1 ~21 ms (docs/serving.md, "Latency"). `default_parallel_calls` picks k.
+the GIL): on a CPU host one call of a small model keeps about one core busy, so k calls on k
+cores answer a batch sooner than one call of all of it (docs/results/serving-latency.md).
+`default_parallel_calls` picks k.
 Requests, one per element (no batch axis):
 
   obs       (V, T_o, H, W, 3) uint8       every mode
@@ -22,6 +22,7 @@ Answers: {"action": (H_a, A) normalised} for policy / inverse_dynamics, {"frames
 video_prediction.
 """
 
+import asyncio
 import concurrent.futures
 import os
 import time
@@ -88,9 +89,10 @@ class BatchedSampler:
     if parallel_calls < 1:
       raise ValueError(f"parallel_calls must be >= 1, got {parallel_calls}.")
     self.parallel_calls = int(parallel_calls)  # may be lowered later (bench.serve compares)
-    self._pool = (concurrent.futures.ThreadPoolExecutor(self.parallel_calls,
-                                                        thread_name_prefix="sampler-call")
-                  if self.parallel_calls > 1 else None)
+    # The one pool sampler calls run in: the parts of a batch, and whole batches from an
+    # asyncio event loop (`answer`, the policy server's batcher). Threads start when used.
+    self._pool = concurrent.futures.ThreadPoolExecutor(self.parallel_calls,
+                                                       thread_name_prefix="sampler-call")
     sample = sampling.make_sampler(model, diffusion_cfg, mode)
     frames_out = sampling.MODE_SPECS[mode].denoise_obs
 
@@ -121,20 +123,39 @@ class BatchedSampler:
     out = jax.device_get(self._fn(self.params, self.frozen, stacked, seeds, counters))
     return [{k: np.asarray(v[i]) for k, v in out.items()} for i in range(n)]
 
-  def __call__(self, requests: Sequence[dict],
-               keys: Sequence[Tuple[int, int]]) -> List[Dict[str, np.ndarray]]:
-    """Answer `requests` (dicts as in the module docstring) with their (seed, counter) keys."""
+  def _parts(self, requests: Sequence[dict], keys: Sequence[Tuple[int, int]]
+             ) -> List[Tuple[List[dict], List[Tuple[int, int]]]]:
+    """`requests` and their keys as the near-equal parts that run as one call each."""
     if len(requests) != len(keys):
       raise ValueError(f"{len(requests)} requests but {len(keys)} keys.")
     parts, start = [], 0
     for size in split_sizes(len(requests), self.parallel_calls, self.batch_sizes[-1]):
       parts.append((list(requests[start:start + size]), list(keys[start:start + size])))
       start += size
-    if self._pool is None or len(parts) == 1:
-      answers = [self._run(r, k) for r, k in parts]
+    return parts
+
+  def __call__(self, requests: Sequence[dict],
+               keys: Sequence[Tuple[int, int]]) -> List[Dict[str, np.ndarray]]:
+    """Answer `requests` (dicts as in the module docstring) with their (seed, counter) keys."""
+    parts = self._parts(requests, keys)
+    if len(parts) == 1:
+      answers = [self._run(*parts[0])]
     else:
       answers = list(self._pool.map(lambda part: self._run(*part), parts))
     return [a for part in answers for a in part]
+
+  async def answer(self, requests: Sequence[dict],
+                   keys: Sequence[Tuple[int, int]]) -> List[Dict[str, np.ndarray]]:
+    """`self(requests, keys)` awaited from an asyncio event loop: every part runs in the
+    sampler's threads, so the loop keeps serving meanwhile."""
+    loop = asyncio.get_running_loop()
+    answers = await asyncio.gather(*(loop.run_in_executor(self._pool, self._run, *part)
+                                     for part in self._parts(requests, keys)))
+    return [a for part in answers for a in part]
+
+  def close(self) -> None:
+    """Stop the sampler's threads (they end once their calls are answered)."""
+    self._pool.shutdown(wait=False)
 
   def compile(self, example: dict) -> float:
     """Run every batch size once on `example` (compiling it); -> seconds taken."""

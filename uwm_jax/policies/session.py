@@ -8,7 +8,8 @@ executes n > 1 actions between queries keeps consecutive frames by sending the s
 
 Randomness: request i after a reset with seed s samples with key fold_in(PRNGKey(s), i): a
 request's answer depends only on the stream's seed and how many requests it made, never on
-which other requests shared its batch.
+which other requests shared its batch. An evaluation episode's stream has the seed
+`episode_seed(seed, episode index)`, in-process or through a policy server.
 
 Temporal ensembling (ACT, Zhao et al. 2023) and the executed horizon: every chunk (H_a, A) is
 remembered by the step it starts at (the stream's step advances by the actions returned); the
@@ -23,6 +24,11 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from uwm_jax.policies.transforms import Frame, RobotTransforms
+
+
+def episode_seed(seed: int, episode_index: int) -> int:
+  """The RNG stream of an evaluation episode (a served rollout sends it with `reset`)."""
+  return int(seed) + int(episode_index)
 
 
 class ObservationHistory:

@@ -8,7 +8,6 @@ Request keys: the env's own observation keys — one (S, S, 3) uint8 image per c
 from uwm_jax import envs
 from uwm_jax.policies import transforms as T
 
-ROBOT = "tabletop"
 STATE_WIDTHS = {"pusher_pos": 2}
 
 
@@ -23,8 +22,8 @@ def make(config, dataset_stats) -> T.RobotTransforms:
       raise ValueError(f"The tabletop state {envs.EMBEDDED_LOW_DIM_KEYS} has width {width}; "
                        f"model.low_dim_dim is {m.low_dim_dim}.")
   return T.RobotTransforms(
-      robot=ROBOT, camera_keys=tuple(m.camera_keys),
+      camera_keys=tuple(m.camera_keys),
       camera_sources=T.same_key_sources(m.camera_keys), image_shape=tuple(m.image_shape),
       state_fields=fields, action_stats=T.stats_entry(dataset_stats, "action"),
       low_dim_stats=T.stats_entry(dataset_stats, "low_dim"),
-      model_action_dim=int(m.action_dim), robot_action_dim=int(m.action_dim))
+      robot_action_dim=int(m.action_dim))

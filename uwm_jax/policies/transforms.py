@@ -11,11 +11,14 @@ Input, one observation (one time step) -> `Frame`:
            and resized (bilinear) when its size differs. The model itself then resizes and
            centre-crops as in training (`UnifiedWorldModel.transform`, eval mode).
   low_dim  (D,) float32 normalised with the statistics' "low_dim" entry (models with
-           model.low_dim_dim > 0): the state fields concatenated in the training order.
+           model.low_dim_dim > 0): the state fields concatenated in the training order
+           (zero-padded to `low_dim_width` when the robot's state is narrower).
 Output: normalised model actions (..., H_a, A) -> de-normalised with the "action" entry ->
 the robot's decoder (identity, or DROID's 10-d -> 7-d) -> (..., H_a, A_robot) float32.
-`encode_actions` is the inverse (robot actions -> normalised model actions: forward-dynamics
-queries).
+`encode_actions` is the inverse (robot actions -> normalised model actions). A world-model
+query's own inputs: `action_chunk` (forward dynamics: the (H_a, A_robot) robot actions to
+predict the outcome of) and `goal_frames` (inverse dynamics: one goal image, or T_o of them,
+per camera).
 
 Bad input raises `InvalidObservation` with a message that names the key and the problem.
 """
@@ -26,6 +29,8 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from uwm_jax.data import normalization
+# The one resize of camera images (bilinear), shared with the LeRobot conversion.
+from uwm_jax.data.array_record_format import resize_image
 
 # Orientation fixes that bring a camera image to the training data's orientation.
 NO_FLIP = ""
@@ -60,15 +65,6 @@ def orient(image: np.ndarray, flip: str) -> np.ndarray:
   elif flip != NO_FLIP:
     raise ValueError(f"Unknown flip {flip!r}.")
   return np.ascontiguousarray(image)
-
-
-def resize_image(image: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
-  """(h, w, 3) uint8 -> (H, W, 3) uint8 (bilinear; unchanged when already that size)."""
-  H, W = int(shape[0]), int(shape[1])
-  if image.shape[:2] == (H, W):
-    return image
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-  return np.asarray(Image.fromarray(image).resize((W, H), Image.BILINEAR))
 
 
 def _find(obs: Mapping, name: str, sources: Sequence[Source]) -> Tuple[Source, object]:
@@ -116,17 +112,16 @@ class StateField:
 @dataclasses.dataclass
 class RobotTransforms:
   """Input/output transforms of one robot for one checkpoint (see the module docstring)."""
-  robot: str
   camera_keys: Tuple[str, ...]  # model order (model.camera_keys)
   camera_sources: Dict[str, Tuple[Source, ...]]  # model camera key -> accepted request keys
   image_shape: Tuple[int, int]  # model.image_shape
   state_fields: Tuple[StateField, ...]  # () when the model uses no low-dim input
   action_stats: Optional[dict]  # statistics entries (None = identity)
   low_dim_stats: Optional[dict]
-  model_action_dim: int
   robot_action_dim: int
   decode: Callable[[np.ndarray], np.ndarray] = lambda a: a  # (..., A) -> (..., A_robot)
   encode: Callable[[np.ndarray], np.ndarray] = lambda a: a  # inverse of decode
+  low_dim_width: int = 0  # the state zero-padded to this width (0: as concatenated)
 
   def images(self, obs: Mapping) -> np.ndarray:
     """obs -> (V, H, W, 3) uint8 at image_shape, training orientation."""
@@ -146,6 +141,8 @@ class RobotTransforms:
       source, value = _find(obs, f"state {field.name}", field.sources)
       parts.append(check_state(source.key, value, field.width))
     x = np.concatenate(parts).astype(np.float32)
+    if self.low_dim_width > len(x):
+      x = np.pad(x, (0, self.low_dim_width - len(x)))
     if self.low_dim_stats is not None:
       x = np.asarray(normalization.normalize(x, self.low_dim_stats), np.float32)
     return x
@@ -175,6 +172,32 @@ class RobotTransforms:
     if self.action_stats is not None:
       a = np.asarray(normalization.normalize(a, self.action_stats), np.float32)
     return a
+
+  def action_chunk(self, actions, shape: Tuple[int, int]) -> np.ndarray:
+    """A forward-dynamics query's robot action chunk -> normalised model actions of `shape`,
+    the model's (H_a, A)."""
+    if actions is None:
+      raise InvalidObservation("forward_dynamics needs 'actions': the (H_a, A) robot action "
+                               "chunk")
+    a = self.encode_actions(actions)
+    if a.shape != tuple(shape):
+      raise InvalidObservation(f"'actions' must have {shape[0]} rows (the model's action "
+                               f"horizon), got shape {np.shape(actions)}")
+    return a
+
+  def goal_frames(self, goal, num_frames: int) -> np.ndarray:
+    """An inverse-dynamics query's goal: {camera key: (H, W, 3) or (T_o, H, W, 3) uint8} ->
+    (V, T_o, H, W, 3) at image_shape (one image per camera fills every time step)."""
+    if not isinstance(goal, Mapping):
+      raise InvalidObservation("inverse_dynamics needs 'goal': a dict of goal camera images")
+    stacks = {k: np.asarray(v) for k, v in goal.items() if isinstance(v, np.ndarray)}
+    frames = []
+    for t in range(num_frames):
+      frame = {k: (v[t] if v.ndim == 4 and len(v) == num_frames else v)
+               for k, v in stacks.items()}
+      frame.update({k: v for k, v in goal.items() if k not in stacks})
+      frames.append(self.images(frame))
+    return np.stack(frames, axis=1)
 
   def describe(self) -> dict:
     """JSON-able summary for the server's metadata."""

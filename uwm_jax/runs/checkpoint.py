@@ -7,22 +7,31 @@
   config         the resolved config (JSON)
   data_iter      every process's data-loader state (JSON: {"process_count", "states"})
 
-Saves are asynchronous and atomic (Orbax writes a temporary folder and renames it when every
-process has finished), keep the last K plus every M-th step, and every process takes part in
-every save and restore. Each final step folder also holds `checksums.json`
-(`uwm_jax.runs.checksums`: size and crc32 of every file, written by process 0 once the step is
-final), verified before the step is restored; a step whose files do not match is corrupt and
-the restore falls back to the previous one. A params-only checkpoint (`save_params_checkpoint`) holds `params`,
+Saves are asynchronous and atomic, and commit without renaming folders on a bucket. On a
+filesystem path Orbax writes a temporary folder (`<step>.orbax-checkpoint-tmp-*`) and renames it
+when every process has finished; on a `gs://` URL it writes the step folder in place and
+commits it by writing `<step>/commit_success.txt` last (GCS has no folder rename), and a step
+folder without that file is not a checkpoint (listing and `cleanup_tmp_directories` skip it).
+The last K plus every M-th step are kept, and every process takes part in every save and
+restore. The folder may be a local/shared path or a gs:// URL (`uwm_jax.runs.storage`: one GCS
+client setup, `STORAGE_EMULATOR_HOST` for an emulator). Each final step folder also holds
+`checksums.json` (`uwm_jax.runs.checksums`: size and crc32 of every file, written by process 0
+once the step is final), verified before the step is read. Every reader (resume, evaluation and
+serving, `init_from`, the last good step named in a training error) finds its step through one
+walk, `newest_usable_step`: newest first, a corrupt or unreadable step is skipped with one
+warning line. A params-only checkpoint (`save_params_checkpoint`) holds `params`,
 `dataset_stats` and `config`: what `uwm_jax.evaluate` and finetuning (`init_from`) read.
 """
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence,
+                    Tuple)
 
 import jax
 import ml_collections
@@ -35,13 +44,13 @@ from orbax.checkpoint import type_handlers
 from uwm_jax.tree_paths import path_name
 
 from uwm_jax.runs import checksums
+from uwm_jax.runs import storage
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIRNAME = "checkpoints"
 STATE, PARAMS, DATASET_STATS, CONFIG, DATA_ITER = (
     "state", "params", "dataset_stats", "config", "data_iter")
-ITEM_NAMES = (STATE, PARAMS, DATASET_STATS, CONFIG, DATA_ITER)
 CORRUPT_DIRNAME = "corrupt_checkpoints"
 
 
@@ -178,13 +187,26 @@ def make_manager(directory: str, *, keep_last: Optional[int] = None, keep_every:
   )
   handlers = {STATE: _pytree_handler(), PARAMS: _pytree_handler()}
   handlers.update({k: ocp.JsonCheckpointHandler() for k in (DATASET_STATS, CONFIG, DATA_ITER)})
-  if "://" not in os.fspath(directory):
-    # Orbax's array writer rejects relative paths (`--workdir` defaults to workdirs/<config>).
-    directory = os.path.abspath(os.fspath(directory))
+  storage.require_gcs_or_local(directory, "checkpoint folder")
+  if not read_only:
+    storage.check_bucket(directory)
+  # Orbax's array writer rejects relative paths (`--workdir` defaults to workdirs/<config>).
+  directory = storage.abspath(directory)
   # A read-only manager (evaluation, init_from) makes Orbax warn "Given directory is read only"
   # on every load: that is the intended mode, not a problem, so the line is dropped.
   with _quiet_loggers(("absl",)) if read_only else contextlib.nullcontext():
-    return _Manager(epath.Path(directory), options=options, item_handlers=handlers)
+    return _Manager(storage.as_path(directory), options=options, item_handlers=handlers)
+
+
+def finished_steps(directory: str) -> List[int]:
+  """The committed steps of a `checkpoints` folder, ascending, from one listing (no manager):
+  numeric folders on a filesystem (Orbax writes the others under temporary names); on gs://
+  those holding Orbax's commit file."""
+  names = [n for n in storage.listdir(directory) if n.isdigit()]
+  if storage.is_url(directory):
+    names = [n for n in names
+             if ocp.utils.is_checkpoint_finalized(storage.as_path(directory) / n)]
+  return sorted(int(n) for n in names)
 
 
 # ------------------------------------------------------------------------------------ data iter
@@ -249,12 +271,47 @@ def save_params_checkpoint(directory: str, *, params, frozen, config, dataset_st
   return os.path.join(os.fspath(directory), str(step))
 
 
-# ------------------------------------------------------------------------------------ restore
-def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      abstract_tree, shardings)
+# ------------------------------------------------------------------------------------ locations
+def resolve_checkpoints_dir(path: str) -> str:
+  """A `checkpoints` folder, or a workdir holding one (local or gs://) -> the `checkpoints`
+  folder."""
+  path = storage.abspath(path)
+  if storage.is_url(path):
+    path = path.rstrip("/")
+  if not storage.isdir(path):
+    raise FileNotFoundError(f"Checkpoint folder {path} does not exist.")
+  inner = os.path.join(path, CHECKPOINT_DIRNAME)
+  if storage.isdir(inner):
+    return inner
+  return path
 
 
+def split_step_folder(path: str) -> Tuple[str, Optional[int]]:
+  """A `checkpoints` folder or a step folder inside one (what `init_from` may name) ->
+  (the `checkpoints` folder, the step or None)."""
+  path = os.fspath(path).rstrip("/")
+  if os.path.basename(path).isdigit():
+    return os.path.dirname(path), int(os.path.basename(path))
+  return path, None
+
+
+def step_dir(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+  return epath.Path(manager.directory) / str(step)
+
+
+@contextlib.contextmanager
+def _read_only_manager(directory: str, what: str = "Checkpoint folder"
+                       ) -> Iterator[ocp.CheckpointManager]:
+  if not storage.isdir(directory):
+    raise FileNotFoundError(f"{what} {directory} does not exist.")
+  manager = make_manager(directory, read_only=True)
+  try:
+    yield manager
+  finally:
+    manager.close()
+
+
+# ------------------------------------------------------------------------------------ errors
 class UnreadableCheckpointError(ValueError):
   """A checkpoint step's files cannot be read back (truncated, missing, wrong format)."""
 
@@ -263,38 +320,9 @@ class NoUsableCheckpointError(RuntimeError):
   """Every checkpoint step of a folder is corrupt or unreadable (one line per step)."""
 
 
-def step_dir(manager: ocp.CheckpointManager, step: int) -> epath.Path:
-  return epath.Path(manager.directory) / str(step)
-
-
-def _missing_item_files(folder: epath.Path, item: str) -> str:
-  """What is missing of an item Orbax cannot describe (its folder, or its `_METADATA`)."""
-  if not (folder / item).exists():
-    return f"its {item!r} folder is missing"
-  if not (folder / item / "_METADATA").exists():
-    return f"its {item}/_METADATA file is missing (the item's tree structure)"
-  return f"its {item!r} item has no readable metadata"
-
-
-def _metadata_tree(manager: ocp.CheckpointManager, step: int, item: str):
-  md = manager.item_metadata(step)[item]
-  if md is None:
-    folder = step_dir(manager, step)
-    raise FileNotFoundError(f"Checkpoint {folder}: {_missing_item_files(folder, item)}.")
-  return getattr(md, "tree", md)
-
-
-def verify_step(manager: ocp.CheckpointManager, step: int, items: Sequence[str]) -> None:
-  """Check `items` of a step against its checksums (`uwm_jax.runs.checksums`): raises
-  CorruptCheckpointError on a mismatch; one info line when the step has no manifest."""
-  folder = step_dir(manager, step)
-  try:
-    verified = checksums.verify(folder, items)
-  except checksums.CorruptCheckpointError as e:
-    raise checksums.CorruptCheckpointError(f"Checkpoint {folder} is corrupt: {e}.") from None
-  if not verified:
-    log.info("Checkpoint %s has no %s (saved by an older version): restored without "
-             "verification.", folder, checksums.MANIFEST_FILENAME)
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's arrays do not fit the model being built (another architecture or training
+  config): a problem of the run, not of one step, so no other step is tried."""
 
 
 def short_reason(error: BaseException, limit: int = 300) -> str:
@@ -324,74 +352,137 @@ def _quiet_loggers(names: Sequence[str] = ("absl", "asyncio", "orbax")):
       lg.setLevel(level)
 
 
+# ------------------------------------------------------------------------------------ usable step
+class UsableStep(NamedTuple):
+  step: int
+  verified: bool  # False: the step has no checksum manifest (saved before manifests existed)
+  loaded: Any  # what `load(step)` returned
+
+
+def _verify(manager: ocp.CheckpointManager, step: int, items: Optional[Sequence[str]]) -> bool:
+  """Check the files of `items` (None: every file) against the step's checksums
+  (`uwm_jax.runs.checksums`); False when it has no manifest, CorruptCheckpointError on a
+  mismatch."""
+  folder = step_dir(manager, step)
+  try:
+    return checksums.verify(folder, items)
+  except checksums.CorruptCheckpointError as e:
+    raise checksums.CorruptCheckpointError(f"Checkpoint {folder} is corrupt: {e}.") from None
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
+  """Move an unreadable step folder out of the checkpoints folder (process 0), so later saves
+  of that step do not collide with it."""
+  if jax.process_index() == 0:
+    src = os.path.join(os.fspath(manager.directory), str(step))
+    dst_dir = os.path.join(os.path.dirname(os.fspath(manager.directory)), CORRUPT_DIRNAME)
+    storage.makedirs(dst_dir)
+    dst = os.path.join(dst_dir, f"{step}-{int(time.time())}")
+    if storage.exists(src):
+      storage.move(src, dst)
+      log.warning("Moved the unreadable checkpoint %s to %s.", src, dst)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f"set_aside_checkpoint_{step}")
+  manager.reload()
+
+
+def newest_usable_step(manager: ocp.CheckpointManager, items: Optional[Sequence[str]],
+                       load: Optional[Callable[[int], Any]] = None, *,
+                       step: Optional[int] = None, up_to: Optional[int] = None,
+                       set_aside: bool = False, verb: str = "loaded",
+                       report: bool = True) -> Optional[UsableStep]:
+  """The one walk over a `checkpoints` folder: the newest step that verifies and loads.
+
+  Candidates, newest first: every committed step (those <= `up_to` when given), or only
+  `step` (FileNotFoundError naming the folder's steps when it has none). Each has the files of
+  `items` checked against its checksums (None: every file), then `load(step)` reads it. A
+  candidate that fails (corrupt, unreadable, missing files: any error but
+  CheckpointMismatchError) is one warning line and the previous step is tried, except a given
+  `step`, whose own error is raised (it says precisely what is wrong). With `set_aside` the
+  failed steps are moved to `corrupt_checkpoints/` once an older one loads, so later saves of
+  those steps do not collide with them. `verb` names what `load` does in the log lines;
+  `report=False` logs nothing.
+
+  Returns UsableStep(step, verified, what load returned), None when the folder holds no
+  (matching) step; raises NoUsableCheckpointError, one line per step, when none loads.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if step is not None:
+    if step not in steps:
+      raise FileNotFoundError(f"No checkpoint step {step} in {manager.directory}; it has "
+                              f"{sorted(steps)}.")
+    steps = [step]
+  elif up_to is not None:
+    steps = [s for s in steps if s <= up_to]
+  failed, lines = [], []
+  for candidate in steps:
+    try:
+      verified = _verify(manager, candidate, items)
+      loaded = load(candidate) if load is not None else None
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      if step is not None:
+        raise
+      reason = short_reason(e)
+      failed.append(candidate)
+      lines.append(f"  {step_dir(manager, candidate)}: {reason}")
+      if report:
+        log.warning("Checkpoint step %d cannot be %s (%s); falling back to the previous one.",
+                    candidate, verb, reason)
+      continue
+    if not verified and report:
+      log.info("Checkpoint %s has no %s (saved by an older version): %s without verification.",
+               step_dir(manager, candidate), checksums.MANIFEST_FILENAME, verb)
+    if set_aside:
+      for bad in failed:
+        _set_aside(manager, bad)
+    return UsableStep(candidate, verified, loaded)
+  if not steps:
+    return None
+  hint = " (move the folder away to start afresh)" if set_aside else ""
+  raise NoUsableCheckpointError(f"No checkpoint in {manager.directory} can be {verb}{hint}:\n"
+                                + "\n".join(lines))
+
+
+def last_good_step(manager: ocp.CheckpointManager) -> Optional[UsableStep]:
+  """Where training can resume from after a failure: the newest step whose every file matches
+  its checksums (every saved step's params were checked finite before the save), once the
+  started saves are final; None when there is none. Logs nothing."""
+  wait_for_checksums(manager)
+  try:
+    return newest_usable_step(manager, None, report=False)
+  except NoUsableCheckpointError:
+    return None
+
+
+# ------------------------------------------------------------------------------------ restore
+def abstract_with_shardings(abstract_tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract_tree, shardings)
+
+
+def _missing_item_files(folder: epath.Path, item: str) -> str:
+  """What is missing of an item Orbax cannot describe (its folder, or its `_METADATA`)."""
+  if not (folder / item).exists():
+    return f"its {item!r} folder is missing"
+  if not (folder / item / "_METADATA").exists():
+    return f"its {item}/_METADATA file is missing (the item's tree structure)"
+  return f"its {item!r} item has no readable metadata"
+
+
+def _metadata_tree(manager: ocp.CheckpointManager, step: int, item: str):
+  md = manager.item_metadata(step)[item]
+  if md is None:
+    folder = step_dir(manager, step)
+    raise FileNotFoundError(f"Checkpoint {folder}: {_missing_item_files(folder, item)}.")
+  return getattr(md, "tree", md)
+
+
 def _on_device(metadata_tree: Any, device) -> Any:
   sharding = jax.sharding.SingleDeviceSharding(device)
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding),
                       metadata_tree)
-
-
-def _resolve_step(manager: ocp.CheckpointManager, step: Optional[int]) -> int:
-  steps = manager.all_steps()
-  if not steps:
-    raise FileNotFoundError(f"No checkpoint in {manager.directory}.")
-  if step is None:
-    return max(steps)
-  if step not in steps:
-    raise FileNotFoundError(f"No checkpoint step {step} in {manager.directory}; it has {steps}.")
-  return step
-
-
-def load_params_checkpoint(directory: str, step: Optional[int] = None, *, device=None
-                           ) -> Tuple[Any, Any, ml_collections.ConfigDict, dict]:
-  """(params, frozen, config, dataset_stats) of a checkpoint (latest step when None), whole on
-  one device (default: the first local device; no mesh needed). `directory` is a
-  `checkpoints` folder."""
-  if not os.path.isdir(os.fspath(directory)):
-    raise FileNotFoundError(f"Checkpoint folder {directory} does not exist.")
-  manager = make_manager(directory, read_only=True)
-  step = _resolve_step(manager, step)
-  device = device or jax.local_devices()[0]
-  verify_step(manager, step, (PARAMS, CONFIG, DATASET_STATS))
-  target = _on_device(_metadata_tree(manager, step, PARAMS), device)
-  try:
-    with _quiet_loggers():
-      out = manager.restore(step, args=ocp.args.Composite(**{
-          PARAMS: _restore(target),
-          CONFIG: ocp.args.JsonRestore(),
-          DATASET_STATS: ocp.args.JsonRestore(),
-      }))
-  except Exception as e:  # pylint: disable=broad-except
-    raise UnreadableCheckpointError(
-        f"Checkpoint {step_dir(manager, step)} cannot be read: {short_reason(e)}") from e
-  finally:
-    manager.close()
-  return (out[PARAMS]["params"], out[PARAMS]["frozen"], config_from_json(out[CONFIG]),
-          out[DATASET_STATS])
-
-
-def load_latest_params_checkpoint(directory: str, *, device=None
-                                  ) -> Tuple[int, Any, Any, ml_collections.ConfigDict, dict]:
-  """(step, params, frozen, config, dataset_stats) of the latest step that loads: a corrupt or
-  unreadable step is skipped with one warning line. Raises NoUsableCheckpointError (one line
-  per step) when none loads."""
-  if not os.path.isdir(os.fspath(directory)):
-    raise FileNotFoundError(f"Checkpoint folder {directory} does not exist.")
-  with _quiet_loggers(("absl",)):
-    steps = sorted(make_manager(directory, read_only=True).all_steps(), reverse=True)
-  if not steps:
-    raise FileNotFoundError(f"No checkpoint in {directory}.")
-  errors = []
-  for step in steps:
-    try:
-      with _quiet_loggers():
-        return (step, *load_params_checkpoint(directory, step, device=device))
-    except Exception as e:  # pylint: disable=broad-except
-      reason = short_reason(e)
-      errors.append(f"  {os.path.join(os.fspath(directory), str(step))}: {reason}")
-      log.warning("Checkpoint step %d cannot be loaded (%s); trying the previous one.", step,
-                  reason)
-  raise NoUsableCheckpointError(f"No checkpoint in {directory} can be loaded:\n" +
-                                "\n".join(errors))
 
 
 def _flat_shapes(tree: Any) -> Dict[str, tuple]:
@@ -412,115 +503,115 @@ def shape_mismatches(expected: Any, found: Any) -> List[str]:
   return lines
 
 
+def _load_params(manager: ocp.CheckpointManager, device, step: int
+                 ) -> Tuple[Any, Any, ml_collections.ConfigDict, dict]:
+  target = _on_device(_metadata_tree(manager, step, PARAMS), device)
+  try:
+    with _quiet_loggers():
+      out = manager.restore(step, args=ocp.args.Composite(**{
+          PARAMS: _restore(target),
+          CONFIG: ocp.args.JsonRestore(),
+          DATASET_STATS: ocp.args.JsonRestore(),
+      }))
+  except Exception as e:  # pylint: disable=broad-except
+    raise UnreadableCheckpointError(
+        f"Checkpoint {step_dir(manager, step)} cannot be read: {short_reason(e)}") from e
+  return (out[PARAMS]["params"], out[PARAMS]["frozen"], config_from_json(out[CONFIG]),
+          out[DATASET_STATS])
+
+
+def load_params_step(directory: str, step: Optional[int] = None, *, device=None
+                     ) -> Tuple[int, Any, Any, ml_collections.ConfigDict, dict]:
+  """(step, params, frozen, config, dataset_stats) of checkpoint `step`, or of the newest step
+  that loads (`newest_usable_step`: a corrupt or unreadable one is skipped with one warning
+  line), whole on one device (default: the first local device; no mesh needed). `directory`
+  is a `checkpoints` folder. Raises FileNotFoundError (no such folder, step or any step), the
+  given step's own error, NoUsableCheckpointError (one line per step) when no step loads."""
+  device = device or jax.local_devices()[0]
+  with _read_only_manager(directory) as manager:
+    found = newest_usable_step(manager, (PARAMS, CONFIG, DATASET_STATS),
+                               functools.partial(_load_params, manager, device), step=step)
+  if found is None:
+    raise FileNotFoundError(f"No checkpoint in {directory}.")
+  return (found.step, *found.loaded)
+
+
+def load_params_checkpoint(directory: str, step: Optional[int] = None, *, device=None
+                           ) -> Tuple[Any, Any, ml_collections.ConfigDict, dict]:
+  """(params, frozen, config, dataset_stats): `load_params_step` without the step."""
+  return load_params_step(directory, step, device=device)[1:]
+
+
 def check_init_params(directory: str, abstract: Dict[str, Any], step: Optional[int] = None
                       ) -> int:
   """Check that a finetuning checkpoint (`init_from`) exists, verifies and fits the model,
   reading only its metadata (cheap: call it before building anything). `abstract`:
-  {"params", "frozen"} of the model being trained. Returns the step to load; raises
-  FileNotFoundError, CorruptCheckpointError, or ValueError listing every mismatched, missing
-  or unexpected array."""
-  if not os.path.isdir(os.fspath(directory)):
-    raise FileNotFoundError(f"init_from: checkpoint folder {directory} does not exist.")
-  manager = make_manager(directory, read_only=True)
-  try:
-    step = _resolve_step(manager, step)
-    verify_step(manager, step, (PARAMS, DATASET_STATS))
-    problems = shape_mismatches(abstract, _metadata_tree(manager, step, PARAMS))
-  finally:
-    manager.close()
-  if problems:
-    raise ValueError(
-        f"init_from={directory} (step {step}) does not fit this model config (another "
-        f"architecture?); {len(problems)} arrays differ:\n" + "\n".join(problems))
-  return step
+  {"params", "frozen"} of the model being trained. Returns the step to load: `step`, or the
+  newest one whose params verify (`newest_usable_step`). Raises FileNotFoundError,
+  CorruptCheckpointError, NoUsableCheckpointError, or CheckpointMismatchError listing every
+  mismatched, missing or unexpected array."""
+  with _read_only_manager(directory, "init_from: checkpoint folder") as manager:
+    def fits(candidate: int) -> None:
+      problems = shape_mismatches(abstract, _metadata_tree(manager, candidate, PARAMS))
+      if problems:
+        raise CheckpointMismatchError(
+            f"init_from={directory} (step {candidate}) does not fit this model config (another "
+            f"architecture?); {len(problems)} arrays differ:\n" + "\n".join(problems))
+
+    found = newest_usable_step(manager, (PARAMS, DATASET_STATS), fits, step=step)
+  if found is None:
+    raise FileNotFoundError(f"No checkpoint in {directory}.")
+  return found.step
 
 
-def load_init_params(directory: str, abstract: Dict[str, Any], shardings: Dict[str, Any],
-                     step: Optional[int] = None) -> Tuple[Dict[str, Any], dict, int]:
-  """Params for finetuning (`init_from`), restored straight into `shardings`.
-
-  abstract/shardings: {"params": ..., "frozen": ...} trees of the model being trained.
-  Returns ({"params", "frozen"}, the checkpoint's dataset_stats, its step). Raises as
-  `check_init_params` when the checkpoint does not fit.
-  """
-  step = check_init_params(directory, abstract, step)
-  manager = make_manager(directory, read_only=True)
-  out = manager.restore(step, args=ocp.args.Composite(**{
-      PARAMS: _restore(abstract_with_shardings(abstract, shardings)),
-      DATASET_STATS: ocp.args.JsonRestore(),
-  }))
-  manager.close()
-  return out[PARAMS], out[DATASET_STATS], step
-
-
-def _set_aside(manager: ocp.CheckpointManager, step: int) -> None:
-  """Move an unreadable step folder out of the checkpoints folder (process 0), so later saves
-  of that step do not collide with it."""
-  if jax.process_index() == 0:
-    src = os.path.join(os.fspath(manager.directory), str(step))
-    dst_dir = os.path.join(os.path.dirname(os.fspath(manager.directory)), CORRUPT_DIRNAME)
-    os.makedirs(dst_dir, exist_ok=True)
-    dst = os.path.join(dst_dir, f"{step}-{int(time.time())}")
-    if os.path.exists(src):
-      os.rename(src, dst)
-      log.warning("Moved the unreadable checkpoint %s to %s.", src, dst)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(f"set_aside_checkpoint_{step}")
-  manager.reload()
+def load_init_params(directory: str, step: int, abstract: Dict[str, Any],
+                     shardings: Dict[str, Any]) -> Tuple[Dict[str, Any], dict]:
+  """The params of finetuning checkpoint `step`, as `check_init_params` returned it (verified,
+  fitting), restored straight into `shardings`. abstract/shardings: {"params": ...,
+  "frozen": ...} trees of the model being trained. Returns ({"params", "frozen"}, the
+  checkpoint's dataset_stats)."""
+  with _read_only_manager(directory, "init_from: checkpoint folder") as manager:
+    out = manager.restore(step, args=ocp.args.Composite(**{
+        PARAMS: _restore(abstract_with_shardings(abstract, shardings)),
+        DATASET_STATS: ocp.args.JsonRestore(),
+    }))
+  return out[PARAMS], out[DATASET_STATS]
 
 
 def restore_train_checkpoint(manager: ocp.CheckpointManager, abstract_state: Any,
                              state_shardings: Any, step: Optional[int] = None):
-  """Restore the latest (or the given) complete checkpoint into `state_shardings` (any mesh).
+  """Restore the newest complete checkpoint (the newest up to `step` when given) into
+  `state_shardings` (any mesh).
 
   A step whose files do not match its checksums, or that cannot be read (partial, truncated,
-  missing files), is corrupt: one warning line, the step is set aside (`corrupt_checkpoints/`)
-  and the previous one is tried. Returns (step, state, dataset_stats, data_iter item), None
-  when the folder holds no checkpoint; raises NoUsableCheckpointError (one line per step) when
-  none can be restored, ValueError when a step was written by another model config.
+  missing files), is corrupt: one warning line, the previous one is tried, and the step is set
+  aside (`corrupt_checkpoints/`) once one restores (`newest_usable_step`). Returns (step, state,
+  dataset_stats, data_iter item), None when the folder holds no checkpoint; raises
+  NoUsableCheckpointError (one line per step) when none can be restored,
+  CheckpointMismatchError when a step was written by another model config.
   """
-  steps = sorted(manager.all_steps(), reverse=True)
-  if step is not None:
-    steps = [s for s in steps if s <= step]
-  if not steps:
-    return None
   target = abstract_with_shardings(abstract_state, state_shardings)
   saved_state = target.replace(frozen={})
-  errors, unreadable = [], []
-  for s in steps:
-    try:
-      verify_step(manager, s, (STATE, PARAMS, DATASET_STATS, DATA_ITER))
-      found = _metadata_tree(manager, s, STATE)
-    except Exception as e:  # pylint: disable=broad-except
-      found, error = None, e
-    if found is not None:
-      problems = shape_mismatches(saved_state, found)
-      if problems:
-        raise ValueError(
-            f"Checkpoint step {s} in {manager.directory} was written by a different model or "
-            f"training config ({len(problems)} arrays differ); use a new workdir or the matching "
-            "config:\n" + "\n".join(problems))
-      try:
-        with _quiet_loggers():
-          out = manager.restore(s, args=ocp.args.Composite(**{
-              STATE: _restore(saved_state),
-              PARAMS: _restore({"params": target.params, "frozen": target.frozen}),
-              DATASET_STATS: ocp.args.JsonRestore(),
-              DATA_ITER: ocp.args.JsonRestore(),
-          }))
-      except Exception as e:  # pylint: disable=broad-except
-        out, error = None, e
-    if found is None or out is None:
-      reason = short_reason(error)
-      errors.append(f"  {step_dir(manager, s)}: {reason}")
-      unreadable.append(s)
-      log.warning("Checkpoint step %d cannot be restored (%s); falling back to the previous "
-                  "one.", s, reason)
-      continue
-    for bad in unreadable:
-      _set_aside(manager, bad)
-    state = out[STATE].replace(frozen=out[PARAMS]["frozen"])
-    return s, state, out[DATASET_STATS], out[DATA_ITER]
-  raise NoUsableCheckpointError(
-      f"No checkpoint in {manager.directory} can be restored (move the folder away to start "
-      "afresh):\n" + "\n".join(errors))
+
+  def restore(candidate: int):
+    problems = shape_mismatches(saved_state, _metadata_tree(manager, candidate, STATE))
+    if problems:
+      raise CheckpointMismatchError(
+          f"Checkpoint step {candidate} in {manager.directory} was written by a different model "
+          f"or training config ({len(problems)} arrays differ); use a new workdir or the "
+          "matching config:\n" + "\n".join(problems))
+    with _quiet_loggers():
+      return manager.restore(candidate, args=ocp.args.Composite(**{
+          STATE: _restore(saved_state),
+          PARAMS: _restore({"params": target.params, "frozen": target.frozen}),
+          DATASET_STATS: ocp.args.JsonRestore(),
+          DATA_ITER: ocp.args.JsonRestore(),
+      }))
+
+  found = newest_usable_step(manager, (STATE, PARAMS, DATASET_STATS, DATA_ITER), restore,
+                             up_to=step, set_aside=True, verb="restored")
+  if found is None:
+    return None
+  out = found.loaded
+  state = out[STATE].replace(frozen=out[PARAMS]["frozen"])
+  return found.step, state, out[DATASET_STATS], out[DATA_ITER]

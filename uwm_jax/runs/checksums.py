@@ -8,9 +8,10 @@ error. A step folder therefore carries its own manifest, `<step>/checksums.json`
   {"format": 1, "files": {"<path relative to the step folder>": [size, crc32], ...}}
 
 Rules (docs/training.md, "Checkpoints"):
-  - written once the step is final (after Orbax renamed its temporary folder, i.e. after every
-    host finished writing), by process 0 only, from the shared step folder (local path or
-    gs://: every file access goes through `etils.epath`);
+  - written once the step is final (after Orbax renamed its temporary folder, or wrote its
+    commit file on gs://, i.e. after every host finished writing), by process 0 only, from the
+    shared step folder (local path or gs://: every file access goes through `etils.epath`), in
+    one atomic write (`uwm_jax.runs.storage.write_atomic`);
   - a restore verifies the files of the items it reads: a missing file, another size or
     another checksum makes the step corrupt (`CorruptCheckpointError`), and the caller falls
     back to the previous step;
@@ -24,6 +25,8 @@ from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 from etils import epath
 
+from uwm_jax.runs import storage
+
 MANIFEST_FILENAME = "checksums.json"
 FORMAT = 1
 _CHUNK_BYTES = 8 * 2**20  # zlib.crc32 reads ~2-3 GB/s on one core
@@ -36,7 +39,7 @@ class CorruptCheckpointError(ValueError):
 def file_checksum(path: epath.PathLike) -> Tuple[int, int]:
   """(size in bytes, crc32) of one file, read in chunks."""
   crc, size = 0, 0
-  with epath.Path(path).open("rb") as f:
+  with storage.as_path(path).open("rb") as f:
     while True:
       chunk = f.read(_CHUNK_BYTES)
       if not chunk:
@@ -59,29 +62,23 @@ def _files(step_dir: epath.Path) -> Iterator[str]:
 
 def compute(step_dir: epath.PathLike) -> Dict[str, list]:
   """{relative path: [size, crc32]} of every file of a step folder."""
-  step_dir = epath.Path(step_dir)
+  step_dir = storage.as_path(step_dir)
   return {rel: list(file_checksum(step_dir / rel)) for rel in sorted(_files(step_dir))}
 
 
 def write_manifest(step_dir: epath.PathLike) -> epath.Path:
   """Checksum every file of a final step folder and write its manifest (call on one process)."""
-  step_dir = epath.Path(step_dir)
+  step_dir = storage.as_path(step_dir)
   path = step_dir / MANIFEST_FILENAME
-  tmp = step_dir / f".{MANIFEST_FILENAME}.tmp"
-  tmp.write_text(json.dumps({"format": FORMAT, "files": compute(step_dir)}))
-  tmp.rename(path)
+  storage.write_atomic(path, json.dumps({"format": FORMAT, "files": compute(step_dir)}))
   return path
-
-
-def has_manifest(step_dir: epath.PathLike) -> bool:
-  return (epath.Path(step_dir) / MANIFEST_FILENAME).exists()
 
 
 def verify(step_dir: epath.PathLike, items: Optional[Iterable[str]] = None) -> bool:
   """Check the files of `items` (top-level folders of the step; None = every file) against the
   manifest. Returns False when the step has no manifest (unverified), True when every file
   matches; raises CorruptCheckpointError naming the first files that do not."""
-  step_dir = epath.Path(step_dir)
+  step_dir = storage.as_path(step_dir)
   path = step_dir / MANIFEST_FILENAME
   if not path.exists():
     return False

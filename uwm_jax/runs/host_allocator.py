@@ -1,12 +1,12 @@
 """Back XLA:CPU's large per-step buffer with transparent huge pages (glibc's malloc tunable).
 
-XLA:CPU allocates the temporaries of every execution as one buffer (the embedded demo's train
-step: 142 MB) with posix_memalign on one of its worker threads and frees it when the step ends.
+XLA:CPU allocates the temporaries of every execution as one buffer (a train step's: a hundred
+MB or more) with posix_memalign on one of its worker threads and frees it when the step ends.
 glibc serves an allocation that large with a fresh mmap and unmaps it on free, so every step
-faults in ~35,000 new 4 KiB pages: ~0.1 s of kernel time per step on the 2-vCPU EPYC machine.
-With glibc's `glibc.malloc.hugetlb=1` tunable (glibc >= 2.35) malloc asks for transparent huge
-pages on such mappings, and the same buffer takes ~70 faults of 2 MiB (docs/training.md,
-"Where the time goes": 3.72 -> 4.07 steps/s, faults 21M -> 0.6M in 600 steps).
+faults the whole buffer in again, one 4 KiB page at a time, in kernel time. With glibc's
+`glibc.malloc.hugetlb=1` tunable (glibc >= 2.35) malloc asks for transparent huge pages on such
+mappings, and the same buffer faults in 2 MiB at a time (what it saves on the demo's train step:
+docs/results/cpu-page-faults.md).
 
 Tunables are read when a process starts, so `reexec_with_huge_pages()` re-executes the
 command (same PID, arguments and environment plus the tunable) unless it is already set; it

@@ -4,26 +4,42 @@ optionally Weights & Biases. Only process 0 writes; other processes get a no-op 
 TensorBoard uses tensorboardX when installed, else `tf.summary` (tensorflow), else it is off
 with a warning. Every record is one JSON object per line: {"step": int, "split": "train" |
 "eval", <metric>: float, ...}.
+
+The workdir may be a gs:// URL (`uwm_jax.runs.storage`): an object cannot be appended to, so
+metrics.jsonl is then uploaded whole, at most every `GCS_UPLOAD_EVERY_S` seconds and at every
+`flush` (the training loop flushes before each checkpoint) and `close`. TensorBoard events are
+then written to a local temporary folder and uploaded (whole files, `storage.write_atomic`) at
+the same moments: tensorboardX's own gs:// writer would re-upload at garbage collection, after
+`close`, and so hang a process whose bucket is gone (an emulator) for two minutes of retries.
 """
 
 import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 from typing import Any, Dict, List, Optional
 
 import jax
+
+from uwm_jax.runs import storage
 
 log = logging.getLogger(__name__)
 
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tensorboard"
+GCS_UPLOAD_EVERY_S = 30.0  # metrics.jsonl on gs://: at most one upload per this many seconds
 
 
 class _TensorBoard:
 
   def __init__(self, logdir: str):
     self._tbx = self._tf = None
+    self._remote = logdir if storage.is_url(logdir) else None  # uploaded from a local folder
+    if self._remote:
+      logdir = tempfile.mkdtemp(prefix="uwm_tensorboard_")
+    self._logdir = logdir
     try:
       # Late: optional writers, the first one installed is used.
       import tensorboardX  # pylint: disable=import-outside-toplevel
@@ -48,17 +64,30 @@ class _TensorBoard:
         for k, v in values.items():
           self._tf.summary.scalar(f"{prefix}/{k}", v, step=step)
 
+  def _upload(self):
+    if self._remote is None:
+      return
+    for folder, _, names in os.walk(self._logdir):
+      for name in names:
+        local = os.path.join(folder, name)
+        storage.write_atomic(os.path.join(self._remote, os.path.relpath(local, self._logdir)),
+                             storage.read_bytes(local))
+
   def flush(self):
     if self._tbx is not None:
       self._tbx.flush()
     elif self._tf is not None:
       self._writer.flush()
+    self._upload()
 
   def close(self):
     if self._tbx is not None:
       self._tbx.close()
     elif self._tf is not None:
       self._writer.close()
+    self._upload()
+    if self._remote is not None:
+      shutil.rmtree(self._logdir, ignore_errors=True)
 
 
 class MetricWriter:
@@ -73,11 +102,11 @@ class MetricWriter:
     self._tb = self._wandb = self._file = None
     if not self.enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     self.path = os.path.join(workdir, METRICS_FILENAME)
     if resume_step is not None:
       drop_rows_after(self.path, resume_step)
-    self._file = open(self.path, "a", encoding="utf-8")
+    self._file = storage.AppendableFile(self.path, upload_every_s=GCS_UPLOAD_EVERY_S)
     if tensorboard:
       self._tb = _TensorBoard(os.path.join(workdir, TENSORBOARD_DIRNAME))
     if wandb_project:
@@ -94,13 +123,15 @@ class MetricWriter:
     record = {"step": int(step), "split": split}
     record.update({k: (v if math.isfinite(v) else str(v)) for k, v in values.items()})
     self._file.write(json.dumps(record) + "\n")
-    self._file.flush()
     if self._tb is not None:
       self._tb.scalars(step, {k: v for k, v in values.items() if math.isfinite(v)}, split)
     if self._wandb is not None:
       self._wandb.log({f"{split}/{k}": v for k, v in values.items()}, step=int(step))
 
   def flush(self):
+    """Everything written so far reaches the workdir (on gs://: uploaded now)."""
+    if self._file is not None:
+      self._file.flush()
     if self._tb is not None:
       self._tb.flush()
 
@@ -117,10 +148,9 @@ class MetricWriter:
 def drop_rows_after(path: str, step: int) -> int:
   """Rewrite a metrics.jsonl without the rows of steps > `step` (and without a half-written
   last line); returns how many lines were dropped."""
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return 0
-  with open(path, encoding="utf-8") as f:
-    lines = f.readlines()
+  lines = storage.read_text(path).splitlines(keepends=True)
   kept = []
   for line in lines:
     try:
@@ -130,10 +160,7 @@ def drop_rows_after(path: str, step: int) -> int:
       pass
   if len(kept) == len(lines):
     return 0
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  storage.write_atomic(path, "".join(kept))
   log.info("%s: dropped %d rows after step %d (the interrupted run's; they are replayed).",
            path, len(lines) - len(kept), step)
   return len(lines) - len(kept)
@@ -143,10 +170,9 @@ def read_metrics(workdir: str, split: Optional[str] = "train") -> List[dict]:
   """The records of `metrics.jsonl` (of one split, or all when None), in file order."""
   path = os.path.join(workdir, METRICS_FILENAME)
   out = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      if line.strip():
-        rec = json.loads(line)
-        if split is None or rec.get("split") == split:
-          out.append(rec)
+  for line in storage.read_text(path).splitlines():
+    if line.strip():
+      rec = json.loads(line)
+      if split is None or rec.get("split") == split:
+        out.append(rec)
   return out

@@ -4,7 +4,7 @@ openpi-client's `WebsocketClientPolicy` (which robots can use unchanged).
   PolicyClient("127.0.0.1:8000").infer(obs) -> {"actions": (n, A), ...}
   RemotePolicy("127.0.0.1:8000", num_slots=10, seed=0)   the rollout loop's policy protocol
       (`uwm_jax.evaluation.rollout`): one connection per env slot; the first request of an
-      episode carries reset + the episode's seed (`evaluation.policies.episode_seed`, as
+      episode carries reset + the episode's seed (`policies.session.episode_seed`, as
       `LocalPolicy` uses), observations between two queries are sent as `observe` requests,
       and every slot's request is sent before any answer is read so the server batches them.
 """
@@ -16,7 +16,7 @@ import numpy as np
 from uwm_jax.serving import protocol
 
 # PolicyClient needs only numpy, msgpack and websockets (no JAX): RemotePolicy imports the
-# evaluation helpers it shares with LocalPolicy when it is used.
+# session helper it shares with LocalPolicy when it is used.
 
 
 class ServerError(RuntimeError):
@@ -85,7 +85,7 @@ class RemotePolicy:
 
   def __call__(self, observations: Sequence[Sequence[dict]], context) -> np.ndarray:
     """`context`: the rollout loop's `RolloutContext`."""
-    from uwm_jax.evaluation.policies import episode_seed  # pylint: disable=import-outside-toplevel
+    from uwm_jax.policies.session import episode_seed  # pylint: disable=import-outside-toplevel
     active = [b for b in range(len(observations)) if context.active[b]]
     for b in active:
       client, pending = self.clients[b], list(observations[b])

@@ -3,9 +3,9 @@
 One asyncio event loop (the `websockets` package) serves every connection; one batcher task
 collects the requests that arrive together (up to `max_batch`, waiting at most
 `batch_window_ms` for more while other clients still have none pending) into one batch,
-sampled in worker threads (as `parallel_calls` concurrent calls of the jitted sampler: on a CPU
-host one per core, on an accelerator one) so the loop keeps reading and answering other
-connections meanwhile.
+sampled in the sampler's threads (as `parallel_calls` concurrent calls of the jitted sampler:
+on a CPU host one per core, on an accelerator one; `BatchedSampler.answer`) so the loop keeps
+reading and answering other connections meanwhile.
 Each connection has its own `PolicySession` (history, RNG stream, ensemble; docs/serving.md
 "History rule"). Requests and errors are described in docs/serving.md; in short:
 
@@ -16,7 +16,6 @@ Each connection has its own `PolicySession` (history, RNG stream, ensemble; docs
 """
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import hmac
 import http
@@ -38,7 +37,6 @@ log = logging.getLogger(__name__)
 
 OBSERVE = "observe"  # push an observation into the history without sampling
 HEALTH_PATH = "/healthz"
-FRAME_MODES = (sampling.FORWARD_DYNAMICS, sampling.VIDEO_PREDICTION)
 RESERVED_KEYS = ("mode", "reset", "seed", "actions", "goal")
 
 
@@ -75,8 +73,7 @@ class PolicyServer:
   def __init__(self, model, diffusion_cfg, params, frozen, transforms: RobotTransforms,
                metadata: dict, options: ServerOptions):
     self.model, self.transforms, self.options = model, transforms, options
-    modes = sampling.MODES if model.predicts_next_obs else (sampling.POLICY,)
-    modes = tuple(m for m in modes if m != sampling.JOINT)
+    modes = tuple(m for m in sampling.supported_modes(model) if m != sampling.JOINT)
     # Policy requests are batched across clients; world-model queries run one per call (one
     # compiled size each keeps start-up short). A batch runs as `parallel_calls` concurrent
     # calls (policies.sampler.default_parallel_calls: on a CPU host, one per core).
@@ -100,7 +97,6 @@ class PolicyServer:
     self._serial = itertools.count()
     self._connections = 0
     self._queue: Optional[asyncio.Queue] = None
-    self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sampler")
     self.stats = {"requests": 0, "batches": 0, "errors": 0}
 
   # ------------------------------------------------------------------ start-up
@@ -158,40 +154,17 @@ class PolicyServer:
       raise RequestError(f"unknown mode {mode!r}; this server answers {', '.join(self.modes)}")
     return request
 
-  def _goal(self, request: dict) -> np.ndarray:
-    """request["goal"]: {camera key: (H, W, 3) or (T_o, H, W, 3) uint8} -> (V, T_o, H, W, 3)."""
-    goal = request.get("goal")
-    if not isinstance(goal, dict):
-      raise RequestError("inverse_dynamics needs 'goal': a dict of goal camera images")
-    T = self.model.dims.num_obs_frames
-    stacks = {k: np.asarray(v) for k, v in goal.items() if isinstance(v, np.ndarray)}
-    frames = []
-    for t in range(T):
-      frame = {k: (v[t] if v.ndim == 4 and len(v) == T else v) for k, v in stacks.items()}
-      frame.update({k: v for k, v in goal.items() if k not in stacks})
-      frames.append(self.transforms.images(frame))
-    return np.stack(frames, axis=1)
-
-  def _model_action(self, request: dict) -> np.ndarray:
-    if "actions" not in request:
-      raise RequestError("forward_dynamics needs 'actions': the (H_a, A) robot action chunk")
-    a = self.transforms.encode_actions(request["actions"])
-    want = (self.model.dims.action_len, self.model.dims.action_dim)
-    if a.shape != want:
-      raise RequestError(f"'actions' must have {want[0]} rows (the model's action horizon), "
-                         f"got shape {np.shape(request['actions'])}")
-    return a
-
   async def _answer(self, session: PolicySession, message) -> dict:
     request = self._parse(message)
     mode = request.get("mode", sampling.POLICY)
     frame = self.transforms.inputs({k: v for k, v in request.items()
                                     if k not in RESERVED_KEYS})
-    extra = {}
+    extra, d = {}, self.model.dims  # a world-model query's own inputs
     if mode == sampling.FORWARD_DYNAMICS:
-      extra["action"] = self._model_action(request)
+      extra["action"] = self.transforms.action_chunk(request.get("actions"),
+                                                     (d.action_len, d.action_dim))
     elif mode == sampling.INVERSE_DYNAMICS:
-      extra["next_obs"] = self._goal(request)
+      extra["next_obs"] = self.transforms.goal_frames(request.get("goal"), d.num_obs_frames)
     if request.get("reset"):
       seed = request.get("seed")
       if seed is not None and not isinstance(seed, (int, np.integer)):
@@ -269,16 +242,14 @@ class PolicyServer:
     return items
 
   async def _batcher(self) -> None:
-    loop = asyncio.get_running_loop()
     while True:
       items = await self._collect()
       for mode in dict.fromkeys(p.mode for p in items):
         group = [p for p in items if p.mode == mode]
         t0 = time.perf_counter()
         try:
-          answers = await loop.run_in_executor(
-              self._executor, self.samplers[mode], [p.inputs for p in group],
-              [p.key for p in group])
+          answers = await self.samplers[mode].answer([p.inputs for p in group],
+                                                     [p.key for p in group])
         except Exception as e:  # pylint: disable=broad-except
           log.exception("sampler failed")
           for p in group:
@@ -311,78 +282,5 @@ class PolicyServer:
         await (stop.wait() if stop is not None else asyncio.Future())
     finally:
       batcher.cancel()
-      self._executor.shutdown(wait=False)
-
-
-def server_from_checkpoint(checkpoint_dir: str, step: Optional[int] = None, *,
-                           robot: str = "", options: Optional[ServerOptions] = None,
-                           compute_dtype: str = "", **option_overrides) -> PolicyServer:
-  """A PolicyServer for a checkpoint, loaded as the evaluator loads it. Options not given
-  (exec_steps, temporal_ensemble, ensemble_decay, seed) default to the checkpoint's `eval`
-  section, as in evaluation; `compute_dtype` ("" = the checkpoint's) as in
-  `evaluator.load_checkpoint`."""
-  # pylint: disable=import-outside-toplevel
-  import os
-  from uwm_jax import policies
-  from uwm_jax.evaluation import evaluator
-  from uwm_jax.model.uwm import UnifiedWorldModel
-  loaded = evaluator.load_checkpoint(checkpoint_dir, step, compute_dtype=compute_dtype)
-  config = loaded.config
-  e = config.eval
-  defaults = dict(exec_steps=int(e.exec_steps), temporal_ensemble=bool(e.temporal_ensemble),
-                  ensemble_decay=float(e.ensemble_decay), seed=int(e.seed))
-  given = dataclasses.asdict(options) if options is not None else {}
-  merged = dict(dataclasses.asdict(ServerOptions()), **defaults)
-  merged.update({k: v for k, v in given.items() if k not in defaults})
-  merged.update({k: v for k, v in option_overrides.items() if v is not None})
-  robot = robot or policies.robot_for_config(config)
-  transforms = policies.make_transforms(robot, config, loaded.stats)
-  workdir = os.path.dirname(loaded.directory)
-  metadata = {"robot": robot, "config_name": config.get("name", "") or os.path.basename(workdir),
-              "checkpoint_step": loaded.step, "checkpoint_dir": loaded.directory,
-              "compute_dtype": config.model.compute_dtype}
-  return PolicyServer(UnifiedWorldModel(config.model), config.diffusion, loaded.params,
-                      loaded.frozen, transforms, metadata, ServerOptions(**merged))
-
-
-class ServerThread:
-  """Run a PolicyServer's event loop in a background thread (tests, benchmarks):
-  `with ServerThread(server) as port: ...`."""
-
-  def __init__(self, server: PolicyServer, timeout: float = 60.0):
-    import threading  # pylint: disable=import-outside-toplevel
-    self.server, self.timeout = server, timeout
-    self.port = None
-    self._ready = threading.Event()
-    self._loop = asyncio.new_event_loop()
-    self._stop: Optional[asyncio.Event] = None
-    self._error: Optional[BaseException] = None
-    self._thread = threading.Thread(target=self._run, daemon=True, name="policy-server")
-
-  def _run(self) -> None:
-    asyncio.set_event_loop(self._loop)
-
-    def ready(host, port):
-      self.port = port
-      self._ready.set()
-
-    async def main():
-      self._stop = asyncio.Event()
-      await self.server.serve(ready, self._stop)
-
-    try:
-      self._loop.run_until_complete(main())
-    except BaseException as e:  # pylint: disable=broad-except
-      self._error = e
-      self._ready.set()
-
-  def __enter__(self) -> int:
-    self._thread.start()
-    if not self._ready.wait(self.timeout) or self._error is not None:
-      raise RuntimeError(f"Policy server did not start: {self._error!r}")
-    return self.port
-
-  def __exit__(self, *exc) -> None:
-    if self._stop is not None:
-      self._loop.call_soon_threadsafe(self._stop.set)
-    self._thread.join(self.timeout)
+      for sampler in self.samplers.values():
+        sampler.close()

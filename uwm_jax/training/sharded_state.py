@@ -7,6 +7,7 @@ import jax
 import optax
 from jax.sharding import Mesh
 
+from uwm_jax import batch as batch_lib
 from uwm_jax.diffusion import make_schedule
 from uwm_jax.training import mesh as mesh_lib
 from uwm_jax.training import sharding as sharding_lib
@@ -71,6 +72,15 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
   that hold no data (ahead-of-time compilation for a TPU topology)."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       abstract, shardings)
+
+
+def abstract_batch(model_cfg, batch_size: int, cached_latents: bool, sharding) -> dict:
+  """ShapeDtypeStructs of a global training batch (`batch.expected_shapes`, `batch.DTYPES`)
+  carrying `sharding`: what the train step is compiled for ahead of the loop (and for a TPU
+  topology by `uwm_jax.bench.compile`)."""
+  shapes = batch_lib.expected_shapes(model_cfg, batch_size, cached_latents)
+  return {k: jax.ShapeDtypeStruct(s, batch_lib.DTYPES[k], sharding=sharding)
+          for k, s in shapes.items()}
 
 
 def replicate(x: Any, mesh: Mesh) -> Any:

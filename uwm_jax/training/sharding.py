@@ -13,9 +13,10 @@ matched (re.search) against a parameter's path such as
               attention proj, MLP fc2), then FSDP over the last axis.
 
 Only the last two axes are candidates, and the leading layer axis of arrays under a scanned
-stack (paths matching `STACKED_PATTERN`, e.g. `noise_net/dit/blocks/...`) is never split. A tensor tactic with a tensor axis of size 1 is plain FSDP. Optimizer state and EMA
-params follow the parameter they belong to (matched by path suffix and shape); everything else
-(step, counters) is replicated. Every decision is logged once, when the shardings are built.
+stack (paths matching `STACKED_PATTERN`, e.g. `noise_net/dit/blocks/...`) is never split. A
+tensor tactic with a tensor axis of size 1 is plain FSDP. Optimizer state and EMA params follow
+the parameter they belong to (matched by path suffix and shape); everything else (step,
+counters) is replicated. Every decision is logged once, when the shardings are built.
 """
 
 import logging
@@ -35,8 +36,9 @@ REPLICATE, FSDP_TACTIC, TENSOR_OUT, TENSOR_IN = "replicate", "fsdp", "tensor_out
 TACTICS = (REPLICATE, FSDP_TACTIC, TENSOR_OUT, TENSOR_IN)
 
 # The default policy is `config.train.partition_rules` (uwm_jax/config_base.py): the AdaLN
-# modulation layers (74% of the DROID parameters) and every other large matrix are FSDP-sharded,
-# attention and MLP are tensor parallel when the tensor axis is > 1, small arrays replicated.
+# modulation layers (most of the parameters: `python -m uwm_jax.summarize` counts them) and
+# every other large matrix are FSDP-sharded, attention and MLP are tensor parallel when the
+# tensor axis is > 1, small arrays replicated.
 # nn.scan stacks its blocks' params on a leading layer axis under ".../blocks/" (unscanned
 # blocks are named "blocks_0", "blocks_1", ...).
 STACKED_PATTERN = r"/blocks/"

@@ -21,12 +21,7 @@ from uwm_jax import sampling
 from uwm_jax.data import normalization
 from uwm_jax.evaluation.rollout import RolloutContext
 from uwm_jax.policies.sampler import BatchedSampler, default_parallel_calls, part_size
-from uwm_jax.policies.session import PolicySession
-
-
-def episode_seed(seed: int, episode_index: int) -> int:
-  """The RNG stream of an evaluation episode (a served rollout sends it with `reset`)."""
-  return int(seed) + int(episode_index)
+from uwm_jax.policies.session import PolicySession, episode_seed
 
 
 class LocalPolicy:

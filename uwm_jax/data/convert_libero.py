@@ -1,10 +1,10 @@
 """LIBERO demonstration HDF5 files -> RLDS/TFDS datasets (images turned upright).
 
   # LIBERO-90 pretraining set (90 files x 50 demos) as builder `libero_90`:
-  python -m uwm_jax.data.libero --hdf5_dir=/data/LIBERO/libero_90 --data_dir=/data/tfds \\
+  python -m uwm_jax.data.convert_libero --hdf5_dir=/data/LIBERO/libero_90 --data_dir=/data/tfds \\
       --suite=libero_90
   # The five downstream tasks of the paper, one builder each (libero_book_caddy, ...):
-  python -m uwm_jax.data.libero --hdf5_dir=/data/LIBERO/libero_10 --data_dir=/data/tfds \\
+  python -m uwm_jax.data.convert_libero --hdf5_dir=/data/LIBERO/libero_10 --data_dir=/data/tfds \\
       --suite=paper_tasks
   # Then into the training format, e.g.:
   python -m uwm_jax.data.convert_rlds rlds --data_dir=/data/tfds --builder=libero_90 \\

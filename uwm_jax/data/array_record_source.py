@@ -1,4 +1,6 @@
-"""Read a dataset written by `uwm_jax.data.convert_rlds` (see `array_record_format` for the layout).
+"""Read the array_record training format: `ArrayRecordSource`, the `array_record` kind of
+`source_configs` (layout: `array_record_format`; written by `uwm_jax.data.convert_rlds`,
+`convert_video` and `convert_lerobot`).
 
 Frames come through `grain.sources.ArrayRecordDataSource` (random access, one record per step,
 opened lazily in each worker); actions / low-dim values are memory-mapped .npy slices. Only the
@@ -57,7 +59,7 @@ def stored_views(meta: dict, camera_keys: Sequence[str], name: str) -> List[Opti
   return [stored.index(k) for k in camera_keys]
 
 
-class ConvertedSource(EpisodeSource):
+class ArrayRecordSource(EpisodeSource):
   """Episodes of a converted dataset, optionally filtered; views in the model's order."""
 
   def __init__(self, name: str, path: str, camera_keys: Sequence[str],
@@ -137,7 +139,7 @@ class ConvertedSource(EpisodeSource):
     self._cache = None  # DecodedFrameCache, allocated lazily per process
 
   @classmethod
-  def from_config(cls, name: str, cfg, model_cfg) -> "ConvertedSource":
+  def from_config(cls, name: str, cfg, model_cfg) -> "ArrayRecordSource":
     return cls(name, cfg.path, model_cfg.camera_keys, model_cfg.image_shape,
                model_cfg.action_dim, model_cfg.low_dim_dim, bool(cfg.action_free),
                filters_lib.EpisodeFilter.from_args(cfg.include, cfg.exclude, cfg.success_only),

@@ -1,0 +1,288 @@
+"""Rehearsals of the production path: launch/tpu_vm.sh and launch/slurm_gpu.sh run for real
+against fake clouds whose machines are local processes (tests/fake_cluster).
+
+TPU: the fake `gcloud` creates a 2-worker slice (a queued resource), copies the project to each
+worker's home and runs `ssh --worker=...` commands as local processes; `install` builds each
+worker's ~/venv with pip from this machine's packages (PYTHON=this interpreter,
+--system-site-packages, no index: reinstalling jax per test would take minutes) and mounts the
+data bucket read-only (fake gcsfuse); `train` runs `python -m uwm_jax.train` on CPU jax, the
+two workers joined by jax's own Cloud TPU detection (the VM metadata on 127.0.0.1).
+SLURM: the fake `sbatch` runs the batch script under a controller, `srun` runs its tasks with
+the variables jax's SLURM detection reads, as SLURM does (see tests/fake_cluster/slurm.py).
+
+Every run trains configs/tiny.py for a few steps; the workdir is one parameter (WORKDIR).
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import fake_cluster
+from tests.fake_cluster import wait_for
+from uwm_jax.runs import metrics_writer
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+START_TIMEOUT_S = 600  # install + start-up + compiling the tiny step on a loaded 2-core machine
+TPU_NUM_STEPS = 30
+# The tiny config, quietly: a row per step, no evaluation, checkpoints only when asked.
+QUIET = ("--config.train.log_every=1 --config.train.eval_every=0 "
+         "--config.train.eval_at_end=False --config.train.tensorboard=False "
+         "--config.train.progress_bar=False --config.train.save_every=1000")
+
+
+def _steps(workdir):
+  """Steps logged in metrics.jsonl (a resumed run logs some twice)."""
+  if not os.path.exists(os.path.join(workdir, metrics_writer.METRICS_FILENAME)):
+    return []
+  return [r["step"] for r in metrics_writer.read_metrics(workdir)]
+
+
+def _checkpoints(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+
+
+
+def _preempted_step(log):
+  steps = re.findall(r"Preempted: stopped after saving the checkpoint of step (\d+)", log)
+  assert steps, log[-3000:]
+  return int(steps[-1])
+
+
+def _read(path):
+  with open(path, encoding="utf-8", errors="replace") as f:
+    return f.read()
+
+
+# ------------------------------------------------------------------------------- Cloud TPU VM
+class _Launch:
+  """`launch/tpu_vm.sh STAGE` run by the test as a user runs it, its output in a file."""
+
+  def __init__(self, tmp_path, stage, env):
+    self.out_path = tmp_path / f"launch-{stage}-{time.time():.0f}.out"
+    with open(self.out_path, "w", encoding="utf-8") as out:
+      self.proc = subprocess.Popen(["bash", "launch/tpu_vm.sh", stage], cwd=REPO, env=env,
+                                   stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=subprocess.STDOUT)
+
+  def output(self):
+    return _read(self.out_path)
+
+  def wait(self, timeout_s=START_TIMEOUT_S):
+    try:
+      self.proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+      self.proc.kill()
+      raise AssertionError(f"launch/tpu_vm.sh did not end:\n{self.output()[-4000:]}") from None
+    return self.proc.returncode
+
+
+@pytest.fixture
+def tpu_cloud(tmp_path):
+  cloud = fake_cluster.TpuCloud(str(tmp_path / "cloud"), workers=2,
+                                crash_file=str(tmp_path / "crash.json"))
+  os.makedirs(os.path.join(cloud.gcs, "uwm-data", "droid"))
+  with open(os.path.join(cloud.gcs, "uwm-data", "droid", "README"), "w") as f:
+    f.write("converted data\n")
+  yield cloud
+  cloud.close()
+
+
+def _tpu_env(cloud, tmp_path, workdir, num_steps, **extra):
+  return cloud.launch_env(
+      TPU_NAME="uwm-test", ZONE="us-central2-b", ACCELERATOR_TYPE="v4-16", QUEUED=1, POLL_S=0,
+      CONFIG="configs/tiny.py", WORKDIR=workdir,
+      TRAIN_ARGS=f"--config.num_steps={num_steps} {QUIET}",
+      PYTHON=sys.executable, VENV_ARGS="--system-site-packages --without-pip",
+      DATA_BUCKET="uwm-data", DATA_MOUNT="~/data", TPU_LOCKFILE="~/libtpu_lockfile",
+      LOG_DIR=str(tmp_path / "logs"), STOP_GRACE_S=60, CHECK_PLATFORM="cpu", **extra)
+
+
+
+def _trainer_logs(tmp_path):
+  """The newest `train`'s worker logs (LOG_DIR/<time>/worker-W.log)."""
+  runs = sorted((tmp_path / "logs").iterdir())
+  return sorted(runs[-1].glob("worker-*.log"))
+
+
+@pytest.mark.parametrize("workdir_kind", ["local"])
+def test_tpu_slice_installs_trains_is_preempted_stops_on_a_crash_and_resumes(
+    tpu_cloud, tmp_path, workdir_kind):
+  """One run of NUM_STEPS steps (so the step compiles once) through three `train`s."""
+  assert workdir_kind == "local"
+  workdir = str(tmp_path / "run")
+  cloud = tpu_cloud
+  env = _tpu_env(cloud, tmp_path, workdir, TPU_NUM_STEPS)
+
+  # 1. `all`: a queued resource, install on both workers, train. SIGTERM to worker 1's trainer
+  #    (a maintenance event): both save a checkpoint at the same step and exit 143.
+  launch = _Launch(tmp_path, "all", env)
+  wait_for(lambda: len(_steps(workdir)) >= 2 or launch.proc.poll() is not None,
+           START_TIMEOUT_S, "the first training steps")
+  assert launch.proc.poll() is None, launch.output()[-4000:]
+  trainers = [cloud.trainer_pid(w) for w in range(2)]
+  assert all(fake_cluster.alive(pid) for pid in trainers), trainers
+  os.kill(trainers[1], signal.SIGTERM)
+  assert launch.wait() == 143, launch.output()[-4000:]
+  out = launch.output()
+  assert "queued resource uwm-test-qr: ACTIVE" in out
+  assert "rerun 'launch/tpu_vm.sh train' to resume" in out
+  logs = _trainer_logs(tmp_path)
+  assert [p.name for p in logs] == ["worker-0.log", "worker-1.log"]
+  saved = {_preempted_step(_read(p)) for p in logs}
+  assert len(saved) == 1, saved  # one step, agreed by both workers
+  preempted_at = saved.pop()
+  assert preempted_at < TPU_NUM_STEPS - 5
+  assert _checkpoints(workdir)[-1] == preempted_at
+  assert "jax.distributed (detected by jax): process 1 of 2" in _read(logs[1])
+  assert not any(fake_cluster.alive(pid) for pid in trainers)
+  # The data bucket is mounted read-only once per worker, by install (train found it mounted).
+  for w in range(2):
+    home = cloud.homes[w]
+    assert cloud.mounts(w) == [(os.path.join(home, "data"), "uwm-data", "ro")]
+    assert _read(os.path.join(home, "data", "droid", "README")) == "converted data\n"
+  # Workers run the project installed from the committed tree into their own ~/venv.
+  where = subprocess.run([os.path.join(cloud.homes[0], "venv", "bin", "python"), "-c",
+                          "import uwm_jax; print(uwm_jax.__file__)"], env=cloud.machine_envs[0],
+                         cwd="/", capture_output=True, text=True, check=True).stdout
+  assert where.startswith(os.path.join(cloud.homes[0], "uwm_jax", "uwm_jax"))
+
+  # 2. `train` again, and worker 1 dies after a step (a hardware fault): worker 0 is stopped at
+  #    once instead of waiting at the next collective; `train` fails with worker 1's status and
+  #    prints the end of its log.
+  with open(tmp_path / "crash.json", "w") as f:
+    json.dump([{"process": 1, "when": "training",
+                "metrics": os.path.join(workdir, metrics_writer.METRICS_FILENAME)}], f)
+  crash = _Launch(tmp_path, "train", env)
+  assert crash.wait() == 1, crash.output()[-4000:]
+  out = crash.output()
+  assert f"Training {TPU_NUM_STEPS} steps from step {preempted_at};" in out  # resumed
+  assert "Worker 1 failed (exit status 1): stopping the other workers" in out
+  assert "(fake fault) simulated hardware failure during training" in out  # its log, printed
+  assert cloud.trainer_pid(0) is None
+  assert json.loads(_read(tmp_path / "crash.json")) == []  # the fault fired
+
+  # 3. What an unclean end leaves (a kill -9, a lost connection): the libtpu lock file on
+  #    worker 1, a process holding the TPU on worker 0. `train` stops the process, removes the
+  #    lock files, resumes and finishes.
+  with open(os.path.join(cloud.homes[1], "libtpu_lockfile"), "w") as f:
+    f.write("12345")
+  leftover = subprocess.Popen(
+      [os.path.join(cloud.homes[0], "venv", "bin", "python"), "-c",
+       "import jax, time; print('holding the TPU', flush=True); time.sleep(600)"],
+      env=cloud.machine_envs[0], stdout=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    assert leftover.stdout.readline() == "holding the TPU\n"
+    rerun = _Launch(tmp_path, "train", env)
+    assert rerun.wait() == 0, rerun.output()[-4000:]
+    assert leftover.poll() is not None  # stopped by the rerun
+  finally:
+    if leftover.poll() is None:
+      leftover.kill()
+  out = rerun.output()
+  assert "Training finished on all 2 workers" in out
+  assert f"Training {TPU_NUM_STEPS} steps from step {preempted_at};" in out
+  assert sorted(set(_steps(workdir))) == list(range(1, TPU_NUM_STEPS + 1))
+  assert _checkpoints(workdir)[-1] == TPU_NUM_STEPS
+
+
+# --------------------------------------------------------------------------------------- SLURM
+@pytest.fixture
+def slurm_cluster(tmp_path):
+  cluster = fake_cluster.SlurmCluster(str(tmp_path / "slurm"))
+  yield cluster
+  cluster.kill_all()
+
+
+def _slurm_submit(cluster, tmp_path, workdir, **extra):
+  """Submit launch/slurm_gpu.sh's job (2 nodes, a task each); returns the job id."""
+  venv = tmp_path / "venv"
+  if not venv.exists():  # the user's venv (VENV): this machine's packages
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
+                    str(venv)], check=True, timeout=120)
+  settings = dict(WORKDIR=workdir, VENV=str(venv), NODES=2, GPUS_PER_NODE=1,
+                  CPUS_PER_NODE=cluster.cpus_per_node, CONFIG="configs/tiny.py",
+                  TRAIN_ARGS=f"--config.num_steps=1000 {QUIET}", JOB_NAME="uwm-test",
+                  SIGNAL_BEFORE=60, MAX_RESTARTS=1, TASK_WAIT_S=20)
+  settings.update(extra)
+  out = subprocess.run(["bash", "launch/slurm_gpu.sh"], cwd=REPO, capture_output=True, text=True,
+                       env=cluster.launch_env(**settings), timeout=120, check=True).stdout
+  return re.search(r"Submitted batch job (\d+)", out).group(1)
+
+
+def _lock(workdir):
+  try:
+    return json.loads(_read(os.path.join(workdir, "lock.json")))
+  except (FileNotFoundError, ValueError):
+    return {}
+
+
+def test_slurm_job_requeues_resume_take_over_the_lock_and_bound_crashes(slurm_cluster, tmp_path):
+  """One job through four runs (SLURM_RESTART_COUNT 0-3); the step compiles in runs 0 and 2."""
+  cluster = slurm_cluster
+  workdir = str(tmp_path / "run")
+  # FAKE_CRASH: the crash injection file, read by the tasks (tests/fake_cluster/machine).
+  job = _slurm_submit(cluster, tmp_path, workdir, FAKE_CRASH=str(tmp_path / "crash.json"))
+  out_path = os.path.join(workdir, f"slurm-{job}.out")
+
+  def output():
+    return _read(out_path) if os.path.exists(out_path) else ""
+
+  def restarted(n):
+    return f"start restart={n} nodes=node-{2 * n},node-{2 * n + 1}" in cluster.events(job)
+
+  def ended():
+    return cluster.state(job)[:1] in (["COMPLETED"], ["FAILED"], ["CANCELLED"])
+
+  # 1. Each node's task may use every CPU the job holds on it (srun --cpus-per-task).
+  wait_for(lambda: len(_steps(workdir)) >= 2 or ended(), START_TIMEOUT_S,
+           "the first training steps")
+  assert not ended(), output()[-4000:]
+  for process in range(2):
+    assert re.search(rf"process {process} of 2, 1 local / 2 global devices \(cpu\), "
+                     rf"{cluster.cpus_per_node} CPUs", output()), output()[-4000:]
+  assert "CPUs its job holds for it" not in output()
+
+  # 2. The time limit approaches (--signal=B:USR1@60): both tasks checkpoint at one step, exit
+  #    143, the job requeues itself and resumes from that checkpoint on other nodes.
+  cluster.request(job, "time_limit")
+  wait_for(lambda: restarted(1) or ended(), 300, "the requeue before the time limit")
+  saved = set(int(s) for s in re.findall(
+      r"Preempted: stopped after saving the checkpoint of step (\d+)", output()))
+  assert len(saved) == 1, output()[-4000:]
+  limit_step = saved.pop()
+  assert _checkpoints(workdir)[-1] == limit_step
+  assert "time limit in 60 s: checkpointing and requeueing" in output()
+  wait_for(lambda: output().count(f"Training 1000 steps from step {limit_step};") == 2
+           or ended(), START_TIMEOUT_S, "the requeued job to resume")
+  assert _lock(workdir).get("slurm_restart_count") == 1 and _lock(workdir)["host"] == "node-2"
+
+  # 3. A node fails (every process killed at once; the lock stays, its heartbeat fresh): SLURM
+  #    requeues the job onto other nodes, and it takes over its own lock. Then task 1 crashes
+  #    after a step in this run and at start-up in the next: the first crash is requeued
+  #    (MAX_RESTARTS=1), the second is not.
+  with open(tmp_path / "crash.json", "w") as f:
+    json.dump([{"process": 1, "when": "training",
+                "metrics": os.path.join(workdir, metrics_writer.METRICS_FILENAME)},
+               {"process": 1, "when": "start"}], f)
+  cluster.request(job, "node_failure")
+  wait_for(lambda: restarted(2) or ended(), 120, "the requeue after the node failure")
+  wait_for(ended, 2 * START_TIMEOUT_S, "the job to end")
+  out = output()
+  assert re.search(r"Replacing the stale workdir lock .* on host node-2 .*it was taken by "
+                   rf"restart 1 of this SLURM job {job} \(this is restart 2\)", out), out[-4000:]
+  assert out.count(f"Training 1000 steps from step {limit_step};") == 4  # restarts 1, 2
+  assert "(fake fault) simulated hardware failure during training" in out
+  assert "crash 1 of at most 1 requeued (MAX_RESTARTS)" in out
+  assert restarted(3) and "(fake fault) simulated hardware failure at start-up" in out
+  assert "not requeued: 2 crashes, more than MAX_RESTARTS=1" in out
+  assert cluster.state(job)[:2] == ["FAILED", "3"], (cluster.state(job), out[-4000:])
+  assert not cluster.running_tasks(job)
