@@ -125,6 +125,10 @@ def data_config() -> ml_collections.ConfigDict:
   # Std of the correlated noise added to the expert's executed actions in those robot episodes
   # (recovery data, envs/demos.py; the recorded actions stay the expert's). 0 = clean expert.
   d.demo_action_noise = 0.0
+  # The same for the action-free video episodes (recorded without actions either way): 0 = the
+  # clean expert's on-path states only; demo_action_noise's value = recorded exactly like the
+  # robot episodes (configs/demo_cotrain.py:matched).
+  d.demo_video_action_noise = 0.0
   return d
 
 

@@ -11,7 +11,9 @@ so the embedded task is an ordinary `array_record` source:
   config.data.demo_episodes = 200        # generated into that path if it holds no dataset
 
 Robot episodes use seeds 0..N-1; action-free video episodes (`config.data.demo_video_episodes`,
-source `<task>_video`) use seeds from VIDEO_SEED_OFFSET and are written without actions.
+source `<task>_video`) use seeds from VIDEO_SEED_OFFSET and are written without actions;
+their executed actions get `config.data.demo_video_action_noise` (the robot episodes':
+`demo_action_noise`). Every dataset's recipe (`generation.json`) records its noise.
 Evaluation seeds start at `config.eval.first_seed` (100000), far from both.
 
 The simulator (`uwm_jax.envs.tabletop`, which imports MuJoCo) is imported inside the functions
@@ -27,7 +29,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Dict, Iterable
+from typing import Dict, Iterable, List
 
 import numpy as np
 
@@ -111,6 +113,46 @@ def check_recipe(path: str, wanted: dict) -> None:
                    "generate it again, or point config.data.sources at another path.")
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One dataset `prepare` makes: the source `name`, its `path`, the episode `seeds`, and
+  `demos.expert_episode`'s options (the recording's action noise among them)."""
+  name: str
+  path: str
+  seeds: range
+  action_free: bool
+  options: dict
+
+
+def generation_jobs(config) -> List[Job]:
+  """The embedded-task datasets `config` asks for (robot episodes, and action-free video
+  episodes when `data.demo_video_episodes` > 0); [] when `data.demo_episodes` is 0. Reads the
+  config only: nothing is generated and MuJoCo is not imported."""
+  d = config.data
+  if not d.get("demo_episodes"):
+    return []
+  task = d.demo_task
+  if task not in envs_lib.EMBEDDED_TASKS:
+    raise ValueError(f"config.data.demo_episodes > 0 needs config.data.demo_task to name an "
+                     f"embedded task ({', '.join(envs_lib.EMBEDDED_TASKS)}), not {task!r}.")
+  wanted = [(task, range(d.demo_episodes), False)]
+  if d.get("demo_video_episodes"):
+    wanted.append((f"{task}_video",
+                   range(VIDEO_SEED_OFFSET, VIDEO_SEED_OFFSET + d.demo_video_episodes), True))
+  jobs = []
+  for name, seeds, action_free in wanted:
+    if name not in config.data.sources:
+      raise ValueError(f"config.data.demo_episodes asks for the {name!r} dataset but "
+                       f"config.data.sources has no {name!r} entry.")
+    noise = d.get("demo_video_action_noise", 0.0) if action_free else d.demo_action_noise
+    options = dict(  # demos.expert_episode's
+        hold_steps=int(config.model.action_len), with_actions=not action_free,
+        action_noise=float(noise),
+        wait_steps=int(config.model.num_obs_frames - 1))  # the rollout's padded first history
+    jobs.append(Job(name, config.data.sources[name].path, seeds, action_free, options))
+  return jobs
+
+
 def prepare(config) -> Dict[str, str]:
   """Generate the embedded task's datasets the config names, when missing (run it on one
   process: `python -m uwm_jax.train` calls it on process 0).
@@ -119,13 +161,10 @@ def prepare(config) -> Dict[str, str]:
   source `config.data.sources[<task>]` (and `<task>_video` for video episodes). Returns
   {name: path} of the datasets generated now.
   """
-  d = config.data
-  if not d.get("demo_episodes"):
+  jobs = generation_jobs(config)
+  if not jobs:
     return {}  # nothing to generate: MuJoCo and the simulator modules stay unimported
-  task = d.demo_task
-  if task not in envs_lib.EMBEDDED_TASKS:
-    raise ValueError(f"config.data.demo_episodes > 0 needs config.data.demo_task to name an "
-                     f"embedded task ({', '.join(envs_lib.EMBEDDED_TASKS)}), not {task!r}.")
+  task = config.data.demo_task
   # MuJoCo is imported only now (see the module docstring).
   from uwm_jax.envs import demos, tabletop  # pylint: disable=import-outside-toplevel
   spec = envs_lib.tabletop_spec(task, config.model)
@@ -134,29 +173,19 @@ def prepare(config) -> Dict[str, str]:
   if unknown:
     raise ValueError(f"model.camera_keys {unknown} are not cameras of {task!r} "
                      f"({tabletop.camera_keys()}).")
-  jobs = [(task, range(d.demo_episodes), False)]
-  if d.get("demo_video_episodes"):
-    jobs.append((f"{task}_video",
-                 range(VIDEO_SEED_OFFSET, VIDEO_SEED_OFFSET + d.demo_video_episodes), True))
   made = {}
-  for name, seeds, action_free in jobs:
-    if name not in config.data.sources:
-      raise ValueError(f"config.data.demo_episodes asks for the {name!r} dataset but "
-                       f"config.data.sources has no {name!r} entry.")
-    path = config.data.sources[name].path
-    options = dict(  # demos.expert_episode's
-        hold_steps=int(config.model.action_len), with_actions=not action_free,
-        action_noise=0.0 if action_free else float(d.demo_action_noise),
-        wait_steps=int(config.model.num_obs_frames - 1))  # the rollout's padded first history
-    wanted = recipe(spec, keys, len(seeds), options)
-    if dataset_ready(path):
-      check_recipe(path, wanted)
+  for job in jobs:
+    wanted = recipe(spec, keys, len(job.seeds), job.options)
+    if dataset_ready(job.path):
+      check_recipe(job.path, wanted)
       continue
-    shutil.rmtree(path, ignore_errors=True)  # an unfinished generation: start again
-    log.info("Generating %d %s episodes of %s into %s", len(seeds),
-             "video" if action_free else "expert", task, path)
-    episodes = demos.generate_in_workers(seeds, spec, desc=f"generate {name}", **options)
-    made[name] = write_dataset(path, episodes, keys, action_free=action_free, name=name)
-    with open(os.path.join(path, RECIPE_JSON), "w") as f:
+    shutil.rmtree(job.path, ignore_errors=True)  # an unfinished generation: start again
+    log.info("Generating %d %s episodes of %s into %s", len(job.seeds),
+             "video" if job.action_free else "expert", task, job.path)
+    episodes = demos.generate_in_workers(job.seeds, spec, desc=f"generate {job.name}",
+                                         **job.options)
+    made[job.name] = write_dataset(job.path, episodes, keys, action_free=job.action_free,
+                                   name=job.name)
+    with open(os.path.join(job.path, RECIPE_JSON), "w") as f:
       json.dump(wanted, f, indent=2)
   return made
