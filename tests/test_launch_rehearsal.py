@@ -178,6 +178,7 @@ def test_tpu_slice_installs_trains_to_a_bucket_is_preempted_stops_on_a_crash_and
   assert "queued resource uwm-test-qr: ACTIVE" in out
   assert f"--workdir={workdir}" in out  # BUCKET=: gs://BUCKET/runs/TPU_NAME
   assert "rerun 'launch/tpu_vm.sh train' to resume" in out
+  assert "worker 0: exit status 143" in out and "worker 1: exit status 143" in out
   logs = _trainer_logs(tmp_path)
   assert [p.name for p in logs] == ["worker-0.log", "worker-1.log"]
   saved = {_preempted_step(_read(p)) for p in logs}
@@ -265,10 +266,12 @@ def _slurm_submit(cluster, tmp_path, workdir, **extra):
   if not venv.exists():  # the user's venv (VENV): this machine's packages
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
                     str(venv)], check=True, timeout=120)
+  # TASK_WAIT_S: the tasks of a preempted job end within a second of each other (they save one
+  # checkpoint together); a task left at a collective by a crashed one is killed 8 s later.
   settings = dict(WORKDIR=workdir, VENV=str(venv), NODES=2, GPUS_PER_NODE=1,
                   CPUS_PER_NODE=cluster.cpus_per_node, CONFIG="configs/tiny.py",
                   TRAIN_ARGS=f"--config.num_steps=1000 {TINIEST} {QUIET}", JOB_NAME="uwm-test",
-                  SIGNAL_BEFORE=60, MAX_RESTARTS=1, TASK_WAIT_S=20)
+                  SIGNAL_BEFORE=60, MAX_RESTARTS=1, TASK_WAIT_S=8)
   settings.update(extra)
   out = subprocess.run(["bash", "launch/slurm_gpu.sh"], cwd=REPO, capture_output=True, text=True,
                        env=cluster.launch_env(**settings), timeout=120, check=True).stdout
