@@ -2,7 +2,8 @@
 against fake clouds whose machines are local processes (tests/fake_cluster).
 
 TPU: the fake `gcloud` creates a 2-worker slice (a queued resource), copies the project to each
-worker's home and runs `ssh --worker=...` commands as local processes; `install` builds each
+worker's home (the COMMITTED tree, as `install` packs it: commit a change to uwm_jax before this
+test can see it) and runs `ssh --worker=...` commands as local processes; `install` builds each
 worker's ~/venv with pip from this machine's packages (PYTHON=this interpreter,
 --system-site-packages, no index: reinstalling jax per test would take minutes) and mounts the
 data bucket read-only (fake gcsfuse); `train` runs `python -m uwm_jax.train` on CPU jax, the
