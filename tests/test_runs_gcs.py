@@ -42,11 +42,8 @@ SAVE_EVERY = 4
 @pytest.fixture(scope="module")
 def emulator():
   """One server for the module; STORAGE_EMULATOR_HOST set here and for every subprocess."""
-  with gcs_emulator.GcsEmulator(buckets=(BUCKET,)) as emu:
-    with pytest.MonkeyPatch.context() as mp:
-      mp.setenv(storage.EMULATOR_ENV, emu.url)
-      yield emu
-    storage.configure_gcs()  # drops the variables derived from this server's address
+  with gcs_emulator.serving(buckets=(BUCKET,)) as emu:
+    yield emu
 
 
 def _fresh(prefix: str) -> str:

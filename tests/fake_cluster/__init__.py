@@ -51,8 +51,9 @@ def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.1):
 
 def machine_env(home: str, devices: int, **extra) -> dict:
   """The environment a process on a fake machine starts with (not the test's: ssh and
-  slurmd give a clean one): this machine's tools and Python, CPU jax with `devices` devices,
-  the tests' compilation cache (tests/conftest.py), nothing proxy-related."""
+  slurmd give a clean one): this machine's tools and Python, CPU jax with `devices` devices
+  compiling at the tests' optimization level (tests/conftest.py), the tests' compilation cache
+  settings, nothing proxy-related."""
   env = {"HOME": home, "PATH": f"{MACHINE_BIN}{os.pathsep}{os.environ['PATH']}",
          "LANG": "C.UTF-8", "PYTHONPATH": MACHINE, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
@@ -63,6 +64,17 @@ def machine_env(home: str, devices: int, **extra) -> dict:
       env[key] = os.environ[key]
   env.update({k: str(v) for k, v in extra.items()})
   return env
+
+
+def shared_compilation(root: str) -> dict:
+  """The variables that make a fake cluster's processes share compiled executables
+  (machine/sitecustomize.py, FAKE_SHARED_EXECUTABLES) through a compilation cache of the
+  cluster's own, root/xla-cache: process 0 compiles each multi-process program once for all
+  processes and runs, and the others wait for it. Never the tests' common cache: a process 0
+  finding an entry that another cluster wrote meanwhile, while its process 1 had missed it,
+  would leave process 1 waiting for a program nobody compiles."""
+  return {"FAKE_SHARED_EXECUTABLES": 1,
+          "JAX_COMPILATION_CACHE_DIR": os.path.join(root, "xla-cache")}
 
 
 def _launch_env(**extra) -> dict:
@@ -115,13 +127,15 @@ class TpuCloud:
   file (~/libtpu_lockfile: give the launch script TPU_LOCKFILE='~/libtpu_lockfile').
 
   Buckets for gcsfuse are folders under root/gcs. The workers' pip installs from what this
-  machine has (no index): the image of the fake VMs is this machine.
+  machine has (no index): the image of the fake VMs is this machine. The workers share
+  compiled executables (`shared_compilation`).
   """
 
   def __init__(self, root: str, workers: int = 2, queued_states=("ACCEPTED", "ACTIVE"),
-               crash_file: str = ""):
+               crash_file: str = "", environ=None):
     """crash_file: FAKE_CRASH of the workers (machine/sitecustomize.py: write it to make a
-    worker's trainer die)."""
+    worker's trainer die). environ: more variables of every worker's environment, the VMs'
+    own configuration (e.g. STORAGE_EMULATOR_HOST: where the VMs reach Cloud Storage)."""
     self.root = root
     self.workers = workers
     self.homes = [os.path.join(root, "workers", str(w), "home") for w in range(workers)]
@@ -138,7 +152,8 @@ class TpuCloud:
           FAKE_CLOUD_TPU_VM=1, GCE_METADATA_IP=f"127.0.0.1:{self._servers[w].server_address[1]}",
           JAX_COORDINATOR_PORT=port, FAKE_LIBTPU_LOCKFILE=os.path.join(home, "libtpu_lockfile"),
           FAKE_MACHINE_DIR=machine_dir, FAKE_GCS_DIR=self.gcs,
-          PIP_NO_INDEX=1, PIP_NO_BUILD_ISOLATION=0, FAKE_CRASH=crash_file))
+          PIP_NO_INDEX=1, PIP_NO_BUILD_ISOLATION=0, FAKE_CRASH=crash_file,
+          **shared_compilation(root), **(environ or {})))
     with open(os.path.join(root, "config.json"), "w", encoding="utf-8") as f:
       json.dump({"workers": workers, "homes": self.homes, "machine_env": self.machine_envs,
                  "queued_states": list(queued_states)}, f)
@@ -190,10 +205,12 @@ class SlurmCluster:
 
   def launch_env(self, **settings) -> dict:
     """The submitting user's environment: the fakes on PATH, CPU jax with 1 device per task,
-    the tests' compilation cache (tasks inherit it: sbatch and srun export everything)."""
+    the cluster's shared compilation (`shared_compilation`; tasks inherit it: sbatch and srun
+    export everything)."""
     env = _launch_env(FAKE_SLURM_DIR=self.root, **settings)
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1 "
                "--xla_backend_optimization_level=0")
+    env.update({k: str(v) for k, v in shared_compilation(self.root).items()})
     for key in list(env):
       if key.startswith(("SLURM_", "SRUN_", "SBATCH_", "JAX_COORDINATOR", "JAX_NUM_PROCESSES",
                          "JAX_PROCESS_ID", "JAX_LOCAL_DEVICE_IDS", "TPU_", "MEGASCALE_")):

@@ -13,11 +13,22 @@ variables those fakes set:
                              exists; else this process creates it, holds it open and removes it
                              at a clean exit (a kill -9 leaves it behind, as libtpu's does)
   FAKE_CRASH=PATH            fault injection for `python -m uwm_jax.train`: PATH holds a JSON
-                             list of faults {"process": I, "when": "start"|"training",
-                             "metrics": FILE}; a trainer whose FAKE_PROCESS_INDEX is I takes the
-                             first fault for I and dies (exit status 1) at start, or once FILE
-                             (its metrics.jsonl) has a row of a step above those it had at start
-                             (it trained a step); a fault that fired is removed from the list
+                             list of faults {"process": I, "when": "start"|"training"}; a
+                             trainer whose FAKE_PROCESS_INDEX is I takes the first fault for I
+                             and dies (exit status 1) at start, or once it has run its first
+                             training step (when it logs "Train step compiled": the other
+                             processes go on to the next step's collectives and wait there); a
+                             fault that fired is removed from the list
+  FAKE_SHARED_EXECUTABLES=1  the processes of a fake cluster share compiled executables the way
+                             the hosts of a TPU slice can, to spare the rehearsals a compilation
+                             per process and run: jax keys a multi-process CPU executable in its
+                             persistent compilation cache by the process's own topology
+                             fingerprint (TPU hosts share one topology, hence one key) and only
+                             process 0 writes entries, so process 1 compiled every run. Here
+                             the key hashes the device kinds (what jax does for a backend
+                             without a topology fingerprint) and `jax_share_binary_between_hosts`
+                             lets process 0 compile each program for all; changes no result
+                             (the programs and compile options are the same on every process)
 """
 
 import importlib.abc
@@ -57,9 +68,21 @@ def _take_libtpu_lock(path):
   atexit.register(lambda: os.path.exists(path) and os.remove(path))
 
 
+def _share_executables():
+  # pylint: disable-next=import-outside-toplevel
+  import jax
+  from jax._src import cache_key  # pylint: disable=import-outside-toplevel
+  cache_key._hash_accelerator_config = cache_key._hash_devices  # pylint: disable=protected-access
+  jax.config.update("jax_share_binary_between_hosts", True)
+  # A process that waits for a program process 0 never compiles fails within the tests' time.
+  jax.config.update("jax_share_binary_between_hosts_timeout_ms", 600_000)
+
+
 def _after_jax_import():
   if os.environ.get("FAKE_CLOUD_TPU_VM") == "1":
     _pretend_cloud_tpu_vm()
+  if os.environ.get("FAKE_SHARED_EXECUTABLES") == "1":
+    _share_executables()
   if os.environ.get("FAKE_LIBTPU_LOCKFILE"):
     _take_libtpu_lock(os.environ["FAKE_LIBTPU_LOCKFILE"])
 
@@ -117,30 +140,20 @@ def _crash_injection(path):
     fire("simulated hardware failure at start-up")
     return
 
-  def last_step():
-    steps = [0]
-    try:
-      with open(fault["metrics"], encoding="utf-8") as f:
-        for line in f:
-          try:
-            steps.append(int(json.loads(line).get("step", 0)))
-          except ValueError:
-            pass  # a line being written
-    except FileNotFoundError:
-      pass
-    return max(steps)
+  # pylint: disable-next=import-outside-toplevel
+  import logging
 
-  at_start = last_step()
+  class DieAfterFirstStep(logging.Handler):
 
-  def watch():
-    while last_step() <= at_start:
-      time.sleep(0.1)
-    fire("simulated hardware failure during training")
+    def emit(self, record):
+      if record.getMessage().startswith("Train step compiled"):
+        fire("simulated hardware failure during training")
 
-  threading.Thread(target=watch, daemon=True).start()
+  logging.getLogger().addHandler(DieAfterFirstStep())
 
 
-if os.environ.get("FAKE_CLOUD_TPU_VM") == "1" or os.environ.get("FAKE_LIBTPU_LOCKFILE"):
+if any(os.environ.get(v) for v in ("FAKE_CLOUD_TPU_VM", "FAKE_LIBTPU_LOCKFILE",
+                                    "FAKE_SHARED_EXECUTABLES")):
   sys.meta_path.insert(0, _AfterJaxImport())
 if os.environ.get("FAKE_CRASH") and "uwm_jax.train" in getattr(sys, "orig_argv", []):
   _crash_injection(os.environ["FAKE_CRASH"])
