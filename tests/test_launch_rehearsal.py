@@ -33,7 +33,7 @@ from tests import gcs_emulator
 from tests.fake_cluster import wait_for
 from uwm_jax.runs import checksums, metrics_writer, storage, workdir_lock
 from uwm_jax.runs import checkpoint as ckpt
-from uwm_jax.training import loop
+from uwm_jax.training import resume
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -224,7 +224,7 @@ def test_tpu_slice_installs_trains_to_a_bucket_is_preempted_stops_on_a_crash_and
   logs = _trainer_logs(tmp_path)
   # Worker 1 died after its first step (tests/fake_cluster/machine), past the statistics.
   assert f"Resumed from {workdir}/checkpoints at step {preempted_at}." in _read(logs[1])
-  stats = json.loads(storage.read_text(f"{workdir}/{loop.STATS_FILENAME}"))
+  stats = json.loads(storage.read_text(f"{workdir}/{resume.STATS_FILENAME}"))
   assert stats, stats
 
   # 3. What an unclean end leaves (a kill -9, a lost connection): the libtpu lock file on
