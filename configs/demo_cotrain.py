@@ -2,7 +2,7 @@
 
   python -m uwm_jax.train --config=configs/demo_cotrain.py          # UWM, labelled + video
   python -m uwm_jax.train --config=configs/demo_cotrain.py:matched  # video recorded like them
-  python -m uwm_jax.bench.cotrain                                   # the whole experiment
+  python -m experiments.cotrain                                     # the whole experiment
 
 configs/demo.py's task, model and recipe, trained on the first LABELLED_EPISODES of the demo's
 expert episodes (the same dataset, workdirs/data/tabletop_push, read with `max_episodes`) and on

@@ -3,7 +3,7 @@
   python -m uwm_jax.train --config=configs/demo_reach.py \
       --config.init_from=workdirs/pretrain_finetune/stage1/uwm_small_seed0/checkpoints
   python -m uwm_jax.train --config=configs/demo_reach.py:dp     # DP, trained on it alone
-  python -m uwm_jax.bench.pretrain_finetune                     # the whole experiment
+  python -m experiments.pretrain_finetune                       # the whole experiment
 
 configs/demo.py's model (so that a checkpoint pretrained on the push task loads with
 `--config.init_from`) on EPISODES scripted-expert episodes of `tabletop_reach`, generated on

@@ -137,7 +137,7 @@ step "bf16 matmul peak" 120 peak
 PEAK=$(cat "${RESULTS}/peak" 2>/dev/null || echo 0)
 
 train_bench() {  # ATTENTION(xla|cudnn) LATENT_CACHE(on|off)
-  "${PY}" -m uwm_jax.bench.train_step --config="${CONFIG}" \
+  "${PY}" -m benchmarks.train_step --config="${CONFIG}" \
     --config.batch_size="${BATCH}" --config.model.compute_dtype="${COMPUTE_DTYPE}" \
     --config.model.attention_impl="$1" --config.train.peak_tflops_per_device="${PEAK}" \
     --steps="${STEPS}" --warmup=2 --latent_cache="$2" | tee "${RESULTS}/train_$1_$2.txt"
@@ -154,7 +154,7 @@ policy() {
 import json, os, runpy, sys, time
 import jax, numpy as np
 from uwm_jax import batch as B_, sampling
-from uwm_jax.bench.train_step import random_batch
+from benchmarks.train_step import random_batch
 from uwm_jax.model.uwm import UnifiedWorldModel
 config = runpy.run_path(sys.argv[3])["get_config"]()
 config.model.compute_dtype = os.environ["COMPUTE_DTYPE"]

@@ -1,4 +1,5 @@
-"""Print the imports between uwm_jax's layers and flag any that point back.
+"""Print the imports between uwm_jax's layers (and the benchmarks/experiments on top) and flag any
+that point back.
 
   python3 scripts/import_graph.py            # summary: one line per (from layer -> to layer)
   python3 scripts/import_graph.py --modules  # every module-to-module import
@@ -7,8 +8,11 @@
 The layering (README "Architecture"): neutral layers first, then the pipeline stages in order.
 A module may import the neutral layers and its own or an earlier stage, never a later one nor
 a sibling (two stages of one rank: evaluation and serving both build on the policies layer
-and never import each other); the entry points (CLIs and benchmarks) sit on top and may import
-anything. Imports inside
+and never import each other); the entry points (the CLIs) sit on top and may import
+anything of the package. Outside the installed package, `benchmarks/` and `experiments/` (run
+from a checkout: `python -m benchmarks.data`) sit above it and may import any of it but not
+each other, and `tests/` above them all: nothing in uwm_jax imports benchmarks, experiments or
+tests, and benchmarks and experiments import nothing from tests. Imports inside
 functions count as much as module-level ones (a late import is still a dependency); they are
 listed separately so the late ones stay few and visible.
 """
@@ -21,6 +25,10 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = "uwm_jax"
+# The top-level packages of the checkout whose modules are checked, and (with tests) whose
+# modules count as import targets.
+CHECKED = (PACKAGE, "benchmarks", "experiments")
+KNOWN = CHECKED + ("tests",)
 
 # (layer, rank, module prefixes). Neutral layers import no pipeline stage (rank 0).
 LAYERS = (
@@ -38,8 +46,13 @@ LAYERS = (
     ("evaluate", 5, ("uwm_jax.evaluation",)),
     ("serve", 5, ("uwm_jax.serving",)),
     ("entry", 6, ("uwm_jax.train", "uwm_jax.evaluate", "uwm_jax.summarize",
-                  "uwm_jax.import_weights", "uwm_jax.serve", "uwm_jax.bench",
+                  "uwm_jax.import_weights", "uwm_jax.serve", "uwm_jax.compile",
                   "uwm_jax.check_install", "uwm_jax.__init__")),
+    # Outside the installed package (a checkout only): scripts that print numbers and the
+    # experiment runners, siblings, then the test suite (which imports both).
+    ("benchmarks", 7, ("benchmarks",)),
+    ("experiments", 7, ("experiments",)),
+    ("tests", 8, ("tests",)),
 )
 
 
@@ -65,7 +78,8 @@ def module_name(path: pathlib.Path, root: pathlib.Path) -> str:
 
 
 def imports_of(path: pathlib.Path):
-  """Yield (imported uwm_jax module, line, is_module_level) for every import in the file."""
+  """Yield (imported module, line, is_module_level) for every import in the file of a module of
+  KNOWN (uwm_jax, benchmarks, experiments, tests)."""
   tree = ast.parse(path.read_text(), filename=str(path))
   top_level = {id(node) for node in tree.body}
   for node in ast.walk(tree):
@@ -77,14 +91,16 @@ def imports_of(path: pathlib.Path):
     else:
       continue
     for name in names:
-      if name == PACKAGE or name.startswith(PACKAGE + "."):
+      if name.split(".")[0] in KNOWN:
         yield name, node.lineno, id(node) in top_level
 
 
 def collect(root: pathlib.Path = ROOT):
-  """[(importer, imported, line, is_module_level)] over every module of the package."""
+  """[(importer, imported, line, is_module_level)] over every module of CHECKED (those of the
+  top-level packages present under `root`)."""
   edges = []
-  for path in sorted((root / PACKAGE).rglob("*.py")):
+  paths = [p for top in CHECKED for p in sorted((root / top).rglob("*.py"))]
+  for path in paths:
     src = module_name(path, root)
     for dst, line, top in imports_of(path):
       edges.append((src, dst, line, top))
@@ -107,7 +123,8 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--modules", action="store_true", help="list every import")
   parser.add_argument("--check", action="store_true", help="exit 1 on a back-pointing import")
-  parser.add_argument("--root", default=str(ROOT), help="the folder holding uwm_jax/")
+  parser.add_argument("--root", default=str(ROOT), help="the folder holding uwm_jax/ (and "
+                      "benchmarks/, experiments/)")
   args = parser.parse_args(argv)
   edges = collect(pathlib.Path(args.root))
   order = " -> ".join(name for name, _, _ in LAYERS)
@@ -118,7 +135,7 @@ def main(argv=None) -> int:
     key = (layer_of(src)[0], layer_of(dst)[0])
     (counts if top else late)[key] += 1
   for a, b in sorted(set(counts) | set(late), key=lambda k: (rank(k[0]), rank(k[1]))):
-    print(f"  {a:>8} -> {b:<8} {counts[(a, b)]:3d} module-level, "
+    print(f"  {a:>11} -> {b:<11} {counts[(a, b)]:3d} module-level, "
           f"{late[(a, b)]:3d} inside functions")
   if args.modules:
     for src, dst, line, top in edges:

@@ -59,7 +59,7 @@ SLOW_FILES = (
     "test_model_networks.py",
     "test_data_droid.py",
     "test_train_latent_cache.py",
-    "test_bench_compile.py",
+    "test_compile.py",
     "test_train_checkpoint.py",
     "test_train_distributed.py",
 )

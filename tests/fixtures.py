@@ -4,8 +4,8 @@
   write_libero_hdf5_fixture(path, num_demos=3)       # one LIBERO demonstration HDF5 file
   write_video_fixture(path, num_frames=48)           # an mp4 or webm clip
 
-The DROID and video writers ship in the package (`uwm_jax.bench.droid_sample`,
-`uwm_jax.bench.video_sample`: the data benchmark uses them); the LIBERO one is test-only. Images
+The DROID and video writers live with the benchmarks (`benchmarks.droid_sample`,
+`benchmarks.video_sample`: the data benchmark uses them too); the LIBERO one is test-only. Images
 are moving shapes (`uwm_jax.data.synthetic`), so JPEG/PNG/H.264/VP9 compression and decoding are exercised on structured content; values are
 deterministic given `seed`.
 """
@@ -17,9 +17,9 @@ from typing import Optional, Sequence, Tuple
 import h5py
 import numpy as np
 
-from uwm_jax.bench.droid_sample import (  # pylint: disable=unused-import
+from benchmarks.droid_sample import (  # pylint: disable=unused-import
     DROID_LABS, droid_episode, moving_shapes, write_droid_fixture)
-from uwm_jax.bench.video_sample import write_video_clip
+from benchmarks.video_sample import write_video_clip
 from uwm_jax.config_base import LIBERO_CAMERA_KEYS
 
 
@@ -87,5 +87,5 @@ def write_libero_hdf5_fixture(path: str, num_demos: int = 3, *, lengths: Sequenc
 def write_video_fixture(path: str, num_frames: int = 48, image_shape: Tuple[int, int] = (
     64, 96), fps: int = 15, seed: int = 0) -> np.ndarray:
   """An mp4 (H.264) or webm (VP9) clip of moving shapes, by the extension of `path`
-  (`uwm_jax.bench.video_sample`); returns the frames written (L, H, W, 3)."""
+  (`benchmarks.video_sample`); returns the frames written (L, H, W, 3)."""
   return write_video_clip(path, num_frames, image_shape, fps, seed)

@@ -1,4 +1,4 @@
-"""bench.ceiling and the ceiling lines of `bench.train_step --torch`: a step's analytic FLOPs at
+"""benchmarks.ceiling and the ceiling lines of `benchmarks.train_step --torch`: a step's analytic FLOPs at
 the machine's measured matmul rate bound its time, hence its speed-up over the reference."""
 
 import math
@@ -6,9 +6,9 @@ import math
 import pytest
 
 from tests.helpers import tiny_config
-from uwm_jax.bench import ceiling
-from uwm_jax.bench import step_components
-from uwm_jax.bench import timing
+from benchmarks import ceiling
+from benchmarks import step_components
+from benchmarks import timing
 from uwm_jax.training import flops as flops_lib
 
 

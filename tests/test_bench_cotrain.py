@@ -1,4 +1,4 @@
-"""The cotraining experiment's runs (uwm_jax.bench.cotrain, uwm_jax.bench.demo_runs): each row
+"""The cotraining experiment's runs (experiments.cotrain, experiments.demo_runs): each row
 trains the config it names on the data it names, every dataset's recording noise is in its
 recipe and in the table, and the table reports what the runs measured."""
 
@@ -10,7 +10,7 @@ import pytest
 from tests.helpers import skip_without
 from uwm_jax import cli_config
 from uwm_jax import envs as envs_lib
-from uwm_jax.bench import demo_runs as cotrain
+from experiments import demo_runs as cotrain
 from uwm_jax.data import demo_generation
 
 

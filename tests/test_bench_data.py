@@ -1,5 +1,5 @@
 """The data benchmark's split into the main process's part and a worker's part
-(uwm_jax/bench/data_split.py; `python -m uwm_jax.bench.data --mode=split`): both handoffs
+(benchmarks/data_split.py; `python -m benchmarks.data --mode=split`): both handoffs
 measure real batches, and the cores-needed arithmetic."""
 
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from uwm_jax.bench import data_split
+from benchmarks import data_split
 from uwm_jax.data import batch_slots
 from uwm_jax.data import loader as loader_lib
 

@@ -1,4 +1,4 @@
-"""The pretrain -> finetune experiment (uwm_jax.bench.pretrain_finetune): every stage-2 row
+"""The pretrain -> finetune experiment (experiments.pretrain_finetune): every stage-2 row
 finetunes the stage-1 run it names on the downstream task with one recipe, refuses to start
 without it, and a changed recipe (of either stage) is an error instead of old numbers."""
 
@@ -8,8 +8,8 @@ import os
 import pytest
 
 from tests.helpers import run_cli
-from uwm_jax.bench import demo_runs
-from uwm_jax.bench import pretrain_finetune as pf
+from experiments import demo_runs
+from experiments import pretrain_finetune as pf
 
 ROOT = "/tmp/pf_root"
 
@@ -76,7 +76,7 @@ def test_stage2_refuses_to_start_without_its_finished_stage1_run(tmp_path):
 
 
 def test_the_cli_stops_a_stage2_row_without_its_stage1_run_in_one_error_line(tmp_path):
-  proc = run_cli("uwm_jax.bench.pretrain_finetune", f"--workdir={tmp_path}", "--seeds=0",
+  proc = run_cli("experiments.pretrain_finetune", f"--workdir={tmp_path}", "--seeds=0",
                  "--stage=finetune", "--rows=uwm_p_f", timeout=120)
   assert proc.returncode == 2, proc.stderr
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

@@ -151,7 +151,7 @@ def test_worker_processes_hand_over_the_same_batches_in_reused_slots(converted, 
   train loop does (each batch placed on the device, then dropped), every batch comes in a slot
   and a worker's slots are reused; closing the loader leaves no slot behind."""
   import jax
-  from uwm_jax.bench.data_split import write_random_latent_cache
+  from benchmarks.data_split import write_random_latent_cache
   from uwm_jax.data import batch_slots
   if not batch_slots.supported():
     pytest.skip("needs /dev/shm (Linux)")

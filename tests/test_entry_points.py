@@ -1,5 +1,6 @@
-"""Every entry point (a module of uwm_jax that runs as a program) answers --help with its
-worked example and its flags, and exits 0: one subprocess each, nothing else is run."""
+"""Every entry point (a module of uwm_jax, benchmarks/ or experiments/ that runs as a program)
+answers --help with its worked example and its flags, and exits 0: one subprocess each, nothing
+else is run."""
 
 import pathlib
 import re
@@ -9,17 +10,23 @@ import pytest
 from tests.helpers import REPO, finish_cli, start_cli
 
 
+# The packages whose programs run as `python -m PACKAGE.MODULE` from the repository root.
+PACKAGES = ("uwm_jax", "benchmarks", "experiments")
+
+
 def entry_points():
   """Modules with a module-level `__main__` block: found, so that a new entry point is covered too."""
   root = pathlib.Path(REPO)
   return sorted(".".join(p.relative_to(root).with_suffix("").parts)
-                for p in (root / "uwm_jax").rglob("*.py")
+                for package in PACKAGES for p in (root / package).rglob("*.py")
                 if re.search(r'^if __name__ == "__main__":', p.read_text(), re.M))
 
 
 def test_the_known_entry_points_are_found():
   assert {"uwm_jax.train", "uwm_jax.evaluate", "uwm_jax.summarize", "uwm_jax.import_weights",
-          "uwm_jax.data.convert_rlds", "uwm_jax.data.convert_libero"} <= set(entry_points())
+          "uwm_jax.data.convert_rlds", "uwm_jax.data.convert_libero", "uwm_jax.compile",
+          "benchmarks.data", "benchmarks.train_step", "benchmarks.serve",
+          "experiments.cotrain", "experiments.pretrain_finetune"} <= set(entry_points())
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "import_graph.py")
 
@@ -51,3 +53,23 @@ def test_serving_importing_evaluation_is_flagged(tmp_path):
                            "uwm_jax/evaluation/x.py": "from uwm_jax.policies import session\n",
                            "uwm_jax/policies/session.py": ""},
                 "uwm_jax.serving.server (serve) imports uwm_jax.evaluation.x (evaluate)")
+
+
+@pytest.mark.parametrize("outside, layer", [("benchmarks.data", "benchmarks"),
+                                            ("experiments.cotrain", "experiments"),
+                                            ("tests.helpers", "tests")])
+def test_the_package_importing_from_outside_it_is_flagged(tmp_path, outside, layer):
+  """uwm_jax is installed without benchmarks/, experiments/ and tests/: an import of any of
+  them from the package (here a late one from the train CLI, the top of the package) fails."""
+  _only_flagged(tmp_path, {"uwm_jax/__init__.py": "",
+                           "uwm_jax/train.py": f"def main():\n  import {outside}\n"},
+                f"uwm_jax.train (entry) imports {outside} ({layer})")
+
+
+def test_benchmarks_importing_the_tests_is_flagged(tmp_path):
+  """Imports go one way, tests -> benchmarks -> uwm_jax: the benchmarks' fixture writers and
+  PyTorch reference are what the tests import, never the other way round."""
+  _only_flagged(tmp_path, {"uwm_jax/__init__.py": "", "uwm_jax/batch.py": "",
+                           "benchmarks/data.py": "from uwm_jax import batch\n"
+                                                 "from tests import fixtures\n"},
+                "benchmarks.data (benchmarks) imports tests.fixtures (tests)")

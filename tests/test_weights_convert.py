@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from uwm_jax.bench import torch_modules as ref  # pylint: disable=wrong-import-position
+from benchmarks import torch_modules as ref  # pylint: disable=wrong-import-position
 from tests.helpers import run_cli  # pylint: disable=wrong-import-position
 from uwm_jax.data import latent_cache  # pylint: disable=wrong-import-position
 from uwm_jax.runs import checkpoint  # pylint: disable=wrong-import-position

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.helpers import rel_err  # pylint: disable=wrong-import-position
-from uwm_jax.bench import torch_modules as ref  # pylint: disable=wrong-import-position
+from benchmarks import torch_modules as ref  # pylint: disable=wrong-import-position
 from uwm_jax.model.resnet import ResNet18GN  # pylint: disable=wrong-import-position
 from uwm_jax.weights import keymap  # pylint: disable=wrong-import-position
 from uwm_jax.weights import resnet as resnet_weights  # pylint: disable=wrong-import-position

@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from uwm_jax.bench import torch_modules as ref  # pylint: disable=wrong-import-position
+from benchmarks import torch_modules as ref  # pylint: disable=wrong-import-position
 from tests.helpers import rel_err, run_cli  # pylint: disable=wrong-import-position
 from uwm_jax.cli_config import load_config  # pylint: disable=wrong-import-position
 from uwm_jax.model.uwm import UnifiedWorldModel  # pylint: disable=wrong-import-position

@@ -255,7 +255,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # Accelerator presets: `--config=configs/droid.py:v5p-8` (or `:dp,v5p-8`). The settings
-# `python -m uwm_jax.bench.compile` compiled for that TPU topology (docs/launch.md, "Compiled
+# `python -m uwm_jax.compile` compiled for that TPU topology (docs/launch.md, "Compiled
 # for TPUs"): bf16 compute, unrolled DiT blocks (XLA then schedules across blocks, and its cost
 # analysis sees every block), the mesh. Pair them with a latent cache (data.latent_cache_dir).
 PRESETS = {

@@ -67,7 +67,7 @@ def make_sampler(model, diffusion_cfg, mode: str, unroll: bool = False) -> Calla
   """Returns a jitted fn(params, frozen, batch, rng) -> {"action": (B, H_a, A)} and/or
   {"latent": (B, V, C, T, h, w)} for `mode`. `batch` holds `obs` (and `low_dim`), plus `action`
   for forward dynamics and `next_obs` for inverse dynamics. unroll: unroll the DDIM loop (the
-  same result; XLA's cost analysis then counts every step, `uwm_jax.bench.compile`)."""
+  same result; XLA's cost analysis then counts every step, `uwm_jax.compile`)."""
   if mode not in MODES:
     raise ValueError(f"Unknown sampling mode {mode!r}; known: {MODES}.")
   spec = MODE_SPECS[mode]

@@ -88,10 +88,10 @@ class BatchedSampler:
     self.batch_sizes = _batch_sizes(batch_sizes)
     if parallel_calls < 1:
       raise ValueError(f"parallel_calls must be >= 1, got {parallel_calls}.")
-    self.parallel_calls = int(parallel_calls)  # may be lowered later (bench.serve compares)
+    self._parallel_calls = int(parallel_calls)
     # The one pool sampler calls run in: the parts of a batch, and whole batches from an
     # asyncio event loop (`answer`, the policy server's batcher). Threads start when used.
-    self._pool = concurrent.futures.ThreadPoolExecutor(self.parallel_calls,
+    self._pool = concurrent.futures.ThreadPoolExecutor(self._parallel_calls,
                                                        thread_name_prefix="sampler-call")
     sample = sampling.make_sampler(model, diffusion_cfg, mode)
     frames_out = sampling.MODE_SPECS[mode].denoise_obs
@@ -105,6 +105,12 @@ class BatchedSampler:
       return {"action": out["action"][0]}
 
     self._fn = jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, 0)))
+
+  @property
+  def parallel_calls(self) -> int:
+    """Concurrent calls a list of requests is split into; fixed at construction, as the
+    pool's size."""
+    return self._parallel_calls
 
   def padded_size(self, n: int) -> int:
     for size in self.batch_sizes:
@@ -129,7 +135,7 @@ class BatchedSampler:
     if len(requests) != len(keys):
       raise ValueError(f"{len(requests)} requests but {len(keys)} keys.")
     parts, start = [], 0
-    for size in split_sizes(len(requests), self.parallel_calls, self.batch_sizes[-1]):
+    for size in split_sizes(len(requests), self._parallel_calls, self.batch_sizes[-1]):
       parts.append((list(requests[start:start + size]), list(keys[start:start + size])))
       start += size
     return parts

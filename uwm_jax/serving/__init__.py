@@ -9,5 +9,5 @@
 
 The last pipeline stage, beside evaluation: it imports the policies layer and nothing of
 evaluation (scripts/import_graph.py checks it); nothing imports it except the entry points
-(`uwm_jax.serve`, `uwm_jax.evaluate --policy_server`, `uwm_jax.bench.serve`).
+(`uwm_jax.serve`, `uwm_jax.evaluate --policy_server`, `benchmarks.serve`).
 """

@@ -59,7 +59,7 @@ def make_jitted_train_step(config, model, optimizer: optax.GradientTransformatio
                            state_shardings: TrainState, mesh: Mesh) -> Callable:
   """The run's train step (`make_train_step` with the config's schedule, learning rate, EMA and
   non-finite guard), jitted with `jit_train_step`: what training runs, benchmarks time and
-  `uwm_jax.bench.compile` compiles for TPU topologies."""
+  `uwm_jax.compile` compiles for TPU topologies."""
   tc = config.train
   step = make_train_step(model, make_schedule(config.diffusion), optimizer,
                          ema_decay=tc.ema_decay, nan_guard=tc.nan_guard,
@@ -77,7 +77,7 @@ def with_shardings(abstract: Any, shardings: Any) -> Any:
 def abstract_batch(model_cfg, batch_size: int, cached_latents: bool, sharding) -> dict:
   """ShapeDtypeStructs of a global training batch (`batch.expected_shapes`, `batch.DTYPES`)
   carrying `sharding`: what the train step is compiled for ahead of the loop (and for a TPU
-  topology by `uwm_jax.bench.compile`)."""
+  topology by `uwm_jax.compile`)."""
   shapes = batch_lib.expected_shapes(model_cfg, batch_size, cached_latents)
   return {k: jax.ShapeDtypeStruct(s, batch_lib.DTYPES[k], sharding=sharding)
           for k, s in shapes.items()}

@@ -1,6 +1,7 @@
-"""Benchmark serving: `python -m uwm_jax.bench.serve --checkpoint_dir=workdirs/demo --clients=1,4`.
+"""Benchmark serving: `python -m benchmarks.serve --checkpoint_dir=workdirs/demo --clients=1,4`.
 
-Serves the checkpoint in this process (`uwm_jax.serving`, 127.0.0.1, a free port) and prints,
+Serves the checkpoint in this process (`uwm_jax.serving`, 127.0.0.1, free ports: one server per
+setting below, each built with its max_batch and parallel_calls) and prints,
 side by side:
   - the in-process sampler time of one policy request (batch 1, the compiled function alone);
   - per client count, the round-trip latency p50 / p99 of `PolicyClient.infer` (encoding,
@@ -16,6 +17,7 @@ size. Timings on a shared machine are noisy: run it alone for numbers to quote. 
 closes the output.
 """
 
+import contextlib
 import json
 import sys
 import threading
@@ -143,37 +145,43 @@ def droid_latency(calls: int) -> float:
 
 def main(argv):
   del argv
-  # pylint: disable=import-outside-toplevel
-  from uwm_jax import sampling
-  from uwm_jax.serving import from_checkpoint, server_thread
-  # pylint: enable=import-outside-toplevel
+  from uwm_jax.serving import from_checkpoint, server_thread  # pylint: disable=import-outside-toplevel
   counts = [int(c) for c in _CLIENTS.value]
   max_batch = _MAX_BATCH.value or max(counts)
-  server = from_checkpoint.make_server(_CHECKPOINT_DIR.value, port=0,
-                                             max_batch=max_batch,
-                                             parallel_calls=_PARALLEL.value)
-  print(f"compiling ({server.metadata['robot']}, step {server.metadata['checkpoint_step']}) ...",
-        flush=True)
-  server.compile(printer=lambda line: None)
-  policy_sampler = server.samplers[sampling.POLICY]
-  calls = policy_sampler.parallel_calls
+
+  def compiled_server(label: str, batch: int, parallel: int):
+    """A server of the checkpoint with its own max_batch and parallel_calls, compiled."""
+    server = from_checkpoint.make_server(_CHECKPOINT_DIR.value, port=0, max_batch=batch,
+                                         parallel_calls=parallel)
+    print(f"compiling {label} ({server.metadata['robot']}, step "
+          f"{server.metadata['checkpoint_step']}, max_batch {batch}, "
+          f"{server.metadata['parallel_calls']} call(s)) ...", flush=True)
+    server.compile(printer=lambda line: None)
+    return server
+
+  batched = compiled_server("batched", max_batch, _PARALLEL.value)
+  calls = batched.metadata["parallel_calls"]
   settings = [("batched", max_batch, calls)]
   if calls > 1:  # the same batches as one call each, for comparison
     settings.append(("batched, 1 call", max_batch, 1))
   settings.append(("one-at-a-time", 1, 1))
+  # One server per setting, each built with its settings (a sampler's parallel_calls is fixed
+  # at construction), all serving at once on their own ports.
+  servers = {label: batched if label == "batched" else compiled_server(label, batch, parallel)
+             for label, batch, parallel in settings}
   # Rounds alternate every setting (and the in-process sampler), each round starting with the
   # next setting, so a slow spell of a shared machine falls on all of them alike; each row
   # pools its rounds.
   inproc_times = []
   pooled = {(c, label): ([], 0.0) for c in counts for label, _, _ in settings}
-  with server_thread.ServerThread(server) as port:
+  with contextlib.ExitStack() as stack:
+    ports = {label: stack.enter_context(server_thread.ServerThread(server))
+             for label, server in servers.items()}
     for r in range(_ROUNDS.value):
-      inproc_times.extend(sampler_times(server))  # batch 1: one call whatever the split
+      inproc_times.extend(sampler_times(batched))  # batch 1: one call whatever the split
       for clients in counts:
         for label, batch, parallel in settings[r % len(settings):] + settings[:r % len(settings)]:
-          server.options.max_batch = batch
-          policy_sampler.parallel_calls = parallel
-          lat, wall = round_trips(port, server.transforms, clients, _REQUESTS.value)
+          lat, wall = round_trips(ports[label], batched.transforms, clients, _REQUESTS.value)
           prev_lat, prev_wall = pooled[(clients, label)]
           pooled[(clients, label)] = (prev_lat + list(lat), prev_wall + wall)
   inproc = float(np.median(inproc_times))

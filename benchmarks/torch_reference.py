@@ -1,7 +1,7 @@
-"""The reference's train step and policy in PyTorch, timed beside ours by `bench.train_step --torch`.
+"""The reference's train step and policy in PyTorch, timed beside ours by `benchmarks.train_step --torch`.
 
 The modules are the parity tests' PyTorch re-implementation of the reference
-(`uwm_jax/bench/torch_modules.py`: GroupNorm ResNet-18, DualNoisePredictionNet), so this needs a
+(`benchmarks/torch_modules.py`: GroupNorm ResNet-18, DualNoisePredictionNet), so this needs a
 repository checkout and torch (the CPU build). Around them, what the reference's train step
 does (docs/model.md, "Observation encoder"): image transforms (bilinear antialiased resize, one random crop per
 camera, colour jitter), ResNet features, DDPM noising at random timesteps, the two MSE losses,
@@ -19,13 +19,13 @@ from typing import Callable, Dict
 
 import numpy as np
 
-from uwm_jax.bench.step_components import OPTIMIZER
+from benchmarks.step_components import OPTIMIZER
 
 
 def _reference_modules():
-  """The PyTorch modules (`uwm_jax.bench.torch_modules`), imported when --torch asks: torch is
+  """The PyTorch modules (`benchmarks.torch_modules`), imported when --torch asks: torch is
   optional (the weights extra)."""
-  from uwm_jax.bench import torch_modules  # pylint: disable=import-outside-toplevel
+  from benchmarks import torch_modules  # pylint: disable=import-outside-toplevel
   return torch_modules
 
 

@@ -1,5 +1,7 @@
 """PyTorch counterparts of the reference's modules, written from docs/model.md: the weight-import
-parity tests and `bench.train_step --torch` both use them (torch: the weights extra).
+parity tests (tests/test_weights_*.py, their oracle) and `benchmarks.train_step --torch` both
+use them (torch: the weights extra). They live with the benchmarks, outside the installed
+package, so that imports go one way: tests -> benchmarks -> uwm_jax (scripts/import_graph.py).
 
 Module and parameter names follow the reference's state dicts (docs/weights.md, "State-dict
 layout of `models.pt`"; torchvision's ResNet-18): `TorchResNet18` (BatchNorm as torchvision, or GroupNorm(c/16) as the reference),

@@ -1,15 +1,15 @@
 """Input-pipeline benchmark: windows/s, decoded frames/s per host and peak RSS.
 
-  python -m uwm_jax.bench.data --config=configs/tiny.py --seconds=60
+  python -m benchmarks.data --config=configs/tiny.py --seconds=60
   # A DROID-schema fixture at full 180x320 resolution, written, converted, then loaded:
-  python -m uwm_jax.bench.data --config=configs/droid.py --fixture_episodes=40 \\
+  python -m benchmarks.data --config=configs/droid.py --fixture_episodes=40 \\
       --config.batch_size=32 --config.data.num_workers=2 --seconds=120
   # Real data:
-  python -m uwm_jax.bench.data --config=configs/droid.py \\
+  python -m benchmarks.data --config=configs/droid.py \\
       --config.data.sources.droid.path=/data/uwm/droid_weird
   # Action-free video clips (web-video-like 256x340 mp4 or webm), decoded at load time or
   # converted once to array_record (python -m uwm_jax.data.convert_video) and read from it:
-  python -m uwm_jax.bench.data --config=configs/droid.py --config.batch_size=32 \\
+  python -m benchmarks.data --config=configs/droid.py --config.batch_size=32 \\
       --video_fixture=webm --video_path=converted --fixture_episodes=24 --seconds=60
 
 What does not scale with worker processes: `--mode=serial` times the main process's own work
@@ -18,10 +18,10 @@ workers do, received, placed on this process's devices, released); `--mode=worke
 worker's (read, decode, collate, hand over); `--mode=split` both, and the cores a host needs for
 --target_windows_per_s. Each is measured with grain's own handoff (a new shared-memory segment
 per batch) and with the loader's (reused slots, uwm_jax/data/batch_slots.py), in windows per
-CPU-second on one pinned core (uwm_jax/bench/data_split.py). With --random_latent_cache the
+CPU-second on one pinned core (benchmarks/data_split.py). With --random_latent_cache the
 data get a latent cache of random moments, so that windows read their next obs' latents
 instead of decoding those frames, as training with data.latent_cache_dir does:
-  python -m uwm_jax.bench.data --config=configs/droid.py --fixture_episodes=12 \\
+  python -m benchmarks.data --config=configs/droid.py --fixture_episodes=12 \\
       --random_latent_cache --mode=split --seconds=10
 
 With --video_fixture the loader reads only the clips (one action-free source; identity action
@@ -43,7 +43,7 @@ import jax
 from absl import flags
 
 from uwm_jax import cli_config
-from uwm_jax.bench import data_split
+from benchmarks import data_split
 from uwm_jax.data import batch_slots
 from uwm_jax.data import loader as loader_lib
 from uwm_jax.data import source_configs
@@ -75,7 +75,7 @@ _SERIAL_BATCHES = flags.DEFINE_integer(
     "again and again (each held in memory twice: as made and in shared memory).")
 _TARGET = flags.DEFINE_float(
     "target_windows_per_s", 3800.0, "--mode=split: the rate to size a host for (3800: one "
-    "v5p-8 host at bench.compile's 37.9 ms estimate of the :v5p-8 DROID step, batch 144).")
+    "v5p-8 host at uwm_jax.compile's 37.9 ms estimate of the :v5p-8 DROID step, batch 144).")
 _LATENT = flags.DEFINE_bool(
     "random_latent_cache", False, "Write a latent cache of random moments for the data (in a "
     "temporary folder) and read it (data.latent_cache_dir), as latent-cache training does: a "
@@ -128,7 +128,7 @@ def _fixture_job(image_shape, episodes: int, root: str) -> None:
   # Imported here, in the child process: TensorFlow (the RLDS writer) must not count in the
   # parent's (the loader's) RSS.
   # pylint: disable=import-outside-toplevel
-  from uwm_jax.bench.droid_sample import write_droid_fixture
+  from benchmarks.droid_sample import write_droid_fixture
   from uwm_jax.data import convert_rlds as convert, profiles
   # pylint: enable=import-outside-toplevel
   t = time.time()
@@ -146,7 +146,7 @@ def _fixture_job(image_shape, episodes: int, root: str) -> None:
 def _video_fixture_job(ext: str, clips: int, image_shape, convert: bool, root: str) -> None:
   """Runs in a child process (the writer's and converter's memory must not count)."""
   # pylint: disable=import-outside-toplevel
-  from uwm_jax.bench.video_sample import write_video_clip
+  from benchmarks.video_sample import write_video_clip
   from uwm_jax.data import convert_video
   # pylint: enable=import-outside-toplevel
   t = time.time()

@@ -1,6 +1,6 @@
 r"""Checkpoint save and restore times of a config's train state in several folders (local, gs://).
 
-  python -m uwm_jax.bench.checkpoint_io --config=configs/tiny.py \
+  python -m benchmarks.checkpoint_io --config=configs/tiny.py \
       --dirs=/tmp/ckpt_bench,gs://my-bucket/ckpt_bench --rounds=5
 
 For an emulator, set STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT (docs/training.md,

@@ -1,6 +1,6 @@
 """Does action-free video help, and how do UWM and DP hold up out of distribution?
 
-  python -m uwm_jax.bench.cotrain --workdir=workdirs/cotrain --steps=2000 --seeds=0,1
+  python -m experiments.cotrain --workdir=workdirs/cotrain --steps=2000 --seeds=0,1
 
 Trains, on the embedded task (configs/demo.py's model and recipe, `--steps` steps), one run per
 row and seed, each a `python -m uwm_jax.train` subprocess:
@@ -35,7 +35,7 @@ from absl import flags
 
 from uwm_jax import cli_config
 from uwm_jax import envs as envs_lib
-from uwm_jax.bench import demo_runs as runs
+from experiments import demo_runs as runs
 from uwm_jax.data import array_record_format as fmt
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/cotrain", "Root of every run's workdir, the "

@@ -1,6 +1,6 @@
 """How fast a train step could be on this machine: its analytic FLOPs at the machine's matmul rate.
 
-`bench.train_step --torch` uses these to print, beside the measured step times, the rate at which
+`benchmarks.train_step --torch` uses these to print, beside the measured step times, the rate at which
 each framework runs the step's matrix products (analytic FLOPs / step time) and the rate one large
 product reaches on this CPU in each framework, measured in the same run. The step cannot run its
 products faster than that product, so
@@ -15,8 +15,8 @@ from typing import Callable, Dict
 
 import numpy as np
 
-from uwm_jax.bench import step_components
-from uwm_jax.bench import timing
+from benchmarks import step_components
+from benchmarks import timing
 from uwm_jax.training import flops as flops_lib
 
 CEILING_MATMUL_SIZE = 2048  # an n x n x n product: large enough for any CPU's best kernel
@@ -62,7 +62,7 @@ def speedup_bound(step_flops: float, ceiling_flops_per_s: float, reference_secon
 
 def format_ceiling(step_flops: float, ours_s: float, torch_s: float, xla_ceiling: float,
                    torch_ceiling: float, fixed_seconds: float = 0.0, fixed_name: str = "") -> str:
-  """The lines `bench.train_step --torch` prints under its table (rates in GFLOP/s)."""
+  """The lines `benchmarks.train_step --torch` prints under its table (rates in GFLOP/s)."""
   g = 1e9
   fixed = (f" + {fixed_name} {fixed_seconds:.3f} s as measured" if fixed_seconds else
            ", nothing else")
@@ -83,7 +83,7 @@ def measure_and_print(config, ours: Dict[str, float], theirs: Dict[str, float],
   """Times one CEILING_MATMUL_SIZE^3 product in each framework (alternating, >= 5 rounds) and
   prints `format_ceiling` for the step times `ours` / `theirs` (name -> seconds, with
   "train step" and, if measured, the optimizer part). Returns the numbers it printed."""
-  from uwm_jax.bench import torch_reference  # pylint: disable=import-outside-toplevel
+  from benchmarks import torch_reference  # pylint: disable=import-outside-toplevel
   n, dtype = CEILING_MATMUL_SIZE, config.model.compute_dtype
   t = timing.alternate({"xla": jax_matmul(n, dtype),
                         "torch": torch_reference.matmul(n, dtype)}, max(rounds, 5))

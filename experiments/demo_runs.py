@@ -1,4 +1,4 @@
-"""The runs of the embedded-task experiments (bench.cotrain, bench.pretrain_finetune).
+"""The runs of the embedded-task experiments (experiments.cotrain, experiments.pretrain_finetune).
 
 A run is one `python -m uwm_jax.train` subprocess in its own workdir, then rollouts of its final
 checkpoint in and out of distribution in this process. This module holds what both benchmarks

@@ -1,13 +1,13 @@
 """Does action-free video help a finetuned policy? The paper's two-stage protocol, embedded task.
 
-  python -m uwm_jax.bench.pretrain_finetune --workdir=workdirs/pretrain_finetune --seeds=0,1,2
+  python -m experiments.pretrain_finetune --workdir=workdirs/pretrain_finetune --seeds=0,1,2
 
 The paper never evaluates a cotrained model directly: it pretrains on labelled episodes, or
 cotrains on those plus other episodes with the actions removed, then finetunes every model on a
 downstream task's demonstrations and evaluates that (the reference's DROID pretrain / cotrain /
 finetune scripts). Here, one run per row and seed, each a `python -m uwm_jax.train` subprocess:
 
-Stage 1, pretraining on the push task (bench.cotrain's rows and commands, `--pretrain_steps`
+Stage 1, pretraining on the push task (experiments.cotrain's rows and commands, `--pretrain_steps`
 steps; in <workdir>/stage1, evaluated on tabletop_push in and out of distribution):
   dp_small                 DP on P: the demo's first `--labelled` push episodes
   uwm_small                UWM on P
@@ -49,7 +49,7 @@ from absl import flags
 
 from uwm_jax import cli_config
 from uwm_jax import envs as envs_lib
-from uwm_jax.bench import demo_runs as runs
+from experiments import demo_runs as runs
 from uwm_jax.data import array_record_format as fmt
 
 PRETRAIN_TASK = runs.TASK
@@ -83,7 +83,7 @@ _OOD_SHIFT = flags.DEFINE_string("ood_shift", "distractor",
 class FinetuneRow:
   name: str
   config: str  # the downstream config file[:variant]
-  pretrained: Optional[str]  # the stage-1 row (bench.cotrain) it starts from; None = F alone
+  pretrained: Optional[str]  # the stage-1 row (experiments.cotrain) it starts from; None = F alone
 
 
 PRETRAIN_ROWS = ("dp_small", "uwm_small", "uwm_small_video_matched")
@@ -103,7 +103,7 @@ def select_rows(names: Optional[Sequence[str]]) -> List[FinetuneRow]:
 
 
 def pretrain_rows(rows: Sequence[FinetuneRow]) -> List[runs.Row]:
-  """The stage-1 rows (bench.cotrain's) that `rows` start from, in table order."""
+  """The stage-1 rows (experiments.cotrain's) that `rows` start from, in table order."""
   wanted = {r.pretrained for r in rows if r.pretrained}
   return [r for r in runs.ROWS if r.name in wanted]
 
@@ -119,7 +119,7 @@ def ood_env(task: str, shift: str) -> str:
 
 def pretrain_command(row: runs.Row, seed: int, root: str, *, steps: int,
                      labelled: int) -> List[str]:
-  """Stage 1: bench.cotrain's command of the row (its config's own video weight)."""
+  """Stage 1: experiments.cotrain's command of the row (its config's own video weight)."""
   return runs.train_command(row, seed, run_dir(root, 1, row.name, seed), steps=steps,
                                labelled=labelled)
 

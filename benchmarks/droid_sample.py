@@ -2,9 +2,10 @@
 
   write_droid_fixture(data_dir, num_episodes=6)      # TFDS RLDS, builder `droid`, tfrecord
 
-It lives in the package (not in tests/) because `python -m uwm_jax.bench.data --fixture_episodes=N`
+It lives with the benchmarks because `python -m benchmarks.data --fixture_episodes=N`
 benchmarks the conversion and the loader on it where DROID is not downloaded; the tests use it
-too (through tests/fixtures.py, which adds the LIBERO and video writers only tests need).
+too (through tests/fixtures.py, which adds the LIBERO writer only tests need): imports go one
+way, tests -> benchmarks -> uwm_jax (scripts/import_graph.py).
 Images are moving shapes (`uwm_jax.data.synthetic`), so JPEG compression and decoding are
 exercised on structured content; values are deterministic given `seed`.
 """

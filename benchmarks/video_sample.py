@@ -3,9 +3,9 @@
   write_video_clip("/tmp/clips/a.mp4", num_frames=48)      # codec from the extension
   write_video_clip("/tmp/clips/b.webm", num_frames=48)
 
-It lives in the package (not in tests/) because `python -m uwm_jax.bench.data --video_fixture=mp4`
+It lives with the benchmarks because `python -m benchmarks.data --video_fixture=mp4`
 benchmarks the video paths on such clips; the tests use it through tests/fixtures.py. Frames are
-moving shapes (`uwm_jax.bench.droid_sample.moving_shapes`), deterministic given `seed`.
+moving shapes (`benchmarks.droid_sample.moving_shapes`), deterministic given `seed`.
 """
 
 import os
@@ -14,7 +14,7 @@ from typing import Tuple
 import imageio.v2 as imageio
 import numpy as np
 
-from uwm_jax.bench.droid_sample import moving_shapes
+from benchmarks.droid_sample import moving_shapes
 
 # imageio-ffmpeg encoder per file extension.
 CODECS = {"mp4": "libx264", "webm": "libvpx-vp9"}

@@ -1,4 +1,4 @@
-"""The parts of the train step as separately jitted functions, for `bench.train_step --breakdown`.
+"""The parts of the train step as separately jitted functions, for `benchmarks.train_step --breakdown`.
 
 Each part is the function the train step itself calls (model.transform, model.global_cond,
 model.predict_noise, model.encode_next_obs, the optimizer's update) on one device, with the

@@ -1,4 +1,4 @@
-"""Benchmark the sharded train step: `python -m uwm_jax.bench.train_step --config=configs/tiny.py`.
+"""Benchmark the sharded train step: `python -m benchmarks.train_step --config=configs/tiny.py`.
 
 Builds the state and the jitted, donated train step exactly as training does (mesh and
 partition rules from `config.train`), feeds one random batch of the configured shape (so the
@@ -11,22 +11,22 @@ the codec (`off`, what training does by default) and with the next-obs latent mo
 the batch (`on`, training with `data.latent_cache_dir`: no VAE encoding; its analytic FLOP count
 leaves the codec out), and prints a comparison table.
 
-  python -m uwm_jax.bench.train_step --config=configs/droid.py --config.batch_size=36 \\
+  python -m benchmarks.train_step --config=configs/droid.py --config.batch_size=36 \\
       --config.model.compute_dtype=bfloat16 --steps=20
 
-`--torch` times the PyTorch re-implementation of the reference (uwm_jax/bench/torch_reference.py;
+`--torch` times the PyTorch re-implementation of the reference (benchmarks/torch_reference.py;
 needs torch and a repository checkout) beside ours in the same process, alternating, with the
 latent cache on; `--breakdown` adds the parts of the step; `--policy_batch=1` one policy call
 (10 DDIM steps) in the layout checkpoints are served in (`model.block_layout`) and, beside it,
 in the config's training layout. Under the table, `--torch` prints the step's ceiling
-(bench/ceiling.py): the rate at which each framework runs the step's analytic matrix-product
+(benchmarks/ceiling.py): the rate at which each framework runs the step's analytic matrix-product
 FLOPs, the rate one 2048^3 product reaches in each on this machine, and so the least time and
 the best speed-up over torch that a step running its products at XLA's rate could have.
 Like `python -m uwm_jax.train`, it re-executes itself with malloc on transparent huge pages
 (`train.host_huge_pages`). Only ratios measured side by side in one run are meaningful on a
 shared machine:
 
-  python -m uwm_jax.bench.train_step --config=configs/droid.py --config.batch_size=4 \\
+  python -m benchmarks.train_step --config=configs/droid.py --config.batch_size=4 \\
       --torch --breakdown --policy_batch=1 --rounds=3
 """
 
@@ -40,9 +40,9 @@ import numpy as np
 from uwm_jax import batch as B_
 from uwm_jax import cli_config
 from uwm_jax import sampling
-from uwm_jax.bench import ceiling
-from uwm_jax.bench import step_components
-from uwm_jax.bench import timing
+from benchmarks import ceiling
+from benchmarks import step_components
+from benchmarks import timing
 from uwm_jax.diffusion import make_schedule
 from uwm_jax.model import block_layout
 from uwm_jax.model.uwm import UnifiedWorldModel
@@ -250,7 +250,7 @@ def compare(config) -> None:
 
   torch_ref = None
   if _TORCH.value:
-    from uwm_jax.bench import torch_reference  # pylint: disable=import-outside-toplevel
+    from benchmarks import torch_reference  # pylint: disable=import-outside-toplevel
     torch_reference.set_threads(_THREADS.value)
     schedule = make_schedule(config.diffusion)
     torch_ref = torch_reference.TorchReference(config, schedule.alphas_cumprod,
