@@ -28,11 +28,10 @@ truncated parquet file, NaN in an action) stops with one line naming the file an
 import hashlib
 import logging
 import os
-import types
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from uwm_jax import cli_config
 from uwm_jax.data import array_record_format as fmt
@@ -190,10 +189,7 @@ def define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) != 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}.")
-  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
-  args = types.SimpleNamespace(**{name: FLAGS[name].value for name in FLAG_NAMES})
+  args = shard_conversion.parsed_flags(argv, FLAG_NAMES)
   parse_shape(args.image_shape)  # bad values are one error line, before any worker starts
   lr.resolve_mapping(lr.read_dataset(args.src), _keys(args.cameras), _keys(args.state) or None,
                      args.action)

@@ -28,12 +28,11 @@ are skipped and counted; the last line names the first few.
 import hashlib
 import logging
 import os
-import types
 from typing import List, Sequence, Tuple
 
 import imageio.v2 as imageio
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from uwm_jax import cli_config
 from uwm_jax.data import array_record_format as fmt
@@ -207,10 +206,7 @@ def define_flags() -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) != 1:
-    raise app.UsageError(f"unexpected arguments {argv[1:]}.")
-  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
-  args = types.SimpleNamespace(**{name: FLAGS[name].value for name in FLAG_NAMES})
+  args = shard_conversion.parsed_flags(argv, FLAG_NAMES)
   parse_shape(args.image_shape)  # a bad value is one error line, before any worker starts
   clip_list(args.folder, args.index)
   logging.basicConfig(level=logging.INFO)

@@ -23,10 +23,12 @@ import signal
 import sys
 import threading
 import time
+import types
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tqdm
+from absl import app
 from absl import flags
 
 from uwm_jax import cli_logging
@@ -260,6 +262,13 @@ def convert_in_processes(worker, args) -> None:
   if not any(results):
     finalize(args.out)
   print(conversion_summary(args.out))
+
+
+def parsed_flags(argv: Sequence[str], names: Sequence[str]) -> types.SimpleNamespace:
+  """A converter's flags `names` as attributes; a positional argument is a usage error."""
+  if len(argv) != 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}.")
+  return types.SimpleNamespace(**{name: flags.FLAGS[name].value for name in names})
 
 
 def define_process_flags() -> None:
