@@ -11,6 +11,7 @@ Two halves:
 """
 
 import configparser
+import contextlib
 import json
 import os
 import re
@@ -19,8 +20,11 @@ import sys
 
 import pytest
 
+from tests import gcs_emulator
 from tests.helpers import REPO, run_cli
 from uwm_jax import cli_errors, extras
+from uwm_jax.runs import checkpoint as ckpt
+from uwm_jax.runs import storage
 
 CORE_PYTHON = os.path.join(REPO, ".venv-core", "bin", "python")
 # Distribution names in setup.cfg / requirements.txt where they differ from the import name.
@@ -124,38 +128,48 @@ def test_check_install_in_the_core_venv(tmp_path):
 
 
 def _train_rows(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    rows = [json.loads(line) for line in f]
+  rows = [json.loads(line)
+          for line in storage.read_text(f"{workdir}/metrics.jsonl").splitlines()]
   return [row for row in rows if row["split"] == "train"]
 
 
 def _checkpoint_steps(workdir):
-  return sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints"))
-                if name.isdigit())
+  return ckpt.finished_steps(ckpt.checkpoint_dir(workdir))
 
 
 @pytest.mark.slow
-def test_the_core_venv_trains_checkpoints_and_resumes(tmp_path):
+@pytest.mark.parametrize("where", ["local", "bucket"])
+def test_the_core_venv_trains_checkpoints_and_resumes(tmp_path, where):
+  """The tiny config trained by the core venv's trainer, then resumed with more steps, into a
+  local workdir and into gs://bucket/run on a GCS emulator (STORAGE_EMULATOR_HOST)."""
   python = _core_venv()
-  workdir = str(tmp_path / "run")
+  if where == "bucket":
+    if gcs_emulator.missing_reason():
+      pytest.skip(gcs_emulator.missing_reason())
+    context, workdir = gcs_emulator.serving(("bucket",)), "gs://bucket/run"
+  else:
+    context, workdir = contextlib.nullcontext(), str(tmp_path / "run")
   args = ["--config=configs/tiny.py", f"--workdir={workdir}", "--config.train.save_every=2",
           "--config.train.log_every=1", "--config.train.eval_at_end=False",
           "--config.train.eval_every=0", "--config.train.progress_bar=False",
           "--config.train.host_huge_pages=False"]
-  first = run_cli("uwm_jax.train", *args, "--config.num_steps=2", python=python)
-  assert first.returncode == 0, first.stderr[-3000:]
-  assert _checkpoint_steps(workdir)[-1] == 2
-  rows = _train_rows(workdir)
-  assert [row["step"] for row in rows] == [1, 2]
+  with context:
+    first = run_cli("uwm_jax.train", *args, "--config.num_steps=2", python=python)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert _checkpoint_steps(workdir)[-1] == 2
+    rows = _train_rows(workdir)
+    assert [row["step"] for row in rows] == [1, 2]
 
-  second = run_cli("uwm_jax.train", *args, "--config.num_steps=4", python=python)
-  assert second.returncode == 0, second.stderr[-3000:]
-  assert "at step 2." in second.stderr and "from step 2;" in second.stderr, second.stderr[-3000:]
-  assert _checkpoint_steps(workdir)[-1] == 4
-  resumed = _train_rows(workdir)
-  assert [row["step"] for row in resumed] == [1, 2, 3, 4]
-  assert resumed[:2] == rows  # steps 1-2 are the first run's, not trained again
-  assert os.listdir(os.path.join(workdir, "tensorboard"))  # events through tensorboardX (core)
+    second = run_cli("uwm_jax.train", *args, "--config.num_steps=4", python=python)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "at step 2." in second.stderr and "from step 2;" in second.stderr, \
+        second.stderr[-3000:]
+    assert _checkpoint_steps(workdir)[-1] == 4
+    resumed = _train_rows(workdir)
+    assert [row["step"] for row in resumed] == [1, 2, 3, 4]
+    assert resumed[:2] == rows  # steps 1-2 are the first run's, not trained again
+    # events through tensorboardX (core), on the bucket too
+    assert storage.listdir(f"{workdir}/tensorboard")
 
 
 def test_a_video_dataset_in_the_core_venv_names_the_data_extra(tmp_path):
