@@ -51,17 +51,20 @@ os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 # The files that take longest (`--durations`), slowest first: they start first, so that no long
 # file starts late and runs alone at the end of a parallel run.
 SLOW_FILES = (
-    "test_eval_evaluator.py",
+    "test_launch_rehearsal.py",
     "test_train_processes.py",
+    "test_eval_evaluator.py",
+    "test_runs_gcs.py",
     "test_training_core.py",
+    "test_eval_tabletop.py",
+    "test_weights_uwm.py",
+    "test_data_lerobot.py",
     "test_train_sharding.py",
-    "test_sampling.py",
-    "test_model_networks.py",
-    "test_data_droid.py",
-    "test_train_latent_cache.py",
-    "test_compile.py",
-    "test_train_checkpoint.py",
     "test_train_distributed.py",
+    "test_data_droid.py",
+    "test_model_networks.py",
+    "test_sampling.py",
+    "test_compile.py",
 )
 
 

@@ -35,7 +35,9 @@ pytestmark = pytest.mark.skipif(gcs_emulator.missing_reason() is not None,
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "bucket"
 RUN = f"gs://{BUCKET}/run"
-KILLED_STEPS, RESUMED_STEPS = 16, 20  # the rerun asks for more steps than the killed run
+# Orbax saves the first step, then every SAVE_EVERY: the CLI run is killed once step 1 is on the
+# bucket, with 5 steps to spare; the rerun asks for more steps and saves steps 4 and 8.
+KILLED_STEPS, RESUMED_STEPS = 7, 8
 SAVE_EVERY = 4
 
 
@@ -213,7 +215,9 @@ def gcs_run(emulator, tmp_path_factory):
   extra = {"train.save_every": SAVE_EVERY, "train.tensorboard": True}
   proc = _cli(RUN, num_steps=KILLED_STEPS, **extra)
   try:
-    reached = _wait_for(proc, lambda: bool(_bucket_steps(RUN)), timeout=400)
+    # Each look lists the bucket (HTTP requests the emulator answers): every 0.1 s, not 0.02 s,
+    # leaves the 2 cores to the run being watched.
+    reached = _wait_for(proc, lambda: bool(_bucket_steps(RUN)), timeout=400, poll_s=0.1)
     os.kill(proc.pid, signal.SIGKILL)
     output = proc.communicate(timeout=60)[0]
   finally:

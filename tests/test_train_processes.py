@@ -113,14 +113,16 @@ def reference(reference_workdir):
   return {s: v[0] for s, v in losses.items()}
 
 
-def _wait_for(proc, predicate, timeout):
+def _wait_for(proc, predicate, timeout, poll_s=0.02):
+  """True once `predicate()` holds (checked every `poll_s`), False if `proc` ends first or
+  `timeout` s pass."""
   deadline = time.time() + timeout
   while time.time() < deadline:
     if predicate():
       return True
     if proc.poll() is not None:
       return False
-    time.sleep(0.02)
+    time.sleep(poll_s)
   return False
 
 
