@@ -432,7 +432,8 @@ def newest_usable_step(manager: ocp.CheckpointManager, items: Optional[Sequence[
                     candidate, verb, reason)
       continue
     if not verified and report:
-      log.info("Checkpoint %s has no %s (saved by an older version): %s without verification.",
+      log.info("Checkpoint %s has no %s (saved by an older version, or the run stopped before "
+               "process 0 wrote it): %s without verification.",
                step_dir(manager, candidate), checksums.MANIFEST_FILENAME, verb)
     if set_aside:
       for bad in failed:
