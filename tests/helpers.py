@@ -135,6 +135,9 @@ def perturbed_params(params, scale: float = 0.05, seed: int = 1):
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The core-only environment (`pip install -c requirements.txt -e .`, no extras) that .ci/run
+# builds; tests that train in it skip, or fall back to this interpreter, where it is absent.
+CORE_PYTHON = os.path.join(REPO, ".venv-core", "bin", "python")
 
 
 def start_cli(module: str, *args: str, num_devices: int = 1, python: str = sys.executable,

@@ -6,12 +6,12 @@ Two halves:
     optional module blocked, so a top-level `import imageio` anywhere on the trainer's path fails
     at once; setup.cfg's extras agree with `uwm_jax.extras` and requirements.txt;
   - in `.venv-core` (`.ci/run` builds it with the core alone; skipped where it is absent):
-    `python -m uwm_jax.check_install`, the tiny config trained for 2 steps, checkpointed, rerun
-    to 4 steps (it resumes at 2), and a video-clip dataset refused with one line naming the extra.
+    `python -m uwm_jax.check_install`, the tiny config trained for 2 steps and checkpointed, and a
+    video-clip dataset refused with one line naming the extra. Its run to a bucket (killed,
+    resumed bit-identically) is tests/test_runs_gcs.py's gcs_run, started from this venv.
 """
 
 import configparser
-import contextlib
 import json
 import os
 import re
@@ -20,13 +20,11 @@ import sys
 
 import pytest
 
-from tests import gcs_emulator
-from tests.helpers import REPO, run_cli
+from tests.helpers import CORE_PYTHON, REPO, run_cli
 from uwm_jax import cli_errors, extras
 from uwm_jax.runs import checkpoint as ckpt
 from uwm_jax.runs import storage
 
-CORE_PYTHON = os.path.join(REPO, ".venv-core", "bin", "python")
 # Distribution names in setup.cfg / requirements.txt where they differ from the import name.
 DISTRIBUTIONS = {"tensorflow": "tensorflow-cpu", "tensorflow_datasets": "tensorflow-datasets",
                  "imageio_ffmpeg": "imageio-ffmpeg"}
@@ -138,41 +136,21 @@ def _checkpoint_steps(workdir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["local", "bucket"])
-def test_the_core_venv_trains_checkpoints_and_resumes(tmp_path, where):
-  """The tiny config trained and checkpointed by the core venv's trainer into a local workdir
-  and into gs://bucket/run on a GCS emulator (STORAGE_EMULATOR_HOST); on the bucket a rerun with
-  more steps resumes (resuming reads the workdir through the same storage layer on both)."""
+def test_the_core_venv_trains_and_checkpoints(tmp_path):
+  """The tiny config trained and checkpointed by the core venv's trainer into a local workdir.
+  Into gs://bucket/run on a GCS emulator, killed with -9 and resumed from the bucket: the
+  gcs_run fixture of tests/test_runs_gcs.py, which runs this venv's trainer."""
   python = _core_venv()
-  if where == "bucket":
-    if gcs_emulator.missing_reason():
-      pytest.skip(gcs_emulator.missing_reason())
-    context, workdir = gcs_emulator.serving(("bucket",)), "gs://bucket/run"
-  else:
-    context, workdir = contextlib.nullcontext(), str(tmp_path / "run")
-  args = ["--config=configs/tiny.py", f"--workdir={workdir}", "--config.train.save_every=2",
-          "--config.train.log_every=1", "--config.train.eval_at_end=False",
-          "--config.train.eval_every=0", "--config.train.progress_bar=False",
-          "--config.train.host_huge_pages=False"]
-  with context:
-    first = run_cli("uwm_jax.train", *args, "--config.num_steps=2", python=python)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert _checkpoint_steps(workdir)[-1] == 2
-    rows = _train_rows(workdir)
-    assert [row["step"] for row in rows] == [1, 2]
-
-    if where == "local":  # the resume below is the same code on both; the bucket's is checked
-      return
-    second = run_cli("uwm_jax.train", *args, "--config.num_steps=4", python=python)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "at step 2." in second.stderr and "from step 2;" in second.stderr, \
-        second.stderr[-3000:]
-    assert _checkpoint_steps(workdir)[-1] == 4
-    resumed = _train_rows(workdir)
-    assert [row["step"] for row in resumed] == [1, 2, 3, 4]
-    assert resumed[:2] == rows  # steps 1-2 are the first run's, not trained again
-    # events through tensorboardX (core), on the bucket too
-    assert storage.listdir(f"{workdir}/tensorboard")
+  workdir = str(tmp_path / "run")
+  out = run_cli("uwm_jax.train", "--config=configs/tiny.py", f"--workdir={workdir}",
+                "--config.num_steps=2", "--config.train.save_every=2",
+                "--config.train.log_every=1", "--config.train.eval_at_end=False",
+                "--config.train.eval_every=0", "--config.train.progress_bar=False",
+                "--config.train.host_huge_pages=False", python=python)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert _checkpoint_steps(workdir)[-1] == 2
+  assert [row["step"] for row in _train_rows(workdir)] == [1, 2]
+  assert storage.listdir(f"{workdir}/tensorboard")  # events through tensorboardX (core)
 
 
 def test_a_video_dataset_in_the_core_venv_names_the_data_extra(tmp_path):

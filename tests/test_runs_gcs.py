@@ -1,7 +1,9 @@
 """gs:// workdirs against a real GCS JSON API server on 127.0.0.1 (fake-gcs-server, started by
 tests/gcs_emulator.py): the storage layer, the workdir lock's exclusivity, and configs/tiny.py
 trained to gs://bucket/run, killed with -9, resumed bit-identically with more steps, evaluated
-and finetuned from (init_from) the bucket. Only STORAGE_EMULATOR_HOST is set, as a user would;
+and finetuned from (init_from) the bucket. The trained run is the core-only install's
+(.venv-core, what #31 asks of it: no extras, to a bucket, resumed from it) where .ci/run built
+that environment, else this interpreter's. Only STORAGE_EMULATOR_HOST is set, as a user would;
 uwm_jax.runs.storage derives TensorStore's variables from it.
 """
 
@@ -20,7 +22,7 @@ import numpy as np
 import pytest
 
 from tests import gcs_emulator
-from tests.helpers import FAST_COMPILE
+from tests.helpers import CORE_PYTHON, FAST_COMPILE
 from tests.test_train_processes import _cli, _config, _losses, _wait_for
 from uwm_jax.data import sources as sources_lib
 from uwm_jax.evaluation import evaluator
@@ -211,8 +213,10 @@ def _bucket_steps(workdir: str):
 @pytest.fixture(scope="module")
 def gcs_run(emulator, tmp_path_factory):
   """tiny.py trained to gs://bucket/run by the CLI, killed with -9 after its first checkpoint,
-  rerun with more steps; beside it the same run uninterrupted, locally (in this process)."""
-  extra = {"train.save_every": SAVE_EVERY, "train.tensorboard": True}
+  rerun with more steps; beside it the same run uninterrupted, locally (in this process). The
+  CLI is the core venv's where it exists (the same pinned jax: the same bits)."""
+  extra = {"train.save_every": SAVE_EVERY, "train.tensorboard": True,
+           "python": CORE_PYTHON if os.path.exists(CORE_PYTHON) else sys.executable}
   proc = _cli(RUN, num_steps=KILLED_STEPS, **extra)
   try:
     # Each look lists the bucket (HTTP requests the emulator answers): every 0.1 s, not 0.02 s,
@@ -236,6 +240,7 @@ def gcs_run(emulator, tmp_path_factory):
       output[-4000:]
 
   reference = str(tmp_path_factory.mktemp("reference"))
+  del extra["python"]
   loop.train(_config(num_steps=RESUMED_STEPS, **extra), reference)
   return {"killed": killed, "reference": reference}
 

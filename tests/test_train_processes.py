@@ -64,10 +64,10 @@ def _config(**extra):
 
 
 def _cli(workdir, num_devices=8, extra_flags=(), config=f"{REPO}/configs/tiny.py",
-         stdout=subprocess.PIPE, **extra):
+         stdout=subprocess.PIPE, python=sys.executable, **extra):
   flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **extra}.items()]
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, XLA_FLAGS=xla_flags(num_devices))
-  cmd = [sys.executable, "-m", "uwm_jax.train", f"--config={config}",
+  cmd = [python, "-m", "uwm_jax.train", f"--config={config}",
          f"--workdir={workdir}", *flags, *extra_flags]
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=stdout,
                           stderr=subprocess.STDOUT, text=True)
