@@ -3,6 +3,8 @@ next-obs moments instead of next-obs frames, the loss from them equals the loss 
 the train loop runs on a (2, 4) mesh with them, and a missing or mismatched cache is one clear
 error naming the dataset and the cache folder."""
 
+import threading
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -74,10 +76,19 @@ def test_loader_batches_carry_the_cached_moments(cache_root, monkeypatch):
     plain.close()
 
   # Only the current frames are decoded; the eval loader keeps decoding next obs (VAE metrics).
+  # Counted in this thread only: a read-ahead thread of the closed loader may still be finishing
+  # a window.
   calls = []
   src = loader.sources[0]
   frames = src.frames
-  monkeypatch.setattr(src, "frames", lambda ep, idx: calls.append(len(idx)) or frames(ep, idx))
+  this_thread = threading.get_ident()
+
+  def counted_frames(ep, idx):
+    if threading.get_ident() == this_thread:
+      calls.append(len(idx))
+    return frames(ep, idx)
+
+  monkeypatch.setattr(src, "frames", counted_frames)
   loader.reader((0, 2, 1))
   assert calls == [config.model.num_obs_frames]
   eval_batch = next(iter(loader_lib.make_eval_loader(config, process_index=0, process_count=1)))
