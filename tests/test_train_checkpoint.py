@@ -3,9 +3,11 @@ corrupt latest step, params-only save/load, finetuning from a (mismatched) check
 
 import logging
 import os
+import threading
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import tiny
@@ -326,3 +328,29 @@ def test_loading_does_not_warn_about_the_read_only_manager(saved, caplog):
     ckpt.load_params_checkpoint(directory)
     ckpt.load_params_step(directory)
   assert not [r for r in caplog.records if "read only" in r.getMessage()]
+
+
+def test_only_the_loop_thread_reports_steps_to_the_preemption_sync(tmp_path, monkeypatch):
+  """jax's preemption sync point is one past the last step reported; Orbax's finalize thread
+  reports the step it saved, which may be older than the loop's. Only the thread that made the
+  manager (the training loop) may report, or a SIGTERM can set a sync point the loop has
+  already passed (the run then never stops)."""
+  reported = []
+
+  def recorder(self, step):
+    del self
+    reported.append((step, threading.get_ident()))
+    return False
+
+  monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption", recorder)
+  manager = ckpt.make_manager(str(tmp_path / "checkpoints"))  # asynchronous saves
+  for step in (1, 2):
+    manager.should_save(step)  # the loop asks every step
+    manager.save(step, args=ocp.args.Composite(**{
+        ckpt.DATASET_STATS: ocp.args.JsonSave(STATS)}), force=True)
+    manager.wait_until_finished()  # Orbax's save_finalize thread has run
+  manager.close()
+  assert ckpt.finished_steps(str(tmp_path / "checkpoints")) == [1, 2]
+  assert sorted({step for step, _ in reported}) == [1, 2]  # should_save and save ask, in order
+  assert [step for step, _ in reported] == sorted(step for step, _ in reported)
+  assert {thread for _, thread in reported} == {threading.get_ident()}

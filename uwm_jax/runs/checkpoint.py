@@ -115,6 +115,14 @@ class _Manager(ocp.CheckpointManager):
   by `close` and by the training loop) returns after that, so the steps saved since are final
   there. Process 0 then checksums them in a background thread (reading a large state costs
   seconds), which the next `wait_until_finished` and `close` join.
+
+  Preemption: jax's sync manager takes the step of every `reached_preemption` call as the
+  process's progress, and on SIGTERM sets the sync point one past the last step it saw. Orbax
+  0.12 also calls `reached_preemption(saved_step)` from its finalize thread (to time a
+  metric); when that call lands after the loop's newer steps and just before a SIGTERM, the sync
+  point falls behind the loop, is never reached, and the job trains on until it is killed
+  (seen once in the tests, under load). Here only the thread that made the manager (the
+  training loop's) reports steps; other threads get False.
   """
 
   def __init__(self, *args, **kwargs):
@@ -122,6 +130,12 @@ class _Manager(ocp.CheckpointManager):
     self._unrecorded: List[int] = []
     self._recorder: Optional[threading.Thread] = None
     self._record = jax.process_index() == 0 and not self._options.read_only
+    self._loop_thread = threading.get_ident()
+
+  def reached_preemption(self, step: int) -> bool:
+    if threading.get_ident() != self._loop_thread:  # Orbax's finalize thread: not progress
+      return False
+    return super().reached_preemption(step)
 
   def save(self, step, *args, **kwargs):
     started = super().save(step, *args, **kwargs)
