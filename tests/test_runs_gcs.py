@@ -2,8 +2,8 @@
 tests/gcs_emulator.py): the storage layer, the workdir lock's exclusivity, and configs/tiny.py
 trained to gs://bucket/run, killed with -9, resumed bit-identically with more steps, evaluated
 and finetuned from (init_from) the bucket. The trained run is the core-only install's
-(.venv-core, what #31 asks of it: no extras, to a bucket, resumed from it) where .ci/run built
-that environment, else this interpreter's. Only STORAGE_EMULATOR_HOST is set, as a user would;
+(.venv-core: no extras, to a bucket, resumed from it) where .ci/run built that environment, else
+this interpreter's. Only STORAGE_EMULATOR_HOST is set, as a user would;
 uwm_jax.runs.storage derives TensorStore's variables from it.
 """
 
@@ -215,9 +215,9 @@ def gcs_run(emulator, tmp_path_factory):
   """tiny.py trained to gs://bucket/run by the CLI, killed with -9 after its first checkpoint,
   rerun with more steps; beside it the same run uninterrupted, locally (in this process). The
   CLI is the core venv's where it exists (the same pinned jax: the same bits)."""
-  extra = {"train.save_every": SAVE_EVERY, "train.tensorboard": True,
-           "python": CORE_PYTHON if os.path.exists(CORE_PYTHON) else sys.executable}
-  proc = _cli(RUN, num_steps=KILLED_STEPS, **extra)
+  extra = {"train.save_every": SAVE_EVERY, "train.tensorboard": True}
+  python = CORE_PYTHON if os.path.exists(CORE_PYTHON) else sys.executable
+  proc = _cli(RUN, num_steps=KILLED_STEPS, python=python, **extra)
   try:
     # Each look lists the bucket (HTTP requests the emulator answers): every 0.1 s, not 0.02 s,
     # leaves the 2 cores to the run being watched.
@@ -233,14 +233,13 @@ def gcs_run(emulator, tmp_path_factory):
   killed = {"steps": _bucket_steps(RUN), "losses": _losses(RUN)}
   assert max(killed["steps"]) < KILLED_STEPS, "the run finished before it was killed"
 
-  resumed = _cli(RUN, num_steps=RESUMED_STEPS, **extra)
+  resumed = _cli(RUN, num_steps=RESUMED_STEPS, python=python, **extra)
   output = resumed.communicate(timeout=400)[0]
   assert resumed.returncode == 0, output[-4000:]
   assert f"Resumed from {RUN}/checkpoints at step {max(killed['steps'])}" in output, \
       output[-4000:]
 
   reference = str(tmp_path_factory.mktemp("reference"))
-  del extra["python"]
   loop.train(_config(num_steps=RESUMED_STEPS, **extra), reference)
   return {"killed": killed, "reference": reference}
 
