@@ -77,6 +77,14 @@ alive() {
   done
 }
 
+# Milliseconds on a clock finer than bash's SECONDS, which counts whole seconds since the shell
+# started: a deadline of SECONDS + 2 can pass 1.1 s later. EPOCHREALTIME is bash >= 5.0's.
+now_ms() {
+  local t=${EPOCHREALTIME:-${SECONDS}.000000}
+  t=${t//[.,]/}
+  echo $(( 10#${t} / 1000 ))
+}
+
 stop() {
   local grace=${1:-0} pids left deadline
   pids=$(holders | sort -u | grep -vx "$$" | tr '\n' ' ')
@@ -84,9 +92,9 @@ stop() {
     echo "${HOST}: stopping PIDs ${pids}(SIGTERM: a trainer checkpoints first;" \
       "SIGKILL after ${grace} s)"
     kill -TERM ${pids} 2> /dev/null
-    deadline=$((SECONDS + grace))
-    while left=$(alive ${pids}); [[ -n "${left}" ]] && (( SECONDS < deadline )); do
-      sleep 1
+    deadline=$(( $(now_ms) + grace * 1000 ))
+    while left=$(alive ${pids}); [[ -n "${left}" ]] && (( $(now_ms) < deadline )); do
+      sleep 0.5
     done
     if [[ -n "${left}" ]]; then
       echo "${HOST}: PIDs $(echo ${left}) still running: SIGKILL"
