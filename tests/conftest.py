@@ -53,18 +53,25 @@ os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 SLOW_FILES = (
     "test_launch_rehearsal.py",
     "test_train_processes.py",
-    "test_eval_evaluator.py",
     "test_runs_gcs.py",
     "test_training_core.py",
-    "test_eval_tabletop.py",
-    "test_weights_uwm.py",
-    "test_data_lerobot.py",
+    "test_eval_evaluator.py",
     "test_train_sharding.py",
-    "test_train_distributed.py",
+    "test_eval_tabletop.py",
     "test_data_droid.py",
-    "test_model_networks.py",
     "test_sampling.py",
     "test_compile.py",
+    "test_data_lerobot.py",
+    "test_weights_uwm.py",
+    "test_train_metrics.py",
+    "test_train_checkpoint.py",
+    "test_train_latent_cache.py",
+    "test_train_distributed.py",
+    "test_train_launch.py",
+    "test_model_networks.py",
+    "test_bench_data.py",
+    "test_model_block_layout.py",
+    "test_core_install.py",
 )
 
 
@@ -79,8 +86,12 @@ def pytest_collection_modifyitems(config, items):
 def pytest_xdist_make_scheduler(config, log):
   """pytest-xdist (`-n 2`) hands out whole files (`--dist loadfile`) unless --dist says
   otherwise: a module-scoped fixture (a trained state, a checkpoint, a compiled sampler) is then
-  built once per run instead of once per worker."""
+  built once per run instead of once per worker. The files go out in collection order
+  (SLOW_FILES first): xdist's default reorders them by their number of tests, which sent the
+  slowest file (two tests) last and left one worker alone for its last ~100 s."""
   if any(arg.startswith("--dist") for arg in config.invocation_params.args):
     return None
   from xdist.scheduler import LoadFileScheduling  # pylint: disable=import-outside-toplevel
+  if not any(arg.startswith("--loadscope-reorder") for arg in config.invocation_params.args):
+    config.option.loadscopereorder = False
   return LoadFileScheduling(config, log)
