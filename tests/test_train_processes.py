@@ -35,7 +35,7 @@ from uwm_jax.training import loop, sharded_state
 pytestmark = pytest.mark.slow  # whole training runs, several of them as subprocesses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_STEPS = 30
+NUM_STEPS = 16
 # Tolerance between one process and two: the gradient all-reduce crosses processes (gloo),
 # which may sum in another order; anything wrong (data, rng, sharding) moves the loss by > 1e-2.
 MULTIPROCESS_RTOL = 1e-5
@@ -93,15 +93,15 @@ def reference_workdir(tmp_path_factory):
     assert context.model.dims == model_dims(_config().model) and context.dataset_stats
     return lambda state, step: calls.append(step) or {"num_batches": 1, "step": step}
 
-  result = loop.train(_config(**{"train.eval_every": 10, "train.keep_every": 4}), workdir,
+  result = loop.train(_config(**{"train.eval_every": 5, "train.keep_every": 4}), workdir,
                       make_evaluate=make_evaluate)
   assert result.step == NUM_STEPS
   # The phases the CLI's last line reports, and the training phase's measured rate.
   assert list(result.phase_seconds) == ["setup", "compilation", "training"]
   assert all(s > 0 for s in result.phase_seconds.values())
   assert result.steps_per_s == pytest.approx(NUM_STEPS / result.phase_seconds["training"])
-  assert calls == [10, 20, 30] and result.last_eval_metrics == {"num_batches": 1, "step": 30}
-  assert [r["step"] for r in metrics_writer.read_metrics(workdir, "eval")] == [10, 20, 30]
+  assert calls == [5, 10, 15] and result.last_eval_metrics == {"num_batches": 1, "step": 15}
+  assert [r["step"] for r in metrics_writer.read_metrics(workdir, "eval")] == [5, 10, 15]
   return workdir
 
 
