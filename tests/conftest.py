@@ -25,8 +25,9 @@ cores; `--durations=20` shows where the time goes):
   XLA_FLAGS=`tests.helpers.xla_flags(n)`, and keep the JAX_COMPILATION_CACHE_* variables.
 - Anything still over ~20 s is marked `@pytest.mark.slow`.
 - pytest-xdist sends whole files to a worker (`pytest_xdist_make_scheduler` below), so a
-  module-scoped fixture is built once per run; a file that takes a minute or more goes into
-  SLOW_FILES, which start first.
+  module-scoped fixture is built once per run; the files go out in SLOW_FILES' order (slowest
+  first, by `--durations`) so that both workers end together: a new file that takes half a
+  minute or more goes into that list at its place.
 """
 
 import atexit
