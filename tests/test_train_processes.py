@@ -10,6 +10,7 @@ train step (same config, flags and device count), so the compilation cache serve
 the first; the failure tests break the state or the batch outside that step for the same reason.
 """
 
+import logging
 import math
 import os
 import re
@@ -126,7 +127,7 @@ def _wait_for(proc, predicate, timeout, poll_s=0.02):
   return False
 
 
-def test_sigkill_and_resume_reproduce_the_loss_sequence(reference, tmp_path):
+def test_sigkill_and_resume_reproduce_the_loss_sequence(reference, tmp_path, caplog):
   workdir = str(tmp_path / "run")
   proc = _cli(workdir)
 
@@ -150,8 +151,13 @@ def test_sigkill_and_resume_reproduce_the_loss_sequence(reference, tmp_path):
   killed_at = max(_losses(workdir))
   assert killed_at < NUM_STEPS, "the run finished before it was killed"
 
-  result = loop.train(_config(), workdir)  # the same command again: auto-resume
+  saved = ckpt.finished_steps(ckpt.checkpoint_dir(workdir))  # a step being written is not one
+  with caplog.at_level(logging.INFO, logger="uwm_jax.training.resume"):
+    result = loop.train(_config(), workdir)  # the same command again: auto-resume
   assert result.step == NUM_STEPS
+  # From the newest committed checkpoint (not trained again from step 0, which would give the
+  # same losses).
+  assert f"at step {max(saved)}." in caplog.text, caplog.text[-2000:]
   losses = _losses(workdir)
   assert sorted(losses) == list(range(1, NUM_STEPS + 1))
   # One row per step: the killed run's rows past the restored checkpoint are dropped.
