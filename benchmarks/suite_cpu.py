@@ -23,6 +23,7 @@ import resource
 import time
 
 from absl import flags
+import pytest
 
 ENV_DIR = "UWM_SUITE_CPU_DIR"
 
@@ -49,24 +50,19 @@ def _record_file():
   return _records
 
 
-try:
-  import pytest  # pylint: disable=import-outside-toplevel
-
-  @pytest.hookimpl(hookwrapper=True)
-  def pytest_runtest_protocol(item, nextitem):
-    """Times one test (the plugin's only hook); records nothing without UWM_SUITE_CPU_DIR."""
-    del nextitem
-    if not os.environ.get(ENV_DIR):
-      yield
-      return
-    cpu, wall = _cpu_seconds(), time.time()
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+  """Times one test (the plugin's only hook); records nothing without UWM_SUITE_CPU_DIR."""
+  del nextitem
+  if not os.environ.get(ENV_DIR):
     yield
-    out = _record_file()
-    out.write(json.dumps({"test": item.nodeid, "cpu_s": _cpu_seconds() - cpu,
-                          "wall_s": time.time() - wall}) + "\n")
-    out.flush()
-except ImportError:  # the summary alone needs no pytest
-  pass
+    return
+  cpu, wall = _cpu_seconds(), time.time()
+  yield
+  out = _record_file()
+  out.write(json.dumps({"test": item.nodeid, "cpu_s": _cpu_seconds() - cpu,
+                        "wall_s": time.time() - wall}) + "\n")
+  out.flush()
 
 
 def read_records(folder: str):

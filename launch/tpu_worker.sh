@@ -99,8 +99,8 @@ stop() {
     if [[ -n "${left}" ]]; then
       echo "${HOST}: PIDs $(echo ${left}) still running: SIGKILL"
       kill -KILL ${left} 2> /dev/null
-      deadline=$((SECONDS + 10))
-      while [[ -n "$(alive ${left})" ]] && (( SECONDS < deadline )); do sleep 0.2; done
+      deadline=$(( $(now_ms) + 10000 ))
+      while [[ -n "$(alive ${left})" ]] && (( $(now_ms) < deadline )); do sleep 0.2; done
     fi
   fi
   if [[ -e "${TPU_LOCKFILE}" ]]; then
